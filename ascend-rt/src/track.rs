@@ -1,0 +1,113 @@
+//! Cross-stream ordering of memory uses.
+//!
+//! Each buffer remembers, per stream, an event recorded after its latest use there and whether that
+//! use (or an earlier one on the same stream) wrote. Before a use on stream S, S waits for the events of
+//! other streams that conflict with it (any write before a read; any use before a write). This is
+//! only done while the context has more than one stream: with a single stream, the stream order
+//! already orders everything, and the bookkeeping costs nothing (cudarc's lesson, cudarc#386).
+
+use crate::error::Result;
+use crate::event::Event;
+use crate::stream::Stream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+struct Use {
+    stream: usize,
+    event: Event,
+    wrote: bool,
+}
+
+/// The use history of one allocation.
+pub(crate) struct Tracker {
+    /// The stream that owns the allocation (its release is ordered there); `None` for pinned memory.
+    home: Option<Arc<Stream>>,
+    /// Set when the home stream used the memory without recording an event (single-stream mode).
+    home_untracked: AtomicBool,
+    uses: Mutex<Vec<Use>>,
+}
+
+impl Tracker {
+    pub(crate) fn new(home: Option<Arc<Stream>>) -> Tracker {
+        Tracker {
+            home,
+            home_untracked: AtomicBool::new(false),
+            uses: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn home(&self) -> Option<&Arc<Stream>> {
+        self.home.as_ref()
+    }
+
+    fn fast_path(&self, s: &Stream) -> bool {
+        matches!(&self.home, Some(h) if **h == *s && !s.context().multi_stream())
+    }
+
+    /// Orders `s` after conflicting earlier uses on other streams.
+    pub(crate) fn before(&self, s: &Stream, write: bool) -> Result<()> {
+        if self.fast_path(s) {
+            return Ok(());
+        }
+        let mut uses = self.uses.lock().unwrap();
+        if let Some(home) = &self.home {
+            if **home != *s && self.home_untracked.swap(false, Ordering::AcqRel) {
+                // Work queued on the home stream before tracking began: capture it now.
+                let e = home.record_event()?;
+                uses.retain(|u| u.stream != home.raw() as usize);
+                uses.push(Use {
+                    stream: home.raw() as usize,
+                    event: e,
+                    wrote: true,
+                });
+            }
+        }
+        for u in uses.iter() {
+            if u.stream != s.raw() as usize && (write || u.wrote) {
+                s.wait(&u.event)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the use just enqueued on `s`.
+    pub(crate) fn after(&self, s: &Stream, write: bool) -> Result<()> {
+        if self.fast_path(s) {
+            self.home_untracked.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let event = s.record_event()?;
+        let key = s.raw() as usize;
+        let mut uses = self.uses.lock().unwrap();
+        let wrote_here = uses.iter().any(|u| u.stream == key && u.wrote);
+        if write {
+            // This write is ordered after every earlier use (before() waited for them).
+            uses.clear();
+        } else {
+            uses.retain(|u| u.stream != key);
+        }
+        uses.push(Use {
+            stream: key,
+            event,
+            wrote: write || wrote_here,
+        });
+        Ok(())
+    }
+
+    /// Events that must complete before the memory may be released or read by the host.
+    pub(crate) fn take_events(&self, writes_only: bool) -> Vec<Event> {
+        let mut uses = self.uses.lock().unwrap();
+        let (taken, kept): (Vec<Use>, Vec<Use>) =
+            uses.drain(..).partition(|u| !writes_only || u.wrote);
+        *uses = kept;
+        taken.into_iter().map(|u| u.event).collect()
+    }
+
+    /// Blocks until host code may access the memory: every write (and, for `write`, every use) done.
+    pub(crate) fn wait_host(&self, write: bool) -> Result<()> {
+        for e in self.take_events(!write) {
+            e.synchronize()?;
+        }
+        Ok(())
+    }
+}

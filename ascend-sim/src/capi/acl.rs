@@ -1,0 +1,1010 @@
+//! The ACL runtime entry points, with CANN's C signatures and error codes.
+//!
+//! Each function validates every argument it can (null pointers, handles, sizes, ranges, flags) and
+//! returns an `aclError`; the reason of a failure is kept for `aclGetRecentErrMsg`.
+
+use super::{duration_ms, handle, out};
+use crate::event::{elapsed_ms, Event};
+use crate::fail::{entry, fail, Fail, Result};
+use crate::memory::{Location, Span};
+use crate::pool::Pool;
+use crate::report::{this_thread, Pending};
+use crate::runtime::runtime;
+use crate::stream::Kind;
+use ascend_sys::*;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+/// The ACL version the simulator reports (that of the newer CANN headers it follows).
+pub const VERSION: (i32, i32, i32) = (1, 15, 0);
+/// Copies at least this large are split across the compute pool.
+const PARALLEL_COPY_BYTES: usize = 4 << 20;
+
+// ---------------------------------------------------------------------------------------------------
+// Init, version, errors
+
+#[no_mangle]
+pub unsafe extern "C" fn aclInit(configPath: *const c_char) -> aclError {
+    entry("aclInit", || {
+        if !configPath.is_null() {
+            // SAFETY: a non-null configPath is a NUL-terminated string by the API contract.
+            let path = unsafe { CStr::from_ptr(configPath) }
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Fail::new(
+                    ACL_ERROR_INVALID_FILE,
+                    format!("cannot read config file {path:?}: {e}"),
+                )
+            })?;
+            if !text.trim_start().starts_with('{') {
+                return fail(
+                    ACL_ERROR_PARSE_FILE,
+                    format!("config file {path:?} is not a JSON object"),
+                );
+            }
+        }
+        let rt = runtime();
+        let mut count = rt.init_count.lock().unwrap();
+        *count += 1;
+        if *count > 1 {
+            return fail(
+                ACL_ERROR_REPEAT_INITIALIZE,
+                "aclInit was already called (counted; treat as success)",
+            );
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclFinalize() -> aclError {
+    entry("aclFinalize", || {
+        let rt = runtime();
+        let mut count = rt.init_count.lock().unwrap();
+        if *count == 0 {
+            return fail(
+                ACL_ERROR_REPEAT_FINALIZE,
+                "aclFinalize without a matching aclInit",
+            );
+        }
+        rt.finalize();
+        *count = 0;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetVersion(
+    majorVersion: *mut i32,
+    minorVersion: *mut i32,
+    patchVersion: *mut i32,
+) -> aclError {
+    entry("aclrtGetVersion", || {
+        if majorVersion.is_null() || minorVersion.is_null() || patchVersion.is_null() {
+            return fail(ACL_ERROR_INVALID_PARAM, "an output pointer is NULL");
+        }
+        // SAFETY: all three pointers are non-null and point to writable int32_t by the API contract.
+        unsafe { (*majorVersion, *minorVersion, *patchVersion) = VERSION };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclGetRecentErrMsg() -> *const c_char {
+    crate::fail::take_recent()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Devices
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSetDevice(deviceId: i32) -> aclError {
+    entry("aclrtSetDevice", || runtime().set_device(deviceId))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtResetDevice(deviceId: i32) -> aclError {
+    entry("aclrtResetDevice", || runtime().reset_device(deviceId))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetDevice(deviceId: *mut i32) -> aclError {
+    entry("aclrtGetDevice", || {
+        let ctx = runtime().current()?;
+        // SAFETY: `out` checks for NULL; otherwise the pointer is writable by the API contract.
+        unsafe { out(deviceId, ctx.device as i32) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> aclError {
+    entry("aclrtGetDeviceCount", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        // SAFETY: as for aclrtGetDevice.
+        unsafe { out(count, rt.devices.len() as u32) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSynchronizeDevice() -> aclError {
+    entry("aclrtSynchronizeDevice", || {
+        let rt = runtime();
+        let ctx = rt.current()?;
+        let mut first = Ok(());
+        for s in rt
+            .streams
+            .all()
+            .into_iter()
+            .filter(|s| s.device == ctx.device)
+        {
+            let r = s.core.synchronize(None);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetRunMode(runMode: *mut aclrtRunMode) -> aclError {
+    entry("aclrtGetRunMode", || {
+        runtime().ensure_init()?;
+        // SAFETY: as for aclrtGetDevice.
+        unsafe { out(runMode, ACL_HOST) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetSocName() -> *const c_char {
+    static NAME: OnceLock<CString> = OnceLock::new();
+    let rt = runtime();
+    if rt.ensure_init().is_err() {
+        crate::fail::set_recent("aclrtGetSocName: aclInit has not been called");
+        return std::ptr::null();
+    }
+    NAME.get_or_init(|| CString::new(rt.config.soc_name.replace('\0', "")).unwrap_or_default())
+        .as_ptr()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetMemInfo(
+    attr: aclrtMemAttr,
+    free: *mut usize,
+    total: *mut usize,
+) -> aclError {
+    entry("aclrtGetMemInfo", || {
+        let rt = runtime();
+        let ctx = rt.current()?;
+        if free.is_null() || total.is_null() {
+            return fail(ACL_ERROR_INVALID_PARAM, "an output pointer is NULL");
+        }
+        let (f, t) = match attr {
+            ACL_HBM_MEM
+            | ACL_HBM_MEM_HUGE
+            | ACL_HBM_MEM_NORMAL
+            | ACL_HBM_MEM_P2P_HUGE
+            | ACL_HBM_MEM_P2P_NORMAL
+            | ACL_HBM_MEM_HUGE1G
+            | ACL_HBM_MEM_P2P_HUGE1G => rt.memory.info(ctx.device),
+            // A 910B-class device has no DDR of its own.
+            ACL_DDR_MEM
+            | ACL_DDR_MEM_HUGE
+            | ACL_DDR_MEM_NORMAL
+            | ACL_DDR_MEM_P2P_HUGE
+            | ACL_DDR_MEM_P2P_NORMAL => (0, 0),
+            other => {
+                return fail(
+                    ACL_ERROR_INVALID_PARAM,
+                    format!("unknown aclrtMemAttr {other}"),
+                )
+            }
+        };
+        // SAFETY: both pointers are non-null (checked) and writable by the API contract.
+        unsafe { (*free, *total) = (f, t) };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtDeviceCanAccessPeer(
+    canAccessPeer: *mut i32,
+    deviceId: i32,
+    peerDeviceId: i32,
+) -> aclError {
+    entry("aclrtDeviceCanAccessPeer", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        rt.device_index(deviceId)?;
+        rt.device_index(peerDeviceId)?;
+        if deviceId == peerDeviceId {
+            return fail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "a device and its peer must differ",
+            );
+        }
+        // SAFETY: as for aclrtGetDevice.
+        unsafe { out(canAccessPeer, 1) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtDeviceEnablePeerAccess(peerDeviceId: i32, flags: u32) -> aclError {
+    entry("aclrtDeviceEnablePeerAccess", || {
+        let rt = runtime();
+        let ctx = rt.current()?;
+        let peer = rt.device_index(peerDeviceId)?;
+        if flags != 0 {
+            return fail(ACL_ERROR_RT_PARAM_INVALID, "flags must be 0");
+        }
+        if peer == ctx.device {
+            return fail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "a device cannot be its own peer",
+            );
+        }
+        let mut peers = rt.devices[ctx.device].peers.lock().unwrap();
+        if !peers.contains(&peer) {
+            peers.push(peer);
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtDeviceDisablePeerAccess(peerDeviceId: i32) -> aclError {
+    entry("aclrtDeviceDisablePeerAccess", || {
+        let rt = runtime();
+        let ctx = rt.current()?;
+        let peer = rt.device_index(peerDeviceId)?;
+        let mut peers = rt.devices[ctx.device].peers.lock().unwrap();
+        let Some(i) = peers.iter().position(|&p| p == peer) else {
+            return fail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "peer access to that device was not enabled",
+            );
+        };
+        peers.remove(i);
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Contexts
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateContext(context: *mut aclrtContext, deviceId: i32) -> aclError {
+    entry("aclrtCreateContext", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        if context.is_null() {
+            return fail(ACL_ERROR_INVALID_PARAM, "context is NULL");
+        }
+        let d = rt.device_index(deviceId)?;
+        let ctx = rt.create_context(d, true)?;
+        rt.set_current(ctx.handle);
+        // SAFETY: non-null (checked), writable by the API contract.
+        unsafe { *context = ctx.handle as aclrtContext };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtDestroyContext(context: aclrtContext) -> aclError {
+    entry("aclrtDestroyContext", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        let ctx = rt.contexts.get(handle(context)?)?;
+        if !ctx.explicit {
+            return fail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "a device's default context cannot be destroyed (reset the device)",
+            );
+        }
+        rt.destroy_context(&ctx);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSetCurrentContext(context: aclrtContext) -> aclError {
+    entry("aclrtSetCurrentContext", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        let ctx = rt.contexts.get(handle(context)?)?;
+        rt.set_current(ctx.handle);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetCurrentContext(context: *mut aclrtContext) -> aclError {
+    entry("aclrtGetCurrentContext", || {
+        let ctx = runtime().current()?;
+        // SAFETY: as for aclrtGetDevice.
+        unsafe { out(context, ctx.handle as aclrtContext) }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Streams
+
+const STREAM_FLAGS: u32 = 0x3f;
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateStream(stream: *mut aclrtStream) -> aclError {
+    entry("aclrtCreateStream", || create_stream(stream, 0, 0))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateStreamWithConfig(
+    stream: *mut aclrtStream,
+    priority: u32,
+    flag: u32,
+) -> aclError {
+    entry("aclrtCreateStreamWithConfig", || {
+        create_stream(stream, priority, flag)
+    })
+}
+
+fn create_stream(stream: *mut aclrtStream, priority: u32, flag: u32) -> Result<()> {
+    let rt = runtime();
+    let ctx = rt.current()?;
+    if stream.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "stream is NULL");
+    }
+    if priority > 7 {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("priority {priority} is outside 0..=7"),
+        );
+    }
+    if flag & !STREAM_FLAGS != 0 {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("unknown stream flags {flag:#x}"),
+        );
+    }
+    let s = rt.create_stream_in(ctx.device, ctx.handle)?;
+    // SAFETY: non-null (checked), writable by the API contract.
+    unsafe { *stream = s.handle as aclrtStream };
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtDestroyStream(stream: aclrtStream) -> aclError {
+    entry("aclrtDestroyStream", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        let h = handle(stream)?;
+        if rt.contexts.all().iter().any(|c| c.default_stream == h) {
+            return fail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "a default stream cannot be destroyed",
+            );
+        }
+        rt.destroy_stream(h)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSynchronizeStream(stream: aclrtStream) -> aclError {
+    entry("aclrtSynchronizeStream", || {
+        runtime().stream(stream as usize)?.core.synchronize(None)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSynchronizeStreamWithTimeout(
+    stream: aclrtStream,
+    timeout: i32,
+) -> aclError {
+    entry("aclrtSynchronizeStreamWithTimeout", || {
+        let timeout = duration_ms(timeout, ACL_ERROR_RT_PARAM_INVALID, true)?;
+        runtime().stream(stream as usize)?.core.synchronize(timeout)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtStreamQuery(
+    stream: aclrtStream,
+    status: *mut aclrtStreamStatus,
+) -> aclError {
+    entry("aclrtStreamQuery", || {
+        let s = runtime().stream(stream as usize)?;
+        let v = if s.core.idle() {
+            ACL_STREAM_STATUS_COMPLETE
+        } else {
+            ACL_STREAM_STATUS_NOT_READY
+        };
+        // SAFETY: as for aclrtGetDevice.
+        unsafe { out(status, v) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtEvent) -> aclError {
+    entry("aclrtStreamWaitEvent", || {
+        let rt = runtime();
+        let s = rt.stream(stream as usize)?;
+        let e = rt.events.get(handle(event)?)?;
+        if let Some(r) = e.latest() {
+            if !Arc::ptr_eq(&r.core, &s.core) {
+                s.core.enqueue(Kind::Order, move || {
+                    r.core.wait_for(r.seq, None);
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Events
+
+const EVENT_FLAGS: u32 = 0x7b;
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateEvent(event: *mut aclrtEvent) -> aclError {
+    entry("aclrtCreateEvent", || {
+        create_event(
+            event,
+            ACL_EVENT_SYNC as u32 | ACL_EVENT_TIME_LINE as u32,
+            false,
+            false,
+        )
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateEventWithFlag(event: *mut aclrtEvent, flag: u32) -> aclError {
+    entry("aclrtCreateEventWithFlag", || {
+        create_event(event, flag, false, true)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateEventExWithFlag(event: *mut aclrtEvent, flag: u32) -> aclError {
+    entry("aclrtCreateEventExWithFlag", || {
+        create_event(event, flag, true, true)
+    })
+}
+
+fn create_event(event: *mut aclrtEvent, flags: u32, ex: bool, with_flag: bool) -> Result<()> {
+    let rt = runtime();
+    rt.current()?;
+    if event.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "event is NULL");
+    }
+    if flags & !EVENT_FLAGS != 0 {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("unknown event flags {flags:#x}"),
+        );
+    }
+    let h = rt.events.fresh();
+    rt.events
+        .insert(h, Arc::new(Event::new(flags, ex, with_flag)));
+    // SAFETY: non-null (checked), writable by the API contract.
+    unsafe { *event = h as aclrtEvent };
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtRecordEvent(event: aclrtEvent, stream: aclrtStream) -> aclError {
+    entry("aclrtRecordEvent", || {
+        let rt = runtime();
+        let e = rt.events.get(handle(event)?)?;
+        let s = rt.stream(stream as usize)?;
+        e.record(&s.core)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtResetEvent(event: aclrtEvent, stream: aclrtStream) -> aclError {
+    entry("aclrtResetEvent", || {
+        let rt = runtime();
+        let e = rt.events.get(handle(event)?)?;
+        rt.stream(stream as usize)?;
+        if !e.with_flag || e.flags & ACL_EVENT_SYNC as u32 == 0 {
+            return fail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "only events created by aclrtCreateEventWithFlag with ACL_EVENT_SYNC can be reset",
+            );
+        }
+        e.reset();
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtQueryEventStatus(
+    event: aclrtEvent,
+    status: *mut aclrtEventRecordedStatus,
+) -> aclError {
+    entry("aclrtQueryEventStatus", || {
+        let e = runtime().events.get(handle(event)?)?;
+        // SAFETY: as for aclrtGetDevice.
+        unsafe { out(status, e.status()) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
+    entry("aclrtSynchronizeEvent", || {
+        runtime().events.get(handle(event)?)?.synchronize(None)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(
+    event: aclrtEvent,
+    timeout: i32,
+) -> aclError {
+    entry("aclrtSynchronizeEventWithTimeout", || {
+        let timeout = duration_ms(timeout, ACL_ERROR_RT_PARAM_INVALID, true)?;
+        runtime().events.get(handle(event)?)?.synchronize(timeout)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtEventElapsedTime(
+    ms: *mut f32,
+    startEvent: aclrtEvent,
+    endEvent: aclrtEvent,
+) -> aclError {
+    entry("aclrtEventElapsedTime", || {
+        let rt = runtime();
+        let (a, b) = (
+            rt.events.get(handle(startEvent)?)?,
+            rt.events.get(handle(endEvent)?)?,
+        );
+        if ms.is_null() {
+            return fail(ACL_ERROR_INVALID_PARAM, "ms is NULL");
+        }
+        let v = elapsed_ms(&a, &b)?;
+        // SAFETY: non-null (checked), writable by the API contract.
+        unsafe { *ms = v };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtDestroyEvent(event: aclrtEvent) -> aclError {
+    entry("aclrtDestroyEvent", || {
+        runtime().events.remove(handle(event)?).map(drop)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Memory
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMalloc(
+    devPtr: *mut *mut c_void,
+    size: usize,
+    policy: aclrtMemMallocPolicy,
+) -> aclError {
+    entry("aclrtMalloc", || malloc(devPtr, size, policy, false))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMallocAlign32(
+    devPtr: *mut *mut c_void,
+    size: usize,
+    policy: aclrtMemMallocPolicy,
+) -> aclError {
+    entry("aclrtMallocAlign32", || malloc(devPtr, size, policy, true))
+}
+
+fn malloc(
+    dev_ptr: *mut *mut c_void,
+    size: usize,
+    _policy: aclrtMemMallocPolicy,
+    align32_only: bool,
+) -> Result<()> {
+    let rt = runtime();
+    let ctx = rt.current()?;
+    if dev_ptr.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "devPtr is NULL");
+    }
+    // Any policy value is accepted, as CANN does (an unknown one falls back to huge pages >= 2 MiB).
+    let p = rt.memory.malloc(ctx.device, size, align32_only)?;
+    // SAFETY: non-null (checked), writable by the API contract.
+    unsafe { *dev_ptr = p as *mut c_void };
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtFree(devPtr: *mut c_void) -> aclError {
+    entry("aclrtFree", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        if devPtr.is_null() {
+            return fail(ACL_ERROR_INVALID_PARAM, "devPtr is NULL");
+        }
+        rt.memory.free(devPtr as usize)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMallocHost(hostPtr: *mut *mut c_void, size: usize) -> aclError {
+    entry("aclrtMallocHost", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        if hostPtr.is_null() {
+            return fail(ACL_ERROR_INVALID_PARAM, "hostPtr is NULL");
+        }
+        let p = rt.memory.malloc_host(size)?;
+        // SAFETY: non-null (checked), writable by the API contract.
+        unsafe { *hostPtr = p as *mut c_void };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtFreeHost(hostPtr: *mut c_void) -> aclError {
+    entry("aclrtFreeHost", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        if hostPtr.is_null() {
+            return fail(ACL_ERROR_INVALID_PARAM, "hostPtr is NULL");
+        }
+        rt.memory.free_host(hostPtr as usize)
+    })
+}
+
+/// Validates the arguments common to the copy calls; `None` means there is nothing to copy.
+fn check_copy(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+) -> Result<Option<[Span; 2]>> {
+    if dst.is_null() || src.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "dst or src is NULL");
+    }
+    if !(ACL_MEMCPY_HOST_TO_HOST..=ACL_MEMCPY_INTER_DEVICE_TO_DEVICE).contains(&kind) {
+        return fail(
+            ACL_ERROR_INVALID_PARAM,
+            format!("unknown aclrtMemcpyKind {kind}"),
+        );
+    }
+    if count > dest_max {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("count {count} exceeds destMax {dest_max}"),
+        );
+    }
+    if count == 0 {
+        return Ok(None);
+    }
+    Ok(Some([
+        Span {
+            addr: dst as usize,
+            len: count,
+            write: true,
+        },
+        Span {
+            addr: src as usize,
+            len: count,
+            write: false,
+        },
+    ]))
+}
+
+/// Copies `n` bytes (ranges already checked and locked); large non-overlapping copies use the pool.
+fn copy_bytes(dst: usize, src: usize, n: usize) {
+    let overlap = dst < src + n && src < dst + n;
+    if n < PARALLEL_COPY_BYTES || overlap {
+        // SAFETY: both ranges were checked against live allocations (or are the caller's host memory)
+        // and the allocation locks are held; `copy` handles overlap.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, n) };
+        return;
+    }
+    let pool = Pool::global();
+    let chunks = pool.threads().max(1) * 2;
+    let step = n.div_ceil(chunks).next_multiple_of(4096);
+    pool.parallel_for(n.div_ceil(step), &|i| {
+        let off = i * step;
+        let len = step.min(n - off);
+        // SAFETY: as above; the chunks are disjoint and the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping((src + off) as *const u8, (dst + off) as *mut u8, len)
+        };
+    });
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMemcpy(
+    dst: *mut c_void,
+    destMax: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+) -> aclError {
+    entry("aclrtMemcpy", || {
+        runtime().ensure_init()?;
+        let Some(spans) = check_copy(dst, destMax, src, count, kind)? else {
+            return Ok(());
+        };
+        let _held = runtime().memory.access(&spans)?;
+        copy_bytes(dst as usize, src as usize, count);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMemcpyAsync(
+    dst: *mut c_void,
+    destMax: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+    stream: aclrtStream,
+) -> aclError {
+    entry("aclrtMemcpyAsync", || {
+        let rt = runtime();
+        let s = rt.stream(stream as usize)?;
+        let Some(spans) = check_copy(dst, destMax, src, count, kind)? else {
+            return Ok(());
+        };
+        let on_device = |a: usize| matches!(rt.memory.locate(a), Location::Device(_));
+        if kind == ACL_MEMCPY_HOST_TO_HOST || (!on_device(dst as usize) && !on_device(src as usize))
+        {
+            return fail(
+                ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
+                "asynchronous host-to-host copies are not supported",
+            );
+        }
+        drop(rt.memory.access(&spans)?); // fail now if the ranges are already bad
+        let (d, sr) = (dst as usize, src as usize);
+        s.core.enqueue(Kind::Device, move || {
+            let _held = runtime()
+                .memory
+                .access(&spans)
+                .map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
+            copy_bytes(d, sr, count);
+            Ok(())
+        })?;
+        Ok(())
+    })
+}
+
+fn check_memset(dev_ptr: *mut c_void, max_count: usize, count: usize) -> Result<Option<Span>> {
+    if dev_ptr.is_null() {
+        return fail(ACL_ERROR_INVALID_PARAM, "devPtr is NULL");
+    }
+    if count > max_count {
+        return fail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("count {count} exceeds maxCount {max_count}"),
+        );
+    }
+    if !matches!(
+        runtime().memory.locate(dev_ptr as usize),
+        Location::Device(_)
+    ) {
+        return fail(ACL_ERROR_RT_PARAM_INVALID, "devPtr is not device memory");
+    }
+    Ok((count > 0).then_some(Span {
+        addr: dev_ptr as usize,
+        len: count,
+        write: true,
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMemset(
+    devPtr: *mut c_void,
+    maxCount: usize,
+    value: i32,
+    count: usize,
+) -> aclError {
+    entry("aclrtMemset", || {
+        runtime().ensure_init()?;
+        let Some(span) = check_memset(devPtr, maxCount, count)? else {
+            return Ok(());
+        };
+        let _held = runtime().memory.access(&[span])?;
+        // SAFETY: the range is inside a live device allocation and its lock is held.
+        unsafe { std::ptr::write_bytes(devPtr as *mut u8, value as u8, count) };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMemsetAsync(
+    devPtr: *mut c_void,
+    maxCount: usize,
+    value: i32,
+    count: usize,
+    stream: aclrtStream,
+) -> aclError {
+    entry("aclrtMemsetAsync", || {
+        let s = runtime().stream(stream as usize)?;
+        let Some(span) = check_memset(devPtr, maxCount, count)? else {
+            return Ok(());
+        };
+        drop(runtime().memory.access(&[span])?);
+        let p = devPtr as usize;
+        s.core.enqueue(Kind::Device, move || {
+            let _held = runtime()
+                .memory
+                .access(&[span])
+                .map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
+            // SAFETY: the range is inside a live device allocation and its lock is held.
+            unsafe { std::ptr::write_bytes(p as *mut u8, value as u8, count) };
+            Ok(())
+        })?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMemcpy2d(
+    dst: *mut c_void,
+    dpitch: usize,
+    src: *const c_void,
+    spitch: usize,
+    width: usize,
+    height: usize,
+    kind: aclrtMemcpyKind,
+) -> aclError {
+    entry("aclrtMemcpy2d", || {
+        runtime().ensure_init()?;
+        if dst.is_null() || src.is_null() {
+            return fail(ACL_ERROR_INVALID_PARAM, "dst or src is NULL");
+        }
+        if !(ACL_MEMCPY_HOST_TO_HOST..=ACL_MEMCPY_INTER_DEVICE_TO_DEVICE).contains(&kind) {
+            return fail(
+                ACL_ERROR_INVALID_PARAM,
+                format!("unknown aclrtMemcpyKind {kind}"),
+            );
+        }
+        if width > dpitch || width > spitch {
+            return fail(ACL_ERROR_RT_PARAM_INVALID, "width exceeds a pitch");
+        }
+        if width == 0 || height == 0 {
+            return Ok(());
+        }
+        let extent = |pitch: usize| {
+            pitch
+                .checked_mul(height - 1)
+                .and_then(|v| v.checked_add(width))
+        };
+        let (Some(dlen), Some(slen)) = (extent(dpitch), extent(spitch)) else {
+            return fail(ACL_ERROR_RT_PARAM_INVALID, "pitch × height overflows");
+        };
+        let _held = runtime().memory.access(&[
+            Span {
+                addr: dst as usize,
+                len: dlen,
+                write: true,
+            },
+            Span {
+                addr: src as usize,
+                len: slen,
+                write: false,
+            },
+        ])?;
+        for row in 0..height {
+            copy_bytes(
+                dst as usize + row * dpitch,
+                src as usize + row * spitch,
+                width,
+            );
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Host callbacks and host functions
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtSubscribeReport(threadId: u64, stream: aclrtStream) -> aclError {
+    entry("aclrtSubscribeReport", || {
+        let rt = runtime();
+        let s = rt.stream(stream as usize)?;
+        rt.reports.subscribe(threadId, s.handle)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtUnSubscribeReport(threadId: u64, stream: aclrtStream) -> aclError {
+    entry("aclrtUnSubscribeReport", || {
+        let rt = runtime();
+        let s = rt.stream(stream as usize)?;
+        rt.reports.unsubscribe(threadId, s.handle)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtLaunchCallback(
+    fn_: aclrtCallback,
+    userData: *mut c_void,
+    blockType: aclrtCallbackBlockType,
+    stream: aclrtStream,
+) -> aclError {
+    entry("aclrtLaunchCallback", || {
+        let rt = runtime();
+        let s = rt.stream(stream as usize)?;
+        let Some(func) = fn_ else {
+            return fail(ACL_ERROR_INVALID_PARAM, "fn is NULL");
+        };
+        let block = match blockType {
+            ACL_CALLBACK_NO_BLOCK => false,
+            ACL_CALLBACK_BLOCK => true,
+            other => {
+                return fail(
+                    ACL_ERROR_INVALID_PARAM,
+                    format!("unknown aclrtCallbackBlockType {other}"),
+                )
+            }
+        };
+        let Some(tid) = rt.reports.subscriber(s.handle) else {
+            return fail(
+                ACL_ERROR_RT_STREAM_NO_CB_REG,
+                "no thread is subscribed to this stream (aclrtSubscribeReport)",
+            );
+        };
+        let data = userData as usize;
+        s.core.enqueue(Kind::Host, move || {
+            let done = Arc::new((Mutex::new(false), Condvar::new()));
+            runtime().reports.deliver(
+                tid,
+                Pending {
+                    func,
+                    data,
+                    done: done.clone(),
+                },
+            );
+            if block {
+                let mut d = done.0.lock().unwrap();
+                while !*d {
+                    d = done.1.wait(d).unwrap();
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtProcessReport(timeout: i32) -> aclError {
+    entry("aclrtProcessReport", || {
+        let rt = runtime();
+        rt.ensure_init()?;
+        let timeout = duration_ms(timeout, ACL_ERROR_INVALID_PARAM, false)?;
+        let _ = this_thread;
+        rt.reports.process(timeout)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtLaunchHostFunc(
+    stream: aclrtStream,
+    fn_: aclrtHostFunc,
+    args: *mut c_void,
+) -> aclError {
+    entry("aclrtLaunchHostFunc", || {
+        let s = runtime().stream(stream as usize)?;
+        let Some(func) = fn_ else {
+            return fail(ACL_ERROR_INVALID_PARAM, "fn is NULL");
+        };
+        let args = args as usize;
+        s.core.enqueue(Kind::Host, move || {
+            // SAFETY: the application passed this function and argument to aclrtLaunchHostFunc,
+            // promising that calling it from the stream is valid.
+            unsafe { func(args as *mut c_void) };
+            Ok(())
+        })?;
+        Ok(())
+    })
+}

@@ -1,0 +1,180 @@
+//! aclnn objects and operators. Tensor and int-array descriptors are real objects (so descriptor code
+//! can be exercised anywhere); the operators themselves exist only on an NPU, and report
+//! `ACLNN_ERR_INNER_FIND_KERNEL_ERROR` here (the host path runs kernels on simulator streams instead).
+
+use crate::fail::{entry_with, fail, set_recent};
+use ascend_sys::*;
+use std::ffi::{c_char, c_void};
+
+/// What `aclCreateTensor` was given; `aclTensor` handles point to one of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorDesc {
+    /// View shape, outermost first.
+    pub view_dims: Vec<i64>,
+    /// Element type.
+    pub dtype: aclDataType,
+    /// Strides in elements.
+    pub strides: Vec<i64>,
+    /// Offset in elements.
+    pub offset: i64,
+    /// Storage format.
+    pub format: aclFormat,
+    /// Storage shape.
+    pub storage_dims: Vec<i64>,
+    /// Device address of the data.
+    pub data: usize,
+}
+
+/// Reads `n` int64 values.
+///
+/// # Safety
+/// A non-null `p` must point to `n` readable values.
+unsafe fn read_i64s(p: *const i64, n: u64) -> Option<Vec<i64>> {
+    if n > 64 || (p.is_null() && n > 0) {
+        return None;
+    }
+    // SAFETY: non-null with `n` readable values by the caller's contract (n == 0 reads nothing).
+    Some(if n == 0 {
+        Vec::new()
+    } else {
+        unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec()
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclCreateTensor(
+    viewDims: *const i64,
+    viewDimsNum: u64,
+    dataType: aclDataType,
+    stride: *const i64,
+    offset: i64,
+    format: aclFormat,
+    storageDims: *const i64,
+    storageDimsNum: u64,
+    tensorData: *mut c_void,
+) -> *mut aclTensor {
+    // SAFETY: the pointers carry their counts by the API contract.
+    let parts = unsafe {
+        (
+            read_i64s(viewDims, viewDimsNum),
+            read_i64s(stride, viewDimsNum),
+            read_i64s(storageDims, storageDimsNum),
+        )
+    };
+    let (Some(view_dims), Some(strides), Some(storage_dims)) = parts else {
+        set_recent("aclCreateTensor: a dims or strides pointer is NULL, or more than 64 dims");
+        return std::ptr::null_mut();
+    };
+    if offset < 0 || strides.iter().any(|&s| s < 0) || view_dims.iter().any(|&d| d < 0) {
+        set_recent("aclCreateTensor: negative dim, stride or offset");
+        return std::ptr::null_mut();
+    }
+    let desc = TensorDesc {
+        view_dims,
+        dtype: dataType,
+        strides,
+        offset,
+        format,
+        storage_dims,
+        data: tensorData as usize,
+    };
+    Box::into_raw(Box::new(desc)).cast()
+}
+
+/// The descriptor behind an `aclTensor` made by this simulator's `aclCreateTensor`.
+///
+/// # Safety
+/// `t` must be a live tensor returned by `aclCreateTensor` of this library.
+pub unsafe fn tensor_desc<'a>(t: *const aclTensor) -> &'a TensorDesc {
+    // SAFETY: by the caller's contract `t` came from `Box::into_raw` in aclCreateTensor.
+    unsafe { &*(t as *const TensorDesc) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyTensor(tensor: *const aclTensor) -> aclnnStatus {
+    if tensor.is_null() {
+        set_recent("aclDestroyTensor: tensor is NULL");
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    // SAFETY: a non-null tensor was created by aclCreateTensor (API contract) and is destroyed once.
+    drop(unsafe { Box::from_raw(tensor as *mut TensorDesc) });
+    ACLNN_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclCreateIntArray(value: *const i64, size: u64) -> *mut aclIntArray {
+    // SAFETY: `value` holds `size` values by the API contract.
+    match unsafe { read_i64s(value, size) } {
+        Some(v) => Box::into_raw(Box::new(v)).cast(),
+        None => {
+            set_recent("aclCreateIntArray: value is NULL, or more than 64 values");
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// The values behind an `aclIntArray` made by this simulator.
+///
+/// # Safety
+/// `a` must be a live array returned by `aclCreateIntArray` of this library.
+pub unsafe fn int_array<'a>(a: *const aclIntArray) -> &'a [i64] {
+    // SAFETY: by the caller's contract `a` came from `Box::into_raw` in aclCreateIntArray.
+    unsafe { &*(a as *const Vec<i64>) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyIntArray(array: *const aclIntArray) -> aclnnStatus {
+    if array.is_null() {
+        set_recent("aclDestroyIntArray: array is NULL");
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    // SAFETY: a non-null array was created by aclCreateIntArray (API contract) and is destroyed once.
+    drop(unsafe { Box::from_raw(array as *mut Vec<i64>) });
+    ACLNN_SUCCESS
+}
+
+fn no_npu(name: &str) -> aclnnStatus {
+    entry_with(name, ACLNN_ERR_INNER, || {
+        fail(
+            ACLNN_ERR_INNER_FIND_KERNEL_ERROR,
+            "aclnn operators need an NPU; the simulator runs host kernels instead",
+        )
+    })
+}
+
+macro_rules! npu_only {
+    ($($name:ident($($arg:ident: $ty:ty),* $(,)?);)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> aclnnStatus {
+            $(let _ = $arg;)*
+            no_npu(stringify!($name))
+        }
+    )*};
+}
+
+npu_only! {
+    aclnnMmGetWorkspaceSize(self_: *const aclTensor, mat2: *const aclTensor, out: *mut aclTensor, cubeMathType: i8, workspaceSize: *mut u64, executor: *mut *mut aclOpExecutor);
+    aclnnMm(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnBatchMatMulGetWorkspaceSize(self_: *const aclTensor, mat2: *const aclTensor, out: *mut aclTensor, cubeMathType: i8, workspaceSize: *mut u64, executor: *mut *mut aclOpExecutor);
+    aclnnBatchMatMul(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnFusedInferAttentionScoreV2GetWorkspaceSize(
+        query: *const aclTensor, key: *const aclTensorList, value: *const aclTensorList, pseShift: *const aclTensor,
+        attenMask: *const aclTensor, actualSeqLengths: *const aclIntArray, actualSeqLengthsKv: *const aclIntArray,
+        deqScale1: *const aclTensor, quantScale1: *const aclTensor, deqScale2: *const aclTensor, quantScale2: *const aclTensor,
+        quantOffset2: *const aclTensor, antiquantScale: *const aclTensor, antiquantOffset: *const aclTensor,
+        blockTable: *const aclTensor, queryPaddingSize: *const aclTensor, kvPaddingSize: *const aclTensor,
+        keyAntiquantScale: *const aclTensor, keyAntiquantOffset: *const aclTensor, valueAntiquantScale: *const aclTensor,
+        valueAntiquantOffset: *const aclTensor, keySharedPrefix: *const aclTensor, valueSharedPrefix: *const aclTensor,
+        actualSharedPrefixLen: *const aclIntArray, numHeads: i64, scaleValue: f64, preTokens: i64, nextTokens: i64,
+        inputLayout: *mut c_char, numKeyValueHeads: i64, sparseMode: i64, innerPrecise: i64, blockSize: i64,
+        antiquantMode: i64, softmaxLseFlag: bool, keyAntiquantMode: i64, valueAntiquantMode: i64,
+        attentionOut: *const aclTensor, softmaxLse: *const aclTensor, workspaceSize: *mut u64, executor: *mut *mut aclOpExecutor);
+    aclnnFusedInferAttentionScoreV2(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnScatterPaKvCacheGetWorkspaceSize(
+        key: *const aclTensor, keyCacheRef: *mut aclTensor, slotMapping: *const aclTensor, value: *const aclTensor,
+        valueCacheRef: *mut aclTensor, compressLensOptional: *const aclTensor, compressSeqOffsetOptional: *const aclTensor,
+        seqLensOptional: *const aclTensor, cacheModeOptional: *mut c_char, scatterModeOptional: *mut c_char,
+        stridesOptional: *const aclIntArray, offsetsOptional: *const aclIntArray, workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor);
+    aclnnScatterPaKvCache(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+}

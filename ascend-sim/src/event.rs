@@ -1,0 +1,124 @@
+//! Events: a record captures the work submitted to a stream so far; the event is complete once the
+//! stream has finished that work. The record task stamps the time the stream reached it, for
+//! `aclrtEventElapsedTime`.
+
+use crate::fail::{fail, Result};
+use crate::stream::{Kind, StreamCore};
+use ascend_sys::*;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The latest record of an event.
+#[derive(Clone)]
+pub struct Record {
+    /// The stream it was recorded on.
+    pub core: Arc<StreamCore>,
+    /// The record task's sequence number on that stream.
+    pub seq: u64,
+    /// When the stream reached the record.
+    pub stamp: Arc<OnceLock<Instant>>,
+}
+
+impl Record {
+    /// True once the stream has reached the record.
+    pub fn complete(&self) -> bool {
+        self.core.completed() >= self.seq
+    }
+}
+
+/// An event as the C ABI sees it.
+pub struct Event {
+    /// Creation flags (`ACL_EVENT_*`).
+    pub flags: u32,
+    /// Created by `aclrtCreateEventExWithFlag` (an un-recorded Ex event reads complete).
+    pub ex: bool,
+    /// Created with a flag (`aclrtCreateEventWithFlag` / `ExWithFlag`) rather than `aclrtCreateEvent`.
+    pub with_flag: bool,
+    record: Mutex<Option<Record>>,
+}
+
+impl Event {
+    /// A new, un-recorded event.
+    pub fn new(flags: u32, ex: bool, with_flag: bool) -> Event {
+        Event {
+            flags,
+            ex,
+            with_flag,
+            record: Mutex::new(None),
+        }
+    }
+
+    /// `aclrtRecordEvent`: captures the work submitted to `core` so far (a re-record overwrites).
+    pub fn record(&self, core: &Arc<StreamCore>) -> Result<()> {
+        let stamp = Arc::new(OnceLock::new());
+        let s = stamp.clone();
+        let seq = core.enqueue(Kind::Order, move || {
+            let _ = s.set(Instant::now());
+            Ok(())
+        })?;
+        *self.record.lock().unwrap() = Some(Record {
+            core: core.clone(),
+            seq,
+            stamp,
+        });
+        Ok(())
+    }
+
+    /// The latest record, if any.
+    pub fn latest(&self) -> Option<Record> {
+        self.record.lock().unwrap().clone()
+    }
+
+    /// `aclrtResetEvent`: back to un-recorded.
+    pub fn reset(&self) {
+        *self.record.lock().unwrap() = None;
+    }
+
+    /// `aclrtQueryEventStatus`: `ACL_EVENT_RECORDED_STATUS_COMPLETE` once the captured work is done.
+    pub fn status(&self) -> i32 {
+        match self.latest() {
+            Some(r) if r.complete() => ACL_EVENT_RECORDED_STATUS_COMPLETE,
+            Some(_) => ACL_EVENT_RECORDED_STATUS_NOT_READY,
+            None if self.ex => ACL_EVENT_RECORDED_STATUS_COMPLETE,
+            None => ACL_EVENT_RECORDED_STATUS_NOT_READY,
+        }
+    }
+
+    /// `aclrtSynchronizeEvent(WithTimeout)`: waits for the captured work (an un-recorded event returns
+    /// at once). `ACL_ERROR_RT_EVENT_SYNC_TIMEOUT` on expiry.
+    pub fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
+        match self.latest() {
+            Some(r) if !r.core.wait_for(r.seq, timeout) => fail(
+                ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
+                format!(
+                    "event synchronize timed out after {} ms",
+                    timeout.unwrap_or_default().as_millis()
+                ),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `aclrtEventElapsedTime`: milliseconds from `start`'s record to `end`'s.
+pub fn elapsed_ms(start: &Event, end: &Event) -> Result<f32> {
+    let (Some(a), Some(b)) = (start.latest(), end.latest()) else {
+        return fail(
+            ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID,
+            "both events must be recorded",
+        );
+    };
+    let (Some(ta), Some(tb)) = (a.stamp.get(), b.stamp.get()) else {
+        return fail(
+            ACL_ERROR_RT_EVENT_NOT_COMPLETE,
+            "both events must be complete (synchronize them first)",
+        );
+    };
+    if tb < ta {
+        return fail(
+            ACL_ERROR_RT_EVENT_TIMESTAMP_REVERSAL,
+            "the end event completed before the start event",
+        );
+    }
+    Ok((*tb - *ta).as_secs_f64() as f32 * 1e3)
+}

@@ -1,0 +1,179 @@
+//! Host callbacks: `aclrtSubscribeReport` binds a thread to a stream, `aclrtLaunchCallback` enqueues a
+//! callback that the stream hands to that thread when it reaches it, and `aclrtProcessReport` runs it
+//! there. `ACL_CALLBACK_BLOCK` holds the stream until the callback has run.
+
+use crate::fail::{fail, Result};
+use ascend_sys::*;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A callback handed to a subscribed thread.
+pub struct Pending {
+    /// The C function.
+    pub func: unsafe extern "C" fn(*mut std::ffi::c_void),
+    /// Its argument.
+    pub data: usize,
+    /// Signalled once it has run (blocking callbacks hold their stream on it).
+    pub done: Arc<(Mutex<bool>, Condvar)>,
+}
+
+#[derive(Default)]
+struct ThreadQueue {
+    pending: Mutex<VecDeque<Pending>>,
+    ready: Condvar,
+}
+
+/// Subscriptions of the process.
+#[derive(Default)]
+pub struct Reports {
+    /// stream handle → subscribed thread id.
+    streams: Mutex<HashMap<usize, u64>>,
+    /// thread id → its queue and number of streams it serves.
+    threads: Mutex<HashMap<u64, (Arc<ThreadQueue>, usize)>>,
+}
+
+impl Pending {
+    /// Marks the callback as run (or abandoned) and releases a stream blocked on it.
+    pub fn finish(&self) {
+        *self.done.0.lock().unwrap() = true;
+        self.done.1.notify_all();
+    }
+}
+
+/// The calling thread's id as ACL applications pass it (`pthread_self`).
+pub fn this_thread() -> u64 {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+impl Reports {
+    /// `aclrtSubscribeReport`.
+    pub fn subscribe(&self, tid: u64, stream: usize) -> Result<()> {
+        let mut streams = self.streams.lock().unwrap();
+        if streams.contains_key(&stream) {
+            return fail(
+                ACL_ERROR_REPEAT_SUBSCRIBE,
+                "the stream already has a subscribed thread",
+            );
+        }
+        streams.insert(stream, tid);
+        self.threads
+            .lock()
+            .unwrap()
+            .entry(tid)
+            .or_insert_with(|| (Arc::default(), 0))
+            .1 += 1;
+        Ok(())
+    }
+
+    /// `aclrtUnSubscribeReport`: callbacks still waiting for the thread are abandoned (their streams
+    /// are released without running them).
+    pub fn unsubscribe(&self, tid: u64, stream: usize) -> Result<()> {
+        let mut streams = self.streams.lock().unwrap();
+        if streams.get(&stream) != Some(&tid) {
+            return fail(
+                ACL_ERROR_RT_STREAM_SUBSCRIBE,
+                "this thread is not subscribed to the stream",
+            );
+        }
+        streams.remove(&stream);
+        self.release_thread(tid);
+        Ok(())
+    }
+
+    fn release_thread(&self, tid: u64) {
+        let mut threads = self.threads.lock().unwrap();
+        if let Some((q, n)) = threads.get_mut(&tid) {
+            *n -= 1;
+            if *n == 0 {
+                q.pending.lock().unwrap().drain(..).for_each(|p| p.finish());
+                threads.remove(&tid);
+            }
+        }
+    }
+
+    /// Drops the subscription of a destroyed stream.
+    pub fn forget_stream(&self, stream: usize) {
+        if let Some(tid) = self.streams.lock().unwrap().remove(&stream) {
+            self.release_thread(tid);
+        }
+    }
+
+    /// The thread subscribed to `stream`, if any.
+    pub fn subscriber(&self, stream: usize) -> Option<u64> {
+        self.streams.lock().unwrap().get(&stream).copied()
+    }
+
+    /// Hands a callback to thread `tid` (from the stream's thread). False if it is gone.
+    pub fn deliver(&self, tid: u64, p: Pending) -> bool {
+        let q = self
+            .threads
+            .lock()
+            .unwrap()
+            .get(&tid)
+            .map(|(q, _)| q.clone());
+        match q {
+            Some(q) => {
+                q.pending.lock().unwrap().push_back(p);
+                q.ready.notify_all();
+                true
+            }
+            None => {
+                p.finish();
+                false
+            }
+        }
+    }
+
+    /// `aclrtProcessReport` for the calling thread: runs one callback, waiting up to `timeout`.
+    pub fn process(&self, timeout: Option<Duration>) -> Result<()> {
+        let tid = this_thread();
+        let Some(q) = self
+            .threads
+            .lock()
+            .unwrap()
+            .get(&tid)
+            .map(|(q, _)| q.clone())
+        else {
+            return fail(
+                ACL_ERROR_RT_THREAD_SUBSCRIBE,
+                "this thread is not subscribed to any stream",
+            );
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut pending = q.pending.lock().unwrap();
+        let p = loop {
+            if let Some(p) = pending.pop_front() {
+                break p;
+            }
+            match deadline {
+                None => pending = q.ready.wait(pending).unwrap(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return fail(
+                            ACL_ERROR_RT_REPORT_TIMEOUT,
+                            "no callback arrived before the timeout",
+                        );
+                    }
+                    pending = q.ready.wait_timeout(pending, d - now).unwrap().0;
+                }
+            }
+        };
+        drop(pending);
+        // SAFETY: the function and its argument were given by the application to aclrtLaunchCallback,
+        // which is its promise that calling them here is valid.
+        unsafe { (p.func)(p.data as *mut std::ffi::c_void) };
+        p.finish();
+        Ok(())
+    }
+
+    /// Drops every subscription (finalize).
+    pub fn clear(&self) {
+        self.streams.lock().unwrap().clear();
+        for (_, (q, _)) in self.threads.lock().unwrap().drain() {
+            q.pending.lock().unwrap().drain(..).for_each(|p| p.finish());
+        }
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine with the Rust toolchain and Python 3 lacks for ascend-rs:
+#   - libclang (the test that regenerates ascend-sys/src/bindings.rs runs bindgen against it);
+#   - a C compiler (the C ABI test compiles a C program against the simulator's shared library).
+# Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+need=()
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+
+if ((${#need[@]})); then
+    echo "setup: installing ${need[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: the Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
+echo "setup: ok"

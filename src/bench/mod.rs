@@ -1,0 +1,56 @@
+//! Benchmark implementations, one per figure, shared by the criterion benches (`benches/`) and by
+//! `ascend bench`: each returns the time taken for a given number of iterations, so criterion's
+//! `iter_custom` and the command-line sweep measure exactly the same thing.
+
+pub mod runtime;
+
+use serde_json::{Map, Value};
+use std::time::{Duration, Instant};
+
+/// One reported figure: a benchmark name, its parameters, and a value with its unit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    /// e.g. `runtime.copy`.
+    pub name: String,
+    /// Parameters, in display order.
+    pub params: Vec<(String, Value)>,
+    /// The figure.
+    pub value: f64,
+    /// Its unit, used as the JSON key (`us`, `gbps`, `mops`, ...).
+    pub unit: &'static str,
+}
+
+impl Figure {
+    /// The figure as one flat JSON object: `{"name": ..., <params>..., <unit>: value}`.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("name".into(), Value::from(self.name.clone()));
+        for (k, v) in &self.params {
+            m.insert(k.clone(), v.clone());
+        }
+        m.insert(self.unit.into(), Value::from(self.value));
+        Value::Object(m)
+    }
+}
+
+/// Runs `f(iters)` with growing iteration counts until one run takes at least `budget`, and returns
+/// the best time per iteration over three such runs (machines here are shared and noisy).
+pub fn per_iter(budget: Duration, mut f: impl FnMut(u64) -> Duration) -> Duration {
+    let mut iters = 1u64;
+    let start = Instant::now();
+    loop {
+        let t = f(iters);
+        if t >= budget || start.elapsed() > budget * 20 {
+            break;
+        }
+        iters = iters.saturating_mul(if t.is_zero() {
+            10
+        } else {
+            ((budget.as_secs_f64() / t.as_secs_f64()) * 1.2).clamp(1.5, 10.0) as u64 + 1
+        });
+    }
+    (0..3)
+        .map(|_| f(iters).div_f64(iters as f64))
+        .min()
+        .unwrap()
+}

@@ -1,0 +1,136 @@
+//! `ascend selftest`: exercises every layer that exists and reports a table of checks.
+
+use ascend::rt::{Context, Device, Error, PinnedHostBuffer, Runtime, Stream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// One check's outcome.
+pub struct Check {
+    pub layer: &'static str,
+    pub name: &'static str,
+    pub result: Result<String, String>,
+}
+
+fn check(
+    layer: &'static str,
+    name: &'static str,
+    f: impl FnOnce() -> Result<String, Error>,
+) -> Check {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::Unsupported("the check panicked".into())))
+        .map_err(|e| e.to_string());
+    Check {
+        layer,
+        name,
+        result,
+    }
+}
+
+/// Runs every check.
+pub fn run() -> Vec<Check> {
+    let mut out = vec![check("sys", "function table declared", || {
+        Ok(format!("{} C functions", ascend::sys::API_LEN))
+    })];
+    out.push(check("sys", "CANN libraries", || {
+        Ok(match ascend::sys::load() {
+            Ok(l) => format!("loaded ({} symbols)", l.api.present().count()),
+            Err(e) => format!(
+                "not installed ({} places searched): fine on a host without an NPU",
+                e.attempts.len()
+            ),
+        })
+    }));
+    out.push(check("rt", "runtime initialised", || {
+        let rt = Runtime::get()?;
+        Ok(format!("{}: {}", rt.backend().name(), rt.reason()))
+    }));
+    out.push(check("rt", "devices", || {
+        let n = Device::count()?;
+        if n == 0 {
+            return Err(Error::Unsupported("no device".into()));
+        }
+        Ok(format!(
+            "{n} device(s), {}",
+            Device::soc_name()?.unwrap_or_default()
+        ))
+    }));
+    out.push(check("rt", "copy round trip", || {
+        let s = Stream::new(&Context::new(0)?)?;
+        let data: Vec<f32> = (0..100_000).map(|i| i as f32).collect();
+        let d = s.clone_htod(&data)?;
+        let mut e = s.alloc::<f32>(data.len())?;
+        s.memcpy_dtod(&d, &mut e)?;
+        if s.clone_dtoh(&e)? != data {
+            return Err(Error::Unsupported(
+                "data differs after H2D, D2D, D2H".into(),
+            ));
+        }
+        Ok("H2D, D2D, D2H of 400 KB".into())
+    }));
+    out.push(check("rt", "stream order", || {
+        let s = Stream::new(&Context::new(0)?)?;
+        let next = Arc::new(AtomicUsize::new(0));
+        let bad = Arc::new(AtomicUsize::new(0));
+        for i in 0..1000 {
+            let (next, bad) = (next.clone(), bad.clone());
+            s.launch_host(move || {
+                if next.fetch_add(1, Ordering::SeqCst) != i {
+                    bad.fetch_add(1, Ordering::SeqCst);
+                }
+            })?;
+        }
+        s.synchronize()?;
+        match bad.load(Ordering::SeqCst) {
+            0 => Ok("1000 tasks in order".into()),
+            n => Err(Error::Unsupported(format!("{n} tasks out of order"))),
+        }
+    }));
+    out.push(check("rt", "cross-stream events", || {
+        let ctx = Context::new(0)?;
+        let (a, b) = (Stream::new(&ctx)?, Stream::new(&ctx)?);
+        let flag = Arc::new(AtomicUsize::new(0));
+        let f = flag.clone();
+        a.launch_host(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            f.store(1, Ordering::SeqCst);
+        })?;
+        b.wait(&a.record_event()?)?;
+        let (f, seen) = (flag.clone(), Arc::new(AtomicUsize::new(7)));
+        let s2 = seen.clone();
+        b.launch_host(move || s2.store(f.load(Ordering::SeqCst), Ordering::SeqCst))?;
+        b.synchronize()?;
+        match seen.load(Ordering::SeqCst) {
+            1 => Ok("the waiting stream saw the other stream's work".into()),
+            _ => Err(Error::Unsupported("the waiting stream ran early".into())),
+        }
+    }));
+    out.push(check("rt", "pinned async copies", || {
+        let ctx = Context::new(0)?;
+        let s = Stream::new(&ctx)?;
+        let src = PinnedHostBuffer::from_slice(&ctx, &[3u32; 4096])?;
+        let mut d = s.alloc::<u32>(4096)?;
+        let mut back = PinnedHostBuffer::<u32>::new(&ctx, 4096)?;
+        s.memcpy_htod_async(&src, &mut d)?;
+        s.memcpy_dtoh_async(&d, &mut back)?;
+        if back.as_slice()?.iter().any(|&x| x != 3) {
+            return Err(Error::Unsupported("pinned round trip differs".into()));
+        }
+        Ok("16 KB both ways".into())
+    }));
+    out.push(check("rt", "errors are values", || {
+        match Context::new(1 << 20) {
+            Err(e) if e.code() == Some(ascend::sys::ACL_ERROR_RT_INVALID_DEVICEID) => {
+                Ok(e.name().unwrap_or("").to_string())
+            }
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::Unsupported("device 1048576 opened".into())),
+        }
+    }));
+    out.push(check("kernels", "matmul / attention", || {
+        Ok("not built yet (later issues)".into())
+    }));
+    out.push(check("patch", "vLLM patch module", || {
+        Ok("not built yet (later issues)".into())
+    }));
+    out
+}

@@ -1,0 +1,157 @@
+//! The `ascend` command-line tool.
+
+mod cli {
+    pub mod bench;
+    pub mod info;
+    pub mod selftest;
+    pub mod table;
+}
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "ascend",
+    version,
+    about = "ascend-rs: Rust runtime for Ascend NPUs (or its host simulator)"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the backend in use and why, the devices, and the build facts.
+    Info {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exercise every layer and print a table of checks; exits 1 if any fails.
+    Selftest {
+        /// One JSON object per check instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run benchmarks on the current backend.
+    Bench {
+        #[command(subcommand)]
+        kind: BenchKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Launch rate, launch + synchronize round trip, event record + query, copy bandwidth.
+    Runtime {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Device to measure.
+        #[arg(long, default_value_t = 0)]
+        device: usize,
+        /// Target time per measurement, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        budget_ms: u64,
+        /// Copy sizes in bytes, comma-separated (default 4 KiB .. 256 MiB).
+        #[arg(long, value_delimiter = ',')]
+        bytes: Vec<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    match Args::parse().command {
+        Command::Info { json } => {
+            let v = cli::info::gather();
+            if json {
+                println!("{v}");
+            } else {
+                cli::info::print_text(&v);
+            }
+            if v.get("error").is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Selftest { json } => {
+            let checks = cli::selftest::run();
+            let failed = checks.iter().filter(|c| c.result.is_err()).count();
+            if json {
+                for c in &checks {
+                    let (ok, detail) = match &c.result {
+                        Ok(d) => (true, d),
+                        Err(d) => (false, d),
+                    };
+                    println!(
+                        "{}",
+                        serde_json::json!({ "layer": c.layer, "check": c.name, "ok": ok, "detail": detail })
+                    );
+                }
+            } else {
+                let rows: Vec<Vec<String>> = checks
+                    .iter()
+                    .map(|c| {
+                        let (status, detail) = match &c.result {
+                            Ok(d) => ("ok", d.clone()),
+                            Err(d) => ("FAIL", d.clone()),
+                        };
+                        vec![
+                            c.layer.to_string(),
+                            c.name.to_string(),
+                            status.to_string(),
+                            detail,
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    cli::table::render(&["layer", "check", "result", "detail"], &rows)
+                );
+                println!("{} checks, {} failed", checks.len(), failed);
+            }
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Bench {
+            kind:
+                BenchKind::Runtime {
+                    json,
+                    device,
+                    budget_ms,
+                    bytes,
+                },
+        } => {
+            let sizes = if bytes.is_empty() {
+                ascend::bench::runtime::COPY_SIZES.to_vec()
+            } else {
+                bytes
+            };
+            if let Some(bad) = sizes.iter().find(|&&b| b == 0 || b > 1 << 34) {
+                eprintln!("error: --bytes {bad} is outside 1..=16 GiB");
+                return ExitCode::from(2);
+            }
+            match cli::bench::run_runtime(
+                device,
+                Duration::from_millis(budget_ms.max(1)),
+                &sizes,
+                json,
+            ) {
+                Ok(f) => {
+                    cli::bench::print(&f, json);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
