@@ -1,0 +1,82 @@
+//! The `ascend` tool as a user runs it: exit codes and machine-readable output.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn ascend(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ascend"))
+        .args(args)
+        .env("ASCEND_BACKEND", "sim")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap())
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn info_reports_the_simulator_and_its_devices() {
+    let (ok, out) = ascend(&["info", "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["backend"], "sim");
+    assert_eq!(v["reason"], "ASCEND_BACKEND=sim");
+    assert_eq!(
+        v["devices"].as_array().unwrap().len(),
+        v["simulator"]["visible"].as_array().unwrap().len()
+    );
+    assert_eq!(v["devices"][0]["soc"], "Ascend910B3");
+}
+
+#[test]
+fn selftest_passes_every_check() {
+    let (ok, out) = ascend(&["selftest", "--json"]);
+    let checks = json_lines(&out);
+    assert!(checks.len() >= 8);
+    for c in &checks {
+        assert_eq!(c["ok"], true, "{c}");
+    }
+    assert!(ok);
+}
+
+#[test]
+fn selftest_fails_with_exit_code_1_when_the_backend_is_unusable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ascend"))
+        .args(["selftest"])
+        .env("ASCEND_BACKEND", "nonsense")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}
+
+#[test]
+fn bench_runtime_json_has_one_figure_per_line() {
+    let (ok, out) = ascend(&[
+        "bench",
+        "runtime",
+        "--json",
+        "--budget-ms",
+        "2",
+        "--bytes",
+        "4096,65536",
+    ]);
+    assert!(ok);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3 + 2 * 3, "{out}");
+    for l in &lines {
+        let name = l["name"].as_str().unwrap();
+        let unit = if name == "runtime.copy" { "gbps" } else { "us" };
+        assert!(l[unit].as_f64().unwrap() > 0.0, "{l}");
+        assert_eq!(l["backend"], "sim");
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l["direction"] == "d2d" && l["bytes"] == 65536));
+    let (ok, _) = ascend(&["bench", "runtime", "--bytes", "0"]);
+    assert!(!ok, "a zero size is rejected");
+}
