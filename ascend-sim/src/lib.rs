@@ -16,6 +16,7 @@ pub mod capi;
 pub mod config;
 pub mod event;
 pub mod fail;
+pub mod hccl;
 pub mod memory;
 pub mod pool;
 pub mod report;

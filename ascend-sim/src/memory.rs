@@ -6,14 +6,16 @@
 //! addresses, `round_up(size, 32) + 32` bytes (`aclrtMallocAlign32`: `round_up(size, 32)`).
 //!
 //! Every access the simulator makes to device memory (copies, memsets, collectives) goes through
-//! [`Memory::access`], which checks the ranges against live allocations and holds the allocation
-//! tables' read locks for the duration, so a concurrent `aclrtFree` can never pull memory out from
-//! under a copy.
+//! [`Memory::access`], which checks the ranges against live allocations and *pins* them until the
+//! access is over. `aclrtFree` is immediate, as in CANN, and later accesses see the memory as freed;
+//! but a pinned block is only returned to the allocator when its last access ends, so work already
+//! running never writes into memory that was handed out again. No lock is held during an access, so a
+//! collective waiting for its peers never blocks allocation.
 
 use crate::fail::{fail, Fail, Result};
 use ascend_sys::*;
 use std::collections::BTreeMap;
-use std::sync::{OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, OnceLock};
 
 /// CANN pads each allocation by this much after rounding to 32 bytes.
 pub const PADDING: usize = 32;
@@ -43,26 +45,46 @@ pub enum Location {
     Host,
 }
 
+/// A live allocation.
+struct Block {
+    carved: usize,
+    usable: usize,
+    /// Accesses in progress.
+    pins: u32,
+    /// Freed by the user while pinned: released when the last access ends.
+    freed: bool,
+}
+
+/// The live blocks of one device (or of pinned host memory).
+#[derive(Default)]
+struct Blocks {
+    live: BTreeMap<usize, Block>,
+    /// Free ranges of a device region: offset → length, coalesced.
+    free: BTreeMap<usize, usize>,
+    /// Usable bytes allocated (what `aclrtGetMemInfo` reports as used).
+    used: usize,
+}
+
+impl Blocks {
+    /// The block containing `[addr, addr + len)`, if it is live and not freed.
+    fn find(&mut self, addr: usize, len: usize) -> Option<(usize, &mut Block)> {
+        let (&start, block) = self.live.range_mut(..=addr).next_back()?;
+        let end = start + block.usable;
+        let inside = addr + len <= end && (len > 0 || addr < end);
+        (inside && !block.freed).then_some((start, block))
+    }
+}
+
 struct Region {
     base: usize,
     len: usize,
-}
-
-#[derive(Default)]
-struct Heap {
-    /// Free ranges: offset → length, coalesced.
-    free: BTreeMap<usize, usize>,
-    /// Live blocks: address → (carved length, usable length).
-    live: BTreeMap<usize, (usize, usize)>,
-    /// Usable bytes allocated (what `aclrtGetMemInfo` reports as used).
-    used: usize,
 }
 
 /// One device's memory.
 pub struct DeviceMemory {
     capacity: usize,
     region: OnceLock<std::result::Result<Region, String>>,
-    heap: RwLock<Heap>,
+    blocks: Mutex<Blocks>,
 }
 
 impl DeviceMemory {
@@ -70,7 +92,7 @@ impl DeviceMemory {
         DeviceMemory {
             capacity,
             region: OnceLock::new(),
-            heap: RwLock::new(Heap::default()),
+            blocks: Mutex::default(),
         }
     }
 
@@ -95,7 +117,7 @@ impl DeviceMemory {
                     std::io::Error::last_os_error()
                 ))
             } else {
-                self.heap.write().unwrap().free.insert(0, self.capacity);
+                self.blocks.lock().unwrap().free.insert(0, self.capacity);
                 Ok(Region {
                     base: p as usize,
                     len: self.capacity,
@@ -113,65 +135,81 @@ impl DeviceMemory {
     fn alloc(&self, usable: usize) -> Result<usize> {
         let region = self.region()?;
         let carved = usable.div_ceil(ALIGN) * ALIGN;
-        let mut heap = self.heap.write().unwrap();
-        let Some((&off, &len)) = heap.free.iter().find(|(_, &len)| len >= carved) else {
+        let mut b = self.blocks.lock().unwrap();
+        let Some((&off, &len)) = b.free.iter().find(|(_, &len)| len >= carved) else {
             return fail(
                 ACL_ERROR_RT_MEMORY_ALLOCATION,
                 format!(
                     "out of device memory: {usable} bytes requested, {} of {} bytes in use",
-                    heap.used, self.capacity
+                    b.used, self.capacity
                 ),
             );
         };
-        heap.free.remove(&off);
+        b.free.remove(&off);
         if len > carved {
-            heap.free.insert(off + carved, len - carved);
+            b.free.insert(off + carved, len - carved);
         }
-        heap.live.insert(region.base + off, (carved, usable));
-        heap.used += usable;
+        b.live.insert(
+            region.base + off,
+            Block {
+                carved,
+                usable,
+                pins: 0,
+                freed: false,
+            },
+        );
+        b.used += usable;
         Ok(region.base + off)
     }
 
     fn free(&self, addr: usize) -> Result<()> {
-        let Some(Ok(region)) = self.region.get() else {
-            return fail(ACL_ERROR_RT_PARAM_INVALID, "pointer was never allocated");
-        };
-        let mut heap = self.heap.write().unwrap();
-        let Some((carved, usable)) = heap.live.remove(&addr) else {
-            return fail(
+        let mut b = self.blocks.lock().unwrap();
+        match b.live.get_mut(&addr) {
+            Some(block) if !block.freed => {
+                block.freed = true;
+                if block.pins == 0 {
+                    self.release(&mut b, addr);
+                }
+                Ok(())
+            }
+            _ => fail(
                 ACL_ERROR_RT_PARAM_INVALID,
                 format!("{addr:#x} is not the start of a live device allocation (double free, or an interior pointer)"),
-            );
+            ),
+        }
+    }
+
+    /// Returns a freed, unpinned block to the allocator.
+    fn release(&self, b: &mut Blocks, addr: usize) {
+        let (Some(Ok(region)), Some(block)) = (self.region.get(), b.live.remove(&addr)) else {
+            return;
         };
-        heap.used -= usable;
-        if carved >= RELEASE_THRESHOLD {
-            // SAFETY: the range lies inside our own mapping and no live block overlaps it; the
-            // exclusive heap lock keeps every reader (copies) away while the pages are dropped.
-            unsafe { libc::madvise(addr as *mut libc::c_void, carved, libc::MADV_DONTNEED) };
+        b.used -= block.usable;
+        if block.carved >= RELEASE_THRESHOLD {
+            // SAFETY: the range lies inside our own mapping, belongs to no live block, and no access
+            // is in progress on it (it was unpinned).
+            unsafe { libc::madvise(addr as *mut libc::c_void, block.carved, libc::MADV_DONTNEED) };
         }
         // Insert the range back and coalesce with its neighbours.
-        let mut off = addr - region.base;
-        let mut len = carved;
-        if let Some((&prev, &plen)) = heap.free.range(..off).next_back() {
+        let (mut off, mut len) = (addr - region.base, block.carved);
+        if let Some((&prev, &plen)) = b.free.range(..off).next_back() {
             if prev + plen == off {
-                heap.free.remove(&prev);
+                b.free.remove(&prev);
                 off = prev;
                 len += plen;
             }
         }
-        if let Some(&nlen) = heap.free.get(&(off + len)) {
-            heap.free.remove(&(off + len));
+        if let Some(nlen) = b.free.remove(&(off + len)) {
             len += nlen;
         }
-        heap.free.insert(off, len);
-        Ok(())
+        b.free.insert(off, len);
     }
 
     /// Frees every allocation (finalize).
     fn reset(&self) {
         if let Some(Ok(region)) = self.region.get() {
-            let mut heap = self.heap.write().unwrap();
-            // SAFETY: the whole region is ours; no reader holds the lock.
+            let mut b = self.blocks.lock().unwrap();
+            // SAFETY: the whole region is ours; nothing may use device memory across aclFinalize.
             unsafe {
                 libc::madvise(
                     region.base as *mut libc::c_void,
@@ -179,47 +217,22 @@ impl DeviceMemory {
                     libc::MADV_DONTNEED,
                 )
             };
-            *heap = Heap::default();
-            heap.free.insert(0, region.len);
+            *b = Blocks::default();
+            b.free.insert(0, region.len);
         }
     }
 
     /// (free, total) bytes.
     pub fn info(&self) -> (usize, usize) {
-        let used = self.heap.read().unwrap().used;
+        let used = self.blocks.lock().unwrap().used;
         (self.capacity - used.min(self.capacity), self.capacity)
-    }
-}
-
-fn check_live(
-    live: &BTreeMap<usize, (usize, usize)>,
-    addr: usize,
-    len: usize,
-    what: &str,
-) -> Result<()> {
-    let ok = live
-        .range(..=addr)
-        .next_back()
-        .is_some_and(|(&start, &(_, usable))| {
-            addr + len <= start + usable && (len > 0 || addr < start + usable.max(1))
-        });
-    if ok {
-        Ok(())
-    } else {
-        fail(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!(
-                "{what} range [{addr:#x}, +{len}) is not inside one live allocation (out of range, or freed)"
-            ),
-        )
     }
 }
 
 /// All simulated memory of the process.
 pub struct Memory {
     devices: Vec<DeviceMemory>,
-    /// Live pinned host blocks: address → usable length.
-    pinned: RwLock<BTreeMap<usize, (usize, usize)>>,
+    pinned: Mutex<Blocks>,
 }
 
 /// A memory range a task touches.
@@ -233,10 +246,39 @@ pub struct Span {
     pub write: bool,
 }
 
-/// Read locks on the allocation tables, held while the checked ranges are accessed.
+/// Pins on the blocks an access touches; dropping it ends the access.
 pub struct Access<'a> {
-    _device: Vec<RwLockReadGuard<'a, Heap>>,
-    _pinned: Option<RwLockReadGuard<'a, BTreeMap<usize, (usize, usize)>>>,
+    memory: &'a Memory,
+    /// (device index or `None` for pinned host memory, block start).
+    pinned: Vec<(Option<usize>, usize)>,
+}
+
+impl Drop for Access<'_> {
+    fn drop(&mut self) {
+        for &(d, start) in &self.pinned {
+            match d {
+                Some(d) => {
+                    let dev = &self.memory.devices[d];
+                    let mut b = dev.blocks.lock().unwrap();
+                    if let Some(block) = b.live.get_mut(&start) {
+                        block.pins -= 1;
+                        if block.pins == 0 && block.freed {
+                            dev.release(&mut b, start);
+                        }
+                    }
+                }
+                None => {
+                    let mut b = self.memory.pinned.lock().unwrap();
+                    if let Some(block) = b.live.get_mut(&start) {
+                        block.pins -= 1;
+                        if block.pins == 0 && block.freed {
+                            Memory::release_host(&mut b, start);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Memory {
@@ -244,7 +286,7 @@ impl Memory {
     pub fn new(devices: usize, capacity: usize) -> Self {
         Memory {
             devices: (0..devices).map(|_| DeviceMemory::new(capacity)).collect(),
-            pinned: RwLock::default(),
+            pinned: Mutex::default(),
         }
     }
 
@@ -258,9 +300,11 @@ impl Memory {
         if let Some(d) = self.devices.iter().position(|d| d.contains(addr)) {
             return Location::Device(d);
         }
-        let pinned = self.pinned.read().unwrap();
-        match pinned.range(..=addr).next_back() {
-            Some((&start, &(carved, _))) if addr < start + carved => Location::Pinned,
+        let pinned = self.pinned.lock().unwrap();
+        match pinned.live.range(..=addr).next_back() {
+            Some((&start, block)) if addr < start + block.carved && !block.freed => {
+                Location::Pinned
+            }
             _ => Location::Host,
         }
     }
@@ -303,11 +347,9 @@ impl Memory {
         if size == 0 {
             return fail(ACL_ERROR_INVALID_PARAM, "size is 0");
         }
-        let carved = size
-            .checked_next_multiple_of(ALIGN)
-            .ok_or_else(|| Fail::new(ACL_ERROR_INVALID_PARAM, "size overflows"))?;
-        let layout = std::alloc::Layout::from_size_align(carved, ALIGN)
-            .map_err(|_| Fail::new(ACL_ERROR_INVALID_PARAM, "size overflows"))?;
+        let overflow = || Fail::new(ACL_ERROR_INVALID_PARAM, "size overflows");
+        let carved = size.checked_next_multiple_of(ALIGN).ok_or_else(overflow)?;
+        let layout = std::alloc::Layout::from_size_align(carved, ALIGN).map_err(|_| overflow())?;
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc(layout) } as usize;
         if p == 0 {
@@ -316,74 +358,89 @@ impl Memory {
                 format!("host allocation of {size} bytes failed"),
             );
         }
-        self.pinned.write().unwrap().insert(p, (carved, size));
+        self.pinned.lock().unwrap().live.insert(
+            p,
+            Block {
+                carved,
+                usable: size,
+                pins: 0,
+                freed: false,
+            },
+        );
         Ok(p)
     }
 
     /// `aclrtFreeHost`.
     pub fn free_host(&self, addr: usize) -> Result<()> {
-        let mut pinned = self.pinned.write().unwrap();
-        let Some((carved, _)) = pinned.remove(&addr) else {
-            return fail(
+        let mut b = self.pinned.lock().unwrap();
+        match b.live.get_mut(&addr) {
+            Some(block) if !block.freed => {
+                block.freed = true;
+                if block.pins == 0 {
+                    Memory::release_host(&mut b, addr);
+                }
+                Ok(())
+            }
+            _ => fail(
                 ACL_ERROR_RT_PARAM_INVALID,
                 format!("{addr:#x} is not a live aclrtMallocHost block"),
-            );
-        };
-        // SAFETY: allocated in `malloc_host` with this exact layout, and removed from the table under
-        // the write lock, so no copy is reading it and it cannot be freed twice.
-        unsafe {
-            std::alloc::dealloc(
-                addr as *mut u8,
-                std::alloc::Layout::from_size_align_unchecked(carved, ALIGN),
-            )
-        };
-        Ok(())
+            ),
+        }
     }
 
-    /// Checks every span against the live allocations and returns the locks that keep them live.
-    /// Host spans outside pinned blocks are not checked (the simulator cannot know their extent).
+    fn release_host(b: &mut Blocks, addr: usize) {
+        if let Some(block) = b.live.remove(&addr) {
+            // SAFETY: allocated in `malloc_host` with this layout; removed from the table, so it is
+            // released exactly once, and unpinned, so no access is using it.
+            unsafe {
+                std::alloc::dealloc(
+                    addr as *mut u8,
+                    std::alloc::Layout::from_size_align_unchecked(block.carved, ALIGN),
+                )
+            };
+        }
+    }
+
+    /// Checks every span against the live allocations and pins their blocks until the returned
+    /// [`Access`] is dropped. Host spans outside pinned blocks are not checked (the simulator cannot
+    /// know their extent).
     pub fn access(&self, spans: &[Span]) -> Result<Access<'_>> {
-        let mut devices: Vec<usize> = Vec::new();
-        let mut pinned_needed = false;
-        let mut located = Vec::with_capacity(spans.len());
+        let mut access = Access {
+            memory: self,
+            pinned: Vec::with_capacity(spans.len()),
+        };
         for s in spans {
             if s.addr.checked_add(s.len).is_none() {
                 return fail(ACL_ERROR_RT_PARAM_INVALID, "address range overflows");
             }
-            let loc = self.locate(s.addr);
-            match loc {
-                Location::Device(d) if !devices.contains(&d) => devices.push(d),
-                Location::Pinned => pinned_needed = true,
-                _ => {}
-            }
-            located.push(loc);
-        }
-        devices.sort_unstable(); // lock order: device index, then the pinned table
-        let guards: Vec<_> = devices
-            .iter()
-            .map(|&d| self.devices[d].heap.read().unwrap())
-            .collect();
-        let pinned = pinned_needed.then(|| self.pinned.read().unwrap());
-        for (s, loc) in spans.iter().zip(located) {
             let what = if s.write { "destination" } else { "source" };
-            match loc {
+            let bad = |place: String| {
+                fail(
+                    ACL_ERROR_RT_PARAM_INVALID,
+                    format!("{place} {what} range [{:#x}, +{}) is not inside one live allocation (out of range, or freed)", s.addr, s.len),
+                )
+            };
+            match self.locate(s.addr) {
                 Location::Device(d) => {
-                    let heap = &guards[devices.iter().position(|&x| x == d).unwrap()];
-                    check_live(&heap.live, s.addr, s.len, &format!("device {d} {what}"))?
+                    let mut b = self.devices[d].blocks.lock().unwrap();
+                    let Some((start, block)) = b.find(s.addr, s.len) else {
+                        return bad(format!("device {d}"));
+                    };
+                    block.pins += 1;
+                    access.pinned.push((Some(d), start));
                 }
-                Location::Pinned => check_live(
-                    pinned.as_ref().unwrap(),
-                    s.addr,
-                    s.len,
-                    &format!("pinned host {what}"),
-                )?,
+                Location::Pinned => {
+                    let mut b = self.pinned.lock().unwrap();
+                    let Some((start, block)) = b.find(s.addr, s.len) else {
+                        return bad("pinned host".into());
+                    };
+                    block.pins += 1;
+                    access.pinned.push((None, start));
+                }
                 Location::Host => {}
             }
         }
-        Ok(Access {
-            _device: guards,
-            _pinned: pinned,
-        })
+        Ok(access)
     }
 
     /// (free, total) device memory of logical device `d`.
@@ -394,9 +451,10 @@ impl Memory {
     /// Frees everything (aclFinalize).
     pub fn reset(&self) {
         self.devices.iter().for_each(DeviceMemory::reset);
-        let blocks: Vec<usize> = self.pinned.read().unwrap().keys().copied().collect();
-        for b in blocks {
-            let _ = self.free_host(b);
+        let mut b = self.pinned.lock().unwrap();
+        let blocks: Vec<usize> = b.live.keys().copied().collect();
+        for addr in blocks {
+            Memory::release_host(&mut b, addr);
         }
     }
 }
@@ -485,5 +543,43 @@ mod tests {
             .is_err());
         m.free_host(h).unwrap();
         assert!(m.free_host(h).is_err());
+    }
+
+    #[test]
+    fn a_block_freed_during_an_access_is_released_when_it_ends() {
+        let m = Memory::new(1, 1 << 20);
+        let a = m.malloc(0, 1000, false).unwrap();
+        let access = m
+            .access(&[Span {
+                addr: a,
+                len: 1000,
+                write: true,
+            }])
+            .unwrap();
+        m.free(a).unwrap();
+        assert!(
+            m.access(&[Span {
+                addr: a,
+                len: 1,
+                write: false
+            }])
+            .is_err(),
+            "freed for new accesses"
+        );
+        assert!(m.free(a).is_err(), "double free");
+        assert_eq!(
+            m.info(0).0,
+            (1 << 20) - 1056,
+            "still held by the running access"
+        );
+        let b = m.malloc(0, 1000, false).unwrap();
+        assert_ne!(a, b, "not handed out again while in use");
+        drop(access);
+        assert_eq!(
+            m.info(0).0,
+            (1 << 20) - 1056,
+            "released once the access ended"
+        );
+        m.free(b).unwrap();
     }
 }

@@ -25,7 +25,7 @@ pub struct Registry<T> {
 }
 
 impl<T> Registry<T> {
-    fn new(tag: usize, what: &'static str) -> Self {
+    pub(crate) fn new(tag: usize, what: &'static str) -> Self {
         Registry {
             map: RwLock::default(),
             next: AtomicUsize::new(1),

@@ -26,6 +26,7 @@ pub fn setup(device: i32) {
 macro_rules! assert_code {
     ($call:expr, $code:expr) => {{
         // SAFETY: test calls into the simulator with arguments chosen by the test.
+        #[allow(unused_unsafe)]
         let got = unsafe { $call };
         assert_eq!(
             got,

@@ -1,0 +1,631 @@
+//! A communicator: the ranks' shared-memory segment, the rendezvous that fills it, and the waiting
+//! rules (timeouts, dead peers) every collective relies on.
+//!
+//! One POSIX shared-memory segment per communicator, created 0600 by the first rank that arrives and
+//! named by the root info. Once every rank has mapped it, the name is unlinked: the mapping lives on,
+//! and nothing is left in `/dev/shm` whatever happens to the processes afterwards. A segment whose
+//! ranks all died before the rendezvous completed is removed by the next communicator initialisation.
+//!
+//! Layout: a header; one control block per rank (its step counter and the descriptor of its current
+//! collective, double-buffered by step parity); one control block per ordered pair of ranks for
+//! point-to-point transfers; then per rank two staging slots of [`CHUNK`] bytes, and per ordered pair
+//! two mailbox halves of [`P2P_HALF`] bytes. Memory is touched only where it is used.
+
+use super::root::{Root, SEGMENT_PREFIX};
+use ascend_sys::*;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Largest communicator.
+pub const MAX_RANKS: usize = 64;
+/// Staging slot size per rank (two per rank, alternating by step parity).
+pub const CHUNK: usize = 1 << 20;
+/// Point-to-point mailbox half size (two halves per ordered pair).
+pub const P2P_HALF: usize = 256 << 10;
+const MAGIC: u64 = 0x4153_4353_494d_4843; // "ASCSIMHC"
+const LAYOUT_VERSION: u32 = 1;
+
+/// An HCCL failure: its code and what happened.
+pub type HFail = (i32, String);
+
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,
+    version: u32,
+    nranks: u32,
+    key: [u8; 16],
+    joined: AtomicU32,
+    attached: AtomicU32,
+    /// First fatal error of the communicator (timeout, dead peer), seen by every rank.
+    failed: AtomicI32,
+    unlinked: AtomicU32,
+}
+
+/// Words of a collective's descriptor; the first [`DESC_COMPARED`] must match on every rank.
+pub type Desc = [u64; 8];
+/// Descriptor words compared between ranks.
+pub const DESC_COMPARED: usize = 6;
+
+#[repr(C, align(64))]
+struct RankCtl {
+    pid: AtomicU32,
+    _pad0: [u8; 60],
+    step: AtomicU64,
+    _pad1: [u8; 56],
+    desc: [[AtomicU64; 8]; 2],
+    counts: [[AtomicU64; MAX_RANKS]; 2],
+}
+
+/// Control block of one ordered pair (from → to) of ranks.
+#[repr(C, align(64))]
+pub struct PairCtl {
+    /// Chunks the sender has published.
+    pub sent: AtomicU64,
+    /// Chunks the receiver has consumed.
+    pub acked: AtomicU64,
+    /// Per mailbox half: bytes in the chunk, and total bytes of the message it belongs to.
+    pub len: [[AtomicU64; 2]; 2],
+    /// Set by a receiver whose expected size differs from the sender's.
+    pub error: AtomicU32,
+}
+
+struct Layout {
+    ranks: usize,
+    pairs: usize,
+    slots: usize,
+    mailboxes: usize,
+    total: usize,
+}
+
+fn align_up(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
+impl Layout {
+    fn new(n: usize) -> Layout {
+        let ranks = 4096;
+        let pairs = align_up(ranks + n * std::mem::size_of::<RankCtl>(), 64);
+        let slots = align_up(pairs + n * n * std::mem::size_of::<PairCtl>(), 4096);
+        let mailboxes = slots + n * 2 * CHUNK;
+        let total = mailboxes + n * n * 2 * P2P_HALF;
+        Layout {
+            ranks,
+            pairs,
+            slots,
+            mailboxes,
+            total,
+        }
+    }
+}
+
+/// A mapped segment.
+struct Segment {
+    base: usize,
+    len: usize,
+    name: String,
+}
+
+impl Segment {
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a Header (zero-initialised by ftruncate, written by the
+        // creator) and lives as long as `self`; every mutable field is atomic.
+        unsafe { &*(self.base as *const Header) }
+    }
+}
+
+fn shm_path(name: &str) -> CString {
+    CString::new(format!("/{name}")).expect("segment names have no NUL")
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// True when process `pid` no longer runs (gone, or a zombie).
+pub fn pid_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// Removes our segments whose every attached process is dead (left by a rendezvous that never
+/// completed). Returns how many were removed.
+pub fn remove_stale_segments() -> usize {
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(SEGMENT_PREFIX) {
+            continue;
+        }
+        let Ok(pids) = pids_in(&e.path()) else {
+            continue;
+        };
+        if !pids.is_empty() && pids.iter().all(|&p| pid_dead(p)) {
+            let _ = std::fs::remove_file(e.path());
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The pids recorded in a segment file (reads only the control blocks).
+fn pids_in(path: &std::path::Path) -> std::io::Result<Vec<u32>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let mut head = [0u8; 16];
+    f.read_exact(&mut head)?;
+    let n = u32::from_le_bytes(head[12..16].try_into().unwrap()) as usize;
+    let mut pids = Vec::new();
+    for r in 0..n.min(MAX_RANKS) {
+        f.seek(SeekFrom::Start(
+            (4096 + r * std::mem::size_of::<RankCtl>()) as u64,
+        ))?;
+        let mut p = [0u8; 4];
+        f.read_exact(&mut p)?;
+        let pid = u32::from_le_bytes(p);
+        if pid != 0 {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// State changed by each operation, under the communicator's lock.
+pub struct OpState {
+    /// Steps this rank has posted.
+    pub step: u64,
+    /// Chunks sent to each peer.
+    pub p2p_sent: Vec<u64>,
+    /// Chunks received from each peer.
+    pub p2p_recv: Vec<u64>,
+}
+
+/// One rank's view of a communicator.
+pub struct Comm {
+    seg: Segment,
+    layout: Layout,
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub n: usize,
+    /// Logical device the communicator was created on.
+    pub device: usize,
+    /// Name reported by `HcclGetCommName`.
+    pub name: String,
+    pids: Vec<u32>,
+    exec_timeout: Duration,
+    /// Serialises operations of this rank; holds the step counters.
+    pub state: Mutex<OpState>,
+    /// Error of the last failed asynchronous operation (`HcclGetCommAsyncError`).
+    pub async_error: AtomicI32,
+    /// Operations enqueued and not finished (destroy refuses while non-zero).
+    pub inflight: AtomicUsize,
+}
+
+// SAFETY: `seg.base` points to a shared mapping owned by this value; all cross-thread access to it
+// goes through atomics or is ordered by them (step counters with release/acquire).
+unsafe impl Send for Comm {}
+// SAFETY: as above; mutable Rust-side state is behind a Mutex or atomics.
+unsafe impl Sync for Comm {}
+
+/// Reads a timeout in seconds from the environment.
+pub fn env_timeout(var: &str, default_s: u64) -> Duration {
+    let secs = std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| *s > 0.0);
+    Duration::from_secs_f64(secs.unwrap_or(default_s as f64))
+}
+
+fn map(fd: i32, len: usize) -> Result<usize, HFail> {
+    // SAFETY: maps a shared-memory object we opened; the kernel picks the address.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err((
+            HCCL_E_MEMORY,
+            format!("mmap of the communicator segment failed: {}", errno()),
+        ));
+    }
+    Ok(p as usize)
+}
+
+impl Comm {
+    /// Joins (or creates) the communicator named by `root` as `rank` of `n`, waiting up to
+    /// `connect_timeout` for every rank to arrive.
+    pub fn join(
+        root: &Root,
+        n: usize,
+        rank: usize,
+        device: usize,
+        connect_timeout: Duration,
+        exec_timeout: Duration,
+    ) -> Result<Comm, HFail> {
+        if n == 0 || n > MAX_RANKS || rank >= n {
+            return Err((
+                HCCL_E_PARA,
+                format!("rank {rank} of {n} is invalid (1..={MAX_RANKS} ranks)"),
+            ));
+        }
+        remove_stale_segments();
+        let layout = Layout::new(n);
+        let path = shm_path(&root.segment);
+        let deadline = Instant::now() + connect_timeout;
+        // Create it, or open the one another rank created.
+        let (fd, created) = loop {
+            // SAFETY: plain syscalls on a NUL-terminated name.
+            let fd = unsafe {
+                libc::shm_open(
+                    path.as_ptr(),
+                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: our fresh descriptor.
+                unsafe { libc::fchmod(fd, 0o600) };
+                // SAFETY: as above.
+                if unsafe { libc::ftruncate(fd, layout.total as libc::off_t) } != 0 {
+                    let e = errno();
+                    // SAFETY: our descriptor and name.
+                    unsafe {
+                        libc::close(fd);
+                        libc::shm_unlink(path.as_ptr())
+                    };
+                    return Err((
+                        HCCL_E_MEMORY,
+                        format!("cannot size the communicator segment: {e}"),
+                    ));
+                }
+                break (fd, true);
+            }
+            // SAFETY: as above.
+            let fd = unsafe { libc::shm_open(path.as_ptr(), libc::O_RDWR, 0) };
+            if fd >= 0 {
+                break (fd, false);
+            }
+            if Instant::now() > deadline {
+                return Err((
+                    HCCL_E_TIMEOUT,
+                    "timed out opening the communicator segment".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        // The creator sizes the segment right after creating it: wait for that.
+        let size = loop {
+            // SAFETY: fstat into a zeroed struct.
+            let size = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(fd, &mut st);
+                st.st_size as usize
+            };
+            if size > 0 || Instant::now() > deadline {
+                break size;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        if !created && size != layout.total {
+            // SAFETY: our descriptor.
+            unsafe { libc::close(fd) };
+            return Err((HCCL_E_PARA, format!("the root info was used for a communicator of another size (this rank says {n})")));
+        }
+        let base = map(fd, layout.total);
+        // SAFETY: the mapping keeps the object alive; the descriptor is no longer needed.
+        unsafe { libc::close(fd) };
+        let seg = Segment {
+            base: base?,
+            len: layout.total,
+            name: root.segment.clone(),
+        };
+        if created {
+            // SAFETY: we created the segment and nobody reads these plain fields before `magic`.
+            unsafe {
+                let hp = seg.base as *mut Header;
+                (*hp).version = LAYOUT_VERSION;
+                (*hp).nranks = n as u32;
+                (*hp).key = root.key;
+            }
+            seg.header().magic.store(MAGIC, Release);
+        }
+        let mut comm = Comm {
+            layout,
+            rank,
+            n,
+            device,
+            name: root.segment.clone(),
+            pids: Vec::new(),
+            exec_timeout,
+            state: Mutex::new(OpState {
+                step: 0,
+                p2p_sent: vec![0; n],
+                p2p_recv: vec![0; n],
+            }),
+            async_error: AtomicI32::new(0),
+            inflight: AtomicUsize::new(0),
+            seg,
+        };
+        comm.seg.header().attached.fetch_add(1, AcqRel);
+        // Wait for the creator's header, then check it is ours.
+        while comm.seg.header().magic.load(Acquire) != MAGIC {
+            if Instant::now() > deadline {
+                return Err((
+                    HCCL_E_TIMEOUT,
+                    "timed out waiting for the communicator segment's header".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let h = comm.seg.header();
+        if h.key != root.key || h.version != LAYOUT_VERSION {
+            return Err((
+                HCCL_E_PARA,
+                "the segment does not match the root info's key (not ours)".into(),
+            ));
+        }
+        if h.nranks as usize != n {
+            return Err((
+                HCCL_E_PARA,
+                format!(
+                    "the root info was used with {} ranks elsewhere and {n} here",
+                    h.nranks
+                ),
+            ));
+        }
+        let pid = std::process::id();
+        if comm
+            .ctl(rank)
+            .pid
+            .compare_exchange(0, pid, AcqRel, Acquire)
+            .is_err()
+        {
+            return Err((
+                HCCL_E_PARA,
+                format!("rank {rank} has already joined this communicator"),
+            ));
+        }
+        h.joined.fetch_add(1, AcqRel);
+        comm.wait_joined(deadline, connect_timeout)?;
+        comm.pids = (0..n).map(|r| comm.ctl(r).pid.load(Acquire)).collect();
+        comm.unlink();
+        Ok(comm)
+    }
+
+    /// Creates all `n` ranks of a communicator in this process at once (`HcclCommInitAll`).
+    pub fn create_all(devices: &[usize], exec_timeout: Duration) -> Result<Vec<Comm>, HFail> {
+        let root = Root::generate();
+        let n = devices.len();
+        // Each rank's join completes only when all have arrived: join them from scoped threads.
+        let joined: Vec<Result<Comm, HFail>> = std::thread::scope(|s| {
+            let hs: Vec<_> = devices
+                .iter()
+                .enumerate()
+                .map(|(r, &d)| {
+                    let root = &root;
+                    s.spawn(move || {
+                        Comm::join(root, n, r, d, Duration::from_secs(30), exec_timeout)
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err((HCCL_E_INTERNAL, "join panicked".into())))
+                })
+                .collect()
+        });
+        joined.into_iter().collect()
+    }
+
+    fn wait_joined(&self, deadline: Instant, timeout: Duration) -> Result<(), HFail> {
+        let h = self.seg.header();
+        loop {
+            let j = h.joined.load(Acquire) as usize;
+            if j == self.n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<usize> = (0..self.n)
+                    .filter(|&r| self.ctl(r).pid.load(Acquire) == 0)
+                    .collect();
+                return Err((
+                    HCCL_E_TIMEOUT,
+                    format!(
+                        "ranks {missing:?} did not join within HCCL_CONNECT_TIMEOUT ({} s)",
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Removes the segment's name (the mappings stay valid). Idempotent across ranks.
+    fn unlink(&self) {
+        if self.seg.header().unlinked.swap(1, AcqRel) == 0 {
+            let path = shm_path(&self.seg.name);
+            // SAFETY: plain syscall on a NUL-terminated name.
+            unsafe { libc::shm_unlink(path.as_ptr()) };
+        }
+    }
+
+    fn ctl(&self, r: usize) -> &RankCtl {
+        // SAFETY: in bounds of the mapping (layout), properly aligned (64-byte aligned offsets of a
+        // page-aligned mapping), atomics only.
+        unsafe {
+            &*((self.seg.base + self.layout.ranks + r * std::mem::size_of::<RankCtl>())
+                as *const RankCtl)
+        }
+    }
+
+    /// Control block of the ordered pair `from → to`.
+    pub fn pair(&self, from: usize, to: usize) -> &PairCtl {
+        // SAFETY: as for `ctl`.
+        unsafe {
+            &*((self.seg.base
+                + self.layout.pairs
+                + (from * self.n + to) * std::mem::size_of::<PairCtl>())
+                as *const PairCtl)
+        }
+    }
+
+    /// Rank `r`'s staging slot for step `s` ([`CHUNK`] bytes).
+    pub fn slot(&self, r: usize, s: u64) -> *mut u8 {
+        (self.seg.base + self.layout.slots + (r * 2 + (s % 2) as usize) * CHUNK) as *mut u8
+    }
+
+    /// Mailbox half `half` of the ordered pair `from → to` ([`P2P_HALF`] bytes).
+    pub fn mailbox(&self, from: usize, to: usize, half: u64) -> *mut u8 {
+        (self.seg.base
+            + self.layout.mailboxes
+            + ((from * self.n + to) * 2 + (half % 2) as usize) * P2P_HALF) as *mut u8
+    }
+
+    /// Writes this rank's row of counts for step `s` (AlltoAllV).
+    pub fn set_counts(&self, s: u64, counts: &[u64]) {
+        for (slot, &c) in self.ctl(self.rank).counts[(s % 2) as usize]
+            .iter()
+            .zip(counts)
+        {
+            slot.store(c, Relaxed);
+        }
+    }
+
+    /// Rank `r`'s count for destination `d` at step `s` (valid after the step).
+    pub fn count(&self, r: usize, s: u64, d: usize) -> u64 {
+        self.ctl(r).counts[(s % 2) as usize][d].load(Relaxed)
+    }
+
+    /// The failure that poisoned the communicator, if any.
+    pub fn poisoned(&self) -> Option<HFail> {
+        match self.seg.header().failed.load(Acquire) {
+            0 => None,
+            c => Some((
+                c,
+                "the communicator failed earlier (a peer died or timed out)".into(),
+            )),
+        }
+    }
+
+    fn poison(&self, f: HFail) -> HFail {
+        let _ = self
+            .seg
+            .header()
+            .failed
+            .compare_exchange(0, f.0, AcqRel, Acquire);
+        f
+    }
+
+    /// Posts step `st.step + 1` with an optional descriptor, waits until every rank has posted it, and
+    /// checks that the descriptors agree. Returns the step number.
+    pub fn step(&self, st: &mut OpState, desc: Option<&Desc>, what: &str) -> Result<u64, HFail> {
+        st.step += 1;
+        let s = st.step;
+        let me = self.ctl(self.rank);
+        if let Some(d) = desc {
+            for (w, &v) in me.desc[(s % 2) as usize].iter().zip(d) {
+                w.store(v, Relaxed);
+            }
+        }
+        me.step.store(s, Release);
+        self.wait(what, || {
+            (0..self.n).all(|r| self.ctl(r).step.load(Acquire) >= s)
+        })?;
+        if let Some(d) = desc {
+            for r in 0..self.n {
+                let theirs: Vec<u64> = self.ctl(r).desc[(s % 2) as usize]
+                    .iter()
+                    .map(|w| w.load(Relaxed))
+                    .collect();
+                if theirs[..DESC_COMPARED] != d[..DESC_COMPARED] {
+                    return Err((
+                        HCCL_E_PARA,
+                        format!("{what}: rank {r} called it with {:?}, rank {} with {:?} (kind, dtype, count, op, root, ...)", &theirs[..DESC_COMPARED], self.rank, &d[..DESC_COMPARED]),
+                    ));
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Rank `r`'s descriptor word `w` at step `s`.
+    pub fn desc_word(&self, r: usize, s: u64, w: usize) -> u64 {
+        self.ctl(r).desc[(s % 2) as usize][w].load(Relaxed)
+    }
+
+    /// Waits until `ready()`; fails on the communicator's exec timeout, a dead peer or poison.
+    pub fn wait(&self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), HFail> {
+        for _ in 0..256 {
+            if ready() {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        let start = Instant::now();
+        let mut last_check = start;
+        let mut nap = Duration::from_micros(1);
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now - start < Duration::from_micros(500) {
+                std::thread::yield_now();
+                continue;
+            }
+            if now - last_check > Duration::from_millis(2) {
+                last_check = now;
+                if let Some(f) = self.poisoned() {
+                    return Err(f);
+                }
+                if let Some((r, pid)) = self
+                    .pids
+                    .iter()
+                    .enumerate()
+                    .find(|(r, p)| *r != self.rank && pid_dead(**p))
+                {
+                    return Err(
+                        self.poison((HCCL_E_TIMEOUT, format!("{what}: rank {r} (pid {pid}) died")))
+                    );
+                }
+                if now - start > self.exec_timeout {
+                    return Err(self.poison((
+                        HCCL_E_TIMEOUT,
+                        format!(
+                            "{what}: peers did not arrive within HCCL_EXEC_TIMEOUT ({} s)",
+                            self.exec_timeout.as_secs_f64()
+                        ),
+                    )));
+                }
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_micros(100));
+        }
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        if self.seg.header().attached.fetch_sub(1, AcqRel) == 1 {
+            self.unlink();
+        }
+        // SAFETY: unmaps our own mapping once; no reference into it outlives `self`.
+        unsafe { libc::munmap(self.seg.base as *mut libc::c_void, self.seg.len) };
+    }
+}

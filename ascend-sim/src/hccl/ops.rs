@@ -1,0 +1,519 @@
+//! The collective algorithms, over the staging slots of a [`Comm`].
+//!
+//! Every collective proceeds in *steps*: a rank writes what its peers need into its slot for step
+//! `s`, posts `s`, waits until all ranks have posted `s`, then reads the peers' slots of step `s`. A
+//! slot is rewritten two steps later, once every rank has moved past, so no extra synchronisation is
+//! needed. The first step of each collective carries its descriptor (kind, dtype, count, op, root):
+//! ranks that disagree all fail with `HCCL_E_PARA` before any data moves.
+//!
+//! - all_reduce: small messages in one step (every rank reduces everything: lowest latency); large ones
+//!   in chunks of two steps each (reduce-scatter of the chunk, then all-gather of the reduced parts), so
+//!   each rank reduces only `1/n` of the data and the chunks stay in cache between producer and consumer.
+//! - the others move each chunk in one step.
+//! - point-to-point uses a mailbox per ordered pair of ranks, with its own counters.
+
+use super::comm::{Comm, Desc, HFail, OpState, CHUNK, P2P_HALF};
+use super::dtype::{reduce, DType, Op};
+use ascend_sys::*;
+use std::sync::atomic::Ordering::*;
+
+/// All-reduce messages at most this large are reduced in one step by every rank.
+const ONE_SHOT_BYTES: usize = 64 << 10;
+
+/// Which collective (first descriptor word).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Kind {
+    AllReduce = 1,
+    Broadcast,
+    AllGather,
+    ReduceScatter,
+    Reduce,
+    Scatter,
+    AllToAll,
+    AllToAllV,
+    Barrier,
+}
+
+fn desc(kind: Kind, t: Option<DType>, count: usize, op: Option<Op>, root: usize) -> Desc {
+    [
+        kind as u64,
+        t.map_or(0, |t| t as u64 + 1),
+        count as u64,
+        op.map_or(0, |o| o as u64 + 1),
+        root as u64,
+        0,
+        0,
+        0,
+    ]
+}
+
+fn copy(dst: usize, src: usize, bytes: usize) {
+    if bytes > 0 && dst != src {
+        // SAFETY: callers pass ranges inside checked device buffers or the communicator's slots;
+        // `copy` handles overlap.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+    }
+}
+
+/// Splits `0..len` into `n` near-equal parts; part `r`.
+fn part(len: usize, n: usize, r: usize) -> (usize, usize) {
+    (len * r / n, len * (r + 1) / n)
+}
+
+/// Chunks of at most `max` elements covering `0..count` (one empty chunk when `count` is 0, so that
+/// every collective takes at least one step and mismatches are always detected).
+fn chunks(count: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let max = max.max(1);
+    let n = count.div_ceil(max).max(1);
+    (0..n).map(move |i| (i * max, max.min(count - (i * max).min(count))))
+}
+
+impl Comm {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `HcclAllReduce`: `recv = op(send of every rank)`; `send == recv` is allowed.
+    pub fn all_reduce(
+        &self,
+        send: usize,
+        recv: usize,
+        count: usize,
+        t: DType,
+        op: Op,
+    ) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        let (es, n, me) = (t.size(), self.n, self.rank);
+        let d = desc(Kind::AllReduce, Some(t), count, Some(op), 0);
+        if count * es <= ONE_SHOT_BYTES {
+            let s = st.step + 1;
+            copy(self.slot(me, s) as usize, send, count * es);
+            self.step(st, Some(&d), "HcclAllReduce")?;
+            let srcs: Vec<*const u8> = (0..n).map(|r| self.slot(r, s) as *const u8).collect();
+            // SAFETY: every slot holds `count` elements (count * es <= ONE_SHOT_BYTES <= CHUNK), `recv`
+            // was checked to hold them, and recv is not a slot.
+            unsafe { reduce(t, op, recv as *mut u8, &srcs, count) };
+            return Ok(());
+        }
+        for (i, (off, len)) in chunks(count, CHUNK / es).enumerate() {
+            let s = st.step + 1;
+            copy(self.slot(me, s) as usize, send + off * es, len * es);
+            self.step(st, (i == 0).then_some(&d), "HcclAllReduce")?;
+            // Reduce my part of the chunk into my slot of the next step, and into my output.
+            let (lo, hi) = part(len, n, me);
+            let srcs: Vec<*const u8> = (0..n)
+                .map(|r| self.slot(r, s).wrapping_add(lo * es) as *const u8)
+                .collect();
+            let mine = self.slot(me, s + 1).wrapping_add(lo * es);
+            // SAFETY: [lo, hi) lies inside each slot's chunk; the next-step slot is not read by anyone
+            // until we post s + 1 (its previous contents, from s - 1, were consumed before step s).
+            unsafe { reduce(t, op, mine, &srcs, hi - lo) };
+            copy(recv + (off + lo) * es, mine as usize, (hi - lo) * es);
+            let s2 = self.step(st, None, "HcclAllReduce")?;
+            for r in (0..n).filter(|&r| r != me) {
+                let (lo, hi) = part(len, n, r);
+                copy(
+                    recv + (off + lo) * es,
+                    self.slot(r, s2) as usize + lo * es,
+                    (hi - lo) * es,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `HcclBroadcast`: every rank's `buf` becomes the root's.
+    pub fn broadcast(&self, buf: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        let es = t.size();
+        let d = desc(Kind::Broadcast, Some(t), count, None, root);
+        for (i, (off, len)) in chunks(count, CHUNK / es).enumerate() {
+            let s = st.step + 1;
+            if self.rank == root {
+                copy(self.slot(root, s) as usize, buf + off * es, len * es);
+            }
+            self.step(st, (i == 0).then_some(&d), "HcclBroadcast")?;
+            if self.rank != root {
+                copy(buf + off * es, self.slot(root, s) as usize, len * es);
+            }
+        }
+        Ok(())
+    }
+
+    /// `HcclAllGather`: `recv[r * count ..]` = rank r's `send`.
+    pub fn all_gather(
+        &self,
+        send: usize,
+        recv: usize,
+        count: usize,
+        t: DType,
+    ) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        let es = t.size();
+        let d = desc(Kind::AllGather, Some(t), count, None, 0);
+        for (i, (off, len)) in chunks(count, CHUNK / es).enumerate() {
+            let s = st.step + 1;
+            copy(self.slot(self.rank, s) as usize, send + off * es, len * es);
+            self.step(st, (i == 0).then_some(&d), "HcclAllGather")?;
+            for r in 0..self.n {
+                copy(
+                    recv + (r * count + off) * es,
+                    self.slot(r, s) as usize,
+                    len * es,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `HcclReduceScatter`: `recv` = op over ranks of their `send[rank * count ..]`.
+    pub fn reduce_scatter(
+        &self,
+        send: usize,
+        recv: usize,
+        count: usize,
+        t: DType,
+        op: Op,
+    ) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        let (es, n, me) = (t.size(), self.n, self.rank);
+        let d = desc(Kind::ReduceScatter, Some(t), count, Some(op), 0);
+        let area = CHUNK / n / es;
+        for (i, (off, len)) in chunks(count, area).enumerate() {
+            let s = st.step + 1;
+            for r in 0..n {
+                copy(
+                    self.slot(me, s) as usize + r * area * es,
+                    send + (r * count + off) * es,
+                    len * es,
+                );
+            }
+            self.step(st, (i == 0).then_some(&d), "HcclReduceScatter")?;
+            let srcs: Vec<*const u8> = (0..n)
+                .map(|r| self.slot(r, s).wrapping_add(me * area * es) as *const u8)
+                .collect();
+            // SAFETY: each area holds `len` elements; `recv` holds `count` (checked) and is not a slot.
+            unsafe { reduce(t, op, (recv + off * es) as *mut u8, &srcs, len) };
+        }
+        Ok(())
+    }
+
+    /// `HcclReduce`: the root's `recv` = op(send of every rank); other ranks' `recv` is untouched.
+    pub fn reduce(
+        &self,
+        send: usize,
+        recv: usize,
+        count: usize,
+        t: DType,
+        op: Op,
+        root: usize,
+    ) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        let es = t.size();
+        let d = desc(Kind::Reduce, Some(t), count, Some(op), root);
+        for (i, (off, len)) in chunks(count, CHUNK / es).enumerate() {
+            let s = st.step + 1;
+            copy(self.slot(self.rank, s) as usize, send + off * es, len * es);
+            self.step(st, (i == 0).then_some(&d), "HcclReduce")?;
+            if self.rank == root {
+                let srcs: Vec<*const u8> =
+                    (0..self.n).map(|r| self.slot(r, s) as *const u8).collect();
+                // SAFETY: each slot holds `len` elements; `recv` holds `count` and is not a slot.
+                unsafe { reduce(t, op, (recv + off * es) as *mut u8, &srcs, len) };
+            }
+        }
+        Ok(())
+    }
+
+    /// `HcclScatter`: `recv` = the root's `send[rank * count ..]`.
+    pub fn scatter(
+        &self,
+        send: usize,
+        recv: usize,
+        count: usize,
+        t: DType,
+        root: usize,
+    ) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        let (es, n) = (t.size(), self.n);
+        let d = desc(Kind::Scatter, Some(t), count, None, root);
+        let area = CHUNK / n / es;
+        for (i, (off, len)) in chunks(count, area).enumerate() {
+            let s = st.step + 1;
+            if self.rank == root {
+                for r in 0..n {
+                    copy(
+                        self.slot(root, s) as usize + r * area * es,
+                        send + (r * count + off) * es,
+                        len * es,
+                    );
+                }
+            }
+            self.step(st, (i == 0).then_some(&d), "HcclScatter")?;
+            copy(
+                recv + off * es,
+                self.slot(root, s) as usize + self.rank * area * es,
+                len * es,
+            );
+        }
+        Ok(())
+    }
+
+    /// `HcclAlltoAll`: `recv[r * count ..]` = rank r's `send[rank * count ..]`.
+    pub fn all_to_all(
+        &self,
+        send: usize,
+        recv: usize,
+        count: usize,
+        t: DType,
+    ) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        let (es, n, me) = (t.size(), self.n, self.rank);
+        let d = desc(Kind::AllToAll, Some(t), count, None, 0);
+        let area = CHUNK / n / es;
+        for (i, (off, len)) in chunks(count, area).enumerate() {
+            let s = st.step + 1;
+            for r in 0..n {
+                copy(
+                    self.slot(me, s) as usize + r * area * es,
+                    send + (r * count + off) * es,
+                    len * es,
+                );
+            }
+            self.step(st, (i == 0).then_some(&d), "HcclAlltoAll")?;
+            for r in 0..n {
+                copy(
+                    recv + (r * count + off) * es,
+                    self.slot(r, s) as usize + me * area * es,
+                    len * es,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `HcclAlltoAllV`: rank r's block for this rank (`send_counts[rank]` at `sdispls[rank]` there)
+    /// lands at `rdispls[r]`, and must be `recv_counts[r]` long (else every rank fails `HCCL_E_PARA`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn all_to_all_v(
+        &self,
+        send: usize,
+        scounts: &[u64],
+        sdispls: &[u64],
+        recv: usize,
+        rcounts: &[u64],
+        rdispls: &[u64],
+        t: DType,
+    ) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        let (es, n, me) = (t.size(), self.n, self.rank);
+        // Step 1: exchange the count rows; each rank checks its column.
+        let s1 = st.step + 1;
+        self.set_counts(s1, scounts);
+        let mut d = desc(Kind::AllToAllV, Some(t), 0, None, 0);
+        self.step(st, Some(&d), "HcclAlltoAllV")?;
+        let ok = (0..n).all(|r| self.count(r, s1, me) == rcounts[r]);
+        let max = (0..n)
+            .flat_map(|r| (0..n).map(move |c| (r, c)))
+            .map(|(r, c)| self.count(r, s1, c))
+            .max()
+            .unwrap_or(0);
+        // Step 2: agree on whether every column matched.
+        d[6] = ok as u64;
+        let s2 = self.step(st, Some(&d), "HcclAlltoAllV")?;
+        if let Some(bad) = (0..n).find(|&r| self.desc_word(r, s2, 6) == 0) {
+            return Err((
+                HCCL_E_PARA,
+                format!(
+                    "HcclAlltoAllV: rank {bad}'s receive counts differ from what its peers send"
+                ),
+            ));
+        }
+        let area = (CHUNK / n / es) as u64;
+        let rounds = max.div_ceil(area).max(1);
+        for round in 0..rounds {
+            let s = st.step + 1;
+            let base = round * area;
+            for r in 0..n {
+                let len = scounts[r].saturating_sub(base).min(area) as usize;
+                copy(
+                    self.slot(me, s) as usize + r * area as usize * es,
+                    send + (sdispls[r] + base) as usize * es,
+                    len * es,
+                );
+            }
+            self.step(st, None, "HcclAlltoAllV")?;
+            for r in 0..n {
+                let len = rcounts[r].saturating_sub(base).min(area) as usize;
+                copy(
+                    recv + (rdispls[r] + base) as usize * es,
+                    self.slot(r, s) as usize + me * area as usize * es,
+                    len * es,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `HcclBarrier`.
+    pub fn barrier(&self) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        self.step(
+            st,
+            Some(&desc(Kind::Barrier, None, 0, None, 0)),
+            "HcclBarrier",
+        )
+        .map(drop)
+    }
+
+    /// Point-to-point transfers, all progressing together (`HcclBatchSendRecv`; `HcclSend`/`HcclRecv`
+    /// are batches of one). Transfers with the same peer and direction run in order.
+    pub fn send_recv(&self, items: &mut [P2p]) -> Result<(), HFail> {
+        let st = &mut *self.lock();
+        loop {
+            // Snapshot before polling, so that a change made while we poll is never missed.
+            let before: Vec<(u64, u64)> = items.iter().map(|it| self.p2p_counters(it)).collect();
+            let mut progressed = false;
+            let mut pending = false;
+            for i in 0..items.len() {
+                if items[i].finished {
+                    continue;
+                }
+                pending = true;
+                let (peer, send) = (items[i].peer, items[i].send);
+                if items[..i]
+                    .iter()
+                    .any(|o| !o.finished && o.peer == peer && o.send == send)
+                {
+                    continue;
+                }
+                progressed |= self.p2p_poll(st, &mut items[i])?;
+            }
+            if !pending {
+                return Ok(());
+            }
+            if !progressed {
+                self.wait("HcclSend/HcclRecv", || {
+                    items
+                        .iter()
+                        .zip(&before)
+                        .any(|(it, b)| self.p2p_counters(it) != *b)
+                })?;
+            }
+        }
+    }
+
+    fn p2p_counters(&self, it: &P2p) -> (u64, u64) {
+        let p = if it.send {
+            self.pair(self.rank, it.peer)
+        } else {
+            self.pair(it.peer, self.rank)
+        };
+        (
+            p.sent.load(Acquire),
+            p.acked.load(Acquire) + p.error.load(Acquire) as u64,
+        )
+    }
+
+    /// Moves at most one chunk of `it`; true if it did.
+    fn p2p_poll(&self, st: &mut OpState, it: &mut P2p) -> Result<bool, HFail> {
+        if it.send {
+            let p = self.pair(self.rank, it.peer);
+            if p.error.load(Acquire) != 0 {
+                return Err((
+                    HCCL_E_PARA,
+                    format!(
+                        "HcclSend: rank {} expected a different number of bytes",
+                        it.peer
+                    ),
+                ));
+            }
+            if it.all_sent {
+                // A send completes when the receiver has taken the last chunk (synchronous pairing).
+                it.finished = p.acked.load(Acquire) >= st.p2p_sent[it.peer];
+                return Ok(it.finished);
+            }
+            let c = st.p2p_sent[it.peer] + 1;
+            if p.acked.load(Acquire) + 2 < c {
+                return Ok(false); // both mailbox halves are full
+            }
+            let len = (it.bytes - it.done).min(P2P_HALF);
+            copy(
+                self.mailbox(self.rank, it.peer, c) as usize,
+                it.ptr + it.done,
+                len,
+            );
+            let h = (c % 2) as usize;
+            p.len[h][0].store(len as u64, Relaxed);
+            p.len[h][1].store(it.bytes as u64, Relaxed);
+            p.sent.store(c, Release);
+            st.p2p_sent[it.peer] = c;
+            it.done += len;
+            it.all_sent = it.done == it.bytes;
+        } else {
+            let p = self.pair(it.peer, self.rank);
+            let c = st.p2p_recv[it.peer] + 1;
+            if p.sent.load(Acquire) < c {
+                return Ok(false);
+            }
+            let h = (c % 2) as usize;
+            let (len, total) = (
+                p.len[h][0].load(Relaxed) as usize,
+                p.len[h][1].load(Relaxed) as usize,
+            );
+            if total != it.bytes {
+                p.error.store(1, Release);
+                return Err((
+                    HCCL_E_PARA,
+                    format!(
+                        "HcclRecv: rank {} sends {total} bytes, this rank expects {}",
+                        it.peer, it.bytes
+                    ),
+                ));
+            }
+            copy(
+                it.ptr + it.done,
+                self.mailbox(it.peer, self.rank, c) as usize,
+                len,
+            );
+            p.acked.store(c, Release);
+            st.p2p_recv[it.peer] = c;
+            it.done += len;
+            it.finished = it.done == it.bytes;
+        }
+        Ok(true)
+    }
+}
+
+/// One point-to-point transfer.
+#[derive(Clone, Debug)]
+pub struct P2p {
+    /// The other rank.
+    pub peer: usize,
+    /// Send (true) or receive.
+    pub send: bool,
+    /// Buffer address.
+    pub ptr: usize,
+    /// Bytes to move.
+    pub bytes: usize,
+    done: usize,
+    all_sent: bool,
+    finished: bool,
+}
+
+impl P2p {
+    /// A transfer of `bytes` at `ptr` to (send) or from `peer`. An empty transfer still exchanges one
+    /// empty chunk, so that the peers stay paired.
+    pub fn new(peer: usize, send: bool, ptr: usize, bytes: usize) -> P2p {
+        P2p {
+            peer,
+            send,
+            ptr,
+            bytes,
+            done: 0,
+            all_sent: false,
+            finished: false,
+        }
+    }
+}

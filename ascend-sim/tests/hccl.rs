@@ -1,0 +1,951 @@
+//! HCCL collectives of the simulator, through the C ABI: every op × dtype × reduce op against a host
+//! reference, for 1, 2, 3, 4 and 8 ranks, in threads and in processes; faults bounded in time.
+//!
+//! Inputs are small integers, so every result is exact in every dtype (sums stay within ±16 and
+//! products within 2^8, both exactly representable even in bf16; integer types wrap as C does), and
+//! results are compared bit for bit.
+
+#![allow(clippy::macro_metavars_in_unsafe)]
+
+mod common;
+
+use ascend_sim::capi::{acl::*, hccl::*};
+use ascend_sys::*;
+use common::*;
+use std::ffi::c_void;
+use std::process::Command;
+use std::ptr::null_mut;
+use std::time::{Duration, Instant};
+
+const TYPES: [HcclDataType; 12] = [
+    HCCL_DATA_TYPE_INT8,
+    HCCL_DATA_TYPE_INT16,
+    HCCL_DATA_TYPE_INT32,
+    HCCL_DATA_TYPE_INT64,
+    HCCL_DATA_TYPE_UINT8,
+    HCCL_DATA_TYPE_UINT16,
+    HCCL_DATA_TYPE_UINT32,
+    HCCL_DATA_TYPE_UINT64,
+    HCCL_DATA_TYPE_FP16,
+    HCCL_DATA_TYPE_BFP16,
+    HCCL_DATA_TYPE_FP32,
+    HCCL_DATA_TYPE_FP64,
+];
+const OPS: [HcclReduceOp; 4] = [
+    HCCL_REDUCE_SUM,
+    HCCL_REDUCE_PROD,
+    HCCL_REDUCE_MAX,
+    HCCL_REDUCE_MIN,
+];
+
+fn size_of(t: HcclDataType) -> usize {
+    match t {
+        HCCL_DATA_TYPE_INT8 | HCCL_DATA_TYPE_UINT8 => 1,
+        HCCL_DATA_TYPE_INT16
+        | HCCL_DATA_TYPE_UINT16
+        | HCCL_DATA_TYPE_FP16
+        | HCCL_DATA_TYPE_BFP16 => 2,
+        HCCL_DATA_TYPE_INT32 | HCCL_DATA_TYPE_UINT32 | HCCL_DATA_TYPE_FP32 => 4,
+        _ => 8,
+    }
+}
+
+fn unsigned(t: HcclDataType) -> bool {
+    matches!(
+        t,
+        HCCL_DATA_TYPE_UINT8
+            | HCCL_DATA_TYPE_UINT16
+            | HCCL_DATA_TYPE_UINT32
+            | HCCL_DATA_TYPE_UINT64
+    )
+}
+
+/// Encodes an exact small integer as one element of `t` (integers wrap).
+fn encode(t: HcclDataType, v: i64, out: &mut Vec<u8>) {
+    match t {
+        HCCL_DATA_TYPE_INT8 | HCCL_DATA_TYPE_UINT8 => out.push(v as u8),
+        HCCL_DATA_TYPE_INT16 | HCCL_DATA_TYPE_UINT16 => out.extend((v as u16).to_le_bytes()),
+        HCCL_DATA_TYPE_INT32 | HCCL_DATA_TYPE_UINT32 => out.extend((v as u32).to_le_bytes()),
+        HCCL_DATA_TYPE_INT64 | HCCL_DATA_TYPE_UINT64 => out.extend((v as u64).to_le_bytes()),
+        _ => encode_f(t, v as f64, out),
+    }
+}
+
+fn encode_f(t: HcclDataType, v: f64, out: &mut Vec<u8>) {
+    match t {
+        HCCL_DATA_TYPE_FP16 => out.extend(half::f16::from_f64(v).to_bits().to_le_bytes()),
+        HCCL_DATA_TYPE_BFP16 => out.extend(half::bf16::from_f64(v).to_bits().to_le_bytes()),
+        HCCL_DATA_TYPE_FP32 => out.extend((v as f32).to_le_bytes()),
+        _ => out.extend(v.to_le_bytes()),
+    }
+}
+
+fn float(t: HcclDataType) -> bool {
+    matches!(
+        t,
+        HCCL_DATA_TYPE_FP16 | HCCL_DATA_TYPE_BFP16 | HCCL_DATA_TYPE_FP32 | HCCL_DATA_TYPE_FP64
+    )
+}
+
+/// Asserts equal bytes, naming the first differing element.
+#[track_caller]
+fn same(got: &[u8], want: &[u8], es: usize, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        let e = i / es;
+        panic!(
+            "{what}: element {e} is {:?}, expected {:?}",
+            &got[e * es..(e + 1) * es],
+            &want[e * es..(e + 1) * es]
+        );
+    }
+}
+
+fn value(t: HcclDataType, rank: usize, i: usize) -> i64 {
+    let v = ((rank * 7 + i * 3 + 1) % 5) as i64;
+    if unsigned(t) {
+        v
+    } else {
+        v - 2
+    }
+}
+
+fn data(t: HcclDataType, rank: usize, count: usize, salt: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(count * size_of(t));
+    (0..count).for_each(|i| encode(t, value(t, rank + salt, i), &mut out));
+    out
+}
+
+fn reduced(t: HcclDataType, op: HcclReduceOp, ranks: usize, count: usize, salt: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(count * size_of(t));
+    for i in 0..count {
+        if float(t) {
+            // In floating point, as the reduction does (so -1 · 0 is -0).
+            let vals = (0..ranks).map(|r| value(t, r + salt, i) as f64);
+            let v = match op {
+                HCCL_REDUCE_SUM => vals.sum(),
+                HCCL_REDUCE_PROD => vals.product(),
+                HCCL_REDUCE_MAX => vals.fold(f64::MIN, f64::max),
+                _ => vals.fold(f64::MAX, f64::min),
+            };
+            encode_f(t, v, &mut out);
+            continue;
+        }
+        let vals = (0..ranks).map(|r| value(t, r + salt, i));
+        let v = match op {
+            HCCL_REDUCE_SUM => vals.sum(),
+            HCCL_REDUCE_PROD => vals.product(),
+            HCCL_REDUCE_MAX => vals.max().unwrap(),
+            _ => vals.min().unwrap(),
+        };
+        encode(t, v, &mut out);
+    }
+    out
+}
+
+/// One rank's device buffers and stream.
+struct Rank {
+    rank: usize,
+    n: usize,
+    comm: HcclComm,
+    stream: aclrtStream,
+}
+
+impl Rank {
+    fn upload(&self, bytes: &[u8]) -> *mut c_void {
+        let p = malloc(bytes.len().max(1));
+        if !bytes.is_empty() {
+            assert_code!(
+                aclrtMemcpy(
+                    p,
+                    bytes.len(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    ACL_MEMCPY_HOST_TO_DEVICE
+                ),
+                ACL_SUCCESS
+            );
+        }
+        p
+    }
+
+    fn download(&self, p: *mut c_void, len: usize) -> Vec<u8> {
+        assert_code!(aclrtSynchronizeStream(self.stream), ACL_SUCCESS);
+        let mut out = vec![0u8; len];
+        if len > 0 {
+            assert_code!(
+                aclrtMemcpy(
+                    out.as_mut_ptr().cast(),
+                    len,
+                    p,
+                    len,
+                    ACL_MEMCPY_DEVICE_TO_HOST
+                ),
+                ACL_SUCCESS
+            );
+        }
+        assert_code!(aclrtFree(p), ACL_SUCCESS);
+        out
+    }
+
+    /// Every collective × dtype × op at `count` elements, checked against the reference.
+    fn check_all(&self, t: HcclDataType, count: usize) {
+        let (me, n, es, c, s) = (self.rank, self.n, size_of(t), self.comm, self.stream);
+        let what = |op: &str| format!("{op} dtype {t} count {count} rank {me}/{n}");
+        for op in OPS {
+            let send = self.upload(&data(t, me, count, 0));
+            let recv = self.upload(&vec![0u8; count * es]);
+            let r = unsafe { HcclAllReduce(send, recv, count as u64, t, op, c, s) };
+            if op == HCCL_REDUCE_PROD && matches!(t, HCCL_DATA_TYPE_INT16 | HCCL_DATA_TYPE_BFP16) {
+                assert_eq!(r, HCCL_E_NOT_SUPPORT, "{}", what("prod"));
+                self.download(send, 0);
+                self.download(recv, 0);
+                continue;
+            }
+            assert_eq!(r, HCCL_SUCCESS, "{}", what("all_reduce"));
+            same(
+                &self.download(recv, count * es),
+                &reduced(t, op, n, count, 0),
+                es,
+                &what("all_reduce"),
+            );
+            self.download(send, 0);
+            // reduce to the last rank
+            let send = self.upload(&data(t, me, count, 1));
+            let recv = self.upload(&vec![0u8; count * es]);
+            assert_eq!(
+                unsafe { HcclReduce(send, recv, count as u64, t, op, (n - 1) as u32, c, s) },
+                HCCL_SUCCESS
+            );
+            let got = self.download(recv, count * es);
+            if me == n - 1 {
+                same(&got, &reduced(t, op, n, count, 1), es, &what("reduce"));
+            } else {
+                assert!(
+                    got.iter().all(|&b| b == 0),
+                    "{}: non-root recv untouched",
+                    what("reduce")
+                );
+            }
+            self.download(send, 0);
+            // reduce-scatter: rank r's send block b holds value(r + b, i)
+            let mut all = Vec::new();
+            (0..n).for_each(|b| all.extend(data(t, me + b * 11, count, 0)));
+            let send = self.upload(&all);
+            let recv = self.upload(&vec![0u8; count * es]);
+            assert_eq!(
+                unsafe { HcclReduceScatter(send, recv, count as u64, t, op, c, s) },
+                HCCL_SUCCESS
+            );
+            same(
+                &self.download(recv, count * es),
+                &reduced(t, op, n, count, me * 11),
+                es,
+                &what("reduce_scatter"),
+            );
+            self.download(send, 0);
+        }
+        // in-place all-reduce
+        let buf = self.upload(&data(t, me, count, 2));
+        assert_eq!(
+            unsafe { HcclAllReduce(buf, buf, count as u64, t, HCCL_REDUCE_SUM, c, s) },
+            HCCL_SUCCESS
+        );
+        same(
+            &self.download(buf, count * es),
+            &reduced(t, HCCL_REDUCE_SUM, n, count, 2),
+            es,
+            &what("in-place all_reduce"),
+        );
+        // broadcast from a rank that depends on the count
+        let root = count % n;
+        let buf = self.upload(&data(t, me, count, 3));
+        assert_eq!(
+            unsafe { HcclBroadcast(buf, count as u64, t, root as u32, c, s) },
+            HCCL_SUCCESS
+        );
+        same(
+            &self.download(buf, count * es),
+            &data(t, root, count, 3),
+            es,
+            &what("broadcast"),
+        );
+        // all-gather
+        let send = self.upload(&data(t, me, count, 4));
+        let recv = self.upload(&vec![0u8; n * count * es]);
+        assert_eq!(
+            unsafe { HcclAllGather(send, recv, count as u64, t, c, s) },
+            HCCL_SUCCESS
+        );
+        let want: Vec<u8> = (0..n).flat_map(|r| data(t, r, count, 4)).collect();
+        same(
+            &self.download(recv, n * count * es),
+            &want,
+            es,
+            &what("all_gather"),
+        );
+        self.download(send, 0);
+        // scatter from rank 0: block b is data(b + 5)
+        let all: Vec<u8> = (0..n).flat_map(|b| data(t, b, count, 5)).collect();
+        let send = if me == 0 {
+            self.upload(&all)
+        } else {
+            null_mut()
+        };
+        let recv = self.upload(&vec![0u8; count * es]);
+        assert_eq!(
+            unsafe { HcclScatter(send, recv, count as u64, t, 0, c, s) },
+            HCCL_SUCCESS
+        );
+        same(
+            &self.download(recv, count * es),
+            &data(t, me, count, 5),
+            es,
+            &what("scatter"),
+        );
+        if me == 0 {
+            self.download(send, 0);
+        }
+        // all-to-all: my block for rank d is data(me * 16 + d)
+        let all: Vec<u8> = (0..n)
+            .flat_map(|d| data(t, me * 16 + d, count, 6))
+            .collect();
+        let send = self.upload(&all);
+        let recv = self.upload(&vec![0u8; n * count * es]);
+        assert_eq!(
+            unsafe { HcclAlltoAll(send, count as u64, t, recv, count as u64, t, c, s) },
+            HCCL_SUCCESS
+        );
+        let want: Vec<u8> = (0..n)
+            .flat_map(|r| data(t, r * 16 + me, count, 6))
+            .collect();
+        same(
+            &self.download(recv, n * count * es),
+            &want,
+            es,
+            &what("all_to_all"),
+        );
+        self.download(send, 0);
+        // all-to-all-v: rank r sends (r + d) % 3 * count / 2 + d elements to rank d
+        let cnt = |r: usize, d: usize| ((r + d) % 3 * count / 2 + d) as u64;
+        let scounts: Vec<u64> = (0..n).map(|d| cnt(me, d)).collect();
+        let sdispls: Vec<u64> = scounts
+            .iter()
+            .scan(0, |a, &c| {
+                let d = *a;
+                *a += c;
+                Some(d)
+            })
+            .collect();
+        let rcounts: Vec<u64> = (0..n).map(|r| cnt(r, me)).collect();
+        let rdispls: Vec<u64> = rcounts
+            .iter()
+            .scan(0, |a, &c| {
+                let d = *a;
+                *a += c;
+                Some(d)
+            })
+            .collect();
+        let all: Vec<u8> = (0..n)
+            .flat_map(|d| data(t, me * 16 + d, cnt(me, d) as usize, 7))
+            .collect();
+        let rtotal: usize = rcounts.iter().sum::<u64>() as usize;
+        let send = self.upload(&all);
+        let recv = self.upload(&vec![0u8; rtotal * es]);
+        let r = unsafe {
+            HcclAlltoAllV(
+                send,
+                scounts.as_ptr().cast(),
+                sdispls.as_ptr().cast(),
+                t,
+                recv,
+                rcounts.as_ptr().cast(),
+                rdispls.as_ptr().cast(),
+                t,
+                c,
+                s,
+            )
+        };
+        assert_eq!(r, HCCL_SUCCESS);
+        let want: Vec<u8> = (0..n)
+            .flat_map(|r| data(t, r * 16 + me, cnt(r, me) as usize, 7))
+            .collect();
+        same(
+            &self.download(recv, rtotal * es),
+            &want,
+            es,
+            &what("all_to_all_v"),
+        );
+        self.download(send, 0);
+        if n > 1 {
+            // ring send/recv, both ways at once (batch), and single send/recv pairs
+            let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+            let send = self.upload(&data(t, me, count, 8));
+            let recv = self.upload(&vec![0u8; count * es]);
+            let mut items = [
+                HcclSendRecvItem {
+                    sendRecvType: HCCL_SEND,
+                    buf: send,
+                    count: count as u64,
+                    dataType: t,
+                    remoteRank: next as u32,
+                },
+                HcclSendRecvItem {
+                    sendRecvType: HCCL_RECV,
+                    buf: recv,
+                    count: count as u64,
+                    dataType: t,
+                    remoteRank: prev as u32,
+                },
+            ];
+            assert_eq!(
+                unsafe { HcclBatchSendRecv(items.as_mut_ptr(), 2, c, s) },
+                HCCL_SUCCESS
+            );
+            same(
+                &self.download(recv, count * es),
+                &data(t, prev, count, 8),
+                es,
+                &what("batch send/recv"),
+            );
+            if me < 2 && n >= 2 {
+                let peer = 1 - me;
+                let r = if me == 0 {
+                    unsafe { HcclSend(send, count as u64, t, peer as u32, c, s) }
+                } else {
+                    let recv = self.upload(&vec![0u8; count * es]);
+                    let r = unsafe { HcclRecv(recv, count as u64, t, peer as u32, c, s) };
+                    same(
+                        &self.download(recv, count * es),
+                        &data(t, 0, count, 8),
+                        es,
+                        &what("send/recv"),
+                    );
+                    r
+                };
+                assert_eq!(r, HCCL_SUCCESS);
+            }
+            self.download(send, 0);
+        }
+        assert_eq!(unsafe { HcclBarrier(c, s) }, HCCL_SUCCESS);
+        assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
+    }
+
+    /// The full matrix for this rank.
+    fn run_matrix(&self, large: bool) {
+        for t in TYPES {
+            for count in [0usize, 1, 1023] {
+                self.check_all(t, count);
+            }
+        }
+        if large {
+            // Several chunks and uneven parts.
+            for t in [
+                HCCL_DATA_TYPE_FP32,
+                HCCL_DATA_TYPE_BFP16,
+                HCCL_DATA_TYPE_INT8,
+            ] {
+                self.check_all(t, 300_007);
+            }
+        }
+    }
+
+    /// ≥ 64 MiB all-reduce (f32, in place) and all-gather.
+    fn run_big(&self) {
+        let count = (64 << 20) / 4 + 17;
+        let buf = self.upload(&data(HCCL_DATA_TYPE_FP32, self.rank, count, 9));
+        assert_eq!(
+            unsafe {
+                HcclAllReduce(
+                    buf,
+                    buf,
+                    count as u64,
+                    HCCL_DATA_TYPE_FP32,
+                    HCCL_REDUCE_SUM,
+                    self.comm,
+                    self.stream,
+                )
+            },
+            HCCL_SUCCESS
+        );
+        same(
+            &self.download(buf, count * 4),
+            &reduced(HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, self.n, count, 9),
+            4,
+            "64 MiB all_reduce",
+        );
+    }
+}
+
+fn with_rank(rank: usize, n: usize, root: &HcclRootInfo, f: impl FnOnce(&Rank)) {
+    setup(rank as i32);
+    let mut comm = null_mut();
+    assert_eq!(
+        unsafe { HcclCommInitRootInfo(n as u32, root, rank as u32, &mut comm) },
+        HCCL_SUCCESS,
+        "init rank {rank}"
+    );
+    let r = Rank {
+        rank,
+        n,
+        comm,
+        stream: new_stream(),
+    };
+    f(&r);
+    assert_code!(aclrtDestroyStream(r.stream), ACL_SUCCESS);
+    assert_eq!(unsafe { HcclCommDestroy(comm) }, HCCL_SUCCESS);
+}
+
+fn root_info() -> HcclRootInfo {
+    let mut root = HcclRootInfo {
+        internal: [0; 4108],
+    };
+    assert_eq!(unsafe { HcclGetRootInfo(&mut root) }, HCCL_SUCCESS);
+    root
+}
+
+fn threads(n: usize, f: impl Fn(&Rank) + Sync) {
+    let root = root_info();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|r| {
+                let (root, f) = (&root, &f);
+                s.spawn(move || with_rank(r, n, root, f))
+            })
+            .collect();
+        for h in hs {
+            h.join().expect("a rank failed");
+        }
+    });
+}
+
+fn hex(root: &HcclRootInfo) -> String {
+    root.internal
+        .iter()
+        .map(|&b| format!("{:02x}", b as u8))
+        .collect()
+}
+
+fn unhex(s: &str) -> HcclRootInfo {
+    let mut root = HcclRootInfo {
+        internal: [0; 4108],
+    };
+    for (i, b) in root.internal.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap() as std::ffi::c_char;
+    }
+    root
+}
+
+/// Spawns `n` ranks of `scenario` as processes of this test binary; returns their exit statuses and
+/// the path of the communicator's shared-memory segment.
+fn processes(
+    n: usize,
+    scenario: &str,
+    env: &[(&str, &str)],
+) -> (Vec<std::process::ExitStatus>, std::path::PathBuf) {
+    let info = root_info();
+    let segment = ascend_sim::hccl::root::Root::decode(&info).unwrap().segment;
+    let root = hex(&info);
+    let children: Vec<_> = (0..n)
+        .map(|r| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "worker",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("HCCL_TEST_RANK", r.to_string())
+                .env("HCCL_TEST_RANKS", n.to_string())
+                .env("HCCL_TEST_ROOT", &root)
+                .env("HCCL_TEST_SCENARIO", scenario)
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    (
+        children
+            .into_iter()
+            .map(|mut c| c.wait().unwrap())
+            .collect(),
+        std::path::Path::new("/dev/shm").join(segment),
+    )
+}
+
+#[test]
+#[ignore = "a rank process of the multi-process tests"]
+fn worker() {
+    let var = |k: &str| std::env::var(k).unwrap();
+    let (rank, n): (usize, usize) = (
+        var("HCCL_TEST_RANK").parse().unwrap(),
+        var("HCCL_TEST_RANKS").parse().unwrap(),
+    );
+    let root = unhex(&var("HCCL_TEST_ROOT"));
+    match var("HCCL_TEST_SCENARIO").as_str() {
+        "matrix" => with_rank(rank, n, &root, |r| r.run_matrix(n <= 4)),
+        "big" => with_rank(rank, n, &root, |r| r.run_big()),
+        "never-join" => {
+            // Rank n-1 never arrives; the others must time out.
+            if rank + 1 == n {
+                return;
+            }
+            setup(0);
+            let mut comm = null_mut();
+            let t = Instant::now();
+            assert_eq!(
+                unsafe { HcclCommInitRootInfo(n as u32, &root, rank as u32, &mut comm) },
+                HCCL_E_TIMEOUT
+            );
+            assert!(t.elapsed() < Duration::from_secs(10));
+        }
+        "die" => with_rank(rank, n, &root, |r| {
+            if rank + 1 == n {
+                std::process::exit(3); // dies before its part of the collective
+            }
+            let buf = r.upload(&vec![0u8; 4096]);
+            assert_eq!(
+                unsafe {
+                    HcclAllReduce(
+                        buf,
+                        buf,
+                        1024,
+                        HCCL_DATA_TYPE_FP32,
+                        HCCL_REDUCE_SUM,
+                        r.comm,
+                        r.stream,
+                    )
+                },
+                HCCL_SUCCESS
+            );
+            let t = Instant::now();
+            assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_TASK_TIMEOUT);
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+            let mut e = 0;
+            assert_eq!(
+                unsafe { HcclGetCommAsyncError(r.comm, &mut e) },
+                HCCL_SUCCESS
+            );
+            assert_eq!(e, HCCL_E_TIMEOUT);
+            std::process::exit(0); // skip the orderly teardown: the communicator is dead
+        }),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+#[test]
+fn matrix_in_threads() {
+    for n in [1, 2, 3, 4, 8] {
+        let t = Instant::now();
+        threads(n, |r| r.run_matrix(n <= 4));
+        eprintln!("{n} ranks in threads: {:?}", t.elapsed());
+    }
+}
+
+#[test]
+fn matrix_in_processes() {
+    for n in [1, 2, 3, 4, 8] {
+        let t = Instant::now();
+        let (st, _) = processes(n, "matrix", &[]);
+        assert!(st.iter().all(|s| s.success()), "{n} ranks: {st:?}");
+        eprintln!("{n} ranks in processes: {:?}", t.elapsed());
+    }
+}
+
+#[test]
+fn sixty_four_mib_in_threads_and_processes() {
+    threads(2, |r| r.run_big());
+    threads(4, |r| r.run_big());
+    let (st, _) = processes(2, "big", &[]);
+    assert!(st.iter().all(|s| s.success()), "{st:?}");
+}
+
+#[test]
+fn init_all_in_one_process() {
+    setup(0);
+    let mut devices = [0i32, 1, 2];
+    let mut comms = [null_mut(); 3];
+    assert_eq!(
+        unsafe { HcclCommInitAll(3, devices.as_mut_ptr(), comms.as_mut_ptr()) },
+        HCCL_SUCCESS
+    );
+    let mut dup = [1i32, 1];
+    assert_eq!(
+        unsafe { HcclCommInitAll(2, dup.as_mut_ptr(), comms.as_mut_ptr()) },
+        HCCL_E_PARA
+    );
+    // One thread enqueues on every rank's stream; the streams run the ranks concurrently.
+    let ranks: Vec<(aclrtStream, *mut c_void)> = (0..3)
+        .map(|r| {
+            assert_code!(aclrtSetDevice(r), ACL_SUCCESS);
+            let s = new_stream();
+            let mut id = 9;
+            assert_eq!(
+                unsafe { HcclGetRankId(comms[r as usize], &mut id) },
+                HCCL_SUCCESS
+            );
+            assert_eq!(id, r as u32);
+            let p = malloc(400);
+            let v = vec![(r + 1) as f32; 100];
+            assert_code!(
+                aclrtMemcpy(p, 400, v.as_ptr().cast(), 400, ACL_MEMCPY_HOST_TO_DEVICE),
+                ACL_SUCCESS
+            );
+            assert_eq!(
+                unsafe {
+                    HcclAllReduce(
+                        p,
+                        p,
+                        100,
+                        HCCL_DATA_TYPE_FP32,
+                        HCCL_REDUCE_SUM,
+                        comms[r as usize],
+                        s,
+                    )
+                },
+                HCCL_SUCCESS
+            );
+            (s, p)
+        })
+        .collect();
+    for (r, (s, p)) in ranks.into_iter().enumerate() {
+        assert_code!(aclrtSetDevice(r as i32), ACL_SUCCESS);
+        assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
+        let mut v = vec![0f32; 100];
+        assert_code!(
+            aclrtMemcpy(
+                v.as_mut_ptr().cast(),
+                400,
+                p,
+                400,
+                ACL_MEMCPY_DEVICE_TO_HOST
+            ),
+            ACL_SUCCESS
+        );
+        assert_eq!(v, vec![6.0; 100]);
+        assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+        assert_eq!(unsafe { HcclCommDestroy(comms[r]) }, HCCL_SUCCESS);
+    }
+    assert_code!(aclrtSetDevice(0), ACL_SUCCESS);
+}
+
+#[test]
+fn bad_arguments_are_rejected_at_once() {
+    let root = root_info();
+    let bad = {
+        let mut b = root;
+        b.internal[2000] ^= 0x55;
+        b
+    };
+    setup(0);
+    let mut comm = null_mut();
+    assert_eq!(
+        unsafe { HcclCommInitRootInfo(2, &bad, 0, &mut comm) },
+        HCCL_E_PARA,
+        "corrupt root info"
+    );
+    assert_eq!(
+        unsafe { HcclCommInitRootInfo(2, &root, 2, &mut comm) },
+        HCCL_E_PARA,
+        "rank out of range"
+    );
+    assert_eq!(
+        unsafe { HcclCommInitRootInfo(2, std::ptr::null(), 0, &mut comm) },
+        HCCL_E_PTR
+    );
+    assert_eq!(unsafe { HcclGetRootInfo(null_mut()) }, HCCL_E_PTR);
+    let mut other_version = root;
+    other_version.internal[8] = 7;
+    assert_eq!(
+        unsafe { HcclCommInitRootInfo(1, &other_version, 0, &mut comm) },
+        HCCL_E_PARA,
+        "other format version"
+    );
+    // A one-rank communicator to exercise argument checks.
+    assert_eq!(
+        unsafe { HcclCommInitRootInfo(1, &root, 0, &mut comm) },
+        HCCL_SUCCESS
+    );
+    let s = new_stream();
+    let p = malloc(64);
+    unsafe {
+        assert_eq!(
+            HcclAllReduce(p, p, 16, 99, HCCL_REDUCE_SUM, comm, s),
+            HCCL_E_PARA,
+            "unknown dtype"
+        );
+        assert_eq!(
+            HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_INT128, HCCL_REDUCE_SUM, comm, s),
+            HCCL_E_NOT_SUPPORT
+        );
+        assert_eq!(
+            HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_FP32, 9, comm, s),
+            HCCL_E_PARA,
+            "unknown op"
+        );
+        assert_eq!(
+            HcclAllReduce(p, p, 1000, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s),
+            HCCL_E_PARA,
+            "beyond the buffer"
+        );
+        assert_eq!(
+            HcclAllReduce(
+                (p as usize + 2) as *mut c_void,
+                p,
+                1,
+                HCCL_DATA_TYPE_FP32,
+                HCCL_REDUCE_SUM,
+                comm,
+                s
+            ),
+            HCCL_E_PARA,
+            "misaligned"
+        );
+        assert_eq!(
+            HcclAllReduce(
+                null_mut(),
+                p,
+                1,
+                HCCL_DATA_TYPE_FP32,
+                HCCL_REDUCE_SUM,
+                comm,
+                s
+            ),
+            HCCL_E_PTR
+        );
+        assert_eq!(
+            HcclAllReduce(p, p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, null_mut(), s),
+            HCCL_E_PTR
+        );
+        assert_eq!(
+            HcclAllReduce(
+                p,
+                p,
+                1,
+                HCCL_DATA_TYPE_FP32,
+                HCCL_REDUCE_SUM,
+                0x77usize as HcclComm,
+                s
+            ),
+            HCCL_E_PARA
+        );
+        assert_eq!(
+            HcclBroadcast(p, 1, HCCL_DATA_TYPE_FP32, 1, comm, s),
+            HCCL_E_PARA,
+            "root out of range"
+        );
+        assert_eq!(
+            HcclSend(p, 1, HCCL_DATA_TYPE_FP32, 0, comm, s),
+            HCCL_E_PARA,
+            "send to self"
+        );
+        assert_eq!(
+            HcclAllReduce(
+                p,
+                p,
+                u64::MAX,
+                HCCL_DATA_TYPE_FP32,
+                HCCL_REDUCE_SUM,
+                comm,
+                s
+            ),
+            HCCL_E_PARA,
+            "overflow"
+        );
+        let mut n = 0;
+        assert_eq!(HcclGetRankSize(comm, &mut n), HCCL_SUCCESS);
+        assert_eq!(n, 1);
+        assert_eq!(HcclGetRankSize(comm, null_mut()), HCCL_E_PTR);
+        let mut name = [0 as std::ffi::c_char; 128];
+        assert_eq!(HcclGetCommName(comm, name.as_mut_ptr()), HCCL_SUCCESS);
+        assert!(std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_str()
+            .unwrap()
+            .starts_with("ascend-hccl-"));
+        assert_eq!(
+            std::ffi::CStr::from_ptr(HcclGetErrorString(HCCL_E_PARA))
+                .to_str()
+                .unwrap(),
+            "HCCL_E_PARA"
+        );
+        // Busy: destroy refuses while work is queued.
+        let gate = Gate::hold(s);
+        assert_eq!(
+            HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s),
+            HCCL_SUCCESS
+        );
+        assert_eq!(HcclCommDestroy(comm), HCCL_E_AGAIN);
+        gate.open();
+        assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
+        assert_eq!(HcclCommDestroy(comm), HCCL_SUCCESS);
+        assert_eq!(HcclCommDestroy(comm), HCCL_E_PARA);
+    }
+    assert_code!(aclrtFree(p), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+}
+
+#[test]
+fn mismatched_arguments_between_ranks_fail_every_rank() {
+    threads(3, |r| {
+        let p = r.upload(&[0u8; 4096]);
+        // Rank 2 passes another count: every rank's stream reports it, nothing hangs.
+        let count = if r.rank == 2 { 512 } else { 1024 };
+        assert_eq!(
+            unsafe {
+                HcclAllReduce(
+                    p,
+                    p,
+                    count,
+                    HCCL_DATA_TYPE_FP32,
+                    HCCL_REDUCE_SUM,
+                    r.comm,
+                    r.stream,
+                )
+            },
+            HCCL_SUCCESS
+        );
+        assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_PARAM_INVALID);
+        let mut e = 0;
+        assert_eq!(
+            unsafe { HcclGetCommAsyncError(r.comm, &mut e) },
+            HCCL_SUCCESS
+        );
+        assert_eq!(e, HCCL_E_PARA);
+        assert_code!(aclrtFree(p), ACL_SUCCESS);
+    });
+    // Receive size differing from the send size.
+    threads(2, |r| {
+        let p = r.upload(&[0u8; 4096]);
+        let got = if r.rank == 0 {
+            unsafe { HcclSend(p, 100, HCCL_DATA_TYPE_FP32, 1, r.comm, r.stream) }
+        } else {
+            unsafe { HcclRecv(p, 200, HCCL_DATA_TYPE_FP32, 0, r.comm, r.stream) }
+        };
+        assert_eq!(got, HCCL_SUCCESS);
+        assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_PARAM_INVALID);
+        assert_code!(aclrtFree(p), ACL_SUCCESS);
+    });
+}
+
+#[test]
+fn a_rank_that_never_joins_times_out_and_leaves_no_segment() {
+    let t = Instant::now();
+    let (st, segment) = processes(3, "never-join", &[("HCCL_CONNECT_TIMEOUT", "1")]);
+    assert!(st.iter().all(|s| s.success()), "{st:?}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert!(!segment.exists(), "{} left behind", segment.display());
+}
+
+#[test]
+fn a_rank_that_dies_fails_the_survivors_with_a_timeout() {
+    let t = Instant::now();
+    let (st, segment) = processes(3, "die", &[("HCCL_EXEC_TIMEOUT", "30")]);
+    assert!(st[..2].iter().all(|s| s.success()), "{st:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "dead peers are noticed quickly"
+    );
+    assert!(!segment.exists(), "{} left behind", segment.display());
+}
