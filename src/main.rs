@@ -41,10 +41,39 @@ enum Command {
         #[command(subcommand)]
         kind: BenchKind,
     },
+    /// A rank process of `bench collectives --processes` (reads commands on stdin).
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(long)]
+        rank: usize,
+        #[arg(long)]
+        ranks: usize,
+    },
 }
 
 #[derive(Subcommand)]
 enum BenchKind {
+    /// All-reduce latency and bus bandwidth (busbw = algbw · 2(n−1)/n), ranks in threads or processes.
+    Collectives {
+        /// Number of ranks (rank r uses device r).
+        #[arg(long, default_value_t = 2)]
+        ranks: usize,
+        /// Message sizes in bytes, comma-separated (default 4 KiB, 1 MiB, 16 MiB, 64 MiB, 256 MiB).
+        #[arg(long, value_delimiter = ',')]
+        bytes: Vec<usize>,
+        /// Run each rank in its own process (default: threads of this process).
+        #[arg(long)]
+        processes: bool,
+        /// Element type: f32, bf16, f16 or i32.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Target time per measurement, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        budget_ms: u64,
+    },
     /// Launch rate, launch + synchronize round trip, event record + query, copy bandwidth.
     Runtime {
         /// One JSON object per line instead of a table.
@@ -117,6 +146,53 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::BenchWorker { rank, ranks } => {
+            match ascend::bench::collectives::worker(rank, ranks) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench-worker {rank}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench {
+            kind:
+                BenchKind::Collectives {
+                    ranks,
+                    bytes,
+                    processes,
+                    dtype,
+                    json,
+                    budget_ms,
+                },
+        } => {
+            let sizes = if bytes.is_empty() {
+                vec![4 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20]
+            } else {
+                bytes
+            };
+            let dtypes = ascend::bench::collectives::DTYPES;
+            if !(1..=64).contains(&ranks)
+                || sizes.iter().any(|&b| b == 0 || b > 1 << 32)
+                || !dtypes.contains(&dtype.as_str())
+            {
+                eprintln!(
+                    "error: --ranks must be 1..=64, --bytes 1..=4 GiB, --dtype one of {dtypes:?}"
+                );
+                return ExitCode::from(2);
+            }
+            let budget = Duration::from_millis(budget_ms.max(1));
+            match cli::bench::run_collectives(ranks, &sizes, processes, &dtype, budget, json) {
+                Ok(f) => {
+                    cli::bench::print(&f, json);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Bench {

@@ -15,6 +15,15 @@ pub enum Error {
         /// The runtime's message for it (`aclGetRecentErrMsg`), possibly empty.
         message: String,
     },
+    /// An HCCL call returned an error code.
+    Hccl {
+        /// The C function that failed.
+        call: &'static str,
+        /// Its `HcclResult` code.
+        code: i32,
+        /// The runtime's message for it, possibly empty.
+        message: String,
+    },
     /// The selected backend could not be loaded or initialised.
     Backend(String),
     /// The loaded CANN libraries do not export a function this call needs.
@@ -34,14 +43,18 @@ impl Error {
     /// The ACL code, for runtime errors.
     pub fn code(&self) -> Option<i32> {
         match self {
-            Error::Acl { code, .. } => Some(*code),
+            Error::Acl { code, .. } | Error::Hccl { code, .. } => Some(*code),
             _ => None,
         }
     }
 
-    /// The C name of the ACL code (e.g. `ACL_ERROR_RT_PARAM_INVALID`), when known.
+    /// The C name of the code (e.g. `ACL_ERROR_RT_PARAM_INVALID`, `HCCL_E_TIMEOUT`), when known.
     pub fn name(&self) -> Option<&'static str> {
-        self.code().and_then(ascend_sys::acl_error_name)
+        match self {
+            Error::Acl { code, .. } => ascend_sys::acl_error_name(*code),
+            Error::Hccl { code, .. } => ascend_sys::hccl_result_name(*code),
+            _ => None,
+        }
     }
 
     pub(crate) fn invalid(msg: impl Into<String>) -> Error {
@@ -61,6 +74,21 @@ impl fmt::Display for Error {
                     f,
                     "{call} failed: {} ({code})",
                     ascend_sys::acl_error_name(*code).unwrap_or("unknown ACL error")
+                )?;
+                if !message.is_empty() {
+                    write!(f, ": {message}")?;
+                }
+                Ok(())
+            }
+            Error::Hccl {
+                call,
+                code,
+                message,
+            } => {
+                write!(
+                    f,
+                    "{call} failed: {} ({code})",
+                    ascend_sys::hccl_result_name(*code).unwrap_or("unknown HCCL error")
                 )?;
                 if !message.is_empty() {
                     write!(f, ": {message}")?;

@@ -4,6 +4,7 @@
 //! - [`Context`] opens a device; [`Stream`]s order work on it; [`Event`]s order streams.
 //! - [`DeviceBuffer<T>`] is typed device memory, allocated and copied through stream methods;
 //!   [`PinnedHostBuffer<T>`] is the host side of asynchronous copies.
+//! - [`Communicator`] runs HCCL collectives (typed, stream-ordered) across ranks of threads or processes.
 //! - Every fallible call returns [`Result`]; errors carry the ACL code, its name and the runtime's
 //!   message. Nothing panics on a runtime error.
 //!
@@ -21,6 +22,7 @@
 //! ```
 
 mod buffer;
+mod comm;
 mod context;
 mod device;
 mod error;
@@ -32,6 +34,7 @@ mod stream;
 mod track;
 
 pub use buffer::{DeviceBuffer, DeviceRepr};
+pub use comm::{Communicator, ReduceOp, RootInfo};
 pub use context::Context;
 pub use device::Device;
 pub use error::{Error, Result};

@@ -179,6 +179,31 @@ impl Runtime {
         }
     }
 
+    /// The `Error` for a failed HCCL call, with the runtime's recent message.
+    pub(crate) fn hccl_error(&self, call: &'static str, code: i32) -> Error {
+        match self.error(call, code) {
+            Error::Acl {
+                call,
+                code,
+                message,
+            } => Error::Hccl {
+                call,
+                code,
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// `Ok` for HCCL_SUCCESS, the full error otherwise.
+    pub(crate) fn check_hccl(&self, call: &'static str, code: i32) -> Result<()> {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(self.hccl_error(call, code))
+        }
+    }
+
     /// `Ok` for code 0, the full error otherwise.
     pub(crate) fn check(&self, call: &'static str, code: i32) -> Result<()> {
         if code == 0 {

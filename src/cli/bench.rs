@@ -1,6 +1,6 @@
 //! `ascend bench`: quick sweeps of the benchmarks, printed as a table or as JSON lines.
 
-use ascend::bench::{runtime, Figure};
+use ascend::bench::{collectives, runtime, Figure};
 use std::io::Write;
 use std::time::Duration;
 
@@ -11,12 +11,40 @@ pub fn run_runtime(
     sizes: &[usize],
     json: bool,
 ) -> ascend::rt::Result<Vec<Figure>> {
-    let figures = runtime::sweep(device, budget, sizes, |name| {
+    let figures = runtime::sweep(device, budget, sizes, progress(json))?;
+    if !json {
+        eprint!("\r\x1b[2K");
+    }
+    Ok(figures)
+}
+
+fn progress(json: bool) -> impl FnMut(&str) {
+    move |name: &str| {
         if !json {
             eprint!("\r\x1b[2K  measuring {name} ...");
             let _ = std::io::stderr().flush();
         }
-    })?;
+    }
+}
+
+/// Runs the all-reduce sweep.
+pub fn run_collectives(
+    ranks: usize,
+    sizes: &[usize],
+    processes: bool,
+    dtype: &str,
+    budget: Duration,
+    json: bool,
+) -> ascend::rt::Result<Vec<Figure>> {
+    let mut world = if processes {
+        let exe = std::env::current_exe().map_err(|e| {
+            ascend::rt::Error::Unsupported(format!("cannot find this program: {e}"))
+        })?;
+        collectives::World::processes(ranks, &exe)?
+    } else {
+        collectives::World::threads(ranks)?
+    };
+    let figures = collectives::sweep(&mut world, sizes, dtype, budget, progress(json))?;
     if !json {
         eprint!("\r\x1b[2K");
     }
@@ -38,6 +66,10 @@ pub fn print(figures: &[Figure], json: bool) {
                 .params
                 .iter()
                 .filter(|(k, _)| k != "backend" && k != "device")
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "ranks" | "mode" | "dtype")
+                        || f.name.starts_with("collectives")
+                })
                 .map(|(k, v)| match (k.as_str(), v.as_u64()) {
                     ("bytes", Some(b)) => runtime::human_bytes(b as usize),
                     _ => v.as_str().map_or(v.to_string(), str::to_string),

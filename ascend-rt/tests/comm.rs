@@ -1,0 +1,147 @@
+//! The safe Communicator on the simulator: typed collectives, ordering with other stream work,
+//! argument checks.
+
+use ascend_rt::{bf16, Communicator, Context, Error, ReduceOp, RootInfo, Stream};
+use std::sync::Arc;
+
+fn contexts(n: usize) -> Vec<Arc<Context>> {
+    (0..n).map(|d| Context::new(d).unwrap()).collect()
+}
+
+#[test]
+fn init_all_collectives_are_correct_and_ordered() {
+    let ctxs = contexts(4);
+    let comms = Communicator::init_all(&ctxs).unwrap();
+    assert_eq!((comms[2].rank(), comms[2].size()), (2, 4));
+    std::thread::scope(|s| {
+        for (r, comm) in comms.iter().enumerate() {
+            let ctx = &ctxs[r];
+            s.spawn(move || {
+                let st = Stream::new(ctx).unwrap();
+                let n = 1001;
+                // all_reduce (f32, out of place) straight after a host-to-device copy on the same stream
+                let x = st.clone_htod(&vec![(r + 1) as f32; n]).unwrap();
+                let mut y = st.alloc::<f32>(n).unwrap();
+                comm.all_reduce(&x, &mut y, ReduceOp::Sum, &st).unwrap();
+                assert_eq!(st.clone_dtoh(&y).unwrap(), vec![10.0; n]);
+                // bf16 in place, max
+                let mut b = st.clone_htod(&vec![bf16::from_f32(r as f32); n]).unwrap();
+                comm.all_reduce_in_place(&mut b, ReduceOp::Max, &st)
+                    .unwrap();
+                assert!(st.clone_dtoh(&b).unwrap().iter().all(|v| v.to_f32() == 3.0));
+                // all_gather / reduce_scatter / broadcast / all_to_all / scatter / reduce
+                let mut g = st.alloc::<i32>(4 * 3).unwrap();
+                comm.all_gather(&st.clone_htod(&[r as i32; 3]).unwrap(), &mut g, &st)
+                    .unwrap();
+                assert_eq!(
+                    st.clone_dtoh(&g).unwrap(),
+                    vec![0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+                );
+                let mut rs = st.alloc::<i64>(2).unwrap();
+                comm.reduce_scatter(
+                    &st.clone_htod(&[1i64, 2, 3, 4, 5, 6, 7, 8]).unwrap(),
+                    &mut rs,
+                    ReduceOp::Sum,
+                    &st,
+                )
+                .unwrap();
+                assert_eq!(
+                    st.clone_dtoh(&rs).unwrap(),
+                    vec![4 * (2 * r as i64 + 1), 4 * (2 * r as i64 + 2)]
+                );
+                let mut bc = st.clone_htod(&[r as u8; 5]).unwrap();
+                comm.broadcast(&mut bc, 3, &st).unwrap();
+                assert_eq!(st.clone_dtoh(&bc).unwrap(), vec![3; 5]);
+                let mut a2a = st.alloc::<u16>(4).unwrap();
+                let mine: Vec<u16> = (0..4).map(|d| (r * 10 + d) as u16).collect();
+                comm.all_to_all(&st.clone_htod(&mine).unwrap(), &mut a2a, &st)
+                    .unwrap();
+                assert_eq!(
+                    st.clone_dtoh(&a2a).unwrap(),
+                    (0..4).map(|src| (src * 10 + r) as u16).collect::<Vec<_>>()
+                );
+                let mut red = st.alloc_zeros::<f64>(2).unwrap();
+                comm.reduce(
+                    &st.clone_htod(&[r as f64, 1.0]).unwrap(),
+                    &mut red,
+                    ReduceOp::Sum,
+                    0,
+                    &st,
+                )
+                .unwrap();
+                let got = st.clone_dtoh(&red).unwrap();
+                assert_eq!(
+                    got,
+                    if r == 0 {
+                        vec![6.0, 4.0]
+                    } else {
+                        vec![0.0, 0.0]
+                    }
+                );
+                // point to point: a ring
+                let mut from_prev = st.alloc::<u32>(7).unwrap();
+                let mine = st.clone_htod(&[r as u32; 7]).unwrap();
+                if r % 2 == 0 {
+                    comm.send(&mine, (r + 1) % 4, &st).unwrap();
+                    comm.recv(&mut from_prev, (r + 3) % 4, &st).unwrap();
+                } else {
+                    comm.recv(&mut from_prev, (r + 3) % 4, &st).unwrap();
+                    comm.send(&mine, (r + 1) % 4, &st).unwrap();
+                }
+                assert_eq!(
+                    st.clone_dtoh(&from_prev).unwrap(),
+                    vec![((r + 3) % 4) as u32; 7]
+                );
+                comm.barrier(&st).unwrap();
+                st.synchronize().unwrap();
+                assert!(comm.async_error().unwrap().is_none());
+            });
+        }
+    });
+}
+
+#[test]
+fn root_info_round_trips_through_bytes_across_threads() {
+    let root = RootInfo::new().unwrap();
+    let bytes = root.to_bytes();
+    assert_eq!(bytes.len(), 4108);
+    assert!(matches!(
+        RootInfo::from_bytes(&bytes[..100]),
+        Err(Error::InvalidArgument(_))
+    ));
+    let sums: Vec<f32> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|r| {
+                let bytes = bytes.clone();
+                s.spawn(move || {
+                    let ctx = Context::new(r + 4).unwrap();
+                    let root = RootInfo::from_bytes(&bytes).unwrap();
+                    let comm = Communicator::from_root_info(&ctx, &root, 3, r).unwrap();
+                    let st = Stream::new(&ctx).unwrap();
+                    let mut x = st.clone_htod(&[r as f32 + 0.5]).unwrap();
+                    comm.all_reduce_in_place(&mut x, ReduceOp::Sum, &st)
+                        .unwrap();
+                    // wrong lengths and devices are rejected before anything is enqueued
+                    let mut two = st.alloc::<f32>(2).unwrap();
+                    assert!(matches!(
+                        comm.all_reduce(&x, &mut two, ReduceOp::Sum, &st),
+                        Err(Error::InvalidArgument(_))
+                    ));
+                    let other = Stream::new(&Context::new(0).unwrap()).unwrap();
+                    assert!(matches!(
+                        comm.barrier(&other),
+                        Err(Error::InvalidArgument(_))
+                    ));
+                    st.clone_dtoh(&x).unwrap()[0]
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(sums, vec![4.5; 3]);
+    let ctx = Context::new(0).unwrap();
+    let bad = RootInfo::from_bytes(&[7u8; 4108]).unwrap();
+    let e = Communicator::from_root_info(&ctx, &bad, 2, 0).unwrap_err();
+    assert_eq!(e.name(), Some("HCCL_E_PARA"), "{e}");
+    assert!(e.to_string().contains("HcclCommInitRootInfo"), "{e}");
+}
