@@ -125,12 +125,14 @@ fn combine<A: Acc>(op: Op, a: A, b: A) -> A {
     }
 }
 
-/// Reduces `srcs` element-wise into `dst` (`n` elements each). `dst` may be one of the sources.
+/// Reduces `srcs` element-wise into every one of `dsts` (`n` elements each; writing two destinations
+/// in one pass saves re-reading the result). A destination may be one of the sources.
 ///
 /// # Safety
-/// Every pointer must be valid for `n` elements of `t` (aligned or not), and `dst` must not overlap a
-/// source other than itself.
-pub unsafe fn reduce(t: DType, op: Op, dst: *mut u8, srcs: &[*const u8], n: usize) {
+/// Every pointer must be valid for `n` elements of `t` (aligned or not), and a destination must not
+/// overlap a source other than itself.
+pub unsafe fn reduce(t: DType, op: Op, dsts: &[*mut u8], srcs: &[*const u8], n: usize) {
+    let dst = dsts;
     // SAFETY (all arms): forwarded from this function's contract.
     unsafe {
         match t {
@@ -167,8 +169,7 @@ pub unsafe fn reduce(t: DType, op: Op, dst: *mut u8, srcs: &[*const u8], n: usiz
 /// Elements per block: small enough for the stack, large enough to vectorise.
 const BLOCK: usize = 1024;
 
-unsafe fn direct<T: Acc>(op: Op, dst: *mut u8, srcs: &[*const u8], n: usize) {
-    let dst = dst as *mut T;
+unsafe fn direct<T: Acc>(op: Op, dsts: &[*mut u8], srcs: &[*const u8], n: usize) {
     let mut block = [std::mem::MaybeUninit::<T>::uninit(); BLOCK];
     let mut start = 0;
     while start < n {
@@ -188,9 +189,12 @@ unsafe fn direct<T: Acc>(op: Op, dst: *mut u8, srcs: &[*const u8], n: usize) {
                 *v = combine(op, *v, unsafe { s.add(start + i).read_unaligned() });
             }
         }
-        for (i, v) in a.iter().enumerate() {
-            // SAFETY: in bounds by the contract.
-            unsafe { dst.add(start + i).write_unaligned(*v) };
+        for &dst in dsts {
+            let dst = dst as *mut T;
+            for (i, v) in a.iter().enumerate() {
+                // SAFETY: in bounds by the contract.
+                unsafe { dst.add(start + i).write_unaligned(*v) };
+            }
         }
         start += len;
     }
@@ -198,13 +202,12 @@ unsafe fn direct<T: Acc>(op: Op, dst: *mut u8, srcs: &[*const u8], n: usize) {
 
 unsafe fn widened(
     op: Op,
-    dst: *mut u8,
+    dsts: &[*mut u8],
     srcs: &[*const u8],
     n: usize,
     load: impl Fn(u16) -> f32,
     store: impl Fn(f32) -> u16,
 ) {
-    let dst = dst as *mut u16;
     let mut acc = [0f32; BLOCK];
     let mut start = 0;
     while start < n {
@@ -222,9 +225,12 @@ unsafe fn widened(
                 *v = combine(op, *v, load(unsafe { s.add(start + i).read_unaligned() }));
             }
         }
-        for (i, v) in a.iter().enumerate() {
-            // SAFETY: in bounds by the contract.
-            unsafe { dst.add(start + i).write_unaligned(store(*v)) };
+        for &dst in dsts {
+            let dst = dst as *mut u16;
+            for (i, v) in a.iter().enumerate() {
+                // SAFETY: in bounds by the contract.
+                unsafe { dst.add(start + i).write_unaligned(store(*v)) };
+            }
         }
         start += len;
     }
@@ -238,7 +244,7 @@ mod tests {
         let mut out = vec![T::default(); inputs[0].len()];
         let srcs: Vec<*const u8> = inputs.iter().map(|v| v.as_ptr() as *const u8).collect();
         // SAFETY: all vectors have the same length.
-        unsafe { reduce(t, op, out.as_mut_ptr() as *mut u8, &srcs, out.len()) };
+        unsafe { reduce(t, op, &[out.as_mut_ptr() as *mut u8], &srcs, out.len()) };
         out
     }
 

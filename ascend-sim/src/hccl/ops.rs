@@ -93,23 +93,42 @@ impl Comm {
             let srcs: Vec<*const u8> = (0..n).map(|r| self.slot(r, s) as *const u8).collect();
             // SAFETY: every slot holds `count` elements (count * es <= ONE_SHOT_BYTES <= CHUNK), `recv`
             // was checked to hold them, and recv is not a slot.
-            unsafe { reduce(t, op, recv as *mut u8, &srcs, count) };
+            unsafe { reduce(t, op, &[recv as *mut u8], &srcs, count) };
             return Ok(());
         }
         for (i, (off, len)) in chunks(count, CHUNK / es).enumerate() {
+            // Step 1: publish the parts of my input that the other ranks reduce.
             let s = st.step + 1;
-            copy(self.slot(me, s) as usize, send + off * es, len * es);
+            for r in (0..n).filter(|&r| r != me) {
+                let (lo, hi) = part(len, n, r);
+                copy(
+                    self.slot(me, s) as usize + lo * es,
+                    send + (off + lo) * es,
+                    (hi - lo) * es,
+                );
+            }
             self.step(st, (i == 0).then_some(&d), "HcclAllReduce")?;
-            // Reduce my part of the chunk into my slot of the next step, and into my output.
+            // Reduce my part (my input in place of my slot, ranks in order) into my output and into my
+            // slot of the next step, in one pass. The next-step slot is not read by anyone until we
+            // post s + 1 (its previous contents, from s - 1, were consumed before step s).
             let (lo, hi) = part(len, n, me);
             let srcs: Vec<*const u8> = (0..n)
-                .map(|r| self.slot(r, s).wrapping_add(lo * es) as *const u8)
+                .map(|r| {
+                    if r == me {
+                        (send + (off + lo) * es) as *const u8
+                    } else {
+                        self.slot(r, s).wrapping_add(lo * es) as *const u8
+                    }
+                })
                 .collect();
-            let mine = self.slot(me, s + 1).wrapping_add(lo * es);
-            // SAFETY: [lo, hi) lies inside each slot's chunk; the next-step slot is not read by anyone
-            // until we post s + 1 (its previous contents, from s - 1, were consumed before step s).
-            unsafe { reduce(t, op, mine, &srcs, hi - lo) };
-            copy(recv + (off + lo) * es, mine as usize, (hi - lo) * es);
+            let dsts = [
+                self.slot(me, s + 1).wrapping_add(lo * es),
+                (recv + (off + lo) * es) as *mut u8,
+            ];
+            // SAFETY: [lo, hi) lies inside each slot's chunk and inside send/recv (checked); the
+            // destinations overlap no source except recv == send (in place), which `reduce` allows.
+            unsafe { reduce(t, op, &dsts, &srcs, hi - lo) };
+            // Step 2: gather the other ranks' reduced parts.
             let s2 = self.step(st, None, "HcclAllReduce")?;
             for r in (0..n).filter(|&r| r != me) {
                 let (lo, hi) = part(len, n, r);
@@ -194,7 +213,7 @@ impl Comm {
                 .map(|r| self.slot(r, s).wrapping_add(me * area * es) as *const u8)
                 .collect();
             // SAFETY: each area holds `len` elements; `recv` holds `count` (checked) and is not a slot.
-            unsafe { reduce(t, op, (recv + off * es) as *mut u8, &srcs, len) };
+            unsafe { reduce(t, op, &[(recv + off * es) as *mut u8], &srcs, len) };
         }
         Ok(())
     }
@@ -220,7 +239,7 @@ impl Comm {
                 let srcs: Vec<*const u8> =
                     (0..self.n).map(|r| self.slot(r, s) as *const u8).collect();
                 // SAFETY: each slot holds `len` elements; `recv` holds `count` and is not a slot.
-                unsafe { reduce(t, op, (recv + off * es) as *mut u8, &srcs, len) };
+                unsafe { reduce(t, op, &[(recv + off * es) as *mut u8], &srcs, len) };
             }
         }
         Ok(())
