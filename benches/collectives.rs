@@ -10,8 +10,7 @@ use std::time::Duration;
 
 fn world(ranks: usize, processes: bool) -> World {
     if processes {
-        World::processes(ranks, Path::new(env!("CARGO_BIN_EXE_ascend")))
-            .expect("start rank processes")
+        World::processes(ranks, Path::new(env!("CARGO_BIN_EXE_ascend"))).expect("start rank processes")
     } else {
         World::threads(ranks).expect("start rank threads")
     }

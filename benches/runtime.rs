@@ -11,12 +11,8 @@ fn bench(c: &mut Criterion) {
     let event = Event::new(&ctx).expect("create an event");
 
     let mut g = c.benchmark_group("runtime");
-    g.bench_function("enqueue_empty_host_task", |b| {
-        b.iter_custom(|n| runtime::enqueue(&stream, n).unwrap())
-    });
-    g.bench_function("launch_synchronize_round_trip", |b| {
-        b.iter_custom(|n| runtime::round_trip(&stream, n).unwrap())
-    });
+    g.bench_function("enqueue_empty_host_task", |b| b.iter_custom(|n| runtime::enqueue(&stream, n).unwrap()));
+    g.bench_function("launch_synchronize_round_trip", |b| b.iter_custom(|n| runtime::round_trip(&stream, n).unwrap()));
     g.bench_function("event_record_query", |b| {
         b.iter_custom(|n| runtime::event_record_query(&stream, &event, n).unwrap())
     });
@@ -28,11 +24,7 @@ fn bench(c: &mut Criterion) {
         let mut bufs = CopyBuffers::new(&stream, bytes).expect("allocate copy buffers");
         g.throughput(Throughput::Bytes(bytes as u64));
         for dir in Direction::ALL {
-            let id = format!(
-                "{}/{}",
-                dir.name(),
-                runtime::human_bytes(bytes).replace(' ', "")
-            );
+            let id = format!("{}/{}", dir.name(), runtime::human_bytes(bytes).replace(' ', ""));
             g.bench_function(id, |b| b.iter_custom(|n| bufs.copy(dir, n).unwrap()));
         }
     }

@@ -12,11 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "ascend",
-    version,
-    about = "ascend-rs: Rust runtime for Ascend NPUs (or its host simulator)"
-)]
+#[command(name = "ascend", version, about = "ascend-rs: Rust runtime for Ascend NPUs (or its host simulator)")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -128,18 +124,10 @@ fn main() -> ExitCode {
                             Ok(d) => ("ok", d.clone()),
                             Err(d) => ("FAIL", d.clone()),
                         };
-                        vec![
-                            c.layer.to_string(),
-                            c.name.to_string(),
-                            status.to_string(),
-                            detail,
-                        ]
+                        vec![c.layer.to_string(), c.name.to_string(), status.to_string(), detail]
                     })
                     .collect();
-                println!(
-                    "{}",
-                    cli::table::render(&["layer", "check", "result", "detail"], &rows)
-                );
+                println!("{}", cli::table::render(&["layer", "check", "result", "detail"], &rows));
                 println!("{} checks, {} failed", checks.len(), failed);
             }
             if failed == 0 {
@@ -148,86 +136,47 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::BenchWorker { rank, ranks } => {
-            match ascend::bench::collectives::worker(rank, ranks) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bench-worker {rank}: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::BenchWorker { rank, ranks } => match ascend::bench::collectives::worker(rank, ranks) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-worker {rank}: {e}");
+                ExitCode::FAILURE
             }
-        }
-        Command::Bench {
-            kind:
-                BenchKind::Collectives {
-                    ranks,
-                    bytes,
-                    processes,
-                    dtype,
-                    json,
-                    budget_ms,
-                },
-        } => {
-            let sizes = if bytes.is_empty() {
-                vec![4 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20]
-            } else {
-                bytes
-            };
+        },
+        Command::Bench { kind: BenchKind::Collectives { ranks, bytes, processes, dtype, json, budget_ms } } => {
+            let sizes = if bytes.is_empty() { vec![4 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20] } else { bytes };
             let dtypes = ascend::bench::collectives::DTYPES;
             if !(1..=64).contains(&ranks)
                 || sizes.iter().any(|&b| b == 0 || b > 1 << 32)
                 || !dtypes.contains(&dtype.as_str())
             {
-                eprintln!(
-                    "error: --ranks must be 1..=64, --bytes 1..=4 GiB, --dtype one of {dtypes:?}"
-                );
+                eprintln!("error: --ranks must be 1..=64, --bytes 1..=4 GiB, --dtype one of {dtypes:?}");
                 return ExitCode::from(2);
             }
             let budget = Duration::from_millis(budget_ms.max(1));
-            match cli::bench::run_collectives(ranks, &sizes, processes, &dtype, budget, json) {
-                Ok(f) => {
-                    cli::bench::print(&f, json);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(cli::bench::run_collectives(ranks, &sizes, processes, &dtype, budget, json), json)
         }
-        Command::Bench {
-            kind:
-                BenchKind::Runtime {
-                    json,
-                    device,
-                    budget_ms,
-                    bytes,
-                },
-        } => {
-            let sizes = if bytes.is_empty() {
-                ascend::bench::runtime::COPY_SIZES.to_vec()
-            } else {
-                bytes
-            };
+        Command::Bench { kind: BenchKind::Runtime { json, device, budget_ms, bytes } } => {
+            let sizes = if bytes.is_empty() { ascend::bench::runtime::COPY_SIZES.to_vec() } else { bytes };
             if let Some(bad) = sizes.iter().find(|&&b| b == 0 || b > 1 << 34) {
                 eprintln!("error: --bytes {bad} is outside 1..=16 GiB");
                 return ExitCode::from(2);
             }
-            match cli::bench::run_runtime(
-                device,
-                Duration::from_millis(budget_ms.max(1)),
-                &sizes,
-                json,
-            ) {
-                Ok(f) => {
-                    cli::bench::print(&f, json);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(cli::bench::run_runtime(device, Duration::from_millis(budget_ms.max(1)), &sizes, json), json)
+        }
+    }
+}
+
+/// Prints a benchmark's figures, or its error.
+fn report(result: ascend::rt::Result<Vec<ascend::bench::Figure>>, json: bool) -> ExitCode {
+    match result {
+        Ok(f) => {
+            cli::bench::print(&f, json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

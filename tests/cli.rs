@@ -4,18 +4,12 @@ use serde_json::Value;
 use std::process::Command;
 
 fn ascend(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ascend"))
-        .args(args)
-        .env("ASCEND_BACKEND", "sim")
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ascend")).args(args).env("ASCEND_BACKEND", "sim").output().unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap())
 }
 
 fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
 }
 
 #[test]
@@ -25,10 +19,7 @@ fn info_reports_the_simulator_and_its_devices() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["backend"], "sim");
     assert_eq!(v["reason"], "ASCEND_BACKEND=sim");
-    assert_eq!(
-        v["devices"].as_array().unwrap().len(),
-        v["simulator"]["visible"].as_array().unwrap().len()
-    );
+    assert_eq!(v["devices"].as_array().unwrap().len(), v["simulator"]["visible"].as_array().unwrap().len());
     assert_eq!(v["devices"][0]["soc"], "Ascend910B3");
 }
 
@@ -56,15 +47,7 @@ fn selftest_fails_with_exit_code_1_when_the_backend_is_unusable() {
 
 #[test]
 fn bench_runtime_json_has_one_figure_per_line() {
-    let (ok, out) = ascend(&[
-        "bench",
-        "runtime",
-        "--json",
-        "--budget-ms",
-        "2",
-        "--bytes",
-        "4096,65536",
-    ]);
+    let (ok, out) = ascend(&["bench", "runtime", "--json", "--budget-ms", "2", "--bytes", "4096,65536"]);
     assert!(ok);
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 3 + 2 * 3, "{out}");
@@ -74,9 +57,32 @@ fn bench_runtime_json_has_one_figure_per_line() {
         assert!(l[unit].as_f64().unwrap() > 0.0, "{l}");
         assert_eq!(l["backend"], "sim");
     }
-    assert!(lines
-        .iter()
-        .any(|l| l["direction"] == "d2d" && l["bytes"] == 65536));
+    assert!(lines.iter().any(|l| l["direction"] == "d2d" && l["bytes"] == 65536));
     let (ok, _) = ascend(&["bench", "runtime", "--bytes", "0"]);
     assert!(!ok, "a zero size is rejected");
+}
+
+#[test]
+fn bench_collectives_json_in_threads_and_processes() {
+    for mode in [&[][..], &["--processes"][..]] {
+        let mut args =
+            vec!["bench", "collectives", "--ranks", "2", "--bytes", "4096,2000000", "--json", "--budget-ms", "5"];
+        args.extend_from_slice(mode);
+        let (ok, out) = ascend(&args);
+        assert!(ok, "{args:?}");
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 2 * 3, "{out}");
+        for l in &lines {
+            let unit = if l["name"].as_str().unwrap().ends_with("latency") { "us" } else { "gbps" };
+            assert!(l[unit].as_f64().unwrap() > 0.0, "{l}");
+            assert_eq!(l["ranks"], 2);
+        }
+        // busbw = algbw · 2(n−1)/n = algbw for 2 ranks
+        let get = |name: &str| {
+            lines.iter().find(|l| l["name"] == name && l["bytes"] == 2000000).unwrap()["gbps"].as_f64().unwrap()
+        };
+        assert!((get("collectives.all_reduce.busbw") - get("collectives.all_reduce.algbw")).abs() < 1e-9);
+    }
+    let (ok, _) = ascend(&["bench", "collectives", "--dtype", "u128"]);
+    assert!(!ok, "an unknown dtype is rejected");
 }

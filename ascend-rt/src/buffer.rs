@@ -16,9 +16,7 @@ mod sealed {
 ///
 /// # Safety
 /// Implemented only in this crate, for types with no padding and no invalid bit patterns.
-pub unsafe trait DeviceRepr:
-    sealed::Sealed + Copy + Default + Send + Sync + 'static
-{
+pub unsafe trait DeviceRepr: sealed::Sealed + Copy + Default + Send + Sync + 'static {
     /// The matching `aclDataType`.
     const ACL_DTYPE: ascend_sys::aclDataType;
     /// The matching `HcclDataType`.
@@ -64,10 +62,7 @@ pub struct DeviceBuffer<T: DeviceRepr> {
 
 impl<T: DeviceRepr> std::fmt::Debug for DeviceBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceBuffer")
-            .field("ptr", &(self.ptr as *const T))
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("DeviceBuffer").field("ptr", &(self.ptr as *const T)).field("len", &self.len).finish()
     }
 }
 
@@ -78,12 +73,7 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
     /// `ptr` must come from `aclrtMalloc` in `stream`'s context, hold `len` elements, and be owned by
     /// nothing else.
     pub(crate) unsafe fn from_raw(ptr: usize, len: usize, stream: Arc<Stream>) -> Self {
-        DeviceBuffer {
-            ptr,
-            len,
-            tracker: Tracker::new(Some(stream)),
-            _t: PhantomData,
-        }
+        DeviceBuffer { ptr, len, tracker: Tracker::new(Some(stream)), _t: PhantomData }
     }
 
     /// Number of elements.
@@ -108,9 +98,7 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
 
     /// The stream the buffer was allocated on.
     pub fn stream(&self) -> &Arc<Stream> {
-        self.tracker
-            .home()
-            .expect("device buffers always have a home stream")
+        self.tracker.home().expect("device buffers always have a home stream")
     }
 
     pub(crate) fn tracker(&self) -> &Tracker {

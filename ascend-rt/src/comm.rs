@@ -59,9 +59,7 @@ impl RootInfo {
     /// Creates a fresh root info (`HcclGetRootInfo`).
     pub fn new() -> Result<RootInfo> {
         let rt = Runtime::get()?;
-        let mut info = Box::new(HcclRootInfo {
-            internal: [0; HCCL_ROOT_INFO_BYTES as usize],
-        });
+        let mut info = Box::new(HcclRootInfo { internal: [0; HCCL_ROOT_INFO_BYTES as usize] });
         // SAFETY: `info` is a writable, correctly sized root-info struct.
         unsafe { hccl!(rt, HcclGetRootInfo(&mut *info))? };
         Ok(RootInfo(info))
@@ -76,14 +74,9 @@ impl RootInfo {
     /// when it is used (`HCCL_E_PARA`).
     pub fn from_bytes(bytes: &[u8]) -> Result<RootInfo> {
         if bytes.len() != HCCL_ROOT_INFO_BYTES as usize {
-            return Err(Error::invalid(format!(
-                "a root info is {HCCL_ROOT_INFO_BYTES} bytes, not {}",
-                bytes.len()
-            )));
+            return Err(Error::invalid(format!("a root info is {HCCL_ROOT_INFO_BYTES} bytes, not {}", bytes.len())));
         }
-        let mut info = Box::new(HcclRootInfo {
-            internal: [0; HCCL_ROOT_INFO_BYTES as usize],
-        });
+        let mut info = Box::new(HcclRootInfo { internal: [0; HCCL_ROOT_INFO_BYTES as usize] });
         for (d, &s) in info.internal.iter_mut().zip(bytes) {
             *d = s as std::ffi::c_char;
         }
@@ -107,75 +100,41 @@ pub struct Communicator {
 
 impl std::fmt::Debug for Communicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Communicator")
-            .field("rank", &self.rank)
-            .field("size", &self.size)
-            .finish()
+        f.debug_struct("Communicator").field("rank", &self.rank).field("size", &self.size).finish()
     }
 }
 
 impl Communicator {
     /// Joins the communicator of `root` as `rank` of `size`, on `ctx`'s device. Blocks until every rank
     /// has joined (`HCCL_CONNECT_TIMEOUT`, default 120 s, then `HCCL_E_TIMEOUT`).
-    pub fn from_root_info(
-        ctx: &Arc<Context>,
-        root: &RootInfo,
-        size: usize,
-        rank: usize,
-    ) -> Result<Communicator> {
+    pub fn from_root_info(ctx: &Arc<Context>, root: &RootInfo, size: usize, rank: usize) -> Result<Communicator> {
         if rank >= size {
-            return Err(Error::invalid(format!(
-                "rank {rank} of a {size}-rank communicator"
-            )));
+            return Err(Error::invalid(format!("rank {rank} of a {size}-rank communicator")));
         }
         ctx.bind()?;
         let mut h: *mut c_void = std::ptr::null_mut();
         // SAFETY: the root info is a full 4108-byte struct; `h` is a live out-pointer.
-        unsafe {
-            hccl!(
-                ctx.runtime(),
-                HcclCommInitRootInfo(size as u32, &*root.0, rank as u32, &mut h)
-            )?
-        };
-        Ok(Communicator {
-            ctx: ctx.clone(),
-            handle: h as usize,
-            rank,
-            size,
-        })
+        unsafe { hccl!(ctx.runtime(), HcclCommInitRootInfo(size as u32, &*root.0, rank as u32, &mut h))? };
+        Ok(Communicator { ctx: ctx.clone(), handle: h as usize, rank, size })
     }
 
     /// One communicator per context, for the devices of this process (`HcclCommInitAll`); rank i is
     /// `contexts[i]`'s device.
     pub fn init_all(contexts: &[Arc<Context>]) -> Result<Vec<Communicator>> {
-        let first = contexts
-            .first()
-            .ok_or_else(|| Error::invalid("init_all needs at least one context"))?;
+        let first = contexts.first().ok_or_else(|| Error::invalid("init_all needs at least one context"))?;
         let mut devices: Vec<i32> = contexts.iter().map(|c| c.ordinal() as i32).collect();
         let mut handles = vec![std::ptr::null_mut::<c_void>(); contexts.len()];
         first.bind()?;
         // SAFETY: `devices` and `handles` both hold `contexts.len()` elements.
         unsafe {
-            hccl!(
-                first.runtime(),
-                HcclCommInitAll(
-                    devices.len() as u32,
-                    devices.as_mut_ptr(),
-                    handles.as_mut_ptr()
-                )
-            )?
+            hccl!(first.runtime(), HcclCommInitAll(devices.len() as u32, devices.as_mut_ptr(), handles.as_mut_ptr()))?
         };
         let size = contexts.len();
         Ok(contexts
             .iter()
             .zip(handles)
             .enumerate()
-            .map(|(rank, (ctx, h))| Communicator {
-                ctx: ctx.clone(),
-                handle: h as usize,
-                rank,
-                size,
-            })
+            .map(|(rank, (ctx, h))| Communicator { ctx: ctx.clone(), handle: h as usize, rank, size })
             .collect())
     }
 
@@ -196,9 +155,7 @@ impl Communicator {
 
     fn check<T: DeviceRepr>(&self, stream: &Stream, bufs: &[&DeviceBuffer<T>]) -> Result<()> {
         let dev = self.ctx.ordinal();
-        if stream.context().ordinal() != dev
-            || bufs.iter().any(|b| b.stream().context().ordinal() != dev)
-        {
+        if stream.context().ordinal() != dev || bufs.iter().any(|b| b.stream().context().ordinal() != dev) {
             return Err(Error::invalid(format!(
                 "the stream and every buffer must be on the communicator's device {dev}"
             )));
@@ -210,6 +167,35 @@ impl Communicator {
         self.ctx.runtime()
     }
 
+    /// Enqueues a collective that reads `send` and writes `recv`, after checking their devices and
+    /// `lengths_ok` (`what` explains the rule). `call` gets (send, recv, stream) raw pointers.
+    fn two<T: DeviceRepr>(
+        &self,
+        send: &DeviceBuffer<T>,
+        recv: &mut DeviceBuffer<T>,
+        stream: &Stream,
+        (lengths_ok, what): (bool, &str),
+        call: impl FnOnce(*mut c_void, *mut c_void, *mut c_void) -> Result<()>,
+    ) -> Result<()> {
+        self.check(stream, &[send, recv])?;
+        if !lengths_ok {
+            return Err(Error::invalid(what));
+        }
+        stream.device_op(&[(send.tracker(), false), (recv.tracker(), true)], |s| call(send.raw(), recv.raw(), s.raw()))
+    }
+
+    /// Enqueues a collective on one buffer (`write`: whether it is written).
+    fn one<T: DeviceRepr>(
+        &self,
+        buf: &DeviceBuffer<T>,
+        write: bool,
+        stream: &Stream,
+        call: impl FnOnce(*mut c_void, *mut c_void) -> Result<()>,
+    ) -> Result<()> {
+        self.check(stream, &[buf])?;
+        stream.device_op(&[(buf.tracker(), write)], |s| call(buf.raw(), s.raw()))
+    }
+
     /// `recv = op(send of every rank)`.
     pub fn all_reduce<T: DeviceRepr>(
         &self,
@@ -218,27 +204,12 @@ impl Communicator {
         op: ReduceOp,
         stream: &Stream,
     ) -> Result<()> {
-        self.check(stream, &[send, recv])?;
-        lens(
-            send.len() == recv.len(),
-            "all_reduce: send and recv lengths differ",
-        )?;
-        stream.device_op(&[(send.tracker(), false), (recv.tracker(), true)], |s| {
-            // SAFETY: both buffers are live and hold `len` elements; their release waits for this work.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclAllReduce(
-                        send.raw(),
-                        recv.raw(),
-                        send.len() as u64,
-                        T::HCCL_DTYPE,
-                        op.raw(),
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+        let n = send.len() as u64;
+        let rule = (send.len() == recv.len(), "all_reduce: send and recv lengths differ");
+        // SAFETY (every collective below): the buffers are live device allocations of the checked
+        // lengths, and their release waits for this stream work.
+        self.two(send, recv, stream, rule, |x, y, s| unsafe {
+            hccl!(self.rt(), HcclAllReduce(x, y, n, T::HCCL_DTYPE, op.raw(), self.raw(), s))
         })
     }
 
@@ -249,23 +220,10 @@ impl Communicator {
         op: ReduceOp,
         stream: &Stream,
     ) -> Result<()> {
-        self.check(stream, &[buf])?;
-        stream.device_op(&[(buf.tracker(), true)], |s| {
-            // SAFETY: as in all_reduce; send == recv is supported.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclAllReduce(
-                        buf.raw(),
-                        buf.raw(),
-                        buf.len() as u64,
-                        T::HCCL_DTYPE,
-                        op.raw(),
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+        let n = buf.len() as u64;
+        // SAFETY: as above; send == recv is supported.
+        self.one(buf, true, stream, |b, s| unsafe {
+            hccl!(self.rt(), HcclAllReduce(b, b, n, T::HCCL_DTYPE, op.raw(), self.raw(), s))
         })
     }
 
@@ -276,26 +234,11 @@ impl Communicator {
         recv: &mut DeviceBuffer<T>,
         stream: &Stream,
     ) -> Result<()> {
-        self.check(stream, &[send, recv])?;
-        lens(
-            recv.len() == send.len() * self.size,
-            "all_gather: recv must hold size × send elements",
-        )?;
-        stream.device_op(&[(send.tracker(), false), (recv.tracker(), true)], |s| {
-            // SAFETY: live buffers of the checked lengths.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclAllGather(
-                        send.raw(),
-                        recv.raw(),
-                        send.len() as u64,
-                        T::HCCL_DTYPE,
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+        let n = send.len() as u64;
+        let rule = (recv.len() == send.len() * self.size, "all_gather: recv must hold size × send elements");
+        // SAFETY: as above.
+        self.two(send, recv, stream, rule, |x, y, s| unsafe {
+            hccl!(self.rt(), HcclAllGather(x, y, n, T::HCCL_DTYPE, self.raw(), s))
         })
     }
 
@@ -307,53 +250,20 @@ impl Communicator {
         op: ReduceOp,
         stream: &Stream,
     ) -> Result<()> {
-        self.check(stream, &[send, recv])?;
-        lens(
-            send.len() == recv.len() * self.size,
-            "reduce_scatter: send must hold size × recv elements",
-        )?;
-        stream.device_op(&[(send.tracker(), false), (recv.tracker(), true)], |s| {
-            // SAFETY: live buffers of the checked lengths.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclReduceScatter(
-                        send.raw(),
-                        recv.raw(),
-                        recv.len() as u64,
-                        T::HCCL_DTYPE,
-                        op.raw(),
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+        let n = recv.len() as u64;
+        let rule = (send.len() == recv.len() * self.size, "reduce_scatter: send must hold size × recv elements");
+        // SAFETY: as above.
+        self.two(send, recv, stream, rule, |x, y, s| unsafe {
+            hccl!(self.rt(), HcclReduceScatter(x, y, n, T::HCCL_DTYPE, op.raw(), self.raw(), s))
         })
     }
 
     /// Every rank's `buf` becomes the root's.
-    pub fn broadcast<T: DeviceRepr>(
-        &self,
-        buf: &mut DeviceBuffer<T>,
-        root: usize,
-        stream: &Stream,
-    ) -> Result<()> {
-        self.check(stream, &[buf])?;
-        stream.device_op(&[(buf.tracker(), true)], |s| {
-            // SAFETY: a live buffer of `len` elements.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclBroadcast(
-                        buf.raw(),
-                        buf.len() as u64,
-                        T::HCCL_DTYPE,
-                        root as u32,
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+    pub fn broadcast<T: DeviceRepr>(&self, buf: &mut DeviceBuffer<T>, root: usize, stream: &Stream) -> Result<()> {
+        let n = buf.len() as u64;
+        // SAFETY: as above.
+        self.one(buf, true, stream, |b, s| unsafe {
+            hccl!(self.rt(), HcclBroadcast(b, n, T::HCCL_DTYPE, root as u32, self.raw(), s))
         })
     }
 
@@ -366,28 +276,11 @@ impl Communicator {
         root: usize,
         stream: &Stream,
     ) -> Result<()> {
-        self.check(stream, &[send, recv])?;
-        lens(
-            send.len() == recv.len(),
-            "reduce: send and recv lengths differ",
-        )?;
-        stream.device_op(&[(send.tracker(), false), (recv.tracker(), true)], |s| {
-            // SAFETY: live buffers of the checked lengths.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclReduce(
-                        send.raw(),
-                        recv.raw(),
-                        send.len() as u64,
-                        T::HCCL_DTYPE,
-                        op.raw(),
-                        root as u32,
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+        let n = send.len() as u64;
+        let rule = (send.len() == recv.len(), "reduce: send and recv lengths differ");
+        // SAFETY: as above.
+        self.two(send, recv, stream, rule, |x, y, s| unsafe {
+            hccl!(self.rt(), HcclReduce(x, y, n, T::HCCL_DTYPE, op.raw(), root as u32, self.raw(), s))
         })
     }
 
@@ -399,27 +292,14 @@ impl Communicator {
         root: usize,
         stream: &Stream,
     ) -> Result<()> {
-        self.check(stream, &[send, recv])?;
-        lens(
+        let n = recv.len() as u64;
+        let rule = (
             self.rank != root || send.len() == recv.len() * self.size,
             "scatter: the root's send must hold size × recv elements",
-        )?;
-        stream.device_op(&[(send.tracker(), false), (recv.tracker(), true)], |s| {
-            // SAFETY: live buffers of the checked lengths.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclScatter(
-                        send.raw(),
-                        recv.raw(),
-                        recv.len() as u64,
-                        T::HCCL_DTYPE,
-                        root as u32,
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+        );
+        // SAFETY: as above.
+        self.two(send, recv, stream, rule, |x, y, s| unsafe {
+            hccl!(self.rt(), HcclScatter(x, y, n, T::HCCL_DTYPE, root as u32, self.raw(), s))
         })
     }
 
@@ -430,81 +310,30 @@ impl Communicator {
         recv: &mut DeviceBuffer<T>,
         stream: &Stream,
     ) -> Result<()> {
-        self.check(stream, &[send, recv])?;
-        lens(
-            send.len() == recv.len() && send.len() % self.size == 0,
-            "all_to_all: equal lengths, divisible by size",
-        )?;
         let n = (send.len() / self.size) as u64;
-        stream.device_op(&[(send.tracker(), false), (recv.tracker(), true)], |s| {
-            // SAFETY: live buffers of the checked lengths.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclAlltoAll(
-                        send.raw(),
-                        n,
-                        T::HCCL_DTYPE,
-                        recv.raw(),
-                        n,
-                        T::HCCL_DTYPE,
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+        let rule =
+            (send.len() == recv.len() && send.len() % self.size == 0, "all_to_all: equal lengths, divisible by size");
+        // SAFETY: as above.
+        self.two(send, recv, stream, rule, |x, y, s| unsafe {
+            hccl!(self.rt(), HcclAlltoAll(x, n, T::HCCL_DTYPE, y, n, T::HCCL_DTYPE, self.raw(), s))
         })
     }
 
     /// Sends `buf` to rank `peer` (which must call [`Communicator::recv`] with the same length).
-    pub fn send<T: DeviceRepr>(
-        &self,
-        buf: &DeviceBuffer<T>,
-        peer: usize,
-        stream: &Stream,
-    ) -> Result<()> {
-        self.check(stream, &[buf])?;
-        stream.device_op(&[(buf.tracker(), false)], |s| {
-            // SAFETY: a live buffer of `len` elements.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclSend(
-                        buf.raw(),
-                        buf.len() as u64,
-                        T::HCCL_DTYPE,
-                        peer as u32,
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+    pub fn send<T: DeviceRepr>(&self, buf: &DeviceBuffer<T>, peer: usize, stream: &Stream) -> Result<()> {
+        let n = buf.len() as u64;
+        // SAFETY: as above.
+        self.one(buf, false, stream, |b, s| unsafe {
+            hccl!(self.rt(), HcclSend(b, n, T::HCCL_DTYPE, peer as u32, self.raw(), s))
         })
     }
 
     /// Receives `buf` from rank `peer`.
-    pub fn recv<T: DeviceRepr>(
-        &self,
-        buf: &mut DeviceBuffer<T>,
-        peer: usize,
-        stream: &Stream,
-    ) -> Result<()> {
-        self.check(stream, &[buf])?;
-        stream.device_op(&[(buf.tracker(), true)], |s| {
-            // SAFETY: a live buffer of `len` elements.
-            unsafe {
-                hccl!(
-                    self.rt(),
-                    HcclRecv(
-                        buf.raw(),
-                        buf.len() as u64,
-                        T::HCCL_DTYPE,
-                        peer as u32,
-                        self.raw(),
-                        s.raw()
-                    )
-                )
-            }
+    pub fn recv<T: DeviceRepr>(&self, buf: &mut DeviceBuffer<T>, peer: usize, stream: &Stream) -> Result<()> {
+        let n = buf.len() as u64;
+        // SAFETY: as above.
+        self.one(buf, true, stream, |b, s| unsafe {
+            hccl!(self.rt(), HcclRecv(b, n, T::HCCL_DTYPE, peer as u32, self.raw(), s))
         })
     }
 
@@ -524,24 +353,15 @@ impl Communicator {
     }
 }
 
-fn lens(ok: bool, what: &str) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(what))
-    }
-}
-
 impl Drop for Communicator {
     fn drop(&mut self) {
         // Queued collectives make destroy answer HCCL_E_AGAIN: give them a bounded time to finish.
         for _ in 0..3000 {
             // SAFETY: the handle is owned by this value; destroyed at most once (loop exits on success).
             match unsafe { hccl!(self.rt(), HcclCommDestroy(self.raw())) } {
-                Err(Error::Hccl {
-                    code: ascend_sys::HCCL_E_AGAIN,
-                    ..
-                }) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(Error::Hccl { code: ascend_sys::HCCL_E_AGAIN, .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
                 Err(e) => return eprintln!("ascend-rt: {e}"),
                 Ok(()) => return,
             }

@@ -37,10 +37,7 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("ordinal", &self.ordinal)
-            .field("handle", &self.handle)
-            .finish()
+        f.debug_struct("Context").field("ordinal", &self.ordinal).field("handle", &self.handle).finish()
     }
 }
 
@@ -49,8 +46,8 @@ impl Context {
     /// Fails with `ACL_ERROR_RT_INVALID_DEVICEID` for a device that does not exist.
     pub fn new(ordinal: usize) -> Result<Arc<Context>> {
         let rt = Runtime::get()?;
-        let id = i32::try_from(ordinal)
-            .map_err(|_| Error::invalid(format!("device ordinal {ordinal} is too large")))?;
+        let id =
+            i32::try_from(ordinal).map_err(|_| Error::invalid(format!("device ordinal {ordinal} is too large")))?;
         let mut ctx: *mut c_void = std::ptr::null_mut();
         // SAFETY: plain value argument, then an out-pointer to a live local.
         unsafe {
@@ -92,12 +89,7 @@ impl Context {
         self.bind()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: out-pointers to live locals.
-        unsafe {
-            acl!(
-                self.rt,
-                aclrtGetMemInfo(ascend_sys::ACL_HBM_MEM, &mut free, &mut total)
-            )?
-        };
+        unsafe { acl!(self.rt, aclrtGetMemInfo(ascend_sys::ACL_HBM_MEM, &mut free, &mut total))? };
         Ok((free, total))
     }
 
@@ -134,9 +126,8 @@ impl Context {
     pub(crate) fn release_finished(&self) {
         let done: Vec<PendingFree> = {
             let mut pending = self.pending.lock().unwrap();
-            let (done, wait): (Vec<_>, Vec<_>) = pending
-                .drain(..)
-                .partition(|p| p.after.iter().all(|e| e.is_complete().unwrap_or(false)));
+            let (done, wait): (Vec<_>, Vec<_>) =
+                pending.drain(..).partition(|p| p.after.iter().all(|e| e.is_complete().unwrap_or(false)));
             *pending = wait;
             done
         };
@@ -176,10 +167,7 @@ impl Drop for Context {
     fn drop(&mut self) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap());
         for p in pending {
-            if p.after
-                .iter()
-                .all(|e| e.synchronize_timeout(DROP_WAIT_MS).is_ok())
-            {
+            if p.after.iter().all(|e| e.synchronize_timeout(DROP_WAIT_MS).is_ok()) {
                 self.free_now(&p);
             } else {
                 eprintln!("ascend-rt: queued work did not finish in {DROP_WAIT_MS} ms; leaking its memory");

@@ -26,10 +26,7 @@ impl Device {
     /// The SoC name the runtime reports (e.g. `Ascend910B3`), or `None` when it reports none.
     pub fn soc_name() -> Result<Option<String>> {
         let rt = Runtime::get()?;
-        let f = rt
-            .api()
-            .aclrtGetSocName
-            .ok_or(crate::Error::MissingSymbol("aclrtGetSocName"))?;
+        let f = rt.api().aclrtGetSocName.ok_or(crate::Error::MissingSymbol("aclrtGetSocName"))?;
         // SAFETY: takes no arguments; returns NULL or a static NUL-terminated string.
         let p = unsafe { f() };
         // SAFETY: non-null results are NUL-terminated strings owned by the runtime.

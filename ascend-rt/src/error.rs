@@ -65,35 +65,11 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Acl {
-                call,
-                code,
-                message,
-            } => {
-                write!(
-                    f,
-                    "{call} failed: {} ({code})",
-                    ascend_sys::acl_error_name(*code).unwrap_or("unknown ACL error")
-                )?;
-                if !message.is_empty() {
-                    write!(f, ": {message}")?;
-                }
-                Ok(())
+            Error::Acl { call, code, message } => {
+                coded(f, call, ascend_sys::acl_error_name(*code).unwrap_or("unknown ACL error"), *code, message)
             }
-            Error::Hccl {
-                call,
-                code,
-                message,
-            } => {
-                write!(
-                    f,
-                    "{call} failed: {} ({code})",
-                    ascend_sys::hccl_result_name(*code).unwrap_or("unknown HCCL error")
-                )?;
-                if !message.is_empty() {
-                    write!(f, ": {message}")?;
-                }
-                Ok(())
+            Error::Hccl { call, code, message } => {
+                coded(f, call, ascend_sys::hccl_result_name(*code).unwrap_or("unknown HCCL error"), *code, message)
             }
             Error::Backend(m) => write!(f, "backend unavailable: {m}"),
             Error::MissingSymbol(s) => write!(f, "the loaded CANN libraries do not export {s}"),
@@ -102,6 +78,15 @@ impl fmt::Display for Error {
             Error::HostTaskPanicked(m) => write!(f, "a host task panicked: {m}"),
         }
     }
+}
+
+/// `call failed: NAME (code): message`.
+fn coded(f: &mut fmt::Formatter<'_>, call: &str, name: &str, code: i32, message: &str) -> fmt::Result {
+    write!(f, "{call} failed: {name} ({code})")?;
+    if !message.is_empty() {
+        write!(f, ": {message}")?;
+    }
+    Ok(())
 }
 
 impl std::error::Error for Error {}

@@ -16,9 +16,7 @@ pub struct Event {
 
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Event")
-            .field("handle", &self.handle)
-            .finish()
+        f.debug_struct("Event").field("handle", &self.handle).finish()
     }
 }
 
@@ -29,35 +27,21 @@ impl Event {
         let mut h: *mut c_void = std::ptr::null_mut();
         // SAFETY: out-pointer to a live local.
         unsafe { acl!(ctx.runtime(), aclrtCreateEvent(&mut h))? };
-        Ok(Event {
-            rt: ctx.runtime(),
-            ctx: ctx.raw() as usize,
-            handle: h as usize,
-        })
+        Ok(Event { rt: ctx.runtime(), ctx: ctx.raw() as usize, handle: h as usize })
     }
 
     /// Records the event on `stream`: it completes once everything submitted there so far has finished.
     pub fn record(&self, stream: &Stream) -> Result<()> {
         stream.context().bind()?;
         // SAFETY: both handles are live (the event is owned, the stream borrowed).
-        unsafe {
-            acl!(
-                self.rt,
-                aclrtRecordEvent(self.handle as *mut c_void, stream.raw())
-            )
-        }
+        unsafe { acl!(self.rt, aclrtRecordEvent(self.handle as *mut c_void, stream.raw())) }
     }
 
     /// True once the recorded work has finished.
     pub fn is_complete(&self) -> Result<bool> {
         let mut status = 0;
         // SAFETY: live handle and an out-pointer to a live local.
-        unsafe {
-            acl!(
-                self.rt,
-                aclrtQueryEventStatus(self.handle as *mut c_void, &mut status)
-            )?
-        };
+        unsafe { acl!(self.rt, aclrtQueryEventStatus(self.handle as *mut c_void, &mut status))? };
         Ok(status == ascend_sys::ACL_EVENT_RECORDED_STATUS_COMPLETE)
     }
 
@@ -72,12 +56,7 @@ impl Event {
     pub fn synchronize_timeout(&self, ms: i32) -> Result<()> {
         bind_handle(self.rt, self.ctx)?;
         // SAFETY: live handle.
-        unsafe {
-            acl!(
-                self.rt,
-                aclrtSynchronizeEventWithTimeout(self.handle as *mut c_void, ms)
-            )
-        }
+        unsafe { acl!(self.rt, aclrtSynchronizeEventWithTimeout(self.handle as *mut c_void, ms)) }
     }
 
     /// Milliseconds between this event's completion and `end`'s (both recorded and complete).
@@ -85,14 +64,7 @@ impl Event {
         let mut ms = 0f32;
         // SAFETY: live handles and an out-pointer to a live local.
         unsafe {
-            acl!(
-                self.rt,
-                aclrtEventElapsedTime(
-                    &mut ms,
-                    self.handle as *mut c_void,
-                    end.handle as *mut c_void
-                )
-            )?
+            acl!(self.rt, aclrtEventElapsedTime(&mut ms, self.handle as *mut c_void, end.handle as *mut c_void))?
         };
         Ok(ms)
     }

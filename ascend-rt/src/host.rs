@@ -99,10 +99,7 @@ impl<'a> HostLaunch<'a> {
                 "host kernels need host-addressable device memory (the simulator backend)".into(),
             ));
         }
-        Ok(HostLaunch {
-            stream,
-            uses: Vec::new(),
-        })
+        Ok(HostLaunch { stream, uses: Vec::new() })
     }
 
     fn check_device<T: DeviceRepr>(&self, b: &DeviceBuffer<T>) -> Result<()> {
@@ -120,22 +117,14 @@ impl<'a> HostLaunch<'a> {
     pub fn read<T: DeviceRepr>(&mut self, b: &'a DeviceBuffer<T>) -> Result<HostSlice<T>> {
         self.check_device(b)?;
         self.uses.push((b.tracker(), false));
-        Ok(HostSlice {
-            ptr: b.raw() as usize,
-            len: b.len(),
-            _t: PhantomData,
-        })
+        Ok(HostSlice { ptr: b.raw() as usize, len: b.len(), _t: PhantomData })
     }
 
     /// Declares that the kernel writes `b`.
     pub fn write<T: DeviceRepr>(&mut self, b: &'a mut DeviceBuffer<T>) -> Result<HostSliceMut<T>> {
         self.check_device(b)?;
         self.uses.push((b.tracker(), true));
-        Ok(HostSliceMut {
-            ptr: b.raw() as usize,
-            len: b.len(),
-            _t: PhantomData,
-        })
+        Ok(HostSliceMut { ptr: b.raw() as usize, len: b.len(), _t: PhantomData })
     }
 
     /// Enqueues `kernel` after the work it depends on. It runs on the stream's thread; a panic is

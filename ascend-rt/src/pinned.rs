@@ -32,13 +32,7 @@ impl<T: DeviceRepr> PinnedHostBuffer<T> {
         unsafe { acl!(ctx.runtime(), aclrtMallocHost(&mut p, bytes))? };
         // SAFETY: `p` is a fresh host allocation of `bytes` bytes.
         unsafe { std::ptr::write_bytes(p as *mut u8, 0, bytes) };
-        Ok(PinnedHostBuffer {
-            ctx: ctx.clone(),
-            ptr: p as usize,
-            len,
-            tracker: Tracker::new(None),
-            _t: PhantomData,
-        })
+        Ok(PinnedHostBuffer { ctx: ctx.clone(), ptr: p as usize, len, tracker: Tracker::new(None), _t: PhantomData })
     }
 
     /// A pinned copy of `data`.
@@ -85,10 +79,6 @@ impl<T: DeviceRepr> PinnedHostBuffer<T> {
 impl<T: DeviceRepr> Drop for PinnedHostBuffer<T> {
     fn drop(&mut self) {
         let after = self.tracker.take_events(false);
-        self.ctx.release_later(PendingFree {
-            ptr: self.ptr,
-            host: true,
-            after,
-        });
+        self.ctx.release_later(PendingFree { ptr: self.ptr, host: true, after });
     }
 }

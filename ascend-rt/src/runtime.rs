@@ -42,44 +42,27 @@ impl Runtime {
     /// device, and the simulator otherwise; `cann` insists on CANN (an error if it cannot be loaded);
     /// `sim` always uses the simulator. The choice and its reason are kept for [`Runtime::reason`].
     pub fn get() -> Result<&'static Runtime> {
-        RUNTIME
-            .get_or_init(Runtime::select)
-            .as_ref()
-            .map_err(Clone::clone)
+        RUNTIME.get_or_init(Runtime::select).as_ref().map_err(Clone::clone)
     }
 
     fn select() -> Result<Runtime> {
         let choice = std::env::var("ASCEND_BACKEND").unwrap_or_default();
         match choice.trim() {
             "sim" => Runtime::sim("ASCEND_BACKEND=sim".into()),
-            "cann" => {
-                Runtime::cann().map_err(|e| Error::Backend(format!("ASCEND_BACKEND=cann, but {e}")))
-            }
+            "cann" => Runtime::cann().map_err(|e| Error::Backend(format!("ASCEND_BACKEND=cann, but {e}"))),
             "" | "auto" => Runtime::cann().or_else(|why| {
-                let short = why
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_end_matches(" (tried:")
-                    .to_string();
+                let short = why.lines().next().unwrap_or_default().trim_end_matches(" (tried:").to_string();
                 let mut rt = Runtime::sim(format!("auto: no usable CANN runtime ({short})"))?;
                 rt.cann_error = Some(why);
                 Ok(rt)
             }),
-            other => Err(Error::Backend(format!(
-                "ASCEND_BACKEND={other:?}: expected auto, cann or sim"
-            ))),
+            other => Err(Error::Backend(format!("ASCEND_BACKEND={other:?}: expected auto, cann or sim"))),
         }
     }
 
     fn sim(reason: String) -> Result<Runtime> {
-        let rt = Runtime {
-            backend: Backend::Sim,
-            reason,
-            cann_error: None,
-            api: ascend_sim::api(),
-            libraries: Vec::new(),
-        };
+        let rt =
+            Runtime { backend: Backend::Sim, reason, cann_error: None, api: ascend_sim::api(), libraries: Vec::new() };
         rt.init()?;
         Ok(rt)
     }
@@ -96,23 +79,14 @@ impl Runtime {
             .collect();
         // The libraries stay loaded for the life of the process, like the table that points into them.
         let loaded: &'static ascend_sys::loader::Loaded = Box::leak(Box::new(loaded));
-        let rt = Runtime {
-            backend: Backend::Cann,
-            reason: String::new(),
-            cann_error: None,
-            api: &loaded.api,
-            libraries,
-        };
+        let rt =
+            Runtime { backend: Backend::Cann, reason: String::new(), cann_error: None, api: &loaded.api, libraries };
         rt.init().map_err(|e| format!("CANN loaded but {e}"))?;
-        let n =
-            crate::device::Device::count_with(&rt).map_err(|e| format!("CANN loaded but {e}"))?;
+        let n = crate::device::Device::count_with(&rt).map_err(|e| format!("CANN loaded but {e}"))?;
         if n == 0 {
             return Err("CANN loaded but reports no device".into());
         }
-        Ok(Runtime {
-            reason: format!("CANN runtime loaded and reports {n} device(s)"),
-            ..rt
-        })
+        Ok(Runtime { reason: format!("CANN runtime loaded and reports {n} device(s)"), ..rt })
     }
 
     fn init(&self) -> Result<()> {
@@ -172,25 +146,13 @@ impl Runtime {
             },
             None => String::new(),
         };
-        Error::Acl {
-            call,
-            code,
-            message,
-        }
+        Error::Acl { call, code, message }
     }
 
     /// The `Error` for a failed HCCL call, with the runtime's recent message.
     pub(crate) fn hccl_error(&self, call: &'static str, code: i32) -> Error {
         match self.error(call, code) {
-            Error::Acl {
-                call,
-                code,
-                message,
-            } => Error::Hccl {
-                call,
-                code,
-                message,
-            },
+            Error::Acl { call, code, message } => Error::Hccl { call, code, message },
             other => other,
         }
     }

@@ -20,10 +20,7 @@ pub struct Stream {
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream")
-            .field("device", &self.ctx.ordinal())
-            .field("handle", &self.handle)
-            .finish()
+        f.debug_struct("Stream").field("device", &self.ctx.ordinal()).field("handle", &self.handle).finish()
     }
 }
 
@@ -41,11 +38,7 @@ impl Stream {
         // SAFETY: out-pointer to a live local.
         unsafe { acl!(ctx.runtime(), aclrtCreateStream(&mut h))? };
         ctx.stream_created();
-        Ok(Arc::new(Stream {
-            ctx: ctx.clone(),
-            handle: h as usize,
-            panicked: Arc::default(),
-        }))
+        Ok(Arc::new(Stream { ctx: ctx.clone(), handle: h as usize, panicked: Arc::default() }))
     }
 
     /// The owning context.
@@ -73,12 +66,7 @@ impl Stream {
     pub fn synchronize_timeout(&self, ms: i32) -> Result<()> {
         self.ctx.bind()?;
         // SAFETY: live handle.
-        unsafe {
-            acl!(
-                self.ctx.runtime(),
-                aclrtSynchronizeStreamWithTimeout(self.raw(), ms)
-            )?
-        };
+        unsafe { acl!(self.ctx.runtime(), aclrtSynchronizeStreamWithTimeout(self.raw(), ms))? };
         self.check_host_panic()
     }
 
@@ -93,12 +81,7 @@ impl Stream {
     pub fn is_idle(&self) -> Result<bool> {
         let mut status = 0;
         // SAFETY: live handle, out-pointer to a live local.
-        unsafe {
-            acl!(
-                self.ctx.runtime(),
-                aclrtStreamQuery(self.raw(), &mut status)
-            )?
-        };
+        unsafe { acl!(self.ctx.runtime(), aclrtStreamQuery(self.raw(), &mut status))? };
         Ok(status == ascend_sys::ACL_STREAM_STATUS_COMPLETE)
     }
 
@@ -113,36 +96,20 @@ impl Stream {
     pub fn wait(&self, event: &Event) -> Result<()> {
         self.ctx.bind()?;
         // SAFETY: live handles.
-        unsafe {
-            acl!(
-                self.ctx.runtime(),
-                aclrtStreamWaitEvent(self.raw(), event.raw())
-            )
-        }
+        unsafe { acl!(self.ctx.runtime(), aclrtStreamWaitEvent(self.raw(), event.raw())) }
     }
 
     /// Allocates `len` elements of device memory, ordered on this stream. The contents are whatever the
     /// memory held (every `DeviceRepr` type accepts any bit pattern).
     pub fn alloc<T: DeviceRepr>(self: &Arc<Self>, len: usize) -> Result<DeviceBuffer<T>> {
-        let bytes = len
-            .checked_mul(std::mem::size_of::<T>())
-            .filter(|&b| b > 0)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "cannot allocate {len} elements of {} bytes",
-                    std::mem::size_of::<T>()
-                ))
-            })?;
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).filter(|&b| b > 0).ok_or_else(|| {
+            Error::invalid(format!("cannot allocate {len} elements of {} bytes", std::mem::size_of::<T>()))
+        })?;
         self.ctx.bind()?;
         self.ctx.release_finished();
         let mut p: *mut c_void = std::ptr::null_mut();
         // SAFETY: out-pointer to a live local; size checked non-zero.
-        unsafe {
-            acl!(
-                self.ctx.runtime(),
-                aclrtMalloc(&mut p, bytes, ascend_sys::ACL_MEM_MALLOC_HUGE_FIRST)
-            )?
-        };
+        unsafe { acl!(self.ctx.runtime(), aclrtMalloc(&mut p, bytes, ascend_sys::ACL_MEM_MALLOC_HUGE_FIRST))? };
         // SAFETY: `p` is a fresh allocation of `len` elements of `T`, owned by the new buffer.
         Ok(unsafe { DeviceBuffer::from_raw(p as usize, len, self.clone()) })
     }
@@ -159,12 +126,7 @@ impl Stream {
         let bytes = buf.bytes();
         self.device_op(&[(buf.tracker(), true)], |s| {
             // SAFETY: the range is the buffer's own live allocation.
-            unsafe {
-                acl!(
-                    s.ctx.runtime(),
-                    aclrtMemsetAsync(buf.raw(), bytes, 0, bytes, s.raw())
-                )
-            }
+            unsafe { acl!(s.ctx.runtime(), aclrtMemsetAsync(buf.raw(), bytes, 0, bytes, s.raw())) }
         })
     }
 
@@ -287,11 +249,7 @@ impl Stream {
     }
 
     /// Copies `src` into `dst` on the device (same length), without waiting.
-    pub fn memcpy_dtod<T: DeviceRepr>(
-        &self,
-        src: &DeviceBuffer<T>,
-        dst: &mut DeviceBuffer<T>,
-    ) -> Result<()> {
+    pub fn memcpy_dtod<T: DeviceRepr>(&self, src: &DeviceBuffer<T>, dst: &mut DeviceBuffer<T>) -> Result<()> {
         same_len(src.len(), dst.len())?;
         let bytes = src.bytes();
         self.device_op(&[(src.tracker(), false), (dst.tracker(), true)], |s| {
@@ -341,22 +299,14 @@ impl Stream {
         let panicked = self.panicked.clone();
         let task: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(move || {
             if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned());
-                *panicked.lock().unwrap() =
-                    Some(msg.unwrap_or_else(|| "non-string panic payload".into()));
+                let msg =
+                    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                *panicked.lock().unwrap() = Some(msg.unwrap_or_else(|| "non-string panic payload".into()));
             }
         }));
         let arg = Box::into_raw(task);
         // SAFETY: `trampoline` takes ownership of `arg` exactly once, when the stream runs it.
-        let r = unsafe {
-            acl!(
-                self.ctx.runtime(),
-                aclrtLaunchHostFunc(self.raw(), Some(trampoline), arg.cast())
-            )
-        };
+        let r = unsafe { acl!(self.ctx.runtime(), aclrtLaunchHostFunc(self.raw(), Some(trampoline), arg.cast())) };
         if r.is_err() {
             // SAFETY: the launch failed, so the stream never received `arg`; reclaim it here.
             drop(unsafe { Box::from_raw(arg) });
@@ -372,11 +322,7 @@ impl Stream {
 
     /// Orders one device operation: waits for conflicting uses on other streams, enqueues `op`, then
     /// records the uses. `uses`: each buffer's tracker and whether it is written.
-    pub(crate) fn device_op(
-        &self,
-        uses: &[(&Tracker, bool)],
-        op: impl FnOnce(&Self) -> Result<()>,
-    ) -> Result<()> {
+    pub(crate) fn device_op(&self, uses: &[(&Tracker, bool)], op: impl FnOnce(&Self) -> Result<()>) -> Result<()> {
         self.ctx.bind()?;
         for (t, write) in uses {
             t.before(self, *write)?;
@@ -411,9 +357,7 @@ extern "C" fn trampoline(arg: *mut c_void) {
 
 fn same_len(a: usize, b: usize) -> Result<()> {
     if a != b {
-        return Err(Error::invalid(format!(
-            "lengths differ: {a} and {b} elements"
-        )));
+        return Err(Error::invalid(format!("lengths differ: {a} and {b} elements")));
     }
     Ok(())
 }

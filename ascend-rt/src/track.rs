@@ -29,11 +29,7 @@ pub(crate) struct Tracker {
 
 impl Tracker {
     pub(crate) fn new(home: Option<Arc<Stream>>) -> Tracker {
-        Tracker {
-            home,
-            home_untracked: AtomicBool::new(false),
-            uses: Mutex::default(),
-        }
+        Tracker { home, home_untracked: AtomicBool::new(false), uses: Mutex::default() }
     }
 
     pub(crate) fn home(&self) -> Option<&Arc<Stream>> {
@@ -55,11 +51,7 @@ impl Tracker {
                 // Work queued on the home stream before tracking began: capture it now.
                 let e = home.record_event()?;
                 uses.retain(|u| u.stream != home.raw() as usize);
-                uses.push(Use {
-                    stream: home.raw() as usize,
-                    event: e,
-                    wrote: true,
-                });
+                uses.push(Use { stream: home.raw() as usize, event: e, wrote: true });
             }
         }
         for u in uses.iter() {
@@ -86,19 +78,14 @@ impl Tracker {
         } else {
             uses.retain(|u| u.stream != key);
         }
-        uses.push(Use {
-            stream: key,
-            event,
-            wrote: write || wrote_here,
-        });
+        uses.push(Use { stream: key, event, wrote: write || wrote_here });
         Ok(())
     }
 
     /// Events that must complete before the memory may be released or read by the host.
     pub(crate) fn take_events(&self, writes_only: bool) -> Vec<Event> {
         let mut uses = self.uses.lock().unwrap();
-        let (taken, kept): (Vec<Use>, Vec<Use>) =
-            uses.drain(..).partition(|u| !writes_only || u.wrote);
+        let (taken, kept): (Vec<Use>, Vec<Use>) = uses.drain(..).partition(|u| !writes_only || u.wrote);
         *uses = kept;
         taken.into_iter().map(|u| u.event).collect()
     }

@@ -26,58 +26,27 @@ fn init_all_collectives_are_correct_and_ordered() {
                 assert_eq!(st.clone_dtoh(&y).unwrap(), vec![10.0; n]);
                 // bf16 in place, max
                 let mut b = st.clone_htod(&vec![bf16::from_f32(r as f32); n]).unwrap();
-                comm.all_reduce_in_place(&mut b, ReduceOp::Max, &st)
-                    .unwrap();
+                comm.all_reduce_in_place(&mut b, ReduceOp::Max, &st).unwrap();
                 assert!(st.clone_dtoh(&b).unwrap().iter().all(|v| v.to_f32() == 3.0));
                 // all_gather / reduce_scatter / broadcast / all_to_all / scatter / reduce
                 let mut g = st.alloc::<i32>(4 * 3).unwrap();
-                comm.all_gather(&st.clone_htod(&[r as i32; 3]).unwrap(), &mut g, &st)
-                    .unwrap();
-                assert_eq!(
-                    st.clone_dtoh(&g).unwrap(),
-                    vec![0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-                );
+                comm.all_gather(&st.clone_htod(&[r as i32; 3]).unwrap(), &mut g, &st).unwrap();
+                assert_eq!(st.clone_dtoh(&g).unwrap(), vec![0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]);
                 let mut rs = st.alloc::<i64>(2).unwrap();
-                comm.reduce_scatter(
-                    &st.clone_htod(&[1i64, 2, 3, 4, 5, 6, 7, 8]).unwrap(),
-                    &mut rs,
-                    ReduceOp::Sum,
-                    &st,
-                )
-                .unwrap();
-                assert_eq!(
-                    st.clone_dtoh(&rs).unwrap(),
-                    vec![4 * (2 * r as i64 + 1), 4 * (2 * r as i64 + 2)]
-                );
+                comm.reduce_scatter(&st.clone_htod(&[1i64, 2, 3, 4, 5, 6, 7, 8]).unwrap(), &mut rs, ReduceOp::Sum, &st)
+                    .unwrap();
+                assert_eq!(st.clone_dtoh(&rs).unwrap(), vec![4 * (2 * r as i64 + 1), 4 * (2 * r as i64 + 2)]);
                 let mut bc = st.clone_htod(&[r as u8; 5]).unwrap();
                 comm.broadcast(&mut bc, 3, &st).unwrap();
                 assert_eq!(st.clone_dtoh(&bc).unwrap(), vec![3; 5]);
                 let mut a2a = st.alloc::<u16>(4).unwrap();
                 let mine: Vec<u16> = (0..4).map(|d| (r * 10 + d) as u16).collect();
-                comm.all_to_all(&st.clone_htod(&mine).unwrap(), &mut a2a, &st)
-                    .unwrap();
-                assert_eq!(
-                    st.clone_dtoh(&a2a).unwrap(),
-                    (0..4).map(|src| (src * 10 + r) as u16).collect::<Vec<_>>()
-                );
+                comm.all_to_all(&st.clone_htod(&mine).unwrap(), &mut a2a, &st).unwrap();
+                assert_eq!(st.clone_dtoh(&a2a).unwrap(), (0..4).map(|src| (src * 10 + r) as u16).collect::<Vec<_>>());
                 let mut red = st.alloc_zeros::<f64>(2).unwrap();
-                comm.reduce(
-                    &st.clone_htod(&[r as f64, 1.0]).unwrap(),
-                    &mut red,
-                    ReduceOp::Sum,
-                    0,
-                    &st,
-                )
-                .unwrap();
+                comm.reduce(&st.clone_htod(&[r as f64, 1.0]).unwrap(), &mut red, ReduceOp::Sum, 0, &st).unwrap();
                 let got = st.clone_dtoh(&red).unwrap();
-                assert_eq!(
-                    got,
-                    if r == 0 {
-                        vec![6.0, 4.0]
-                    } else {
-                        vec![0.0, 0.0]
-                    }
-                );
+                assert_eq!(got, if r == 0 { vec![6.0, 4.0] } else { vec![0.0, 0.0] });
                 // point to point: a ring
                 let mut from_prev = st.alloc::<u32>(7).unwrap();
                 let mine = st.clone_htod(&[r as u32; 7]).unwrap();
@@ -88,10 +57,7 @@ fn init_all_collectives_are_correct_and_ordered() {
                     comm.recv(&mut from_prev, (r + 3) % 4, &st).unwrap();
                     comm.send(&mine, (r + 1) % 4, &st).unwrap();
                 }
-                assert_eq!(
-                    st.clone_dtoh(&from_prev).unwrap(),
-                    vec![((r + 3) % 4) as u32; 7]
-                );
+                assert_eq!(st.clone_dtoh(&from_prev).unwrap(), vec![((r + 3) % 4) as u32; 7]);
                 comm.barrier(&st).unwrap();
                 st.synchronize().unwrap();
                 assert!(comm.async_error().unwrap().is_none());
@@ -105,10 +71,7 @@ fn root_info_round_trips_through_bytes_across_threads() {
     let root = RootInfo::new().unwrap();
     let bytes = root.to_bytes();
     assert_eq!(bytes.len(), 4108);
-    assert!(matches!(
-        RootInfo::from_bytes(&bytes[..100]),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(RootInfo::from_bytes(&bytes[..100]), Err(Error::InvalidArgument(_))));
     let sums: Vec<f32> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..3)
             .map(|r| {
@@ -119,8 +82,7 @@ fn root_info_round_trips_through_bytes_across_threads() {
                     let comm = Communicator::from_root_info(&ctx, &root, 3, r).unwrap();
                     let st = Stream::new(&ctx).unwrap();
                     let mut x = st.clone_htod(&[r as f32 + 0.5]).unwrap();
-                    comm.all_reduce_in_place(&mut x, ReduceOp::Sum, &st)
-                        .unwrap();
+                    comm.all_reduce_in_place(&mut x, ReduceOp::Sum, &st).unwrap();
                     // wrong lengths and devices are rejected before anything is enqueued
                     let mut two = st.alloc::<f32>(2).unwrap();
                     assert!(matches!(
@@ -128,10 +90,7 @@ fn root_info_round_trips_through_bytes_across_threads() {
                         Err(Error::InvalidArgument(_))
                     ));
                     let other = Stream::new(&Context::new(0).unwrap()).unwrap();
-                    assert!(matches!(
-                        comm.barrier(&other),
-                        Err(Error::InvalidArgument(_))
-                    ));
+                    assert!(matches!(comm.barrier(&other), Err(Error::InvalidArgument(_))));
                     st.clone_dtoh(&x).unwrap()[0]
                 })
             })

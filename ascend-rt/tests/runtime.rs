@@ -1,8 +1,6 @@
 //! The safe layer on the simulator backend: ordering, release of memory in use, errors.
 
-use ascend_rt::{
-    bf16, f16, Backend, Context, DeviceBuffer, Error, PinnedHostBuffer, Runtime, Stream,
-};
+use ascend_rt::{bf16, f16, Backend, Context, DeviceBuffer, Error, PinnedHostBuffer, Runtime, Stream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,10 +34,7 @@ fn round_trips_every_dtype_and_ndarray() {
     let d = s.clone_htod_array(&t).unwrap();
     let back = s.clone_dtoh_array(&d, (5, 7)).unwrap();
     assert_eq!(back, t);
-    assert!(matches!(
-        s.clone_dtoh_array(&d, (4, 4)),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(s.clone_dtoh_array(&d, (4, 4)), Err(Error::InvalidArgument(_))));
     let z = s.alloc_zeros::<u16>(333).unwrap();
     assert!(z.to_vec().unwrap().iter().all(|&x| x == 0));
 }
@@ -77,11 +72,7 @@ fn two_streams_never_observe_an_unordered_value() {
         .unwrap();
         b.memcpy_dtod(&buf, &mut copy).unwrap();
         let seen = b.clone_dtoh(&copy).unwrap();
-        assert!(
-            seen.iter().all(|&x| x == i),
-            "iteration {i}: saw {}",
-            seen[0]
-        );
+        assert!(seen.iter().all(|&x| x == i), "iteration {i}: saw {}", seen[0]);
     }
     // And the reverse direction: a write on B must wait for A's pending read.
     a.synchronize().unwrap();
@@ -104,8 +95,7 @@ fn explicit_events_order_streams_and_time_work() {
     let f = flag.clone();
     let seen = Arc::new(AtomicUsize::new(9));
     let s2 = seen.clone();
-    b.launch_host(move || s2.store(f.load(Ordering::SeqCst), Ordering::SeqCst))
-        .unwrap();
+    b.launch_host(move || s2.store(f.load(Ordering::SeqCst), Ordering::SeqCst)).unwrap();
     b.synchronize().unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     assert!(end.is_complete().unwrap());
@@ -132,10 +122,7 @@ fn dropping_a_buffer_in_use_waits_for_the_work_without_blocking() {
     s.memcpy_dtod(&src, &mut dst).unwrap();
     drop(src); // queued copy still reads it: the release must wait
     let (free_mid, _) = s.context().memory_info().unwrap();
-    assert!(
-        free_mid < free0,
-        "memory still held while the copy is queued"
-    );
+    assert!(free_mid < free0, "memory still held while the copy is queued");
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
     assert_eq!(s.clone_dtoh(&dst).unwrap(), data);
@@ -167,27 +154,14 @@ fn errors_carry_code_name_and_message() {
     assert_eq!(e.code(), Some(ascend_sys::ACL_ERROR_RT_INVALID_DEVICEID));
     assert_eq!(e.name(), Some("ACL_ERROR_RT_INVALID_DEVICEID"));
     let text = e.to_string();
-    assert!(
-        text.contains("aclrtSetDevice") && text.contains("does not exist"),
-        "{text}"
-    );
+    assert!(text.contains("aclrtSetDevice") && text.contains("does not exist"), "{text}");
     let s = stream(0);
     assert!(matches!(s.alloc::<f32>(0), Err(Error::InvalidArgument(_))));
-    assert!(matches!(
-        s.alloc::<f32>(usize::MAX),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(s.alloc::<f32>(usize::MAX), Err(Error::InvalidArgument(_))));
     let e = s.alloc::<u8>(1 << 50).unwrap_err();
-    assert_eq!(
-        e.code(),
-        Some(ascend_sys::ACL_ERROR_RT_MEMORY_ALLOCATION),
-        "{e}"
-    );
+    assert_eq!(e.code(), Some(ascend_sys::ACL_ERROR_RT_MEMORY_ALLOCATION), "{e}");
     let mut small = s.alloc::<f32>(3).unwrap();
-    assert!(matches!(
-        s.memcpy_htod(&[1.0, 2.0], &mut small),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(s.memcpy_htod(&[1.0, 2.0], &mut small), Err(Error::InvalidArgument(_))));
 }
 
 #[test]
@@ -211,10 +185,7 @@ fn pinned_async_copies() {
     s.memcpy_dtoh_async(&dev, &mut out).unwrap();
     assert_eq!(out.as_slice().unwrap(), &[1.5, 2.5, 3.5]); // waits for the copy
     let mut wrong = PinnedHostBuffer::<f64>::new(&ctx, 4).unwrap();
-    assert!(matches!(
-        s.memcpy_dtoh_async(&dev, &mut wrong),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(s.memcpy_dtoh_async(&dev, &mut wrong), Err(Error::InvalidArgument(_))));
 }
 
 #[test]

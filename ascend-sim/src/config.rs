@@ -36,7 +36,8 @@ impl Config {
             Some(v) => match v.trim().parse::<u32>() {
                 Ok(n) if (1..=1024).contains(&n) => n,
                 _ => {
-                    warnings.push(format!("ASCEND_SIM_DEVICES={v:?} is not a number in 1..=1024; using {DEFAULT_DEVICES}"));
+                    warnings
+                        .push(format!("ASCEND_SIM_DEVICES={v:?} is not a number in 1..=1024; using {DEFAULT_DEVICES}"));
                     DEFAULT_DEVICES
                 }
             },
@@ -46,27 +47,17 @@ impl Config {
             Some(v) => match parse_bytes(&v) {
                 Some(n) if (1 << 20..=1 << 44).contains(&n) => n,
                 _ => {
-                    warnings.push(format!(
-                        "ASCEND_SIM_HBM_BYTES={v:?} is not a size in 1M..=16T; using 32G"
-                    ));
+                    warnings.push(format!("ASCEND_SIM_HBM_BYTES={v:?} is not a size in 1M..=16T; using 32G"));
                     DEFAULT_HBM_BYTES
                 }
             },
         };
-        let soc_name = get("ASCEND_SIM_SOC")
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_SOC.into());
+        let soc_name = get("ASCEND_SIM_SOC").filter(|s| !s.trim().is_empty()).unwrap_or_else(|| DEFAULT_SOC.into());
         let visible = match get("ASCEND_RT_VISIBLE_DEVICES") {
             None => (0..physical_devices).collect(),
             Some(v) => parse_visible(&v, physical_devices, &mut warnings),
         };
-        Config {
-            physical_devices,
-            visible,
-            hbm_bytes,
-            soc_name,
-            warnings,
-        }
+        Config { physical_devices, visible, hbm_bytes, soc_name, warnings }
     }
 }
 
@@ -99,11 +90,7 @@ pub fn parse_bytes(v: &str) -> Option<usize> {
         (i, 'T' | 't') => (&v[..i], 40),
         _ => (v, 0),
     };
-    digits
-        .trim()
-        .parse::<usize>()
-        .ok()?
-        .checked_mul(1usize << shift)
+    digits.trim().parse::<usize>().ok()?.checked_mul(1usize << shift)
 }
 
 #[cfg(test)]
@@ -112,10 +99,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Config {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -131,25 +115,12 @@ mod tests {
 
     #[test]
     fn visible_devices_stop_at_first_bad_entry() {
-        assert_eq!(
-            cfg(&[("ASCEND_RT_VISIBLE_DEVICES", "1,2,3")]).visible,
-            vec![1, 2, 3]
-        );
+        assert_eq!(cfg(&[("ASCEND_RT_VISIBLE_DEVICES", "1,2,3")]).visible, vec![1, 2, 3]);
         let c = cfg(&[("ASCEND_RT_VISIBLE_DEVICES", "1,x,3")]);
         assert_eq!(c.visible, vec![1]);
         assert_eq!(c.warnings.len(), 1);
-        assert_eq!(
-            cfg(&[("ASCEND_RT_VISIBLE_DEVICES", "3,1")]).visible,
-            vec![3]
-        );
-        assert_eq!(
-            cfg(&[
-                ("ASCEND_SIM_DEVICES", "2"),
-                ("ASCEND_RT_VISIBLE_DEVICES", "1,2")
-            ])
-            .visible,
-            vec![1]
-        );
+        assert_eq!(cfg(&[("ASCEND_RT_VISIBLE_DEVICES", "3,1")]).visible, vec![3]);
+        assert_eq!(cfg(&[("ASCEND_SIM_DEVICES", "2"), ("ASCEND_RT_VISIBLE_DEVICES", "1,2")]).visible, vec![1]);
     }
 
     #[test]
@@ -158,15 +129,9 @@ mod tests {
         assert_eq!(parse_bytes("1g"), Some(1 << 30));
         assert_eq!(parse_bytes("4096"), Some(4096));
         assert_eq!(parse_bytes("x"), None);
-        let c = cfg(&[
-            ("ASCEND_SIM_HBM_BYTES", "12"),
-            ("ASCEND_SIM_DEVICES", "0"),
-            ("ASCEND_SIM_SOC", "Ascend910_9392"),
-        ]);
-        assert_eq!(
-            (c.hbm_bytes, c.physical_devices, c.soc_name.as_str()),
-            (32 << 30, 8, "Ascend910_9392")
-        );
+        let c =
+            cfg(&[("ASCEND_SIM_HBM_BYTES", "12"), ("ASCEND_SIM_DEVICES", "0"), ("ASCEND_SIM_SOC", "Ascend910_9392")]);
+        assert_eq!((c.hbm_bytes, c.physical_devices, c.soc_name.as_str()), (32 << 30, 8, "Ascend910_9392"));
         assert_eq!(c.warnings.len(), 2);
     }
 }

@@ -40,12 +40,7 @@ pub struct Event {
 impl Event {
     /// A new, un-recorded event.
     pub fn new(flags: u32, ex: bool, with_flag: bool) -> Event {
-        Event {
-            flags,
-            ex,
-            with_flag,
-            record: Mutex::new(None),
-        }
+        Event { flags, ex, with_flag, record: Mutex::new(None) }
     }
 
     /// `aclrtRecordEvent`: captures the work submitted to `core` so far (a re-record overwrites).
@@ -56,11 +51,7 @@ impl Event {
             let _ = s.set(Instant::now());
             Ok(())
         })?;
-        *self.record.lock().unwrap() = Some(Record {
-            core: core.clone(),
-            seq,
-            stamp,
-        });
+        *self.record.lock().unwrap() = Some(Record { core: core.clone(), seq, stamp });
         Ok(())
     }
 
@@ -90,10 +81,7 @@ impl Event {
         match self.latest() {
             Some(r) if !r.core.wait_for(r.seq, timeout) => fail(
                 ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
-                format!(
-                    "event synchronize timed out after {} ms",
-                    timeout.unwrap_or_default().as_millis()
-                ),
+                format!("event synchronize timed out after {} ms", timeout.unwrap_or_default().as_millis()),
             ),
             _ => Ok(()),
         }
@@ -103,22 +91,13 @@ impl Event {
 /// `aclrtEventElapsedTime`: milliseconds from `start`'s record to `end`'s.
 pub fn elapsed_ms(start: &Event, end: &Event) -> Result<f32> {
     let (Some(a), Some(b)) = (start.latest(), end.latest()) else {
-        return fail(
-            ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID,
-            "both events must be recorded",
-        );
+        return fail(ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID, "both events must be recorded");
     };
     let (Some(ta), Some(tb)) = (a.stamp.get(), b.stamp.get()) else {
-        return fail(
-            ACL_ERROR_RT_EVENT_NOT_COMPLETE,
-            "both events must be complete (synchronize them first)",
-        );
+        return fail(ACL_ERROR_RT_EVENT_NOT_COMPLETE, "both events must be complete (synchronize them first)");
     };
     if tb < ta {
-        return fail(
-            ACL_ERROR_RT_EVENT_TIMESTAMP_REVERSAL,
-            "the end event completed before the start event",
-        );
+        return fail(ACL_ERROR_RT_EVENT_TIMESTAMP_REVERSAL, "the end event completed before the start event");
     }
     Ok((*tb - *ta).as_secs_f64() as f32 * 1e3)
 }

@@ -19,10 +19,7 @@ pub type Result<T, E = Fail> = std::result::Result<T, E>;
 impl Fail {
     /// A failure with `code` and a message.
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Fail {
-            code,
-            message: message.into(),
-        }
+        Fail { code, message: message.into() }
     }
 }
 
@@ -68,9 +65,7 @@ pub fn entry_with(name: &str, internal: i32, body: impl FnOnce() -> Result<()>) 
             f.code
         }
         Err(_) => {
-            set_recent(&format!(
-                "{name}: internal error in the simulator (a bug: please report it)"
-            ));
+            set_recent(&format!("{name}: internal error in the simulator (a bug: please report it)"));
             internal
         }
     }

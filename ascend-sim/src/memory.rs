@@ -89,11 +89,7 @@ pub struct DeviceMemory {
 
 impl DeviceMemory {
     fn new(capacity: usize) -> Self {
-        DeviceMemory {
-            capacity,
-            region: OnceLock::new(),
-            blocks: Mutex::default(),
-        }
+        DeviceMemory { capacity, region: OnceLock::new(), blocks: Mutex::default() }
     }
 
     fn region(&self) -> Result<&Region> {
@@ -118,14 +114,10 @@ impl DeviceMemory {
                 ))
             } else {
                 self.blocks.lock().unwrap().free.insert(0, self.capacity);
-                Ok(Region {
-                    base: p as usize,
-                    len: self.capacity,
-                })
+                Ok(Region { base: p as usize, len: self.capacity })
             }
         });
-        r.as_ref()
-            .map_err(|m| Fail::new(ACL_ERROR_RT_MEMORY_ALLOCATION, m.clone()))
+        r.as_ref().map_err(|m| Fail::new(ACL_ERROR_RT_MEMORY_ALLOCATION, m.clone()))
     }
 
     fn contains(&self, addr: usize) -> bool {
@@ -139,25 +131,14 @@ impl DeviceMemory {
         let Some((&off, &len)) = b.free.iter().find(|(_, &len)| len >= carved) else {
             return fail(
                 ACL_ERROR_RT_MEMORY_ALLOCATION,
-                format!(
-                    "out of device memory: {usable} bytes requested, {} of {} bytes in use",
-                    b.used, self.capacity
-                ),
+                format!("out of device memory: {usable} bytes requested, {} of {} bytes in use", b.used, self.capacity),
             );
         };
         b.free.remove(&off);
         if len > carved {
             b.free.insert(off + carved, len - carved);
         }
-        b.live.insert(
-            region.base + off,
-            Block {
-                carved,
-                usable,
-                pins: 0,
-                freed: false,
-            },
-        );
+        b.live.insert(region.base + off, Block { carved, usable, pins: 0, freed: false });
         b.used += usable;
         Ok(region.base + off)
     }
@@ -210,13 +191,7 @@ impl DeviceMemory {
         if let Some(Ok(region)) = self.region.get() {
             let mut b = self.blocks.lock().unwrap();
             // SAFETY: the whole region is ours; nothing may use device memory across aclFinalize.
-            unsafe {
-                libc::madvise(
-                    region.base as *mut libc::c_void,
-                    region.len,
-                    libc::MADV_DONTNEED,
-                )
-            };
+            unsafe { libc::madvise(region.base as *mut libc::c_void, region.len, libc::MADV_DONTNEED) };
             *b = Blocks::default();
             b.free.insert(0, region.len);
         }
@@ -284,10 +259,7 @@ impl Drop for Access<'_> {
 impl Memory {
     /// Memory for `devices` logical devices of `capacity` bytes each.
     pub fn new(devices: usize, capacity: usize) -> Self {
-        Memory {
-            devices: (0..devices).map(|_| DeviceMemory::new(capacity)).collect(),
-            pinned: Mutex::default(),
-        }
+        Memory { devices: (0..devices).map(|_| DeviceMemory::new(capacity)).collect(), pinned: Mutex::default() }
     }
 
     /// One device's memory.
@@ -302,9 +274,7 @@ impl Memory {
         }
         let pinned = self.pinned.lock().unwrap();
         match pinned.live.range(..=addr).next_back() {
-            Some((&start, block)) if addr < start + block.carved && !block.freed => {
-                Location::Pinned
-            }
+            Some((&start, block)) if addr < start + block.carved && !block.freed => Location::Pinned,
             _ => Location::Host,
         }
     }
@@ -317,10 +287,7 @@ impl Memory {
             _ => {
                 return fail(
                     ACL_ERROR_RT_MEMORY_ALLOCATION,
-                    format!(
-                        "{size} bytes exceed the device's {} bytes",
-                        self.devices[device].capacity
-                    ),
+                    format!("{size} bytes exceed the device's {} bytes", self.devices[device].capacity),
                 )
             }
         };
@@ -331,14 +298,10 @@ impl Memory {
     pub fn free(&self, addr: usize) -> Result<()> {
         match self.locate(addr) {
             Location::Device(d) => self.devices[d].free(addr),
-            Location::Pinned => fail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                format!("{addr:#x} is pinned host memory: free it with aclrtFreeHost"),
-            ),
-            Location::Host => fail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                format!("{addr:#x} is not device memory"),
-            ),
+            Location::Pinned => {
+                fail(ACL_ERROR_RT_PARAM_INVALID, format!("{addr:#x} is pinned host memory: free it with aclrtFreeHost"))
+            }
+            Location::Host => fail(ACL_ERROR_RT_PARAM_INVALID, format!("{addr:#x} is not device memory")),
         }
     }
 
@@ -353,20 +316,9 @@ impl Memory {
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc(layout) } as usize;
         if p == 0 {
-            return fail(
-                ACL_ERROR_RT_MEMORY_ALLOCATION,
-                format!("host allocation of {size} bytes failed"),
-            );
+            return fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("host allocation of {size} bytes failed"));
         }
-        self.pinned.lock().unwrap().live.insert(
-            p,
-            Block {
-                carved,
-                usable: size,
-                pins: 0,
-                freed: false,
-            },
-        );
+        self.pinned.lock().unwrap().live.insert(p, Block { carved, usable: size, pins: 0, freed: false });
         Ok(p)
     }
 
@@ -381,10 +333,7 @@ impl Memory {
                 }
                 Ok(())
             }
-            _ => fail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                format!("{addr:#x} is not a live aclrtMallocHost block"),
-            ),
+            _ => fail(ACL_ERROR_RT_PARAM_INVALID, format!("{addr:#x} is not a live aclrtMallocHost block")),
         }
     }
 
@@ -393,10 +342,7 @@ impl Memory {
             // SAFETY: allocated in `malloc_host` with this layout; removed from the table, so it is
             // released exactly once, and unpinned, so no access is using it.
             unsafe {
-                std::alloc::dealloc(
-                    addr as *mut u8,
-                    std::alloc::Layout::from_size_align_unchecked(block.carved, ALIGN),
-                )
+                std::alloc::dealloc(addr as *mut u8, std::alloc::Layout::from_size_align_unchecked(block.carved, ALIGN))
             };
         }
     }
@@ -405,10 +351,7 @@ impl Memory {
     /// [`Access`] is dropped. Host spans outside pinned blocks are not checked (the simulator cannot
     /// know their extent).
     pub fn access(&self, spans: &[Span]) -> Result<Access<'_>> {
-        let mut access = Access {
-            memory: self,
-            pinned: Vec::with_capacity(spans.len()),
-        };
+        let mut access = Access { memory: self, pinned: Vec::with_capacity(spans.len()) };
         for s in spans {
             if s.addr.checked_add(s.len).is_none() {
                 return fail(ACL_ERROR_RT_PARAM_INVALID, "address range overflows");
@@ -417,7 +360,10 @@ impl Memory {
             let bad = |place: String| {
                 fail(
                     ACL_ERROR_RT_PARAM_INVALID,
-                    format!("{place} {what} range [{:#x}, +{}) is not inside one live allocation (out of range, or freed)", s.addr, s.len),
+                    format!(
+                        "{place} {what} range [{:#x}, +{}) is not inside one live allocation (out of range, or freed)",
+                        s.addr, s.len
+                    ),
                 )
             };
             match self.locate(s.addr) {
@@ -486,10 +432,7 @@ mod tests {
         assert_eq!(m.free(b).unwrap_err().code, ACL_ERROR_RT_PARAM_INVALID);
         // Everything coalesced: the whole capacity is one block again.
         let big = m.malloc(0, (1 << 20) - 32, false).unwrap();
-        assert_eq!(
-            m.malloc(0, 1, false).unwrap_err().code,
-            ACL_ERROR_RT_MEMORY_ALLOCATION
-        );
+        assert_eq!(m.malloc(0, 1, false).unwrap_err().code, ACL_ERROR_RT_MEMORY_ALLOCATION);
         m.free(big).unwrap();
     }
 
@@ -497,50 +440,14 @@ mod tests {
     fn access_checks_ranges() {
         let m = Memory::new(1, 1 << 20);
         let a = m.malloc(0, 100, false).unwrap(); // usable 160
-        assert!(m
-            .access(&[Span {
-                addr: a,
-                len: 160,
-                write: true
-            }])
-            .is_ok());
-        assert!(m
-            .access(&[Span {
-                addr: a + 10,
-                len: 150,
-                write: false
-            }])
-            .is_ok());
-        assert!(m
-            .access(&[Span {
-                addr: a,
-                len: 161,
-                write: true
-            }])
-            .is_err());
+        assert!(m.access(&[Span { addr: a, len: 160, write: true }]).is_ok());
+        assert!(m.access(&[Span { addr: a + 10, len: 150, write: false }]).is_ok());
+        assert!(m.access(&[Span { addr: a, len: 161, write: true }]).is_err());
         m.free(a).unwrap();
-        assert!(m
-            .access(&[Span {
-                addr: a,
-                len: 1,
-                write: true
-            }])
-            .is_err());
+        assert!(m.access(&[Span { addr: a, len: 1, write: true }]).is_err());
         let h = m.malloc_host(10).unwrap();
-        assert!(m
-            .access(&[Span {
-                addr: h,
-                len: 10,
-                write: true
-            }])
-            .is_ok());
-        assert!(m
-            .access(&[Span {
-                addr: h,
-                len: 11,
-                write: true
-            }])
-            .is_err());
+        assert!(m.access(&[Span { addr: h, len: 10, write: true }]).is_ok());
+        assert!(m.access(&[Span { addr: h, len: 11, write: true }]).is_err());
         m.free_host(h).unwrap();
         assert!(m.free_host(h).is_err());
     }
@@ -549,37 +456,15 @@ mod tests {
     fn a_block_freed_during_an_access_is_released_when_it_ends() {
         let m = Memory::new(1, 1 << 20);
         let a = m.malloc(0, 1000, false).unwrap();
-        let access = m
-            .access(&[Span {
-                addr: a,
-                len: 1000,
-                write: true,
-            }])
-            .unwrap();
+        let access = m.access(&[Span { addr: a, len: 1000, write: true }]).unwrap();
         m.free(a).unwrap();
-        assert!(
-            m.access(&[Span {
-                addr: a,
-                len: 1,
-                write: false
-            }])
-            .is_err(),
-            "freed for new accesses"
-        );
+        assert!(m.access(&[Span { addr: a, len: 1, write: false }]).is_err(), "freed for new accesses");
         assert!(m.free(a).is_err(), "double free");
-        assert_eq!(
-            m.info(0).0,
-            (1 << 20) - 1056,
-            "still held by the running access"
-        );
+        assert_eq!(m.info(0).0, (1 << 20) - 1056, "still held by the running access");
         let b = m.malloc(0, 1000, false).unwrap();
         assert_ne!(a, b, "not handed out again while in use");
         drop(access);
-        assert_eq!(
-            m.info(0).0,
-            (1 << 20) - 1056,
-            "released once the access ended"
-        );
+        assert_eq!(m.info(0).0, (1 << 20) - 1056, "released once the access ended");
         m.free(b).unwrap();
     }
 }

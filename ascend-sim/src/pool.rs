@@ -53,10 +53,7 @@ impl Pool {
     }
 
     fn new(threads: usize) -> Pool {
-        let shared = Arc::new(Shared {
-            jobs: Mutex::new(Vec::new()),
-            work: Condvar::new(),
-        });
+        let shared = Arc::new(Shared { jobs: Mutex::new(Vec::new()), work: Condvar::new() });
         for i in 0..threads {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -169,9 +166,7 @@ mod tests {
             })
         });
         assert_eq!(total.load(Ordering::Relaxed), 12);
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            pool.parallel_for(8, &|i| assert!(i != 5))
-        }));
+        let r = catch_unwind(AssertUnwindSafe(|| pool.parallel_for(8, &|i| assert!(i != 5))));
         assert!(r.is_err());
     }
 }

@@ -52,18 +52,10 @@ impl Reports {
     pub fn subscribe(&self, tid: u64, stream: usize) -> Result<()> {
         let mut streams = self.streams.lock().unwrap();
         if streams.contains_key(&stream) {
-            return fail(
-                ACL_ERROR_REPEAT_SUBSCRIBE,
-                "the stream already has a subscribed thread",
-            );
+            return fail(ACL_ERROR_REPEAT_SUBSCRIBE, "the stream already has a subscribed thread");
         }
         streams.insert(stream, tid);
-        self.threads
-            .lock()
-            .unwrap()
-            .entry(tid)
-            .or_insert_with(|| (Arc::default(), 0))
-            .1 += 1;
+        self.threads.lock().unwrap().entry(tid).or_insert_with(|| (Arc::default(), 0)).1 += 1;
         Ok(())
     }
 
@@ -72,10 +64,7 @@ impl Reports {
     pub fn unsubscribe(&self, tid: u64, stream: usize) -> Result<()> {
         let mut streams = self.streams.lock().unwrap();
         if streams.get(&stream) != Some(&tid) {
-            return fail(
-                ACL_ERROR_RT_STREAM_SUBSCRIBE,
-                "this thread is not subscribed to the stream",
-            );
+            return fail(ACL_ERROR_RT_STREAM_SUBSCRIBE, "this thread is not subscribed to the stream");
         }
         streams.remove(&stream);
         self.release_thread(tid);
@@ -107,12 +96,7 @@ impl Reports {
 
     /// Hands a callback to thread `tid` (from the stream's thread). False if it is gone.
     pub fn deliver(&self, tid: u64, p: Pending) -> bool {
-        let q = self
-            .threads
-            .lock()
-            .unwrap()
-            .get(&tid)
-            .map(|(q, _)| q.clone());
+        let q = self.threads.lock().unwrap().get(&tid).map(|(q, _)| q.clone());
         match q {
             Some(q) => {
                 q.pending.lock().unwrap().push_back(p);
@@ -129,17 +113,8 @@ impl Reports {
     /// `aclrtProcessReport` for the calling thread: runs one callback, waiting up to `timeout`.
     pub fn process(&self, timeout: Option<Duration>) -> Result<()> {
         let tid = this_thread();
-        let Some(q) = self
-            .threads
-            .lock()
-            .unwrap()
-            .get(&tid)
-            .map(|(q, _)| q.clone())
-        else {
-            return fail(
-                ACL_ERROR_RT_THREAD_SUBSCRIBE,
-                "this thread is not subscribed to any stream",
-            );
+        let Some(q) = self.threads.lock().unwrap().get(&tid).map(|(q, _)| q.clone()) else {
+            return fail(ACL_ERROR_RT_THREAD_SUBSCRIBE, "this thread is not subscribed to any stream");
         };
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut pending = q.pending.lock().unwrap();
@@ -152,10 +127,7 @@ impl Reports {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return fail(
-                            ACL_ERROR_RT_REPORT_TIMEOUT,
-                            "no callback arrived before the timeout",
-                        );
+                        return fail(ACL_ERROR_RT_REPORT_TIMEOUT, "no callback arrived before the timeout");
                     }
                     pending = q.ready.wait_timeout(pending, d - now).unwrap().0;
                 }

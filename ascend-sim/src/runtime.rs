@@ -26,12 +26,7 @@ pub struct Registry<T> {
 
 impl<T> Registry<T> {
     pub(crate) fn new(tag: usize, what: &'static str) -> Self {
-        Registry {
-            map: RwLock::default(),
-            next: AtomicUsize::new(1),
-            tag,
-            what,
-        }
+        Registry { map: RwLock::default(), next: AtomicUsize::new(1), tag, what }
     }
 
     /// Reserves a fresh handle value (never reused within a process).
@@ -46,26 +41,15 @@ impl<T> Registry<T> {
 
     /// The live object behind `handle`, or `ACL_ERROR_RT_PARAM_INVALID`.
     pub fn get(&self, handle: usize) -> Result<Arc<T>> {
-        self.map
-            .read()
-            .unwrap()
-            .get(&handle)
-            .cloned()
-            .ok_or_else(|| {
-                Fail::new(
-                    ACL_ERROR_RT_PARAM_INVALID,
-                    format!("{handle:#x} is not a live {} handle", self.what),
-                )
-            })
+        self.map.read().unwrap().get(&handle).cloned().ok_or_else(|| {
+            Fail::new(ACL_ERROR_RT_PARAM_INVALID, format!("{handle:#x} is not a live {} handle", self.what))
+        })
     }
 
     /// Unregisters `handle`.
     pub fn remove(&self, handle: usize) -> Result<Arc<T>> {
         self.map.write().unwrap().remove(&handle).ok_or_else(|| {
-            Fail::new(
-                ACL_ERROR_RT_PARAM_INVALID,
-                format!("{handle:#x} is not a live {} handle", self.what),
-            )
+            Fail::new(ACL_ERROR_RT_PARAM_INVALID, format!("{handle:#x} is not a live {} handle", self.what))
         })
     }
 
@@ -164,39 +148,24 @@ impl Runtime {
 
     /// Validates a logical device id.
     pub fn device_index(&self, id: i32) -> Result<usize> {
-        usize::try_from(id)
-            .ok()
-            .filter(|&d| d < self.devices.len())
-            .ok_or_else(|| {
-                Fail::new(
-                    ACL_ERROR_RT_INVALID_DEVICEID,
-                    format!(
-                        "device {id} does not exist ({} visible devices)",
-                        self.devices.len()
-                    ),
-                )
-            })
+        usize::try_from(id).ok().filter(|&d| d < self.devices.len()).ok_or_else(|| {
+            Fail::new(
+                ACL_ERROR_RT_INVALID_DEVICEID,
+                format!("device {id} does not exist ({} visible devices)", self.devices.len()),
+            )
+        })
     }
 
     /// The calling thread's current context.
     pub fn current(&self) -> Result<Arc<Context>> {
         self.ensure_init()?;
         let gen = self.generation.load(Acquire);
-        let handle = CURRENT
-            .with(|c| *c.borrow())
-            .filter(|(g, _)| *g == gen)
-            .map(|(_, h)| h);
+        let handle = CURRENT.with(|c| *c.borrow()).filter(|(g, _)| *g == gen).map(|(_, h)| h);
         let Some(handle) = handle else {
-            return fail(
-                ACL_ERROR_RT_CONTEXT_NULL,
-                "no device is set on this thread (call aclrtSetDevice first)",
-            );
+            return fail(ACL_ERROR_RT_CONTEXT_NULL, "no device is set on this thread (call aclrtSetDevice first)");
         };
         self.contexts.get(handle).map_err(|_| {
-            Fail::new(
-                ACL_ERROR_RT_CONTEXT_NULL,
-                "this thread's current context was destroyed (set a device again)",
-            )
+            Fail::new(ACL_ERROR_RT_CONTEXT_NULL, "this thread's current context was destroyed (set a device again)")
         })
     }
 
@@ -219,12 +188,7 @@ impl Runtime {
     pub fn create_context(&self, device: usize, explicit: bool) -> Result<Arc<Context>> {
         let handle = self.contexts.fresh();
         let stream = self.create_stream_in(device, handle)?;
-        let ctx = Arc::new(Context {
-            handle,
-            device,
-            explicit,
-            default_stream: stream.handle,
-        });
+        let ctx = Arc::new(Context { handle, device, explicit, default_stream: stream.handle });
         self.contexts.insert(handle, ctx.clone());
         Ok(ctx)
     }
@@ -233,12 +197,7 @@ impl Runtime {
     pub fn create_stream_in(&self, device: usize, context: usize) -> Result<Arc<Stream>> {
         let handle = self.streams.fresh();
         let core = StreamCore::start(format!("ascend-sim-d{device}-s{:x}", handle >> 4 & 0xffff))?;
-        let stream = Arc::new(Stream {
-            handle,
-            device,
-            context,
-            core,
-        });
+        let stream = Arc::new(Stream { handle, device, context, core });
         self.streams.insert(handle, stream.clone());
         Ok(stream)
     }
@@ -253,12 +212,7 @@ impl Runtime {
 
     /// Destroys a context: its streams (after their work) and the context itself.
     pub fn destroy_context(&self, ctx: &Context) {
-        for s in self
-            .streams
-            .all()
-            .into_iter()
-            .filter(|s| s.context == ctx.handle)
-        {
+        for s in self.streams.all().into_iter().filter(|s| s.context == ctx.handle) {
             let _ = self.destroy_stream(s.handle);
         }
         let _ = self.contexts.remove(ctx.handle);

@@ -54,11 +54,7 @@ impl StreamCore {
     /// Creates the stream and starts its thread.
     pub fn start(name: String) -> Result<Arc<StreamCore>> {
         let core = Arc::new(StreamCore {
-            queue: Mutex::new(Queue {
-                tasks: VecDeque::new(),
-                sleeping: false,
-                closed: false,
-            }),
+            queue: Mutex::new(Queue { tasks: VecDeque::new(), sleeping: false, closed: false }),
             work: Condvar::new(),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -73,28 +69,16 @@ impl StreamCore {
         let handle = std::thread::Builder::new()
             .name(name)
             .spawn(move || worker.run())
-            .map_err(|e| {
-                Fail::new(
-                    ACL_ERROR_RT_NO_STREAM_RESOURCE,
-                    format!("cannot start a stream thread: {e}"),
-                )
-            })?;
+            .map_err(|e| Fail::new(ACL_ERROR_RT_NO_STREAM_RESOURCE, format!("cannot start a stream thread: {e}")))?;
         *core.thread.lock().unwrap() = Some((handle.thread().id(), handle));
         Ok(core)
     }
 
     /// Appends a task; returns its sequence number (the stream has reached it once `completed() >= seq`).
-    pub fn enqueue(
-        &self,
-        kind: Kind,
-        task: impl FnOnce() -> Result<()> + Send + 'static,
-    ) -> Result<u64> {
+    pub fn enqueue(&self, kind: Kind, task: impl FnOnce() -> Result<()> + Send + 'static) -> Result<u64> {
         let mut q = self.queue.lock().unwrap();
         if q.closed {
-            return Err(Fail::new(
-                ACL_ERROR_RT_PARAM_INVALID,
-                "the stream is being destroyed",
-            ));
+            return Err(Fail::new(ACL_ERROR_RT_PARAM_INVALID, "the stream is being destroyed"));
         }
         q.tasks.push_back((kind, Box::new(task)));
         let seq = self.submitted.fetch_add(1, SeqCst) + 1;
@@ -168,17 +152,11 @@ impl StreamCore {
         if !self.wait_for(self.submitted(), timeout) {
             return Err(Fail::new(
                 ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,
-                format!(
-                    "stream synchronize timed out after {} ms",
-                    timeout.unwrap_or_default().as_millis()
-                ),
+                format!("stream synchronize timed out after {} ms", timeout.unwrap_or_default().as_millis()),
             ));
         }
         match self.error() {
-            Some(f) => Err(Fail::new(
-                f.code,
-                format!("a task on this stream failed earlier: {}", f.message),
-            )),
+            Some(f) => Err(Fail::new(f.code, format!("a task on this stream failed earlier: {}", f.message))),
             None => Ok(()),
         }
     }
@@ -230,12 +208,7 @@ impl StreamCore {
             let Some((kind, task)) = next else { return };
             if kind != Kind::Device || !self.failed.load(Acquire) {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task))
-                    .unwrap_or_else(|_| {
-                        Err(Fail::new(
-                            ACL_ERROR_RT_INTERNAL_ERROR,
-                            "a stream task panicked",
-                        ))
-                    });
+                    .unwrap_or_else(|_| Err(Fail::new(ACL_ERROR_RT_INTERNAL_ERROR, "a stream task panicked")));
                 if let Err(f) = result {
                     let mut e = self.error.lock().unwrap();
                     if e.is_none() {
@@ -283,8 +256,7 @@ mod tests {
         }
         s.synchronize(None).unwrap();
         assert_eq!(*log.lock().unwrap(), (0..100).collect::<Vec<_>>());
-        s.enqueue(Kind::Device, || Err(Fail::new(507053, "boom")))
-            .unwrap();
+        s.enqueue(Kind::Device, || Err(Fail::new(507053, "boom"))).unwrap();
         let l2 = log.clone();
         s.enqueue(Kind::Device, move || {
             l2.lock().unwrap().push(1000);
@@ -293,11 +265,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.synchronize(None).unwrap_err().code, 507053);
         assert_eq!(s.synchronize(None).unwrap_err().code, 507053, "sticky");
-        assert_eq!(
-            log.lock().unwrap().len(),
-            100,
-            "device work after a failure is skipped"
-        );
+        assert_eq!(log.lock().unwrap().len(), 100, "device work after a failure is skipped");
         s.shutdown();
     }
 

@@ -36,22 +36,13 @@ fn device_queries() {
     let soc = unsafe { CStr::from_ptr(aclrtGetSocName()) };
     assert_eq!(soc.to_str().unwrap(), ascend_sim::config().soc_name);
     let (mut major, mut minor, mut patch) = (0, 0, 0);
-    assert_code!(
-        aclrtGetVersion(&mut major, &mut minor, &mut patch),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtGetVersion(&mut major, &mut minor, &mut patch), ACL_SUCCESS);
     assert_eq!((major, minor, patch), (1, 15, 0));
     let mut can = 0;
     assert_code!(aclrtDeviceCanAccessPeer(&mut can, 0, 1), ACL_SUCCESS);
     assert_eq!(can, 1);
-    assert_code!(
-        aclrtDeviceCanAccessPeer(&mut can, 1, 1),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtDeviceEnablePeerAccess(1, 1),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtDeviceCanAccessPeer(&mut can, 1, 1), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtDeviceEnablePeerAccess(1, 1), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtDeviceEnablePeerAccess(1, 0), ACL_SUCCESS);
     assert_code!(aclrtDeviceDisablePeerAccess(1), ACL_SUCCESS);
     assert_code!(aclrtDeviceDisablePeerAccess(1), ACL_ERROR_RT_PARAM_INVALID);
@@ -66,10 +57,7 @@ fn current_device_is_per_thread() {
                 s.spawn(move || {
                     let mut cur = -1;
                     assert_code!(aclrtGetDevice(&mut cur), ACL_ERROR_RT_CONTEXT_NULL);
-                    assert_code!(
-                        aclrtGetMemInfo(ACL_HBM_MEM, &mut 0, &mut 0),
-                        ACL_ERROR_RT_CONTEXT_NULL
-                    );
+                    assert_code!(aclrtGetMemInfo(ACL_HBM_MEM, &mut 0, &mut 0), ACL_ERROR_RT_CONTEXT_NULL);
                     assert_code!(aclrtSetDevice(d), ACL_SUCCESS);
                     std::thread::sleep(Duration::from_millis(5));
                     assert_code!(aclrtGetDevice(&mut cur), ACL_SUCCESS);
@@ -107,10 +95,7 @@ fn default_context_is_shared_and_reset_is_counted() {
     assert_code!(aclrtResetDevice(DEV), ACL_SUCCESS);
     let mut d = -1;
     assert_code!(aclrtGetDevice(&mut d), ACL_ERROR_RT_CONTEXT_NULL);
-    assert_code!(
-        aclrtSetCurrentContext(a as aclrtContext),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtSetCurrentContext(a as aclrtContext), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtSetDevice(0), ACL_SUCCESS);
 }
 
@@ -127,19 +112,13 @@ fn explicit_contexts() {
     let mut d = -1;
     assert_code!(aclrtGetDevice(&mut d), ACL_SUCCESS);
     assert_eq!(d, 5);
-    assert_code!(
-        aclrtCreateContext(&mut ctx, 99),
-        ACL_ERROR_RT_INVALID_DEVICEID
-    );
+    assert_code!(aclrtCreateContext(&mut ctx, 99), ACL_ERROR_RT_INVALID_DEVICEID);
     assert_code!(aclrtCreateContext(null_mut(), 0), ACL_ERROR_INVALID_PARAM);
     assert_code!(aclrtDestroyContext(def), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtDestroyContext(null_mut()), ACL_ERROR_INVALID_PARAM);
     assert_code!(aclrtDestroyContext(cur), ACL_SUCCESS);
     assert_code!(aclrtDestroyContext(cur), ACL_ERROR_RT_PARAM_INVALID);
-    assert_code!(
-        aclrtSetCurrentContext(0x1234usize as aclrtContext),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtSetCurrentContext(0x1234usize as aclrtContext), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtSetCurrentContext(def), ACL_SUCCESS);
 }
 
@@ -152,32 +131,17 @@ fn malloc_rules() {
     let mut p = null_mut();
     assert_code!(aclrtMalloc(&mut p, 0, 0), ACL_ERROR_INVALID_PARAM);
     assert_code!(aclrtMalloc(null_mut(), 16, 0), ACL_ERROR_INVALID_PARAM);
-    assert_code!(
-        aclrtMalloc(&mut p, usize::MAX, 0),
-        ACL_ERROR_RT_MEMORY_ALLOCATION
-    );
+    assert_code!(aclrtMalloc(&mut p, usize::MAX, 0), ACL_ERROR_RT_MEMORY_ALLOCATION);
     let p = malloc(100);
     assert_eq!(p as usize % 64, 0, "64-byte aligned");
     // round_up(100, 32) + 32 = 160 usable bytes.
     let host = vec![7u8; 256];
-    assert_code!(
-        aclrtMemcpy(p, 160, host.as_ptr().cast(), 160, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_SUCCESS
-    );
-    assert_code!(
-        aclrtMemcpy(p, 161, host.as_ptr().cast(), 161, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtMemcpy(p, 160, host.as_ptr().cast(), 160, ACL_MEMCPY_HOST_TO_DEVICE), ACL_SUCCESS);
+    assert_code!(aclrtMemcpy(p, 161, host.as_ptr().cast(), 161, ACL_MEMCPY_HOST_TO_DEVICE), ACL_ERROR_RT_PARAM_INVALID);
     let mut q = null_mut();
     assert_code!(aclrtMallocAlign32(&mut q, 100, 0), ACL_SUCCESS);
-    assert_code!(
-        aclrtMemcpy(q, 128, host.as_ptr().cast(), 128, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_SUCCESS
-    );
-    assert_code!(
-        aclrtMemcpy(q, 129, host.as_ptr().cast(), 129, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtMemcpy(q, 128, host.as_ptr().cast(), 128, ACL_MEMCPY_HOST_TO_DEVICE), ACL_SUCCESS);
+    assert_code!(aclrtMemcpy(q, 129, host.as_ptr().cast(), 129, ACL_MEMCPY_HOST_TO_DEVICE), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtFree(p), ACL_SUCCESS);
     assert_code!(aclrtFree(q), ACL_SUCCESS);
 }
@@ -187,22 +151,13 @@ fn meminfo_counts_padded_sizes() {
     // Device 4 is used by this test only.
     setup(4);
     let (mut free0, mut total) = (0usize, 0usize);
-    assert_code!(
-        aclrtGetMemInfo(ACL_HBM_MEM, &mut free0, &mut total),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtGetMemInfo(ACL_HBM_MEM, &mut free0, &mut total), ACL_SUCCESS);
     assert_eq!(total, ascend_sim::config().hbm_bytes);
     let p = malloc(1000); // round_up(1000, 32) + 32 = 1056
     let mut free1 = 0usize;
-    assert_code!(
-        aclrtGetMemInfo(ACL_HBM_MEM, &mut free1, &mut total),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtGetMemInfo(ACL_HBM_MEM, &mut free1, &mut total), ACL_SUCCESS);
     assert_eq!(free0 - free1, 1056);
-    assert_code!(
-        aclrtGetMemInfo(99, &mut free1, &mut total),
-        ACL_ERROR_INVALID_PARAM
-    );
+    assert_code!(aclrtGetMemInfo(99, &mut free1, &mut total), ACL_ERROR_INVALID_PARAM);
     assert_code!(aclrtFree(p), ACL_SUCCESS);
     assert_code!(aclrtSetDevice(0), ACL_SUCCESS);
 }
@@ -212,17 +167,11 @@ fn free_errors() {
     setup(0);
     let p = malloc(64);
     assert_code!(aclrtFree(null_mut()), ACL_ERROR_INVALID_PARAM);
-    assert_code!(
-        aclrtFree((p as usize + 64) as *mut c_void),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtFree((p as usize + 64) as *mut c_void), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtFree(p), ACL_SUCCESS);
     assert_code!(aclrtFree(p), ACL_ERROR_RT_PARAM_INVALID); // double free
     let mut local = 0u64;
-    assert_code!(
-        aclrtFree((&mut local as *mut u64).cast()),
-        ACL_ERROR_RT_PARAM_INVALID
-    ); // not device memory
+    assert_code!(aclrtFree((&mut local as *mut u64).cast()), ACL_ERROR_RT_PARAM_INVALID); // not device memory
     let mut h = null_mut();
     assert_code!(aclrtMallocHost(&mut h, 0), ACL_ERROR_INVALID_PARAM);
     assert_code!(aclrtMallocHost(&mut h, 100), ACL_SUCCESS);
@@ -237,67 +186,28 @@ fn memcpy_rules() {
     let d = malloc(4096);
     let src = vec![1u8; 4096];
     let mut dst = vec![0u8; 4096];
-    let (s, hd) = (
-        src.as_ptr().cast::<c_void>(),
-        dst.as_mut_ptr().cast::<c_void>(),
-    );
-    assert_code!(
-        aclrtMemcpy(d, 4096, s, 0, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_SUCCESS
-    ); // count 0
-    assert_code!(
-        aclrtMemcpy(d, 16, s, 32, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_ERROR_RT_PARAM_INVALID
-    ); // count > destMax
+    let (s, hd) = (src.as_ptr().cast::<c_void>(), dst.as_mut_ptr().cast::<c_void>());
+    assert_code!(aclrtMemcpy(d, 4096, s, 0, ACL_MEMCPY_HOST_TO_DEVICE), ACL_SUCCESS); // count 0
+    assert_code!(aclrtMemcpy(d, 16, s, 32, ACL_MEMCPY_HOST_TO_DEVICE), ACL_ERROR_RT_PARAM_INVALID); // count > destMax
     assert_code!(aclrtMemcpy(d, 16, s, 16, 9), ACL_ERROR_INVALID_PARAM); // bad kind
-    assert_code!(
-        aclrtMemcpy(null_mut(), 16, s, 16, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_ERROR_INVALID_PARAM
-    );
-    assert_code!(
-        aclrtMemcpy(d, 8192, s, 8192, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_ERROR_RT_PARAM_INVALID
-    ); // out of range
-    assert_code!(
-        aclrtMemcpy(d, 4096, s, 4096, ACL_MEMCPY_DEFAULT),
-        ACL_SUCCESS
-    );
-    assert_code!(
-        aclrtMemcpy(hd, 4096, d, 4096, ACL_MEMCPY_HOST_TO_HOST),
-        ACL_SUCCESS
-    ); // kind is advisory
+    assert_code!(aclrtMemcpy(null_mut(), 16, s, 16, ACL_MEMCPY_HOST_TO_DEVICE), ACL_ERROR_INVALID_PARAM);
+    assert_code!(aclrtMemcpy(d, 8192, s, 8192, ACL_MEMCPY_HOST_TO_DEVICE), ACL_ERROR_RT_PARAM_INVALID); // out of range
+    assert_code!(aclrtMemcpy(d, 4096, s, 4096, ACL_MEMCPY_DEFAULT), ACL_SUCCESS);
+    assert_code!(aclrtMemcpy(hd, 4096, d, 4096, ACL_MEMCPY_HOST_TO_HOST), ACL_SUCCESS); // kind is advisory
     assert_eq!(dst, src);
     assert_code!(aclrtMemset(d, 4096, 3, 4097), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtMemset(hd, 4096, 3, 16), ACL_ERROR_RT_PARAM_INVALID); // not device memory
     assert_code!(aclrtMemset(d, 4096, 0x1ff, 100), ACL_SUCCESS);
-    assert_code!(
-        aclrtMemcpy(hd, 4096, d, 101, ACL_MEMCPY_DEVICE_TO_HOST),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtMemcpy(hd, 4096, d, 101, ACL_MEMCPY_DEVICE_TO_HOST), ACL_SUCCESS);
     assert!(dst[..100].iter().all(|&b| b == 0xff) && dst[100] == 1);
     // 2-D: 4 rows of 8 bytes, pitches 16 and 8.
-    assert_code!(
-        aclrtMemcpy2d(d, 16, s, 8, 9, 4, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtMemcpy2d(d, 4096, s, 8, 8, 1000, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtMemcpy2d(d, 16, s, 8, 8, 4, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtMemcpy2d(d, 16, s, 8, 9, 4, ACL_MEMCPY_HOST_TO_DEVICE), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtMemcpy2d(d, 4096, s, 8, 8, 1000, ACL_MEMCPY_HOST_TO_DEVICE), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtMemcpy2d(d, 16, s, 8, 8, 4, ACL_MEMCPY_HOST_TO_DEVICE), ACL_SUCCESS);
     assert_code!(aclrtFree(d), ACL_SUCCESS);
     // Copy into freed memory.
-    assert_code!(
-        aclrtMemcpy(d, 16, s, 16, ACL_MEMCPY_HOST_TO_DEVICE),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtMemcpy(hd, 16, d, 16, ACL_MEMCPY_DEVICE_TO_HOST),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtMemcpy(d, 16, s, 16, ACL_MEMCPY_HOST_TO_DEVICE), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtMemcpy(hd, 16, d, 16, ACL_MEMCPY_DEVICE_TO_HOST), ACL_ERROR_RT_PARAM_INVALID);
 }
 
 #[test]
@@ -309,42 +219,21 @@ fn async_copy_rules_and_use_after_free_is_a_sticky_error() {
     let h = host.as_mut_ptr().cast::<c_void>();
     let mut other = vec![0u8; 16];
     assert_code!(
-        aclrtMemcpyAsync(
-            other.as_mut_ptr().cast(),
-            16,
-            h,
-            16,
-            ACL_MEMCPY_HOST_TO_HOST,
-            st
-        ),
+        aclrtMemcpyAsync(other.as_mut_ptr().cast(), 16, h, 16, ACL_MEMCPY_HOST_TO_HOST, st),
         ACL_ERROR_RT_FEATURE_NOT_SUPPORT
     );
-    assert_code!(
-        aclrtMemcpyAsync(d, 8, h, 16, ACL_MEMCPY_HOST_TO_DEVICE, st),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtMemsetAsync(d, 8, 0, 16, st),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtMemcpyAsync(d, 4096, h, 4096, ACL_MEMCPY_HOST_TO_DEVICE, st),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtMemcpyAsync(d, 8, h, 16, ACL_MEMCPY_HOST_TO_DEVICE, st), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtMemsetAsync(d, 8, 0, 16, st), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtMemcpyAsync(d, 4096, h, 4096, ACL_MEMCPY_HOST_TO_DEVICE, st), ACL_ERROR_RT_PARAM_INVALID);
     // Free does not wait for queued work: the queued copy then finds its memory gone.
     let gate = Gate::hold(st);
-    assert_code!(
-        aclrtMemcpyAsync(d, 1024, h, 1024, ACL_MEMCPY_HOST_TO_DEVICE, st),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtMemcpyAsync(d, 1024, h, 1024, ACL_MEMCPY_HOST_TO_DEVICE, st), ACL_SUCCESS);
     assert_code!(aclrtFree(d), ACL_SUCCESS);
     gate.open();
     assert_code!(aclrtSynchronizeStream(st), ACL_ERROR_RT_DEVICE_MEM_ERROR);
     assert_code!(aclrtSynchronizeStream(st), ACL_ERROR_RT_DEVICE_MEM_ERROR); // sticky
                                                                              // SAFETY: returns the thread's message.
-    let msg = unsafe { CStr::from_ptr(aclGetRecentErrMsg()) }
-        .to_string_lossy()
-        .into_owned();
+    let msg = unsafe { CStr::from_ptr(aclGetRecentErrMsg()) }.to_string_lossy().into_owned();
     assert!(msg.contains("failed earlier"), "{msg}");
     assert_code!(aclrtDestroyStream(st), ACL_SUCCESS);
 }
@@ -359,29 +248,11 @@ fn sync_copy_does_not_wait_for_queued_work() {
     let mut out = [9u8; 64];
     // The stream is held, yet the synchronous copy completes (and sees the memset not yet done).
     assert_code!(aclrtMemset(d, 64, 2, 64), ACL_SUCCESS);
-    assert_code!(
-        aclrtMemcpy(
-            out.as_mut_ptr().cast(),
-            64,
-            d,
-            64,
-            ACL_MEMCPY_DEVICE_TO_HOST
-        ),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtMemcpy(out.as_mut_ptr().cast(), 64, d, 64, ACL_MEMCPY_DEVICE_TO_HOST), ACL_SUCCESS);
     assert_eq!(out, [2u8; 64]);
     gate.open();
     assert_code!(aclrtSynchronizeStream(st), ACL_SUCCESS);
-    assert_code!(
-        aclrtMemcpy(
-            out.as_mut_ptr().cast(),
-            64,
-            d,
-            64,
-            ACL_MEMCPY_DEVICE_TO_HOST
-        ),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtMemcpy(out.as_mut_ptr().cast(), 64, d, 64, ACL_MEMCPY_DEVICE_TO_HOST), ACL_SUCCESS);
     assert_eq!(out, [1u8; 64]);
     assert_code!(aclrtFree(d), ACL_SUCCESS);
     assert_code!(aclrtDestroyStream(st), ACL_SUCCESS);
@@ -392,15 +263,9 @@ fn sync_copy_does_not_wait_for_queued_work() {
 fn oom_child() {
     setup(0);
     let mut p = null_mut();
-    assert_code!(
-        aclrtMalloc(&mut p, 64 << 20, 0),
-        ACL_ERROR_RT_MEMORY_ALLOCATION
-    ); // 64 MiB + padding > 64 MiB
+    assert_code!(aclrtMalloc(&mut p, 64 << 20, 0), ACL_ERROR_RT_MEMORY_ALLOCATION); // 64 MiB + padding > 64 MiB
     let a = malloc(40 << 20);
-    assert_code!(
-        aclrtMalloc(&mut p, 30 << 20, 0),
-        ACL_ERROR_RT_MEMORY_ALLOCATION
-    );
+    assert_code!(aclrtMalloc(&mut p, 30 << 20, 0), ACL_ERROR_RT_MEMORY_ALLOCATION);
     assert_code!(aclrtFree(a), ACL_SUCCESS);
     let b = malloc(60 << 20);
     assert_code!(aclrtFree(b), ACL_SUCCESS);
@@ -408,10 +273,7 @@ fn oom_child() {
 
 #[test]
 fn oom_at_configured_capacity() {
-    assert!(run_isolated(
-        "oom_child",
-        &[("ASCEND_SIM_HBM_BYTES", "64M")]
-    ));
+    assert!(run_isolated("oom_child", &[("ASCEND_SIM_HBM_BYTES", "64M")]));
 }
 
 #[test]
@@ -424,23 +286,14 @@ fn visible_devices_child() {
     assert_code!(aclrtSetDevice(1), ACL_SUCCESS);
     assert_code!(aclrtSetDevice(2), ACL_ERROR_RT_INVALID_DEVICEID);
     // SAFETY: returns a static string.
-    assert_eq!(
-        unsafe { CStr::from_ptr(aclrtGetSocName()) }
-            .to_str()
-            .unwrap(),
-        "Ascend910_9392"
-    );
+    assert_eq!(unsafe { CStr::from_ptr(aclrtGetSocName()) }.to_str().unwrap(), "Ascend910_9392");
 }
 
 #[test]
 fn visible_devices_remap_indices() {
     assert!(run_isolated(
         "visible_devices_child",
-        &[
-            ("ASCEND_SIM_DEVICES", "4"),
-            ("ASCEND_RT_VISIBLE_DEVICES", "1,3,x"),
-            ("ASCEND_SIM_SOC", "Ascend910_9392")
-        ]
+        &[("ASCEND_SIM_DEVICES", "4"), ("ASCEND_RT_VISIBLE_DEVICES", "1,3,x"), ("ASCEND_SIM_SOC", "Ascend910_9392")]
     ));
 }
 
@@ -452,37 +305,19 @@ fn stream_rules() {
     setup(0);
     let mut s = null_mut();
     assert_code!(aclrtCreateStream(null_mut()), ACL_ERROR_INVALID_PARAM);
-    assert_code!(
-        aclrtCreateStreamWithConfig(&mut s, 8, 0),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtCreateStreamWithConfig(&mut s, 0, 0x100),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtCreateStreamWithConfig(&mut s, 7, ACL_STREAM_FAST_LAUNCH as u32),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtCreateStreamWithConfig(&mut s, 8, 0), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtCreateStreamWithConfig(&mut s, 0, 0x100), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtCreateStreamWithConfig(&mut s, 7, ACL_STREAM_FAST_LAUNCH as u32), ACL_SUCCESS);
     assert_code!(aclrtDestroyStream(null_mut()), ACL_ERROR_INVALID_PARAM);
-    assert_code!(
-        aclrtSynchronizeStreamWithTimeout(s, -2),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtSynchronizeStreamWithTimeout(s, -2), ACL_ERROR_RT_PARAM_INVALID);
     let gate = Gate::hold(s);
     let mut status = -1;
     assert_code!(aclrtStreamQuery(s, &mut status), ACL_SUCCESS);
     assert_eq!(status, ACL_STREAM_STATUS_NOT_READY);
     let t = Instant::now();
-    assert_code!(
-        aclrtSynchronizeStreamWithTimeout(s, 20),
-        ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
-    );
+    assert_code!(aclrtSynchronizeStreamWithTimeout(s, 20), ACL_ERROR_RT_STREAM_SYNC_TIMEOUT);
     assert!(t.elapsed() >= Duration::from_millis(20));
-    assert_code!(
-        aclrtSynchronizeStreamWithTimeout(s, 0),
-        ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
-    );
+    assert_code!(aclrtSynchronizeStreamWithTimeout(s, 0), ACL_ERROR_RT_STREAM_SYNC_TIMEOUT);
     gate.open();
     assert_code!(aclrtSynchronizeStreamWithTimeout(s, -1), ACL_SUCCESS);
     assert_code!(aclrtStreamQuery(s, &mut status), ACL_SUCCESS);
@@ -515,20 +350,10 @@ fn destroying_a_stream_runs_its_pending_work() {
         }
     });
     assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
-    assert_eq!(
-        COUNTER.load(Ordering::SeqCst),
-        50,
-        "destroy waits for queued work"
-    );
+    assert_eq!(COUNTER.load(Ordering::SeqCst), 50, "destroy waits for queued work");
     opener.join().unwrap();
-    assert_code!(
-        aclrtLaunchHostFunc(s, Some(bump), null_mut()),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtLaunchHostFunc(null_mut(), None, null_mut()),
-        ACL_ERROR_INVALID_PARAM
-    );
+    assert_code!(aclrtLaunchHostFunc(s, Some(bump), null_mut()), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtLaunchHostFunc(null_mut(), None, null_mut()), ACL_ERROR_INVALID_PARAM);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -539,49 +364,28 @@ fn event_rules() {
     setup(0);
     let s = new_stream();
     let (mut e, mut ex, mut plain) = (null_mut(), null_mut(), null_mut());
-    assert_code!(
-        aclrtCreateEventWithFlag(&mut e, 0x4),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
-    assert_code!(
-        aclrtCreateEventWithFlag(&mut e, ACL_EVENT_SYNC as u32),
-        ACL_SUCCESS
-    );
-    assert_code!(
-        aclrtCreateEventExWithFlag(&mut ex, ACL_EVENT_SYNC as u32),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtCreateEventWithFlag(&mut e, 0x4), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtCreateEventWithFlag(&mut e, ACL_EVENT_SYNC as u32), ACL_SUCCESS);
+    assert_code!(aclrtCreateEventExWithFlag(&mut ex, ACL_EVENT_SYNC as u32), ACL_SUCCESS);
     assert_code!(aclrtCreateEvent(&mut plain), ACL_SUCCESS);
     let mut st = -1;
     assert_code!(aclrtQueryEventStatus(ex, &mut st), ACL_SUCCESS);
-    assert_eq!(
-        st, ACL_EVENT_RECORDED_STATUS_COMPLETE,
-        "an un-recorded Ex event reads complete"
-    );
+    assert_eq!(st, ACL_EVENT_RECORDED_STATUS_COMPLETE, "an un-recorded Ex event reads complete");
     assert_code!(aclrtQueryEventStatus(e, &mut st), ACL_SUCCESS);
     assert_eq!(st, ACL_EVENT_RECORDED_STATUS_NOT_READY);
     let gate = Gate::hold(s);
     assert_code!(aclrtRecordEvent(e, s), ACL_SUCCESS);
     assert_code!(aclrtQueryEventStatus(e, &mut st), ACL_SUCCESS);
     assert_eq!(st, ACL_EVENT_RECORDED_STATUS_NOT_READY);
-    assert_code!(
-        aclrtSynchronizeEventWithTimeout(e, 10),
-        ACL_ERROR_RT_EVENT_SYNC_TIMEOUT
-    );
-    assert_code!(
-        aclrtSynchronizeEventWithTimeout(e, -5),
-        ACL_ERROR_RT_PARAM_INVALID
-    );
+    assert_code!(aclrtSynchronizeEventWithTimeout(e, 10), ACL_ERROR_RT_EVENT_SYNC_TIMEOUT);
+    assert_code!(aclrtSynchronizeEventWithTimeout(e, -5), ACL_ERROR_RT_PARAM_INVALID);
     gate.open();
     assert_code!(aclrtSynchronizeEvent(e), ACL_SUCCESS);
     assert_code!(aclrtQueryEventStatus(e, &mut st), ACL_SUCCESS);
     assert_eq!(st, ACL_EVENT_RECORDED_STATUS_COMPLETE);
     assert_code!(aclrtResetEvent(e, s), ACL_SUCCESS);
     assert_code!(aclrtResetEvent(plain, s), ACL_ERROR_RT_PARAM_INVALID);
-    assert_code!(
-        aclrtQueryEventStatus(e, null_mut()),
-        ACL_ERROR_INVALID_PARAM
-    );
+    assert_code!(aclrtQueryEventStatus(e, null_mut()), ACL_ERROR_INVALID_PARAM);
     for h in [e, ex, plain] {
         assert_code!(aclrtDestroyEvent(h), ACL_SUCCESS);
     }
@@ -601,33 +405,18 @@ fn elapsed_time() {
     assert_code!(aclrtCreateEvent(&mut a), ACL_SUCCESS);
     assert_code!(aclrtCreateEvent(&mut b), ACL_SUCCESS);
     let mut ms = 0f32;
-    assert_code!(
-        aclrtEventElapsedTime(&mut ms, a, b),
-        ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID
-    );
+    assert_code!(aclrtEventElapsedTime(&mut ms, a, b), ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID);
     let gate = Gate::hold(s);
     assert_code!(aclrtRecordEvent(a, s), ACL_SUCCESS);
-    assert_code!(
-        aclrtLaunchHostFunc(s, Some(sleep_10ms), null_mut()),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtLaunchHostFunc(s, Some(sleep_10ms), null_mut()), ACL_SUCCESS);
     assert_code!(aclrtRecordEvent(b, s), ACL_SUCCESS);
-    assert_code!(
-        aclrtEventElapsedTime(&mut ms, a, b),
-        ACL_ERROR_RT_EVENT_NOT_COMPLETE
-    );
+    assert_code!(aclrtEventElapsedTime(&mut ms, a, b), ACL_ERROR_RT_EVENT_NOT_COMPLETE);
     gate.open();
     assert_code!(aclrtSynchronizeEvent(b), ACL_SUCCESS);
-    assert_code!(
-        aclrtEventElapsedTime(null_mut(), a, b),
-        ACL_ERROR_INVALID_PARAM
-    );
+    assert_code!(aclrtEventElapsedTime(null_mut(), a, b), ACL_ERROR_INVALID_PARAM);
     assert_code!(aclrtEventElapsedTime(&mut ms, a, b), ACL_SUCCESS);
     assert!((10.0..1000.0).contains(&ms), "{ms} ms");
-    assert_code!(
-        aclrtEventElapsedTime(&mut ms, b, a),
-        ACL_ERROR_RT_EVENT_TIMESTAMP_REVERSAL
-    );
+    assert_code!(aclrtEventElapsedTime(&mut ms, b, a), ACL_ERROR_RT_EVENT_TIMESTAMP_REVERSAL);
     assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
 }
 
@@ -643,31 +432,17 @@ fn cross_stream_wait_orders_work() {
     for i in 0..300u32 {
         let v = (i % 250 + 1) as i32;
         if i % 3 == 0 {
-            assert_code!(
-                aclrtLaunchHostFunc(a, Some(sleep_short), null_mut()),
-                ACL_SUCCESS
-            );
+            assert_code!(aclrtLaunchHostFunc(a, Some(sleep_short), null_mut()), ACL_SUCCESS);
         }
         assert_code!(aclrtMemsetAsync(d, 4096, v, 4096, a), ACL_SUCCESS);
         assert_code!(aclrtRecordEvent(e, a), ACL_SUCCESS);
         assert_code!(aclrtStreamWaitEvent(b, e), ACL_SUCCESS);
         assert_code!(
-            aclrtMemcpyAsync(
-                out.as_mut_ptr().cast(),
-                4096,
-                d,
-                4096,
-                ACL_MEMCPY_DEVICE_TO_HOST,
-                b
-            ),
+            aclrtMemcpyAsync(out.as_mut_ptr().cast(), 4096, d, 4096, ACL_MEMCPY_DEVICE_TO_HOST, b),
             ACL_SUCCESS
         );
         assert_code!(aclrtSynchronizeStream(b), ACL_SUCCESS);
-        assert!(
-            out.iter().all(|&x| x == v as u8),
-            "iteration {i}: saw {} instead of {v}",
-            out[0]
-        );
+        assert!(out.iter().all(|&x| x == v as u8), "iteration {i}: saw {} instead of {v}", out[0]);
     }
     assert_code!(aclrtStreamWaitEvent(b, null_mut()), ACL_ERROR_INVALID_PARAM);
     assert_code!(aclrtDestroyEvent(e), ACL_SUCCESS);
@@ -716,20 +491,11 @@ fn callbacks() {
     assert_code!(aclrtSubscribeReport(tid, s), ACL_ERROR_REPEAT_SUBSCRIBE);
     go_tx.send(()).unwrap();
     assert_eq!(done_rx.recv().unwrap(), ACL_ERROR_RT_REPORT_TIMEOUT);
-    assert_code!(
-        aclrtLaunchCallback(Some(record_call), 1 as *mut c_void, 7, s),
-        ACL_ERROR_INVALID_PARAM
-    );
-    assert_code!(
-        aclrtLaunchCallback(None, null_mut(), ACL_CALLBACK_BLOCK, s),
-        ACL_ERROR_INVALID_PARAM
-    );
+    assert_code!(aclrtLaunchCallback(Some(record_call), 1 as *mut c_void, 7, s), ACL_ERROR_INVALID_PARAM);
+    assert_code!(aclrtLaunchCallback(None, null_mut(), ACL_CALLBACK_BLOCK, s), ACL_ERROR_INVALID_PARAM);
     // A blocking callback holds the stream until the subscribed thread has run it.
     let gate = Gate::hold(s);
-    assert_code!(
-        aclrtLaunchCallback(Some(record_call), 5 as *mut c_void, ACL_CALLBACK_BLOCK, s),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtLaunchCallback(Some(record_call), 5 as *mut c_void, ACL_CALLBACK_BLOCK, s), ACL_SUCCESS);
     let mut e = null_mut();
     assert_code!(aclrtCreateEvent(&mut e), ACL_SUCCESS);
     assert_code!(aclrtRecordEvent(e, s), ACL_SUCCESS);
@@ -739,10 +505,7 @@ fn callbacks() {
     assert_eq!(CALLED.load(Ordering::SeqCst), 5);
     worker.join().unwrap();
     assert_code!(aclrtUnSubscribeReport(tid, s), ACL_SUCCESS);
-    assert_code!(
-        aclrtUnSubscribeReport(tid, s),
-        ACL_ERROR_RT_STREAM_SUBSCRIBE
-    );
+    assert_code!(aclrtUnSubscribeReport(tid, s), ACL_ERROR_RT_STREAM_SUBSCRIBE);
     assert_code!(aclrtDestroyEvent(e), ACL_SUCCESS);
     assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
 }
@@ -763,58 +526,22 @@ fn aclnn_descriptors_work_and_operators_need_an_npu() {
     use ascend_sim::capi::{aclnn::*, hccl::*};
     setup(0);
     // SAFETY: returns a static string.
-    assert_eq!(
-        unsafe { CStr::from_ptr(HcclGetErrorString(HCCL_E_TIMEOUT)) }
-            .to_str()
-            .unwrap(),
-        "HCCL_E_TIMEOUT"
-    );
+    assert_eq!(unsafe { CStr::from_ptr(HcclGetErrorString(HCCL_E_TIMEOUT)) }.to_str().unwrap(), "HCCL_E_TIMEOUT");
     let dims = [2i64, 3];
     let strides = [3i64, 1];
     // SAFETY: arrays of the stated lengths.
     let t = unsafe {
-        aclCreateTensor(
-            dims.as_ptr(),
-            2,
-            ACL_FLOAT,
-            strides.as_ptr(),
-            0,
-            ACL_FORMAT_ND,
-            dims.as_ptr(),
-            2,
-            null_mut(),
-        )
+        aclCreateTensor(dims.as_ptr(), 2, ACL_FLOAT, strides.as_ptr(), 0, ACL_FORMAT_ND, dims.as_ptr(), 2, null_mut())
     };
     assert!(!t.is_null());
     // SAFETY: `t` is live and ours.
     let desc = unsafe { tensor_desc(t) };
-    assert_eq!(
-        (
-            desc.view_dims.as_slice(),
-            desc.strides.as_slice(),
-            desc.dtype
-        ),
-        (&dims[..], &strides[..], ACL_FLOAT)
-    );
+    assert_eq!((desc.view_dims.as_slice(), desc.strides.as_slice(), desc.dtype), (&dims[..], &strides[..], ACL_FLOAT));
     // SAFETY: `t` destroyed once; NULL is rejected.
     unsafe {
         assert_eq!(aclDestroyTensor(t), ACLNN_SUCCESS);
         assert_eq!(aclDestroyTensor(null()), ACLNN_ERR_PARAM_NULLPTR);
-        assert!(aclCreateTensor(
-            null(),
-            2,
-            ACL_FLOAT,
-            null(),
-            0,
-            ACL_FORMAT_ND,
-            null(),
-            0,
-            null_mut()
-        )
-        .is_null());
-        assert_eq!(
-            aclnnMm(null_mut(), 0, null_mut(), null_mut()),
-            ACLNN_ERR_INNER_FIND_KERNEL_ERROR
-        );
+        assert!(aclCreateTensor(null(), 2, ACL_FLOAT, null(), 0, ACL_FORMAT_ND, null(), 0, null_mut()).is_null());
+        assert_eq!(aclnnMm(null_mut(), 0, null_mut(), null_mut()), ACLNN_ERR_INNER_FIND_KERNEL_ERROR);
     }
 }

@@ -8,11 +8,7 @@ fn shared_library_dir() -> PathBuf {
     // Integration tests run from target/<profile>/deps, where cargo also puts the cdylib.
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libascend_sim.so").exists(),
-        "libascend_sim.so not found in {}",
-        dir.display()
-    );
+    assert!(dir.join("libascend_sim.so").exists(), "libascend_sim.so not found in {}", dir.display());
     dir
 }
 
@@ -37,22 +33,10 @@ fn c_program_drives_the_simulator_library() {
         .try_get_compiler()
         .expect("a C compiler");
     let mut cmd = compiler.to_command();
-    cmd.arg("-std=c11")
-        .arg("-Werror")
-        .arg("-I")
-        .arg(&include)
-        .arg(&source)
-        .arg("-o")
-        .arg(&exe);
-    cmd.arg(format!("-L{}", libdir.display()))
-        .arg("-lascend_sim")
-        .arg(format!("-Wl,-rpath,{}", libdir.display()));
+    cmd.arg("-std=c11").arg("-Werror").arg("-I").arg(&include).arg(&source).arg("-o").arg(&exe);
+    cmd.arg(format!("-L{}", libdir.display())).arg("-lascend_sim").arg(format!("-Wl,-rpath,{}", libdir.display()));
     let built = cmd.output().expect("run the C compiler");
-    assert!(
-        built.status.success(),
-        "C build failed:\n{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    assert!(built.status.success(), "C build failed:\n{}", String::from_utf8_lossy(&built.stderr));
 
     let run = Command::new(&exe)
         .env("ASCEND_SIM_DEVICES", "2")
@@ -62,14 +46,7 @@ fn c_program_drives_the_simulator_library() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     let _ = std::fs::remove_dir_all(&out_dir);
-    assert!(
-        run.status.success(),
-        "C program failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "C program failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     assert!(stdout.contains("0 failure(s)"), "{stdout}");
-    assert!(
-        stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 30,
-        "{stdout}"
-    );
+    assert!(stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 30, "{stdout}");
 }

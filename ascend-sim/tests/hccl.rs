@@ -31,33 +31,19 @@ const TYPES: [HcclDataType; 12] = [
     HCCL_DATA_TYPE_FP32,
     HCCL_DATA_TYPE_FP64,
 ];
-const OPS: [HcclReduceOp; 4] = [
-    HCCL_REDUCE_SUM,
-    HCCL_REDUCE_PROD,
-    HCCL_REDUCE_MAX,
-    HCCL_REDUCE_MIN,
-];
+const OPS: [HcclReduceOp; 4] = [HCCL_REDUCE_SUM, HCCL_REDUCE_PROD, HCCL_REDUCE_MAX, HCCL_REDUCE_MIN];
 
 fn size_of(t: HcclDataType) -> usize {
     match t {
         HCCL_DATA_TYPE_INT8 | HCCL_DATA_TYPE_UINT8 => 1,
-        HCCL_DATA_TYPE_INT16
-        | HCCL_DATA_TYPE_UINT16
-        | HCCL_DATA_TYPE_FP16
-        | HCCL_DATA_TYPE_BFP16 => 2,
+        HCCL_DATA_TYPE_INT16 | HCCL_DATA_TYPE_UINT16 | HCCL_DATA_TYPE_FP16 | HCCL_DATA_TYPE_BFP16 => 2,
         HCCL_DATA_TYPE_INT32 | HCCL_DATA_TYPE_UINT32 | HCCL_DATA_TYPE_FP32 => 4,
         _ => 8,
     }
 }
 
 fn unsigned(t: HcclDataType) -> bool {
-    matches!(
-        t,
-        HCCL_DATA_TYPE_UINT8
-            | HCCL_DATA_TYPE_UINT16
-            | HCCL_DATA_TYPE_UINT32
-            | HCCL_DATA_TYPE_UINT64
-    )
+    matches!(t, HCCL_DATA_TYPE_UINT8 | HCCL_DATA_TYPE_UINT16 | HCCL_DATA_TYPE_UINT32 | HCCL_DATA_TYPE_UINT64)
 }
 
 /// Encodes an exact small integer as one element of `t` (integers wrap).
@@ -81,10 +67,7 @@ fn encode_f(t: HcclDataType, v: f64, out: &mut Vec<u8>) {
 }
 
 fn float(t: HcclDataType) -> bool {
-    matches!(
-        t,
-        HCCL_DATA_TYPE_FP16 | HCCL_DATA_TYPE_BFP16 | HCCL_DATA_TYPE_FP32 | HCCL_DATA_TYPE_FP64
-    )
+    matches!(t, HCCL_DATA_TYPE_FP16 | HCCL_DATA_TYPE_BFP16 | HCCL_DATA_TYPE_FP32 | HCCL_DATA_TYPE_FP64)
 }
 
 /// Asserts equal bytes, naming the first differing element.
@@ -93,11 +76,7 @@ fn same(got: &[u8], want: &[u8], es: usize, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
         let e = i / es;
-        panic!(
-            "{what}: element {e} is {:?}, expected {:?}",
-            &got[e * es..(e + 1) * es],
-            &want[e * es..(e + 1) * es]
-        );
+        panic!("{what}: element {e} is {:?}, expected {:?}", &got[e * es..(e + 1) * es], &want[e * es..(e + 1) * es]);
     }
 }
 
@@ -156,13 +135,7 @@ impl Rank {
         let p = malloc(bytes.len().max(1));
         if !bytes.is_empty() {
             assert_code!(
-                aclrtMemcpy(
-                    p,
-                    bytes.len(),
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    ACL_MEMCPY_HOST_TO_DEVICE
-                ),
+                aclrtMemcpy(p, bytes.len(), bytes.as_ptr().cast(), bytes.len(), ACL_MEMCPY_HOST_TO_DEVICE),
                 ACL_SUCCESS
             );
         }
@@ -173,16 +146,7 @@ impl Rank {
         assert_code!(aclrtSynchronizeStream(self.stream), ACL_SUCCESS);
         let mut out = vec![0u8; len];
         if len > 0 {
-            assert_code!(
-                aclrtMemcpy(
-                    out.as_mut_ptr().cast(),
-                    len,
-                    p,
-                    len,
-                    ACL_MEMCPY_DEVICE_TO_HOST
-                ),
-                ACL_SUCCESS
-            );
+            assert_code!(aclrtMemcpy(out.as_mut_ptr().cast(), len, p, len, ACL_MEMCPY_DEVICE_TO_HOST), ACL_SUCCESS);
         }
         assert_code!(aclrtFree(p), ACL_SUCCESS);
         out
@@ -203,29 +167,17 @@ impl Rank {
                 continue;
             }
             assert_eq!(r, HCCL_SUCCESS, "{}", what("all_reduce"));
-            same(
-                &self.download(recv, count * es),
-                &reduced(t, op, n, count, 0),
-                es,
-                &what("all_reduce"),
-            );
+            same(&self.download(recv, count * es), &reduced(t, op, n, count, 0), es, &what("all_reduce"));
             self.download(send, 0);
             // reduce to the last rank
             let send = self.upload(&data(t, me, count, 1));
             let recv = self.upload(&vec![0u8; count * es]);
-            assert_eq!(
-                unsafe { HcclReduce(send, recv, count as u64, t, op, (n - 1) as u32, c, s) },
-                HCCL_SUCCESS
-            );
+            assert_eq!(unsafe { HcclReduce(send, recv, count as u64, t, op, (n - 1) as u32, c, s) }, HCCL_SUCCESS);
             let got = self.download(recv, count * es);
             if me == n - 1 {
                 same(&got, &reduced(t, op, n, count, 1), es, &what("reduce"));
             } else {
-                assert!(
-                    got.iter().all(|&b| b == 0),
-                    "{}: non-root recv untouched",
-                    what("reduce")
-                );
+                assert!(got.iter().all(|&b| b == 0), "{}: non-root recv untouched", what("reduce"));
             }
             self.download(send, 0);
             // reduce-scatter: rank r's send block b holds value(r + b, i)
@@ -233,24 +185,13 @@ impl Rank {
             (0..n).for_each(|b| all.extend(data(t, me + b * 11, count, 0)));
             let send = self.upload(&all);
             let recv = self.upload(&vec![0u8; count * es]);
-            assert_eq!(
-                unsafe { HcclReduceScatter(send, recv, count as u64, t, op, c, s) },
-                HCCL_SUCCESS
-            );
-            same(
-                &self.download(recv, count * es),
-                &reduced(t, op, n, count, me * 11),
-                es,
-                &what("reduce_scatter"),
-            );
+            assert_eq!(unsafe { HcclReduceScatter(send, recv, count as u64, t, op, c, s) }, HCCL_SUCCESS);
+            same(&self.download(recv, count * es), &reduced(t, op, n, count, me * 11), es, &what("reduce_scatter"));
             self.download(send, 0);
         }
         // in-place all-reduce
         let buf = self.upload(&data(t, me, count, 2));
-        assert_eq!(
-            unsafe { HcclAllReduce(buf, buf, count as u64, t, HCCL_REDUCE_SUM, c, s) },
-            HCCL_SUCCESS
-        );
+        assert_eq!(unsafe { HcclAllReduce(buf, buf, count as u64, t, HCCL_REDUCE_SUM, c, s) }, HCCL_SUCCESS);
         same(
             &self.download(buf, count * es),
             &reduced(t, HCCL_REDUCE_SUM, n, count, 2),
@@ -260,71 +201,31 @@ impl Rank {
         // broadcast from a rank that depends on the count
         let root = count % n;
         let buf = self.upload(&data(t, me, count, 3));
-        assert_eq!(
-            unsafe { HcclBroadcast(buf, count as u64, t, root as u32, c, s) },
-            HCCL_SUCCESS
-        );
-        same(
-            &self.download(buf, count * es),
-            &data(t, root, count, 3),
-            es,
-            &what("broadcast"),
-        );
+        assert_eq!(unsafe { HcclBroadcast(buf, count as u64, t, root as u32, c, s) }, HCCL_SUCCESS);
+        same(&self.download(buf, count * es), &data(t, root, count, 3), es, &what("broadcast"));
         // all-gather
         let send = self.upload(&data(t, me, count, 4));
         let recv = self.upload(&vec![0u8; n * count * es]);
-        assert_eq!(
-            unsafe { HcclAllGather(send, recv, count as u64, t, c, s) },
-            HCCL_SUCCESS
-        );
+        assert_eq!(unsafe { HcclAllGather(send, recv, count as u64, t, c, s) }, HCCL_SUCCESS);
         let want: Vec<u8> = (0..n).flat_map(|r| data(t, r, count, 4)).collect();
-        same(
-            &self.download(recv, n * count * es),
-            &want,
-            es,
-            &what("all_gather"),
-        );
+        same(&self.download(recv, n * count * es), &want, es, &what("all_gather"));
         self.download(send, 0);
         // scatter from rank 0: block b is data(b + 5)
         let all: Vec<u8> = (0..n).flat_map(|b| data(t, b, count, 5)).collect();
-        let send = if me == 0 {
-            self.upload(&all)
-        } else {
-            null_mut()
-        };
+        let send = if me == 0 { self.upload(&all) } else { null_mut() };
         let recv = self.upload(&vec![0u8; count * es]);
-        assert_eq!(
-            unsafe { HcclScatter(send, recv, count as u64, t, 0, c, s) },
-            HCCL_SUCCESS
-        );
-        same(
-            &self.download(recv, count * es),
-            &data(t, me, count, 5),
-            es,
-            &what("scatter"),
-        );
+        assert_eq!(unsafe { HcclScatter(send, recv, count as u64, t, 0, c, s) }, HCCL_SUCCESS);
+        same(&self.download(recv, count * es), &data(t, me, count, 5), es, &what("scatter"));
         if me == 0 {
             self.download(send, 0);
         }
         // all-to-all: my block for rank d is data(me * 16 + d)
-        let all: Vec<u8> = (0..n)
-            .flat_map(|d| data(t, me * 16 + d, count, 6))
-            .collect();
+        let all: Vec<u8> = (0..n).flat_map(|d| data(t, me * 16 + d, count, 6)).collect();
         let send = self.upload(&all);
         let recv = self.upload(&vec![0u8; n * count * es]);
-        assert_eq!(
-            unsafe { HcclAlltoAll(send, count as u64, t, recv, count as u64, t, c, s) },
-            HCCL_SUCCESS
-        );
-        let want: Vec<u8> = (0..n)
-            .flat_map(|r| data(t, r * 16 + me, count, 6))
-            .collect();
-        same(
-            &self.download(recv, n * count * es),
-            &want,
-            es,
-            &what("all_to_all"),
-        );
+        assert_eq!(unsafe { HcclAlltoAll(send, count as u64, t, recv, count as u64, t, c, s) }, HCCL_SUCCESS);
+        let want: Vec<u8> = (0..n).flat_map(|r| data(t, r * 16 + me, count, 6)).collect();
+        same(&self.download(recv, n * count * es), &want, es, &what("all_to_all"));
         self.download(send, 0);
         // all-to-all-v: rank r sends (r + d) % 3 * count / 2 + d elements to rank d
         let cnt = |r: usize, d: usize| ((r + d) % 3 * count / 2 + d) as u64;
@@ -346,9 +247,7 @@ impl Rank {
                 Some(d)
             })
             .collect();
-        let all: Vec<u8> = (0..n)
-            .flat_map(|d| data(t, me * 16 + d, cnt(me, d) as usize, 7))
-            .collect();
+        let all: Vec<u8> = (0..n).flat_map(|d| data(t, me * 16 + d, cnt(me, d) as usize, 7)).collect();
         let rtotal: usize = rcounts.iter().sum::<u64>() as usize;
         let send = self.upload(&all);
         let recv = self.upload(&vec![0u8; rtotal * es]);
@@ -367,15 +266,8 @@ impl Rank {
             )
         };
         assert_eq!(r, HCCL_SUCCESS);
-        let want: Vec<u8> = (0..n)
-            .flat_map(|r| data(t, r * 16 + me, cnt(r, me) as usize, 7))
-            .collect();
-        same(
-            &self.download(recv, rtotal * es),
-            &want,
-            es,
-            &what("all_to_all_v"),
-        );
+        let want: Vec<u8> = (0..n).flat_map(|r| data(t, r * 16 + me, cnt(r, me) as usize, 7)).collect();
+        same(&self.download(recv, rtotal * es), &want, es, &what("all_to_all_v"));
         self.download(send, 0);
         if n > 1 {
             // ring send/recv, both ways at once (batch), and single send/recv pairs
@@ -398,16 +290,8 @@ impl Rank {
                     remoteRank: prev as u32,
                 },
             ];
-            assert_eq!(
-                unsafe { HcclBatchSendRecv(items.as_mut_ptr(), 2, c, s) },
-                HCCL_SUCCESS
-            );
-            same(
-                &self.download(recv, count * es),
-                &data(t, prev, count, 8),
-                es,
-                &what("batch send/recv"),
-            );
+            assert_eq!(unsafe { HcclBatchSendRecv(items.as_mut_ptr(), 2, c, s) }, HCCL_SUCCESS);
+            same(&self.download(recv, count * es), &data(t, prev, count, 8), es, &what("batch send/recv"));
             if me < 2 && n >= 2 {
                 let peer = 1 - me;
                 let r = if me == 0 {
@@ -415,12 +299,7 @@ impl Rank {
                 } else {
                     let recv = self.upload(&vec![0u8; count * es]);
                     let r = unsafe { HcclRecv(recv, count as u64, t, peer as u32, c, s) };
-                    same(
-                        &self.download(recv, count * es),
-                        &data(t, 0, count, 8),
-                        es,
-                        &what("send/recv"),
-                    );
+                    same(&self.download(recv, count * es), &data(t, 0, count, 8), es, &what("send/recv"));
                     r
                 };
                 assert_eq!(r, HCCL_SUCCESS);
@@ -440,11 +319,7 @@ impl Rank {
         }
         if large {
             // Several chunks and uneven parts.
-            for t in [
-                HCCL_DATA_TYPE_FP32,
-                HCCL_DATA_TYPE_BFP16,
-                HCCL_DATA_TYPE_INT8,
-            ] {
+            for t in [HCCL_DATA_TYPE_FP32, HCCL_DATA_TYPE_BFP16, HCCL_DATA_TYPE_INT8] {
                 self.check_all(t, 300_007);
             }
         }
@@ -456,15 +331,7 @@ impl Rank {
         let buf = self.upload(&data(HCCL_DATA_TYPE_FP32, self.rank, count, 9));
         assert_eq!(
             unsafe {
-                HcclAllReduce(
-                    buf,
-                    buf,
-                    count as u64,
-                    HCCL_DATA_TYPE_FP32,
-                    HCCL_REDUCE_SUM,
-                    self.comm,
-                    self.stream,
-                )
+                HcclAllReduce(buf, buf, count as u64, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, self.comm, self.stream)
             },
             HCCL_SUCCESS
         );
@@ -485,21 +352,14 @@ fn with_rank(rank: usize, n: usize, root: &HcclRootInfo, f: impl FnOnce(&Rank)) 
         HCCL_SUCCESS,
         "init rank {rank}"
     );
-    let r = Rank {
-        rank,
-        n,
-        comm,
-        stream: new_stream(),
-    };
+    let r = Rank { rank, n, comm, stream: new_stream() };
     f(&r);
     assert_code!(aclrtDestroyStream(r.stream), ACL_SUCCESS);
     assert_eq!(unsafe { HcclCommDestroy(comm) }, HCCL_SUCCESS);
 }
 
 fn root_info() -> HcclRootInfo {
-    let mut root = HcclRootInfo {
-        internal: [0; 4108],
-    };
+    let mut root = HcclRootInfo { internal: [0; 4108] };
     assert_eq!(unsafe { HcclGetRootInfo(&mut root) }, HCCL_SUCCESS);
     root
 }
@@ -520,16 +380,11 @@ fn threads(n: usize, f: impl Fn(&Rank) + Sync) {
 }
 
 fn hex(root: &HcclRootInfo) -> String {
-    root.internal
-        .iter()
-        .map(|&b| format!("{:02x}", b as u8))
-        .collect()
+    root.internal.iter().map(|&b| format!("{:02x}", b as u8)).collect()
 }
 
 fn unhex(s: &str) -> HcclRootInfo {
-    let mut root = HcclRootInfo {
-        internal: [0; 4108],
-    };
+    let mut root = HcclRootInfo { internal: [0; 4108] };
     for (i, b) in root.internal.iter_mut().enumerate() {
         *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap() as std::ffi::c_char;
     }
@@ -538,24 +393,14 @@ fn unhex(s: &str) -> HcclRootInfo {
 
 /// Spawns `n` ranks of `scenario` as processes of this test binary; returns their exit statuses and
 /// the path of the communicator's shared-memory segment.
-fn processes(
-    n: usize,
-    scenario: &str,
-    env: &[(&str, &str)],
-) -> (Vec<std::process::ExitStatus>, std::path::PathBuf) {
+fn processes(n: usize, scenario: &str, env: &[(&str, &str)]) -> (Vec<std::process::ExitStatus>, std::path::PathBuf) {
     let info = root_info();
     let segment = ascend_sim::hccl::root::Root::decode(&info).unwrap().segment;
     let root = hex(&info);
     let children: Vec<_> = (0..n)
         .map(|r| {
             Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "worker",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["worker", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
                 .env("HCCL_TEST_RANK", r.to_string())
                 .env("HCCL_TEST_RANKS", n.to_string())
                 .env("HCCL_TEST_ROOT", &root)
@@ -566,23 +411,14 @@ fn processes(
                 .unwrap()
         })
         .collect();
-    (
-        children
-            .into_iter()
-            .map(|mut c| c.wait().unwrap())
-            .collect(),
-        std::path::Path::new("/dev/shm").join(segment),
-    )
+    (children.into_iter().map(|mut c| c.wait().unwrap()).collect(), std::path::Path::new("/dev/shm").join(segment))
 }
 
 #[test]
 #[ignore = "a rank process of the multi-process tests"]
 fn worker() {
     let var = |k: &str| std::env::var(k).unwrap();
-    let (rank, n): (usize, usize) = (
-        var("HCCL_TEST_RANK").parse().unwrap(),
-        var("HCCL_TEST_RANKS").parse().unwrap(),
-    );
+    let (rank, n): (usize, usize) = (var("HCCL_TEST_RANK").parse().unwrap(), var("HCCL_TEST_RANKS").parse().unwrap());
     let root = unhex(&var("HCCL_TEST_ROOT"));
     match var("HCCL_TEST_SCENARIO").as_str() {
         "matrix" => with_rank(rank, n, &root, |r| r.run_matrix(n <= 4)),
@@ -595,10 +431,7 @@ fn worker() {
             setup(0);
             let mut comm = null_mut();
             let t = Instant::now();
-            assert_eq!(
-                unsafe { HcclCommInitRootInfo(n as u32, &root, rank as u32, &mut comm) },
-                HCCL_E_TIMEOUT
-            );
+            assert_eq!(unsafe { HcclCommInitRootInfo(n as u32, &root, rank as u32, &mut comm) }, HCCL_E_TIMEOUT);
             assert!(t.elapsed() < Duration::from_secs(10));
         }
         "die" => with_rank(rank, n, &root, |r| {
@@ -607,27 +440,14 @@ fn worker() {
             }
             let buf = r.upload(&vec![0u8; 4096]);
             assert_eq!(
-                unsafe {
-                    HcclAllReduce(
-                        buf,
-                        buf,
-                        1024,
-                        HCCL_DATA_TYPE_FP32,
-                        HCCL_REDUCE_SUM,
-                        r.comm,
-                        r.stream,
-                    )
-                },
+                unsafe { HcclAllReduce(buf, buf, 1024, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, r.comm, r.stream,) },
                 HCCL_SUCCESS
             );
             let t = Instant::now();
             assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_TASK_TIMEOUT);
             assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
             let mut e = 0;
-            assert_eq!(
-                unsafe { HcclGetCommAsyncError(r.comm, &mut e) },
-                HCCL_SUCCESS
-            );
+            assert_eq!(unsafe { HcclGetCommAsyncError(r.comm, &mut e) }, HCCL_SUCCESS);
             assert_eq!(e, HCCL_E_TIMEOUT);
             std::process::exit(0); // skip the orderly teardown: the communicator is dead
         }),
@@ -667,44 +487,22 @@ fn init_all_in_one_process() {
     setup(0);
     let mut devices = [0i32, 1, 2];
     let mut comms = [null_mut(); 3];
-    assert_eq!(
-        unsafe { HcclCommInitAll(3, devices.as_mut_ptr(), comms.as_mut_ptr()) },
-        HCCL_SUCCESS
-    );
+    assert_eq!(unsafe { HcclCommInitAll(3, devices.as_mut_ptr(), comms.as_mut_ptr()) }, HCCL_SUCCESS);
     let mut dup = [1i32, 1];
-    assert_eq!(
-        unsafe { HcclCommInitAll(2, dup.as_mut_ptr(), comms.as_mut_ptr()) },
-        HCCL_E_PARA
-    );
+    assert_eq!(unsafe { HcclCommInitAll(2, dup.as_mut_ptr(), comms.as_mut_ptr()) }, HCCL_E_PARA);
     // One thread enqueues on every rank's stream; the streams run the ranks concurrently.
     let ranks: Vec<(aclrtStream, *mut c_void)> = (0..3)
         .map(|r| {
             assert_code!(aclrtSetDevice(r), ACL_SUCCESS);
             let s = new_stream();
             let mut id = 9;
-            assert_eq!(
-                unsafe { HcclGetRankId(comms[r as usize], &mut id) },
-                HCCL_SUCCESS
-            );
+            assert_eq!(unsafe { HcclGetRankId(comms[r as usize], &mut id) }, HCCL_SUCCESS);
             assert_eq!(id, r as u32);
             let p = malloc(400);
             let v = vec![(r + 1) as f32; 100];
-            assert_code!(
-                aclrtMemcpy(p, 400, v.as_ptr().cast(), 400, ACL_MEMCPY_HOST_TO_DEVICE),
-                ACL_SUCCESS
-            );
+            assert_code!(aclrtMemcpy(p, 400, v.as_ptr().cast(), 400, ACL_MEMCPY_HOST_TO_DEVICE), ACL_SUCCESS);
             assert_eq!(
-                unsafe {
-                    HcclAllReduce(
-                        p,
-                        p,
-                        100,
-                        HCCL_DATA_TYPE_FP32,
-                        HCCL_REDUCE_SUM,
-                        comms[r as usize],
-                        s,
-                    )
-                },
+                unsafe { HcclAllReduce(p, p, 100, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comms[r as usize], s,) },
                 HCCL_SUCCESS
             );
             (s, p)
@@ -714,16 +512,7 @@ fn init_all_in_one_process() {
         assert_code!(aclrtSetDevice(r as i32), ACL_SUCCESS);
         assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
         let mut v = vec![0f32; 100];
-        assert_code!(
-            aclrtMemcpy(
-                v.as_mut_ptr().cast(),
-                400,
-                p,
-                400,
-                ACL_MEMCPY_DEVICE_TO_HOST
-            ),
-            ACL_SUCCESS
-        );
+        assert_code!(aclrtMemcpy(v.as_mut_ptr().cast(), 400, p, 400, ACL_MEMCPY_DEVICE_TO_HOST), ACL_SUCCESS);
         assert_eq!(v, vec![6.0; 100]);
         assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
         assert_eq!(unsafe { HcclCommDestroy(comms[r]) }, HCCL_SUCCESS);
@@ -741,116 +530,38 @@ fn bad_arguments_are_rejected_at_once() {
     };
     setup(0);
     let mut comm = null_mut();
-    assert_eq!(
-        unsafe { HcclCommInitRootInfo(2, &bad, 0, &mut comm) },
-        HCCL_E_PARA,
-        "corrupt root info"
-    );
-    assert_eq!(
-        unsafe { HcclCommInitRootInfo(2, &root, 2, &mut comm) },
-        HCCL_E_PARA,
-        "rank out of range"
-    );
-    assert_eq!(
-        unsafe { HcclCommInitRootInfo(2, std::ptr::null(), 0, &mut comm) },
-        HCCL_E_PTR
-    );
+    assert_eq!(unsafe { HcclCommInitRootInfo(2, &bad, 0, &mut comm) }, HCCL_E_PARA, "corrupt root info");
+    assert_eq!(unsafe { HcclCommInitRootInfo(2, &root, 2, &mut comm) }, HCCL_E_PARA, "rank out of range");
+    assert_eq!(unsafe { HcclCommInitRootInfo(2, std::ptr::null(), 0, &mut comm) }, HCCL_E_PTR);
     assert_eq!(unsafe { HcclGetRootInfo(null_mut()) }, HCCL_E_PTR);
     let mut other_version = root;
     other_version.internal[8] = 7;
-    assert_eq!(
-        unsafe { HcclCommInitRootInfo(1, &other_version, 0, &mut comm) },
-        HCCL_E_PARA,
-        "other format version"
-    );
+    assert_eq!(unsafe { HcclCommInitRootInfo(1, &other_version, 0, &mut comm) }, HCCL_E_PARA, "other format version");
     // A one-rank communicator to exercise argument checks.
-    assert_eq!(
-        unsafe { HcclCommInitRootInfo(1, &root, 0, &mut comm) },
-        HCCL_SUCCESS
-    );
+    assert_eq!(unsafe { HcclCommInitRootInfo(1, &root, 0, &mut comm) }, HCCL_SUCCESS);
     let s = new_stream();
     let p = malloc(64);
     unsafe {
-        assert_eq!(
-            HcclAllReduce(p, p, 16, 99, HCCL_REDUCE_SUM, comm, s),
-            HCCL_E_PARA,
-            "unknown dtype"
-        );
-        assert_eq!(
-            HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_INT128, HCCL_REDUCE_SUM, comm, s),
-            HCCL_E_NOT_SUPPORT
-        );
-        assert_eq!(
-            HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_FP32, 9, comm, s),
-            HCCL_E_PARA,
-            "unknown op"
-        );
+        assert_eq!(HcclAllReduce(p, p, 16, 99, HCCL_REDUCE_SUM, comm, s), HCCL_E_PARA, "unknown dtype");
+        assert_eq!(HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_INT128, HCCL_REDUCE_SUM, comm, s), HCCL_E_NOT_SUPPORT);
+        assert_eq!(HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_FP32, 9, comm, s), HCCL_E_PARA, "unknown op");
         assert_eq!(
             HcclAllReduce(p, p, 1000, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s),
             HCCL_E_PARA,
             "beyond the buffer"
         );
         assert_eq!(
-            HcclAllReduce(
-                (p as usize + 2) as *mut c_void,
-                p,
-                1,
-                HCCL_DATA_TYPE_FP32,
-                HCCL_REDUCE_SUM,
-                comm,
-                s
-            ),
+            HcclAllReduce((p as usize + 2) as *mut c_void, p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s),
             HCCL_E_PARA,
             "misaligned"
         );
+        assert_eq!(HcclAllReduce(null_mut(), p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s), HCCL_E_PTR);
+        assert_eq!(HcclAllReduce(p, p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, null_mut(), s), HCCL_E_PTR);
+        assert_eq!(HcclAllReduce(p, p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, 0x77usize as HcclComm, s), HCCL_E_PARA);
+        assert_eq!(HcclBroadcast(p, 1, HCCL_DATA_TYPE_FP32, 1, comm, s), HCCL_E_PARA, "root out of range");
+        assert_eq!(HcclSend(p, 1, HCCL_DATA_TYPE_FP32, 0, comm, s), HCCL_E_PARA, "send to self");
         assert_eq!(
-            HcclAllReduce(
-                null_mut(),
-                p,
-                1,
-                HCCL_DATA_TYPE_FP32,
-                HCCL_REDUCE_SUM,
-                comm,
-                s
-            ),
-            HCCL_E_PTR
-        );
-        assert_eq!(
-            HcclAllReduce(p, p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, null_mut(), s),
-            HCCL_E_PTR
-        );
-        assert_eq!(
-            HcclAllReduce(
-                p,
-                p,
-                1,
-                HCCL_DATA_TYPE_FP32,
-                HCCL_REDUCE_SUM,
-                0x77usize as HcclComm,
-                s
-            ),
-            HCCL_E_PARA
-        );
-        assert_eq!(
-            HcclBroadcast(p, 1, HCCL_DATA_TYPE_FP32, 1, comm, s),
-            HCCL_E_PARA,
-            "root out of range"
-        );
-        assert_eq!(
-            HcclSend(p, 1, HCCL_DATA_TYPE_FP32, 0, comm, s),
-            HCCL_E_PARA,
-            "send to self"
-        );
-        assert_eq!(
-            HcclAllReduce(
-                p,
-                p,
-                u64::MAX,
-                HCCL_DATA_TYPE_FP32,
-                HCCL_REDUCE_SUM,
-                comm,
-                s
-            ),
+            HcclAllReduce(p, p, u64::MAX, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s),
             HCCL_E_PARA,
             "overflow"
         );
@@ -860,22 +571,11 @@ fn bad_arguments_are_rejected_at_once() {
         assert_eq!(HcclGetRankSize(comm, null_mut()), HCCL_E_PTR);
         let mut name = [0 as std::ffi::c_char; 128];
         assert_eq!(HcclGetCommName(comm, name.as_mut_ptr()), HCCL_SUCCESS);
-        assert!(std::ffi::CStr::from_ptr(name.as_ptr())
-            .to_str()
-            .unwrap()
-            .starts_with("ascend-hccl-"));
-        assert_eq!(
-            std::ffi::CStr::from_ptr(HcclGetErrorString(HCCL_E_PARA))
-                .to_str()
-                .unwrap(),
-            "HCCL_E_PARA"
-        );
+        assert!(std::ffi::CStr::from_ptr(name.as_ptr()).to_str().unwrap().starts_with("ascend-hccl-"));
+        assert_eq!(std::ffi::CStr::from_ptr(HcclGetErrorString(HCCL_E_PARA)).to_str().unwrap(), "HCCL_E_PARA");
         // Busy: destroy refuses while work is queued.
         let gate = Gate::hold(s);
-        assert_eq!(
-            HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s),
-            HCCL_SUCCESS
-        );
+        assert_eq!(HcclAllReduce(p, p, 16, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s), HCCL_SUCCESS);
         assert_eq!(HcclCommDestroy(comm), HCCL_E_AGAIN);
         gate.open();
         assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
@@ -893,25 +593,12 @@ fn mismatched_arguments_between_ranks_fail_every_rank() {
         // Rank 2 passes another count: every rank's stream reports it, nothing hangs.
         let count = if r.rank == 2 { 512 } else { 1024 };
         assert_eq!(
-            unsafe {
-                HcclAllReduce(
-                    p,
-                    p,
-                    count,
-                    HCCL_DATA_TYPE_FP32,
-                    HCCL_REDUCE_SUM,
-                    r.comm,
-                    r.stream,
-                )
-            },
+            unsafe { HcclAllReduce(p, p, count, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, r.comm, r.stream,) },
             HCCL_SUCCESS
         );
         assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_PARAM_INVALID);
         let mut e = 0;
-        assert_eq!(
-            unsafe { HcclGetCommAsyncError(r.comm, &mut e) },
-            HCCL_SUCCESS
-        );
+        assert_eq!(unsafe { HcclGetCommAsyncError(r.comm, &mut e) }, HCCL_SUCCESS);
         assert_eq!(e, HCCL_E_PARA);
         assert_code!(aclrtFree(p), ACL_SUCCESS);
     });
@@ -943,9 +630,6 @@ fn a_rank_that_dies_fails_the_survivors_with_a_timeout() {
     let t = Instant::now();
     let (st, segment) = processes(3, "die", &[("HCCL_EXEC_TIMEOUT", "30")]);
     assert!(st[..2].iter().all(|s| s.success()), "{st:?}");
-    assert!(
-        t.elapsed() < Duration::from_secs(20),
-        "dead peers are noticed quickly"
-    );
+    assert!(t.elapsed() < Duration::from_secs(20), "dead peers are noticed quickly");
     assert!(!segment.exists(), "{} left behind", segment.display());
 }

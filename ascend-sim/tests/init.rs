@@ -9,20 +9,9 @@ use std::ptr::null;
 fn init_is_counted_and_finalize_is_not_repeatable() {
     // SAFETY (whole test): the simulator's entry points are called with valid arguments or NULL.
     unsafe {
-        assert_eq!(
-            aclrtSetDevice(0),
-            ACL_ERROR_UNINITIALIZE,
-            "calls before aclInit"
-        );
-        assert_eq!(
-            aclFinalize(),
-            ACL_ERROR_REPEAT_FINALIZE,
-            "finalize before init"
-        );
-        assert_eq!(
-            aclInit(c"/nonexistent/acl.json".as_ptr()),
-            ACL_ERROR_INVALID_FILE
-        );
+        assert_eq!(aclrtSetDevice(0), ACL_ERROR_UNINITIALIZE, "calls before aclInit");
+        assert_eq!(aclFinalize(), ACL_ERROR_REPEAT_FINALIZE, "finalize before init");
+        assert_eq!(aclInit(c"/nonexistent/acl.json".as_ptr()), ACL_ERROR_INVALID_FILE);
         assert_eq!(aclInit(null()), ACL_SUCCESS);
         assert_eq!(aclInit(null()), ACL_ERROR_REPEAT_INITIALIZE);
         assert_eq!(aclrtSetDevice(0), ACL_SUCCESS);

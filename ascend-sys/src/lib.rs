@@ -42,12 +42,7 @@ pub enum Library {
 
 impl Library {
     /// Every library, in the order the loader opens them.
-    pub const ALL: [Library; 4] = [
-        Library::AscendCl,
-        Library::Hccl,
-        Library::NnOpBase,
-        Library::OpApi,
-    ];
+    pub const ALL: [Library; 4] = [Library::AscendCl, Library::Hccl, Library::NnOpBase, Library::OpApi];
 
     /// File names tried for this library, most specific first.
     pub fn file_names(self) -> &'static [&'static str] {
@@ -92,11 +87,7 @@ impl AscendApi {
 
     /// Names of the entries that are present.
     pub fn present(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.slots()
-            .iter()
-            .zip(API_SYMBOLS)
-            .filter(|(p, _)| !p.is_null())
-            .map(|(_, (_, n))| *n)
+        self.slots().iter().zip(API_SYMBOLS).filter(|(p, _)| !p.is_null()).map(|(_, (_, n))| *n)
     }
 }
 
@@ -111,19 +102,12 @@ mod tests {
 
     #[test]
     fn table_layout_matches_symbol_list() {
-        assert_eq!(
-            std::mem::size_of::<AscendApi>(),
-            API_LEN * std::mem::size_of::<usize>()
-        );
+        assert_eq!(std::mem::size_of::<AscendApi>(), API_LEN * std::mem::size_of::<usize>());
         assert_eq!(API_SYMBOLS.first().map(|s| s.1), Some("aclInit"));
         let mut names: Vec<_> = API_SYMBOLS.iter().map(|s| s.1).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(
-            names.len(),
-            API_LEN,
-            "a symbol is declared twice in api.def"
-        );
+        assert_eq!(names.len(), API_LEN, "a symbol is declared twice in api.def");
         assert_eq!(AscendApi::empty().present().count(), 0);
     }
 

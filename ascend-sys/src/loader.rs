@@ -42,18 +42,11 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "could not load {} (tried:",
-            self.library.file_names().join(" or ")
-        )?;
+        write!(f, "could not load {} (tried:", self.library.file_names().join(" or "))?;
         for (place, why) in &self.attempts {
             write!(f, "\n  {place}: {why}")?;
         }
-        write!(
-            f,
-            ")\nSet ASCEND_TOOLKIT_HOME (source set_env.sh from the CANN toolkit), or use ASCEND_BACKEND=sim."
-        )
+        write!(f, ")\nSet ASCEND_TOOLKIT_HOME (source set_env.sh from the CANN toolkit), or use ASCEND_BACKEND=sim.")
     }
 }
 
@@ -83,10 +76,7 @@ pub fn search_dirs() -> Vec<PathBuf> {
 }
 
 /// Opens one library: each search directory in turn, then the bare file name (dynamic loader path).
-pub fn open(
-    library: Library,
-    dirs: &[PathBuf],
-) -> Result<(libloading::Library, PathBuf), LoadError> {
+pub fn open(library: Library, dirs: &[PathBuf]) -> Result<(libloading::Library, PathBuf), LoadError> {
     let mut attempts = Vec::new();
     let candidates = dirs
         .iter()
@@ -149,11 +139,7 @@ pub fn load_from(dirs: &[PathBuf]) -> Result<Loaded, LoadError> {
             }
         }
     }
-    Ok(Loaded {
-        api,
-        libraries,
-        _handles: handles,
-    })
+    Ok(Loaded { api, libraries, _handles: handles })
 }
 
 #[cfg(test)]
@@ -163,17 +149,10 @@ mod tests {
     #[test]
     fn missing_library_is_an_error_value_naming_each_place() {
         let dir = std::env::temp_dir().join("ascend-sys-no-cann-here");
-        let err = open(Library::Hccl, std::slice::from_ref(&dir))
-            .expect_err("no libhccl in an empty dir");
+        let err = open(Library::Hccl, std::slice::from_ref(&dir)).expect_err("no libhccl in an empty dir");
         assert_eq!(err.library, Library::Hccl);
-        assert!(err
-            .attempts
-            .iter()
-            .any(|(p, _)| p.starts_with(dir.to_str().unwrap())));
-        assert!(err
-            .attempts
-            .iter()
-            .any(|(p, _)| p.contains("dynamic loader path")));
+        assert!(err.attempts.iter().any(|(p, _)| p.starts_with(dir.to_str().unwrap())));
+        assert!(err.attempts.iter().any(|(p, _)| p.contains("dynamic loader path")));
         assert!(err.to_string().contains("libhccl.so"), "{err}");
     }
 
@@ -184,8 +163,6 @@ mod tests {
         if let Some(home) = std::env::var_os("ASCEND_TOOLKIT_HOME").filter(|v| !v.is_empty()) {
             assert_eq!(dirs[0], PathBuf::from(home).join("lib64"));
         }
-        assert!(dirs.contains(&PathBuf::from(
-            "/usr/local/Ascend/ascend-toolkit/latest/lib64"
-        )));
+        assert!(dirs.contains(&PathBuf::from("/usr/local/Ascend/ascend-toolkit/latest/lib64")));
     }
 }

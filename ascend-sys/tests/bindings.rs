@@ -34,16 +34,11 @@ fn committed_bindings_match_the_header() {
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     if committed != fresh {
-        let line = committed
-            .lines()
-            .zip(fresh.lines())
-            .position(|(a, b)| a != b);
+        let line = committed.lines().zip(fresh.lines()).position(|(a, b)| a != b);
         panic!(
             "src/bindings.rs is stale (first difference at line {}); regenerate it with \
              ASCEND_SYS_BLESS=1 cargo test -p ascend-sys --test bindings",
-            line.map_or(committed.lines().count().min(fresh.lines().count()), |l| l
-                + 1)
-                + 1
+            line.map_or(committed.lines().count().min(fresh.lines().count()), |l| l + 1) + 1
         );
     }
 }

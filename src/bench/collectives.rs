@@ -6,9 +6,7 @@
 //! reports its time; the slowest rank's time is the result. busbw = algbw · 2(n−1)/n (nccl-tests).
 
 use super::{per_iter, Figure};
-use ascend_rt::{
-    bf16, f16, Communicator, Context, DeviceRepr, Error, ReduceOp, Result, RootInfo, Stream,
-};
+use ascend_rt::{bf16, f16, Communicator, Context, DeviceRepr, Error, ReduceOp, Result, RootInfo, Stream};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -41,9 +39,7 @@ impl Rank {
             "bf16" => self.timed::<bf16>(bytes, iters),
             "f16" => self.timed::<f16>(bytes, iters),
             "i32" => self.timed::<i32>(bytes, iters),
-            other => Err(Error::InvalidArgument(format!(
-                "dtype {other:?}: expected one of {DTYPES:?}"
-            ))),
+            other => Err(Error::InvalidArgument(format!("dtype {other:?}: expected one of {DTYPES:?}"))),
         }
     }
 
@@ -99,9 +95,7 @@ impl World {
             members.push(Member::Thread(cmd_tx, res_rx));
         }
         for _ in 0..ranks {
-            ready_rx
-                .recv()
-                .map_err(|_| Error::Unsupported("a rank thread died".into()))??;
+            ready_rx.recv().map_err(|_| Error::Unsupported("a rank thread died".into()))??;
         }
         Ok(World { ranks, members })
     }
@@ -113,13 +107,7 @@ impl World {
         let mut members = Vec::new();
         for r in 0..ranks {
             let mut child = Command::new(exe)
-                .args([
-                    "bench-worker",
-                    "--rank",
-                    &r.to_string(),
-                    "--ranks",
-                    &ranks.to_string(),
-                ])
+                .args(["bench-worker", "--rank", &r.to_string(), "--ranks", &ranks.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -144,23 +132,20 @@ impl World {
                 Member::Thread(tx, _) => tx
                     .send((bytes, dtype.to_string(), iters))
                     .map_err(|_| Error::Unsupported("a rank thread died".into()))?,
-                Member::Process(_, stdin, _) => {
-                    writeln!(stdin, "{bytes} {dtype} {iters}").map_err(io)?
-                }
+                Member::Process(_, stdin, _) => writeln!(stdin, "{bytes} {dtype} {iters}").map_err(io)?,
             }
         }
         let mut slowest = Duration::ZERO;
         for m in &mut self.members {
             let t = match m {
-                Member::Thread(_, rx) => rx
-                    .recv()
-                    .map_err(|_| Error::Unsupported("a rank thread died".into()))??,
+                Member::Thread(_, rx) => rx.recv().map_err(|_| Error::Unsupported("a rank thread died".into()))??,
                 Member::Process(_, _, out) => {
                     let mut line = String::new();
                     out.read_line(&mut line).map_err(io)?;
-                    let ns: u64 = line.trim().parse().map_err(|_| {
-                        Error::Unsupported(format!("a rank process failed: {line:?}"))
-                    })?;
+                    let ns: u64 = line
+                        .trim()
+                        .parse()
+                        .map_err(|_| Error::Unsupported(format!("a rank process failed: {line:?}")))?;
                     Duration::from_nanos(ns)
                 }
             };
@@ -190,18 +175,13 @@ fn io(e: std::io::Error) -> Error {
 pub fn worker(rank: usize, ranks: usize) -> Result<()> {
     let mut lines = std::io::stdin().lock().lines();
     let hex = lines.next().and_then(|l| l.ok()).unwrap_or_default();
-    let bytes: Vec<u8> = (0..hex.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-        .collect();
+    let bytes: Vec<u8> =
+        (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
     let rank = Rank::join(&RootInfo::from_bytes(&bytes)?, ranks, rank)?;
     for line in lines {
         let line = line.map_err(io)?;
         let f: Vec<&str> = line.split_whitespace().collect();
-        let reply = match (
-            f.first().and_then(|b| b.parse().ok()),
-            f.get(1),
-            f.get(2).and_then(|i| i.parse().ok()),
-        ) {
+        let reply = match (f.first().and_then(|b| b.parse().ok()), f.get(1), f.get(2).and_then(|i| i.parse().ok())) {
             (Some(b), Some(d), Some(i)) => match rank.all_reduce(b, d, i) {
                 Ok(t) => t.as_nanos().to_string(),
                 Err(e) => format!("error: {e}"),
@@ -222,30 +202,16 @@ pub fn sweep(
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<Figure>> {
     let n = world.ranks();
-    let mode = if world
-        .members
-        .iter()
-        .any(|m| matches!(m, Member::Process(..)))
-    {
-        "processes"
-    } else {
-        "threads"
-    };
+    let mode = if world.members.iter().any(|m| matches!(m, Member::Process(..))) { "processes" } else { "threads" };
     let mut out = Vec::new();
     for &bytes in sizes {
-        progress(&format!(
-            "all_reduce {} ranks ({mode}) {}",
-            n,
-            super::runtime::human_bytes(bytes)
-        ));
+        progress(&format!("all_reduce {} ranks ({mode}) {}", n, super::runtime::human_bytes(bytes)));
         let mut fail = None;
-        let t = per_iter(budget, |iters| {
-            match world.all_reduce(bytes, dtype, iters) {
-                Ok(t) => t,
-                Err(e) => {
-                    fail.get_or_insert(e);
-                    Duration::from_secs(1)
-                }
+        let t = per_iter(budget, |iters| match world.all_reduce(bytes, dtype, iters) {
+            Ok(t) => t,
+            Err(e) => {
+                fail.get_or_insert(e);
+                Duration::from_secs(1)
             }
         });
         if let Some(e) = fail {

@@ -50,8 +50,5 @@ pub fn per_iter(budget: Duration, mut f: impl FnMut(u64) -> Duration) -> Duratio
             ((budget.as_secs_f64() / t.as_secs_f64()) * 1.2).clamp(1.5, 10.0) as u64 + 1
         });
     }
-    (0..3)
-        .map(|_| f(iters).div_f64(iters as f64))
-        .min()
-        .unwrap()
+    (0..3).map(|_| f(iters).div_f64(iters as f64)).min().unwrap()
 }

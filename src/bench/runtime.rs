@@ -23,11 +23,7 @@ pub enum Direction {
 
 impl Direction {
     /// Every direction.
-    pub const ALL: [Direction; 3] = [
-        Direction::HostToDevice,
-        Direction::DeviceToHost,
-        Direction::DeviceToDevice,
-    ];
+    pub const ALL: [Direction; 3] = [Direction::HostToDevice, Direction::DeviceToHost, Direction::DeviceToDevice];
 
     /// `h2d`, `d2h` or `d2d`.
     pub fn name(self) -> &'static str {
@@ -88,12 +84,7 @@ impl CopyBuffers {
         let a = stream.alloc_zeros(bytes)?;
         let b = stream.alloc_zeros(bytes)?;
         stream.synchronize()?;
-        Ok(CopyBuffers {
-            stream: stream.clone(),
-            host,
-            a,
-            b,
-        })
+        Ok(CopyBuffers { stream: stream.clone(), host, a, b })
     }
 
     /// Bytes per copy.
@@ -119,20 +110,12 @@ impl CopyBuffers {
 
 /// The whole runtime sweep as figures; `budget` is the target time per measurement.
 /// `progress` is called before each measurement with its name.
-pub fn sweep(
-    device: usize,
-    budget: Duration,
-    sizes: &[usize],
-    mut progress: impl FnMut(&str),
-) -> Result<Vec<Figure>> {
+pub fn sweep(device: usize, budget: Duration, sizes: &[usize], mut progress: impl FnMut(&str)) -> Result<Vec<Figure>> {
     let ctx = Context::new(device)?;
     let stream = Stream::new(&ctx)?;
     let backend = ctx.runtime().backend().name();
     let base = |extra: Vec<(&str, Value)>| {
-        let mut p = vec![
-            ("backend".to_string(), Value::from(backend)),
-            ("device".to_string(), Value::from(device)),
-        ];
+        let mut p = vec![("backend".to_string(), Value::from(backend)), ("device".to_string(), Value::from(device))];
         p.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
         p
     };
@@ -150,12 +133,7 @@ pub fn sweep(
 
     progress("runtime.enqueue");
     let t = timed(&mut |n| enqueue(&stream, n));
-    out.push(Figure {
-        name: "runtime.enqueue".into(),
-        params: base(vec![]),
-        value: t.as_secs_f64() * 1e6,
-        unit: "us",
-    });
+    out.push(Figure { name: "runtime.enqueue".into(), params: base(vec![]), value: t.as_secs_f64() * 1e6, unit: "us" });
 
     progress("runtime.round_trip");
     let t = timed(&mut |n| round_trip(&stream, n));
@@ -179,18 +157,11 @@ pub fn sweep(
     for &bytes in sizes {
         let mut bufs = CopyBuffers::new(&stream, bytes)?;
         for dir in Direction::ALL {
-            progress(&format!(
-                "runtime.copy {} {}",
-                dir.name(),
-                human_bytes(bytes)
-            ));
+            progress(&format!("runtime.copy {} {}", dir.name(), human_bytes(bytes)));
             let t = timed(&mut |n| bufs.copy(dir, n));
             out.push(Figure {
                 name: "runtime.copy".into(),
-                params: base(vec![
-                    ("direction", Value::from(dir.name())),
-                    ("bytes", Value::from(bytes)),
-                ]),
+                params: base(vec![("direction", Value::from(dir.name())), ("bytes", Value::from(bytes))]),
                 value: bytes as f64 / t.as_secs_f64() / 1e9,
                 unit: "gbps",
             });

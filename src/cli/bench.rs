@@ -5,12 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 /// Runs the runtime sweep.
-pub fn run_runtime(
-    device: usize,
-    budget: Duration,
-    sizes: &[usize],
-    json: bool,
-) -> ascend::rt::Result<Vec<Figure>> {
+pub fn run_runtime(device: usize, budget: Duration, sizes: &[usize], json: bool) -> ascend::rt::Result<Vec<Figure>> {
     let figures = runtime::sweep(device, budget, sizes, progress(json))?;
     if !json {
         eprint!("\r\x1b[2K");
@@ -37,9 +32,8 @@ pub fn run_collectives(
     json: bool,
 ) -> ascend::rt::Result<Vec<Figure>> {
     let mut world = if processes {
-        let exe = std::env::current_exe().map_err(|e| {
-            ascend::rt::Error::Unsupported(format!("cannot find this program: {e}"))
-        })?;
+        let exe = std::env::current_exe()
+            .map_err(|e| ascend::rt::Error::Unsupported(format!("cannot find this program: {e}")))?;
         collectives::World::processes(ranks, &exe)?
     } else {
         collectives::World::threads(ranks)?
@@ -66,25 +60,14 @@ pub fn print(figures: &[Figure], json: bool) {
                 .params
                 .iter()
                 .filter(|(k, _)| k != "backend" && k != "device")
-                .filter(|(k, _)| {
-                    !matches!(k.as_str(), "ranks" | "mode" | "dtype")
-                        || f.name.starts_with("collectives")
-                })
+                .filter(|(k, _)| !matches!(k.as_str(), "ranks" | "mode" | "dtype") || f.name.starts_with("collectives"))
                 .map(|(k, v)| match (k.as_str(), v.as_u64()) {
                     ("bytes", Some(b)) => runtime::human_bytes(b as usize),
                     _ => v.as_str().map_or(v.to_string(), str::to_string),
                 })
                 .collect();
-            vec![
-                f.name.clone(),
-                params.join(" "),
-                format!("{:.3}", f.value),
-                f.unit.to_string(),
-            ]
+            vec![f.name.clone(), params.join(" "), format!("{:.3}", f.value), f.unit.to_string()]
         })
         .collect();
-    println!(
-        "{}",
-        super::table::render(&["benchmark", "parameters", "value", "unit"], &rows)
-    );
+    println!("{}", super::table::render(&["benchmark", "parameters", "value", "unit"], &rows));
 }

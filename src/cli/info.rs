@@ -38,7 +38,9 @@ pub fn gather() -> Value {
     let soc = Device::soc_name().ok().flatten();
     let devices: Vec<Value> = (0..Device::count().unwrap_or(0))
         .map(|d| match Context::new(d).and_then(|c| c.memory_info()) {
-            Ok((free, total)) => json!({ "device": d, "soc": soc, "memory_free_bytes": free, "memory_total_bytes": total }),
+            Ok((free, total)) => {
+                json!({ "device": d, "soc": soc, "memory_free_bytes": free, "memory_total_bytes": total })
+            }
             Err(e) => json!({ "device": d, "error": e.to_string() }),
         })
         .collect();
@@ -78,11 +80,7 @@ pub fn print_text(v: &Value) {
         .into_iter()
         .flatten()
         .map(|d| {
-            let gib = |k: &str| {
-                d[k].as_f64().map_or("-".into(), |b| {
-                    format!("{:.1} GiB", b / (1u64 << 30) as f64)
-                })
-            };
+            let gib = |k: &str| d[k].as_f64().map_or("-".into(), |b| format!("{:.1} GiB", b / (1u64 << 30) as f64));
             vec![
                 d["device"].to_string(),
                 d["soc"].as_str().unwrap_or("-").to_string(),
@@ -92,10 +90,7 @@ pub fn print_text(v: &Value) {
             ]
         })
         .collect();
-    println!(
-        "{}",
-        super::table::render(&["device", "soc", "free", "total", "error"], &rows)
-    );
+    println!("{}", super::table::render(&["device", "soc", "free", "total", "error"], &rows));
     println!(
         "build: {} {}; CANN headers {}",
         v["build"]["target"].as_str().unwrap_or(""),

@@ -11,33 +11,20 @@ pub struct Check {
     pub result: Result<String, String>,
 }
 
-fn check(
-    layer: &'static str,
-    name: &'static str,
-    f: impl FnOnce() -> Result<String, Error>,
-) -> Check {
+fn check(layer: &'static str, name: &'static str, f: impl FnOnce() -> Result<String, Error>) -> Check {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(Error::Unsupported("the check panicked".into())))
         .map_err(|e| e.to_string());
-    Check {
-        layer,
-        name,
-        result,
-    }
+    Check { layer, name, result }
 }
 
 /// Runs every check.
 pub fn run() -> Vec<Check> {
-    let mut out = vec![check("sys", "function table declared", || {
-        Ok(format!("{} C functions", ascend::sys::API_LEN))
-    })];
+    let mut out = vec![check("sys", "function table declared", || Ok(format!("{} C functions", ascend::sys::API_LEN)))];
     out.push(check("sys", "CANN libraries", || {
         Ok(match ascend::sys::load() {
             Ok(l) => format!("loaded ({} symbols)", l.api.present().count()),
-            Err(e) => format!(
-                "not installed ({} places searched): fine on a host without an NPU",
-                e.attempts.len()
-            ),
+            Err(e) => format!("not installed ({} places searched): fine on a host without an NPU", e.attempts.len()),
         })
     }));
     out.push(check("rt", "runtime initialised", || {
@@ -49,10 +36,7 @@ pub fn run() -> Vec<Check> {
         if n == 0 {
             return Err(Error::Unsupported("no device".into()));
         }
-        Ok(format!(
-            "{n} device(s), {}",
-            Device::soc_name()?.unwrap_or_default()
-        ))
+        Ok(format!("{n} device(s), {}", Device::soc_name()?.unwrap_or_default()))
     }));
     out.push(check("rt", "copy round trip", || {
         let s = Stream::new(&Context::new(0)?)?;
@@ -61,9 +45,7 @@ pub fn run() -> Vec<Check> {
         let mut e = s.alloc::<f32>(data.len())?;
         s.memcpy_dtod(&d, &mut e)?;
         if s.clone_dtoh(&e)? != data {
-            return Err(Error::Unsupported(
-                "data differs after H2D, D2D, D2H".into(),
-            ));
+            return Err(Error::Unsupported("data differs after H2D, D2D, D2H".into()));
         }
         Ok("H2D, D2D, D2H of 400 KB".into())
     }));
@@ -117,20 +99,42 @@ pub fn run() -> Vec<Check> {
         }
         Ok("16 KB both ways".into())
     }));
-    out.push(check("rt", "errors are values", || {
-        match Context::new(1 << 20) {
-            Err(e) if e.code() == Some(ascend::sys::ACL_ERROR_RT_INVALID_DEVICEID) => {
-                Ok(e.name().unwrap_or("").to_string())
-            }
-            Err(e) => Err(e),
-            Ok(_) => Err(Error::Unsupported("device 1048576 opened".into())),
+    out.push(check("rt", "errors are values", || match Context::new(1 << 20) {
+        Err(e) if e.code() == Some(ascend::sys::ACL_ERROR_RT_INVALID_DEVICEID) => {
+            Ok(e.name().unwrap_or("").to_string())
+        }
+        Err(e) => Err(e),
+        Ok(_) => Err(Error::Unsupported("device 1048576 opened".into())),
+    }));
+    out.push(check("rt", "collectives (HCCL)", || {
+        let n = Device::count()?.min(4);
+        let ctxs = (0..n).map(Context::new).collect::<Result<Vec<_>, _>>()?;
+        let comms = ascend::rt::Communicator::init_all(&ctxs)?;
+        let sums = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .iter()
+                .zip(&ctxs)
+                .map(|(comm, ctx)| {
+                    s.spawn(move || -> Result<f32, Error> {
+                        let st = Stream::new(ctx)?;
+                        let mut x = st.clone_htod(&[comm.rank() as f32 + 1.0; 1000])?;
+                        comm.all_reduce_in_place(&mut x, ascend::rt::ReduceOp::Sum, &st)?;
+                        Ok(st.clone_dtoh(&x)?[999])
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Unsupported("a rank panicked".into()))))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let want = (n * (n + 1) / 2) as f32;
+        if sums.iter().all(|&v| v == want) {
+            Ok(format!("all_reduce over {n} devices"))
+        } else {
+            Err(Error::Unsupported(format!("all_reduce gave {sums:?}, expected {want}")))
         }
     }));
-    out.push(check("kernels", "matmul / attention", || {
-        Ok("not built yet (later issues)".into())
-    }));
-    out.push(check("patch", "vLLM patch module", || {
-        Ok("not built yet (later issues)".into())
-    }));
+    out.push(check("kernels", "matmul / attention", || Ok("not built yet (later issues)".into())));
+    out.push(check("patch", "vLLM patch module", || Ok("not built yet (later issues)".into())));
     out
 }

@@ -28,30 +28,18 @@ pub unsafe extern "C" fn aclInit(configPath: *const c_char) -> aclError {
     entry("aclInit", || {
         if !configPath.is_null() {
             // SAFETY: a non-null configPath is a NUL-terminated string by the API contract.
-            let path = unsafe { CStr::from_ptr(configPath) }
-                .to_string_lossy()
-                .into_owned();
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Fail::new(
-                    ACL_ERROR_INVALID_FILE,
-                    format!("cannot read config file {path:?}: {e}"),
-                )
-            })?;
+            let path = unsafe { CStr::from_ptr(configPath) }.to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Fail::new(ACL_ERROR_INVALID_FILE, format!("cannot read config file {path:?}: {e}")))?;
             if !text.trim_start().starts_with('{') {
-                return fail(
-                    ACL_ERROR_PARSE_FILE,
-                    format!("config file {path:?} is not a JSON object"),
-                );
+                return fail(ACL_ERROR_PARSE_FILE, format!("config file {path:?} is not a JSON object"));
             }
         }
         let rt = runtime();
         let mut count = rt.init_count.lock().unwrap();
         *count += 1;
         if *count > 1 {
-            return fail(
-                ACL_ERROR_REPEAT_INITIALIZE,
-                "aclInit was already called (counted; treat as success)",
-            );
+            return fail(ACL_ERROR_REPEAT_INITIALIZE, "aclInit was already called (counted; treat as success)");
         }
         Ok(())
     })
@@ -63,10 +51,7 @@ pub unsafe extern "C" fn aclFinalize() -> aclError {
         let rt = runtime();
         let mut count = rt.init_count.lock().unwrap();
         if *count == 0 {
-            return fail(
-                ACL_ERROR_REPEAT_FINALIZE,
-                "aclFinalize without a matching aclInit",
-            );
+            return fail(ACL_ERROR_REPEAT_FINALIZE, "aclFinalize without a matching aclInit");
         }
         rt.finalize();
         *count = 0;
@@ -133,12 +118,7 @@ pub unsafe extern "C" fn aclrtSynchronizeDevice() -> aclError {
         let rt = runtime();
         let ctx = rt.current()?;
         let mut first = Ok(());
-        for s in rt
-            .streams
-            .all()
-            .into_iter()
-            .filter(|s| s.device == ctx.device)
-        {
+        for s in rt.streams.all().into_iter().filter(|s| s.device == ctx.device) {
             let r = s.core.synchronize(None);
             if first.is_ok() {
                 first = r;
@@ -165,16 +145,11 @@ pub unsafe extern "C" fn aclrtGetSocName() -> *const c_char {
         crate::fail::set_recent("aclrtGetSocName: aclInit has not been called");
         return std::ptr::null();
     }
-    NAME.get_or_init(|| CString::new(rt.config.soc_name.replace('\0', "")).unwrap_or_default())
-        .as_ptr()
+    NAME.get_or_init(|| CString::new(rt.config.soc_name.replace('\0', "")).unwrap_or_default()).as_ptr()
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtGetMemInfo(
-    attr: aclrtMemAttr,
-    free: *mut usize,
-    total: *mut usize,
-) -> aclError {
+pub unsafe extern "C" fn aclrtGetMemInfo(attr: aclrtMemAttr, free: *mut usize, total: *mut usize) -> aclError {
     entry("aclrtGetMemInfo", || {
         let rt = runtime();
         let ctx = rt.current()?;
@@ -190,17 +165,10 @@ pub unsafe extern "C" fn aclrtGetMemInfo(
             | ACL_HBM_MEM_HUGE1G
             | ACL_HBM_MEM_P2P_HUGE1G => rt.memory.info(ctx.device),
             // A 910B-class device has no DDR of its own.
-            ACL_DDR_MEM
-            | ACL_DDR_MEM_HUGE
-            | ACL_DDR_MEM_NORMAL
-            | ACL_DDR_MEM_P2P_HUGE
-            | ACL_DDR_MEM_P2P_NORMAL => (0, 0),
-            other => {
-                return fail(
-                    ACL_ERROR_INVALID_PARAM,
-                    format!("unknown aclrtMemAttr {other}"),
-                )
+            ACL_DDR_MEM | ACL_DDR_MEM_HUGE | ACL_DDR_MEM_NORMAL | ACL_DDR_MEM_P2P_HUGE | ACL_DDR_MEM_P2P_NORMAL => {
+                (0, 0)
             }
+            other => return fail(ACL_ERROR_INVALID_PARAM, format!("unknown aclrtMemAttr {other}")),
         };
         // SAFETY: both pointers are non-null (checked) and writable by the API contract.
         unsafe { (*free, *total) = (f, t) };
@@ -220,10 +188,7 @@ pub unsafe extern "C" fn aclrtDeviceCanAccessPeer(
         rt.device_index(deviceId)?;
         rt.device_index(peerDeviceId)?;
         if deviceId == peerDeviceId {
-            return fail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                "a device and its peer must differ",
-            );
+            return fail(ACL_ERROR_RT_PARAM_INVALID, "a device and its peer must differ");
         }
         // SAFETY: as for aclrtGetDevice.
         unsafe { out(canAccessPeer, 1) }
@@ -240,10 +205,7 @@ pub unsafe extern "C" fn aclrtDeviceEnablePeerAccess(peerDeviceId: i32, flags: u
             return fail(ACL_ERROR_RT_PARAM_INVALID, "flags must be 0");
         }
         if peer == ctx.device {
-            return fail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                "a device cannot be its own peer",
-            );
+            return fail(ACL_ERROR_RT_PARAM_INVALID, "a device cannot be its own peer");
         }
         let mut peers = rt.devices[ctx.device].peers.lock().unwrap();
         if !peers.contains(&peer) {
@@ -261,10 +223,7 @@ pub unsafe extern "C" fn aclrtDeviceDisablePeerAccess(peerDeviceId: i32) -> aclE
         let peer = rt.device_index(peerDeviceId)?;
         let mut peers = rt.devices[ctx.device].peers.lock().unwrap();
         let Some(i) = peers.iter().position(|&p| p == peer) else {
-            return fail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                "peer access to that device was not enabled",
-            );
+            return fail(ACL_ERROR_RT_PARAM_INVALID, "peer access to that device was not enabled");
         };
         peers.remove(i);
         Ok(())
@@ -339,14 +298,8 @@ pub unsafe extern "C" fn aclrtCreateStream(stream: *mut aclrtStream) -> aclError
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtCreateStreamWithConfig(
-    stream: *mut aclrtStream,
-    priority: u32,
-    flag: u32,
-) -> aclError {
-    entry("aclrtCreateStreamWithConfig", || {
-        create_stream(stream, priority, flag)
-    })
+pub unsafe extern "C" fn aclrtCreateStreamWithConfig(stream: *mut aclrtStream, priority: u32, flag: u32) -> aclError {
+    entry("aclrtCreateStreamWithConfig", || create_stream(stream, priority, flag))
 }
 
 fn create_stream(stream: *mut aclrtStream, priority: u32, flag: u32) -> Result<()> {
@@ -356,16 +309,10 @@ fn create_stream(stream: *mut aclrtStream, priority: u32, flag: u32) -> Result<(
         return fail(ACL_ERROR_INVALID_PARAM, "stream is NULL");
     }
     if priority > 7 {
-        return fail(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("priority {priority} is outside 0..=7"),
-        );
+        return fail(ACL_ERROR_RT_PARAM_INVALID, format!("priority {priority} is outside 0..=7"));
     }
     if flag & !STREAM_FLAGS != 0 {
-        return fail(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("unknown stream flags {flag:#x}"),
-        );
+        return fail(ACL_ERROR_RT_PARAM_INVALID, format!("unknown stream flags {flag:#x}"));
     }
     let s = rt.create_stream_in(ctx.device, ctx.handle)?;
     // SAFETY: non-null (checked), writable by the API contract.
@@ -380,10 +327,7 @@ pub unsafe extern "C" fn aclrtDestroyStream(stream: aclrtStream) -> aclError {
         rt.ensure_init()?;
         let h = handle(stream)?;
         if rt.contexts.all().iter().any(|c| c.default_stream == h) {
-            return fail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                "a default stream cannot be destroyed",
-            );
+            return fail(ACL_ERROR_RT_PARAM_INVALID, "a default stream cannot be destroyed");
         }
         rt.destroy_stream(h)
     })
@@ -391,16 +335,11 @@ pub unsafe extern "C" fn aclrtDestroyStream(stream: aclrtStream) -> aclError {
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeStream(stream: aclrtStream) -> aclError {
-    entry("aclrtSynchronizeStream", || {
-        runtime().stream(stream as usize)?.core.synchronize(None)
-    })
+    entry("aclrtSynchronizeStream", || runtime().stream(stream as usize)?.core.synchronize(None))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtSynchronizeStreamWithTimeout(
-    stream: aclrtStream,
-    timeout: i32,
-) -> aclError {
+pub unsafe extern "C" fn aclrtSynchronizeStreamWithTimeout(stream: aclrtStream, timeout: i32) -> aclError {
     entry("aclrtSynchronizeStreamWithTimeout", || {
         let timeout = duration_ms(timeout, ACL_ERROR_RT_PARAM_INVALID, true)?;
         runtime().stream(stream as usize)?.core.synchronize(timeout)
@@ -408,17 +347,10 @@ pub unsafe extern "C" fn aclrtSynchronizeStreamWithTimeout(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtStreamQuery(
-    stream: aclrtStream,
-    status: *mut aclrtStreamStatus,
-) -> aclError {
+pub unsafe extern "C" fn aclrtStreamQuery(stream: aclrtStream, status: *mut aclrtStreamStatus) -> aclError {
     entry("aclrtStreamQuery", || {
         let s = runtime().stream(stream as usize)?;
-        let v = if s.core.idle() {
-            ACL_STREAM_STATUS_COMPLETE
-        } else {
-            ACL_STREAM_STATUS_NOT_READY
-        };
+        let v = if s.core.idle() { ACL_STREAM_STATUS_COMPLETE } else { ACL_STREAM_STATUS_NOT_READY };
         // SAFETY: as for aclrtGetDevice.
         unsafe { out(status, v) }
     })
@@ -449,28 +381,17 @@ const EVENT_FLAGS: u32 = 0x7b;
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateEvent(event: *mut aclrtEvent) -> aclError {
-    entry("aclrtCreateEvent", || {
-        create_event(
-            event,
-            ACL_EVENT_SYNC as u32 | ACL_EVENT_TIME_LINE as u32,
-            false,
-            false,
-        )
-    })
+    entry("aclrtCreateEvent", || create_event(event, ACL_EVENT_SYNC as u32 | ACL_EVENT_TIME_LINE as u32, false, false))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateEventWithFlag(event: *mut aclrtEvent, flag: u32) -> aclError {
-    entry("aclrtCreateEventWithFlag", || {
-        create_event(event, flag, false, true)
-    })
+    entry("aclrtCreateEventWithFlag", || create_event(event, flag, false, true))
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateEventExWithFlag(event: *mut aclrtEvent, flag: u32) -> aclError {
-    entry("aclrtCreateEventExWithFlag", || {
-        create_event(event, flag, true, true)
-    })
+    entry("aclrtCreateEventExWithFlag", || create_event(event, flag, true, true))
 }
 
 fn create_event(event: *mut aclrtEvent, flags: u32, ex: bool, with_flag: bool) -> Result<()> {
@@ -480,14 +401,10 @@ fn create_event(event: *mut aclrtEvent, flags: u32, ex: bool, with_flag: bool) -
         return fail(ACL_ERROR_INVALID_PARAM, "event is NULL");
     }
     if flags & !EVENT_FLAGS != 0 {
-        return fail(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("unknown event flags {flags:#x}"),
-        );
+        return fail(ACL_ERROR_RT_PARAM_INVALID, format!("unknown event flags {flags:#x}"));
     }
     let h = rt.events.fresh();
-    rt.events
-        .insert(h, Arc::new(Event::new(flags, ex, with_flag)));
+    rt.events.insert(h, Arc::new(Event::new(flags, ex, with_flag)));
     // SAFETY: non-null (checked), writable by the API contract.
     unsafe { *event = h as aclrtEvent };
     Ok(())
@@ -521,10 +438,7 @@ pub unsafe extern "C" fn aclrtResetEvent(event: aclrtEvent, stream: aclrtStream)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtQueryEventStatus(
-    event: aclrtEvent,
-    status: *mut aclrtEventRecordedStatus,
-) -> aclError {
+pub unsafe extern "C" fn aclrtQueryEventStatus(event: aclrtEvent, status: *mut aclrtEventRecordedStatus) -> aclError {
     entry("aclrtQueryEventStatus", || {
         let e = runtime().events.get(handle(event)?)?;
         // SAFETY: as for aclrtGetDevice.
@@ -534,16 +448,11 @@ pub unsafe extern "C" fn aclrtQueryEventStatus(
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
-    entry("aclrtSynchronizeEvent", || {
-        runtime().events.get(handle(event)?)?.synchronize(None)
-    })
+    entry("aclrtSynchronizeEvent", || runtime().events.get(handle(event)?)?.synchronize(None))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(
-    event: aclrtEvent,
-    timeout: i32,
-) -> aclError {
+pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(event: aclrtEvent, timeout: i32) -> aclError {
     entry("aclrtSynchronizeEventWithTimeout", || {
         let timeout = duration_ms(timeout, ACL_ERROR_RT_PARAM_INVALID, true)?;
         runtime().events.get(handle(event)?)?.synchronize(timeout)
@@ -551,17 +460,10 @@ pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtEventElapsedTime(
-    ms: *mut f32,
-    startEvent: aclrtEvent,
-    endEvent: aclrtEvent,
-) -> aclError {
+pub unsafe extern "C" fn aclrtEventElapsedTime(ms: *mut f32, startEvent: aclrtEvent, endEvent: aclrtEvent) -> aclError {
     entry("aclrtEventElapsedTime", || {
         let rt = runtime();
-        let (a, b) = (
-            rt.events.get(handle(startEvent)?)?,
-            rt.events.get(handle(endEvent)?)?,
-        );
+        let (a, b) = (rt.events.get(handle(startEvent)?)?, rt.events.get(handle(endEvent)?)?);
         if ms.is_null() {
             return fail(ACL_ERROR_INVALID_PARAM, "ms is NULL");
         }
@@ -574,20 +476,14 @@ pub unsafe extern "C" fn aclrtEventElapsedTime(
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDestroyEvent(event: aclrtEvent) -> aclError {
-    entry("aclrtDestroyEvent", || {
-        runtime().events.remove(handle(event)?).map(drop)
-    })
+    entry("aclrtDestroyEvent", || runtime().events.remove(handle(event)?).map(drop))
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Memory
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtMalloc(
-    devPtr: *mut *mut c_void,
-    size: usize,
-    policy: aclrtMemMallocPolicy,
-) -> aclError {
+pub unsafe extern "C" fn aclrtMalloc(devPtr: *mut *mut c_void, size: usize, policy: aclrtMemMallocPolicy) -> aclError {
     entry("aclrtMalloc", || malloc(devPtr, size, policy, false))
 }
 
@@ -600,12 +496,7 @@ pub unsafe extern "C" fn aclrtMallocAlign32(
     entry("aclrtMallocAlign32", || malloc(devPtr, size, policy, true))
 }
 
-fn malloc(
-    dev_ptr: *mut *mut c_void,
-    size: usize,
-    _policy: aclrtMemMallocPolicy,
-    align32_only: bool,
-) -> Result<()> {
+fn malloc(dev_ptr: *mut *mut c_void, size: usize, _policy: aclrtMemMallocPolicy, align32_only: bool) -> Result<()> {
     let rt = runtime();
     let ctx = rt.current()?;
     if dev_ptr.is_null() {
@@ -669,31 +560,17 @@ fn check_copy(
         return fail(ACL_ERROR_INVALID_PARAM, "dst or src is NULL");
     }
     if !(ACL_MEMCPY_HOST_TO_HOST..=ACL_MEMCPY_INTER_DEVICE_TO_DEVICE).contains(&kind) {
-        return fail(
-            ACL_ERROR_INVALID_PARAM,
-            format!("unknown aclrtMemcpyKind {kind}"),
-        );
+        return fail(ACL_ERROR_INVALID_PARAM, format!("unknown aclrtMemcpyKind {kind}"));
     }
     if count > dest_max {
-        return fail(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("count {count} exceeds destMax {dest_max}"),
-        );
+        return fail(ACL_ERROR_RT_PARAM_INVALID, format!("count {count} exceeds destMax {dest_max}"));
     }
     if count == 0 {
         return Ok(None);
     }
     Ok(Some([
-        Span {
-            addr: dst as usize,
-            len: count,
-            write: true,
-        },
-        Span {
-            addr: src as usize,
-            len: count,
-            write: false,
-        },
+        Span { addr: dst as usize, len: count, write: true },
+        Span { addr: src as usize, len: count, write: false },
     ]))
 }
 
@@ -713,9 +590,7 @@ fn copy_bytes(dst: usize, src: usize, n: usize) {
         let off = i * step;
         let len = step.min(n - off);
         // SAFETY: as above; the chunks are disjoint and the ranges do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping((src + off) as *const u8, (dst + off) as *mut u8, len)
-        };
+        unsafe { std::ptr::copy_nonoverlapping((src + off) as *const u8, (dst + off) as *mut u8, len) };
     });
 }
 
@@ -754,20 +629,14 @@ pub unsafe extern "C" fn aclrtMemcpyAsync(
             return Ok(());
         };
         let on_device = |a: usize| matches!(rt.memory.locate(a), Location::Device(_));
-        if kind == ACL_MEMCPY_HOST_TO_HOST || (!on_device(dst as usize) && !on_device(src as usize))
-        {
-            return fail(
-                ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
-                "asynchronous host-to-host copies are not supported",
-            );
+        if kind == ACL_MEMCPY_HOST_TO_HOST || (!on_device(dst as usize) && !on_device(src as usize)) {
+            return fail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "asynchronous host-to-host copies are not supported");
         }
         drop(rt.memory.access(&spans)?); // fail now if the ranges are already bad
         let (d, sr) = (dst as usize, src as usize);
         s.core.enqueue(Kind::Device, move || {
-            let _held = runtime()
-                .memory
-                .access(&spans)
-                .map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
+            let _held =
+                runtime().memory.access(&spans).map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
             copy_bytes(d, sr, count);
             Ok(())
         })?;
@@ -780,31 +649,16 @@ fn check_memset(dev_ptr: *mut c_void, max_count: usize, count: usize) -> Result<
         return fail(ACL_ERROR_INVALID_PARAM, "devPtr is NULL");
     }
     if count > max_count {
-        return fail(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("count {count} exceeds maxCount {max_count}"),
-        );
+        return fail(ACL_ERROR_RT_PARAM_INVALID, format!("count {count} exceeds maxCount {max_count}"));
     }
-    if !matches!(
-        runtime().memory.locate(dev_ptr as usize),
-        Location::Device(_)
-    ) {
+    if !matches!(runtime().memory.locate(dev_ptr as usize), Location::Device(_)) {
         return fail(ACL_ERROR_RT_PARAM_INVALID, "devPtr is not device memory");
     }
-    Ok((count > 0).then_some(Span {
-        addr: dev_ptr as usize,
-        len: count,
-        write: true,
-    }))
+    Ok((count > 0).then_some(Span { addr: dev_ptr as usize, len: count, write: true }))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtMemset(
-    devPtr: *mut c_void,
-    maxCount: usize,
-    value: i32,
-    count: usize,
-) -> aclError {
+pub unsafe extern "C" fn aclrtMemset(devPtr: *mut c_void, maxCount: usize, value: i32, count: usize) -> aclError {
     entry("aclrtMemset", || {
         runtime().ensure_init()?;
         let Some(span) = check_memset(devPtr, maxCount, count)? else {
@@ -833,10 +687,8 @@ pub unsafe extern "C" fn aclrtMemsetAsync(
         drop(runtime().memory.access(&[span])?);
         let p = devPtr as usize;
         s.core.enqueue(Kind::Device, move || {
-            let _held = runtime()
-                .memory
-                .access(&[span])
-                .map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
+            let _held =
+                runtime().memory.access(&[span]).map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
             // SAFETY: the range is inside a live device allocation and its lock is held.
             unsafe { std::ptr::write_bytes(p as *mut u8, value as u8, count) };
             Ok(())
@@ -861,10 +713,7 @@ pub unsafe extern "C" fn aclrtMemcpy2d(
             return fail(ACL_ERROR_INVALID_PARAM, "dst or src is NULL");
         }
         if !(ACL_MEMCPY_HOST_TO_HOST..=ACL_MEMCPY_INTER_DEVICE_TO_DEVICE).contains(&kind) {
-            return fail(
-                ACL_ERROR_INVALID_PARAM,
-                format!("unknown aclrtMemcpyKind {kind}"),
-            );
+            return fail(ACL_ERROR_INVALID_PARAM, format!("unknown aclrtMemcpyKind {kind}"));
         }
         if width > dpitch || width > spitch {
             return fail(ACL_ERROR_RT_PARAM_INVALID, "width exceeds a pitch");
@@ -872,32 +721,16 @@ pub unsafe extern "C" fn aclrtMemcpy2d(
         if width == 0 || height == 0 {
             return Ok(());
         }
-        let extent = |pitch: usize| {
-            pitch
-                .checked_mul(height - 1)
-                .and_then(|v| v.checked_add(width))
-        };
+        let extent = |pitch: usize| pitch.checked_mul(height - 1).and_then(|v| v.checked_add(width));
         let (Some(dlen), Some(slen)) = (extent(dpitch), extent(spitch)) else {
             return fail(ACL_ERROR_RT_PARAM_INVALID, "pitch × height overflows");
         };
         let _held = runtime().memory.access(&[
-            Span {
-                addr: dst as usize,
-                len: dlen,
-                write: true,
-            },
-            Span {
-                addr: src as usize,
-                len: slen,
-                write: false,
-            },
+            Span { addr: dst as usize, len: dlen, write: true },
+            Span { addr: src as usize, len: slen, write: false },
         ])?;
         for row in 0..height {
-            copy_bytes(
-                dst as usize + row * dpitch,
-                src as usize + row * spitch,
-                width,
-            );
+            copy_bytes(dst as usize + row * dpitch, src as usize + row * spitch, width);
         }
         Ok(())
     })
@@ -940,12 +773,7 @@ pub unsafe extern "C" fn aclrtLaunchCallback(
         let block = match blockType {
             ACL_CALLBACK_NO_BLOCK => false,
             ACL_CALLBACK_BLOCK => true,
-            other => {
-                return fail(
-                    ACL_ERROR_INVALID_PARAM,
-                    format!("unknown aclrtCallbackBlockType {other}"),
-                )
-            }
+            other => return fail(ACL_ERROR_INVALID_PARAM, format!("unknown aclrtCallbackBlockType {other}")),
         };
         let Some(tid) = rt.reports.subscriber(s.handle) else {
             return fail(
@@ -956,14 +784,7 @@ pub unsafe extern "C" fn aclrtLaunchCallback(
         let data = userData as usize;
         s.core.enqueue(Kind::Host, move || {
             let done = Arc::new((Mutex::new(false), Condvar::new()));
-            runtime().reports.deliver(
-                tid,
-                Pending {
-                    func,
-                    data,
-                    done: done.clone(),
-                },
-            );
+            runtime().reports.deliver(tid, Pending { func, data, done: done.clone() });
             if block {
                 let mut d = done.0.lock().unwrap();
                 while !*d {
@@ -988,11 +809,7 @@ pub unsafe extern "C" fn aclrtProcessReport(timeout: i32) -> aclError {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn aclrtLaunchHostFunc(
-    stream: aclrtStream,
-    fn_: aclrtHostFunc,
-    args: *mut c_void,
-) -> aclError {
+pub unsafe extern "C" fn aclrtLaunchHostFunc(stream: aclrtStream, fn_: aclrtHostFunc, args: *mut c_void) -> aclError {
     entry("aclrtLaunchHostFunc", || {
         let s = runtime().stream(stream as usize)?;
         let Some(func) = fn_ else {

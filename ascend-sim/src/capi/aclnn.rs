@@ -34,11 +34,7 @@ unsafe fn read_i64s(p: *const i64, n: u64) -> Option<Vec<i64>> {
         return None;
     }
     // SAFETY: non-null with `n` readable values by the caller's contract (n == 0 reads nothing).
-    Some(if n == 0 {
-        Vec::new()
-    } else {
-        unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec()
-    })
+    Some(if n == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec() })
 }
 
 #[no_mangle]
@@ -55,11 +51,7 @@ pub unsafe extern "C" fn aclCreateTensor(
 ) -> *mut aclTensor {
     // SAFETY: the pointers carry their counts by the API contract.
     let parts = unsafe {
-        (
-            read_i64s(viewDims, viewDimsNum),
-            read_i64s(stride, viewDimsNum),
-            read_i64s(storageDims, storageDimsNum),
-        )
+        (read_i64s(viewDims, viewDimsNum), read_i64s(stride, viewDimsNum), read_i64s(storageDims, storageDimsNum))
     };
     let (Some(view_dims), Some(strides), Some(storage_dims)) = parts else {
         set_recent("aclCreateTensor: a dims or strides pointer is NULL, or more than 64 dims");
@@ -69,15 +61,8 @@ pub unsafe extern "C" fn aclCreateTensor(
         set_recent("aclCreateTensor: negative dim, stride or offset");
         return std::ptr::null_mut();
     }
-    let desc = TensorDesc {
-        view_dims,
-        dtype: dataType,
-        strides,
-        offset,
-        format,
-        storage_dims,
-        data: tensorData as usize,
-    };
+    let desc =
+        TensorDesc { view_dims, dtype: dataType, strides, offset, format, storage_dims, data: tensorData as usize };
     Box::into_raw(Box::new(desc)).cast()
 }
 
@@ -135,10 +120,7 @@ pub unsafe extern "C" fn aclDestroyIntArray(array: *const aclIntArray) -> aclnnS
 
 fn no_npu(name: &str) -> aclnnStatus {
     entry_with(name, ACLNN_ERR_INNER, || {
-        fail(
-            ACLNN_ERR_INNER_FIND_KERNEL_ERROR,
-            "aclnn operators need an NPU; the simulator runs host kernels instead",
-        )
+        fail(ACLNN_ERR_INNER_FIND_KERNEL_ERROR, "aclnn operators need an NPU; the simulator runs host kernels instead")
     })
 }
 

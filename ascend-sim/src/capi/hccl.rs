@@ -25,12 +25,7 @@ fn comms() -> &'static Registry<Comm> {
 /// Runs one HCCL entry point: its code, its message for `aclGetRecentErrMsg`, panics contained.
 fn hentry(name: &str, body: impl FnOnce() -> Result<(), HFail>) -> HcclResult {
     entry_with(name, HCCL_E_INTERNAL, || {
-        body().map_err(|(code, msg)| {
-            Fail::new(
-                code,
-                format!("{msg} [{}]", hccl_result_name(code).unwrap_or("?")),
-            )
-        })
+        body().map_err(|(code, msg)| Fail::new(code, format!("{msg} [{}]", hccl_result_name(code).unwrap_or("?"))))
     })
 }
 
@@ -53,25 +48,18 @@ fn comm(c: HcclComm) -> Result<Arc<Comm>, HFail> {
     if c.is_null() {
         return Err((HCCL_E_PTR, "comm is NULL".into()));
     }
-    comms()
-        .get(c as usize)
-        .map_err(|f| (HCCL_E_PARA, f.message))
+    comms().get(c as usize).map_err(|f| (HCCL_E_PARA, f.message))
 }
 
 fn current_device() -> Result<usize, HFail> {
-    runtime().current().map(|c| c.device).map_err(|f| {
-        (
-            HCCL_E_PARA,
-            format!("set a device on this thread first ({})", f.message),
-        )
-    })
+    runtime()
+        .current()
+        .map(|c| c.device)
+        .map_err(|f| (HCCL_E_PARA, format!("set a device on this thread first ({})", f.message)))
 }
 
 fn timeouts() -> (std::time::Duration, std::time::Duration) {
-    (
-        env_timeout("HCCL_CONNECT_TIMEOUT", 120),
-        env_timeout("HCCL_EXEC_TIMEOUT", 1836),
-    )
+    (env_timeout("HCCL_CONNECT_TIMEOUT", 120), env_timeout("HCCL_EXEC_TIMEOUT", 1836))
 }
 
 fn register(c: Comm) -> HcclComm {
@@ -83,9 +71,7 @@ fn register(c: Comm) -> HcclComm {
 #[no_mangle]
 pub unsafe extern "C" fn HcclGetRootInfo(rootInfo: *mut HcclRootInfo) -> HcclResult {
     // SAFETY: `out` checks NULL; otherwise the caller provides a writable HcclRootInfo.
-    hentry("HcclGetRootInfo", || unsafe {
-        out(rootInfo, Root::generate().encode())
-    })
+    hentry("HcclGetRootInfo", || unsafe { out(rootInfo, Root::generate().encode()) })
 }
 
 #[no_mangle]
@@ -96,9 +82,7 @@ pub unsafe extern "C" fn HcclCommInitRootInfo(
     comm: *mut HcclComm,
 ) -> HcclResult {
     // SAFETY: forwarded contract.
-    hentry("HcclCommInitRootInfo", || unsafe {
-        init_root(nRanks, rootInfo, rank, None, comm)
-    })
+    hentry("HcclCommInitRootInfo", || unsafe { init_root(nRanks, rootInfo, rank, None, comm) })
 }
 
 #[no_mangle]
@@ -139,12 +123,12 @@ unsafe fn read_config(p: *const u8) -> Result<ConfigSeen, HFail> {
         )
     };
     if magic != HCCL_COMM_CONFIG_MAGIC_WORD as u32 {
-        return para(format!("config magic {magic:#x} is not {HCCL_COMM_CONFIG_MAGIC_WORD:#x} (call HcclCommConfigInit)"));
+        return para(format!(
+            "config magic {magic:#x} is not {HCCL_COMM_CONFIG_MAGIC_WORD:#x} (call HcclCommConfigInit)"
+        ));
     }
     if version == 0 || size < 300 {
-        return para(format!(
-            "config version {version} / size {size} is not a valid HcclCommConfig"
-        ));
+        return para(format!("config version {version} / size {size} is not a valid HcclCommConfig"));
     }
     // SAFETY: size >= 300 covers the v5 fields.
     let name_bytes = unsafe { std::slice::from_raw_parts(p.add(32), 128) };
@@ -160,10 +144,7 @@ unsafe fn read_config(p: *const u8) -> Result<ConfigSeen, HFail> {
     } else {
         None
     };
-    Ok(ConfigSeen {
-        name,
-        exec_timeout_s,
-    })
+    Ok(ConfigSeen { name, exec_timeout_s })
 }
 
 /// # Safety
@@ -195,20 +176,13 @@ unsafe fn init_root(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn HcclCommInitAll(
-    ndev: u32,
-    devices: *mut i32,
-    comms_out: *mut HcclComm,
-) -> HcclResult {
+pub unsafe extern "C" fn HcclCommInitAll(ndev: u32, devices: *mut i32, comms_out: *mut HcclComm) -> HcclResult {
     hentry("HcclCommInitAll", || {
         if devices.is_null() || comms_out.is_null() {
             return Err((HCCL_E_PTR, "devices or comms is NULL".into()));
         }
         if ndev == 0 || ndev as usize > crate::hccl::comm::MAX_RANKS {
-            return para(format!(
-                "ndev {ndev} is outside 1..={}",
-                crate::hccl::comm::MAX_RANKS
-            ));
+            return para(format!("ndev {ndev} is outside 1..={}", crate::hccl::comm::MAX_RANKS));
         }
         // SAFETY: the caller passes `ndev` device ids.
         let ids = unsafe { std::slice::from_raw_parts(devices, ndev as usize) };
@@ -241,38 +215,26 @@ pub unsafe extern "C" fn HcclCommDestroy(comm_: HcclComm) -> HcclResult {
                 "the communicator still has queued work (synchronize its streams first)".into(),
             ));
         }
-        comms()
-            .remove(comm_ as usize)
-            .map(drop)
-            .map_err(|f| (HCCL_E_PARA, f.message))
+        comms().remove(comm_ as usize).map(drop).map_err(|f| (HCCL_E_PARA, f.message))
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn HcclGetRankSize(comm_: HcclComm, rankSize: *mut u32) -> HcclResult {
     // SAFETY: `out` checks NULL.
-    hentry("HcclGetRankSize", || unsafe {
-        out(rankSize, comm(comm_)?.n as u32)
-    })
+    hentry("HcclGetRankSize", || unsafe { out(rankSize, comm(comm_)?.n as u32) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn HcclGetRankId(comm_: HcclComm, rank: *mut u32) -> HcclResult {
     // SAFETY: `out` checks NULL.
-    hentry("HcclGetRankId", || unsafe {
-        out(rank, comm(comm_)?.rank as u32)
-    })
+    hentry("HcclGetRankId", || unsafe { out(rank, comm(comm_)?.rank as u32) })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn HcclGetCommAsyncError(
-    comm_: HcclComm,
-    asyncError: *mut HcclResult,
-) -> HcclResult {
+pub unsafe extern "C" fn HcclGetCommAsyncError(comm_: HcclComm, asyncError: *mut HcclResult) -> HcclResult {
     // SAFETY: `out` checks NULL.
-    hentry("HcclGetCommAsyncError", || unsafe {
-        out(asyncError, comm(comm_)?.async_error.load(Acquire))
-    })
+    hentry("HcclGetCommAsyncError", || unsafe { out(asyncError, comm(comm_)?.async_error.load(Acquire)) })
 }
 
 #[no_mangle]
@@ -302,10 +264,7 @@ pub unsafe extern "C" fn HcclGetErrorString(code: HcclResult) -> *const c_char {
             .filter_map(|c| hccl_result_name(c).map(|n| (c, CString::new(n).unwrap_or_default())))
             .collect()
     });
-    names
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map_or(c"HCCL_E_UNKNOWN".as_ptr(), |(_, n)| n.as_ptr())
+    names.iter().find(|(c, _)| *c == code).map_or(c"HCCL_E_UNKNOWN".as_ptr(), |(_, n)| n.as_ptr())
 }
 
 /// `HcclGetCommConfigCapability`: config fields up to `HCCL_COMM_CONFIG_COMM_NAME` are understood.
@@ -328,30 +287,20 @@ struct Call {
 impl Call {
     fn new(comm_: HcclComm, stream: aclrtStream, dtype: HcclDataType) -> Result<Call, HFail> {
         let comm = comm(comm_)?;
-        let t = DType::from_hccl(dtype)
-            .map_err(|c| (c, format!("data type {dtype} is not supported")))?;
-        let stream = runtime()
-            .stream(stream as usize)
-            .map_err(|f| (HCCL_E_PARA, f.message))?;
+        let t = DType::from_hccl(dtype).map_err(|c| (c, format!("data type {dtype} is not supported")))?;
+        let stream = runtime().stream(stream as usize).map_err(|f| (HCCL_E_PARA, f.message))?;
         if stream.device != comm.device {
             return para(format!(
                 "the stream is on device {}, the communicator on device {}",
                 stream.device, comm.device
             ));
         }
-        Ok(Call {
-            comm,
-            stream,
-            t,
-            spans: Vec::new(),
-        })
+        Ok(Call { comm, stream, t, spans: Vec::new() })
     }
 
     /// Checks a buffer of `count` elements (NULL allowed only when empty) and records its range.
     fn buf(&mut self, p: *const c_void, count: u64, write: bool) -> Result<usize, HFail> {
-        let bytes = (count as usize)
-            .checked_mul(self.t.size())
-            .filter(|_| count <= isize::MAX as u64);
+        let bytes = (count as usize).checked_mul(self.t.size()).filter(|_| count <= isize::MAX as u64);
         let Some(bytes) = bytes else {
             return para(format!("count {count} overflows"));
         };
@@ -362,36 +311,23 @@ impl Call {
             return Err((HCCL_E_PTR, "a buffer is NULL".into()));
         }
         if (p as usize) % self.t.size() != 0 {
-            return para(format!(
-                "buffer {p:?} is not aligned to its {}-byte elements",
-                self.t.size()
-            ));
+            return para(format!("buffer {p:?} is not aligned to its {}-byte elements", self.t.size()));
         }
-        self.spans.push(Span {
-            addr: p as usize,
-            len: bytes,
-            write,
-        });
+        self.spans.push(Span { addr: p as usize, len: bytes, write });
         Ok(p as usize)
     }
 
     fn op(&self, op: HcclReduceOp) -> Result<Op, HFail> {
         let o = Op::from_hccl(op).map_err(|c| (c, format!("reduce op {op} is unknown")))?;
         if !o.supported_for(self.t) {
-            return Err((
-                HCCL_E_NOT_SUPPORT,
-                format!("{o:?} is not supported for {:?} (as in CANN)", self.t),
-            ));
+            return Err((HCCL_E_NOT_SUPPORT, format!("{o:?} is not supported for {:?} (as in CANN)", self.t)));
         }
         Ok(o)
     }
 
     fn root(&self, root: u32) -> Result<usize, HFail> {
         if root as usize >= self.comm.n {
-            return para(format!(
-                "root {root} is not a rank of this {}-rank communicator",
-                self.comm.n
-            ));
+            return para(format!("root {root} is not a rank of this {}-rank communicator", self.comm.n));
         }
         Ok(root as usize)
     }
@@ -402,18 +338,8 @@ impl Call {
         name: &'static str,
         run: impl FnOnce(&Comm) -> Result<(), HFail> + Send + 'static,
     ) -> Result<(), HFail> {
-        let Call {
-            comm,
-            stream,
-            spans,
-            ..
-        } = self;
-        drop(
-            runtime()
-                .memory
-                .access(&spans)
-                .map_err(|f| (HCCL_E_PARA, f.message))?,
-        );
+        let Call { comm, stream, spans, .. } = self;
+        drop(runtime().memory.access(&spans).map_err(|f| (HCCL_E_PARA, f.message))?);
         struct Inflight(Arc<Comm>);
         impl Drop for Inflight {
             fn drop(&mut self) {
@@ -432,18 +358,9 @@ impl Call {
                 };
                 result.map_err(|(code, msg)| {
                     c.async_error.store(code, Release);
-                    let acl = if code == HCCL_E_TIMEOUT {
-                        ACL_ERROR_RT_TASK_TIMEOUT
-                    } else {
-                        ACL_ERROR_RT_PARAM_INVALID
-                    };
-                    Fail::new(
-                        acl,
-                        format!(
-                            "{name} failed: {msg} [{}]",
-                            hccl_result_name(code).unwrap_or("?")
-                        ),
-                    )
+                    let acl =
+                        if code == HCCL_E_TIMEOUT { ACL_ERROR_RT_TASK_TIMEOUT } else { ACL_ERROR_RT_PARAM_INVALID };
+                    Fail::new(acl, format!("{name} failed: {msg} [{}]", hccl_result_name(code).unwrap_or("?")))
                 })
             })
             .map(drop)
@@ -505,9 +422,7 @@ pub unsafe extern "C" fn HcclReduceScatter(
         let (t, n, ranks) = (c.t, recvCount as usize, c.comm.n as u64);
         let s = c.buf(sendBuf, recvCount.saturating_mul(ranks), false)?;
         let r = c.buf(recvBuf, recvCount, true)?;
-        c.enqueue("HcclReduceScatter", move |comm| {
-            comm.reduce_scatter(s, r, n, t, op)
-        })
+        c.enqueue("HcclReduceScatter", move |comm| comm.reduce_scatter(s, r, n, t, op))
     })
 }
 
@@ -544,11 +459,7 @@ pub unsafe extern "C" fn HcclScatter(
         let root = c.root(root)?;
         let (t, n, ranks) = (c.t, recvCount as usize, c.comm.n as u64);
         // Only the root's send buffer is read (it may be NULL elsewhere).
-        let s = if c.comm.rank == root {
-            c.buf(sendBuf, recvCount.saturating_mul(ranks), false)?
-        } else {
-            0
-        };
+        let s = if c.comm.rank == root { c.buf(sendBuf, recvCount.saturating_mul(ranks), false)? } else { 0 };
         let r = c.buf(recvBuf, recvCount, true)?;
         c.enqueue("HcclScatter", move |comm| comm.scatter(s, r, n, t, root))
     })
@@ -571,11 +482,7 @@ pub unsafe extern "C" fn HcclReduce(
         let root = c.root(root)?;
         let (t, n) = (c.t, count as usize);
         let s = c.buf(sendBuf, count, false)?;
-        let r = if c.comm.rank == root {
-            c.buf(recvBuf, count, true)?
-        } else {
-            0
-        };
+        let r = if c.comm.rank == root { c.buf(recvBuf, count, true)? } else { 0 };
         c.enqueue("HcclReduce", move |comm| comm.reduce(s, r, n, t, op, root))
     })
 }
@@ -644,10 +551,7 @@ pub unsafe extern "C" fn HcclAlltoAllV(
             )
         };
         let extent = |c: &[u64], d: &[u64]| {
-            c.iter()
-                .zip(d)
-                .map(|(c, d)| c.checked_add(*d))
-                .try_fold(0u64, |m, e| e.map(|e| m.max(e)))
+            c.iter().zip(d).map(|(c, d)| c.checked_add(*d)).try_fold(0u64, |m, e| e.map(|e| m.max(e)))
         };
         let (Some(se), Some(re)) = (extent(&sc, &sd), extent(&rc, &rd)) else {
             return para("counts + displacements overflow");
@@ -655,9 +559,7 @@ pub unsafe extern "C" fn HcclAlltoAllV(
         let t = c.t;
         let s = c.buf(sendBuf, se, false)?;
         let r = c.buf(recvBuf, re, true)?;
-        c.enqueue("HcclAlltoAllV", move |comm| {
-            comm.all_to_all_v(s, &sc, &sd, r, &rc, &rd, t)
-        })
+        c.enqueue("HcclAlltoAllV", move |comm| comm.all_to_all_v(s, &sc, &sd, r, &rc, &rd, t))
     })
 }
 
@@ -674,28 +576,15 @@ fn p2p(
     items: &[(*mut c_void, u64, HcclDataType, u32, bool)],
     name: &'static str,
 ) -> Result<(), HFail> {
-    let mut c = Call::new(
-        comm_,
-        stream,
-        items.first().map_or(HCCL_DATA_TYPE_INT8, |i| i.2),
-    )?;
+    let mut c = Call::new(comm_, stream, items.first().map_or(HCCL_DATA_TYPE_INT8, |i| i.2))?;
     let mut plan = Vec::with_capacity(items.len());
     for &(buf, count, dtype, peer, send) in items {
-        c.t = DType::from_hccl(dtype)
-            .map_err(|code| (code, format!("data type {dtype} is not supported")))?;
+        c.t = DType::from_hccl(dtype).map_err(|code| (code, format!("data type {dtype} is not supported")))?;
         if peer as usize >= c.comm.n || peer as usize == c.comm.rank {
-            return para(format!(
-                "peer rank {peer} is not another rank of this {}-rank communicator",
-                c.comm.n
-            ));
+            return para(format!("peer rank {peer} is not another rank of this {}-rank communicator", c.comm.n));
         }
         let p = c.buf(buf, count, !send)?;
-        plan.push(P2p::new(
-            peer as usize,
-            send,
-            p,
-            count as usize * c.t.size(),
-        ));
+        plan.push(P2p::new(peer as usize, send, p, count as usize * c.t.size()));
     }
     c.enqueue(name, move |comm| comm.send_recv(&mut plan))
 }
@@ -709,14 +598,7 @@ pub unsafe extern "C" fn HcclSend(
     comm_: HcclComm,
     stream: aclrtStream,
 ) -> HcclResult {
-    hentry("HcclSend", || {
-        p2p(
-            comm_,
-            stream,
-            &[(sendBuf, count, dataType, destRank, true)],
-            "HcclSend",
-        )
-    })
+    hentry("HcclSend", || p2p(comm_, stream, &[(sendBuf, count, dataType, destRank, true)], "HcclSend"))
 }
 
 #[no_mangle]
@@ -728,14 +610,7 @@ pub unsafe extern "C" fn HcclRecv(
     comm_: HcclComm,
     stream: aclrtStream,
 ) -> HcclResult {
-    hentry("HcclRecv", || {
-        p2p(
-            comm_,
-            stream,
-            &[(recvBuf, count, dataType, srcRank, false)],
-            "HcclRecv",
-        )
-    })
+    hentry("HcclRecv", || p2p(comm_, stream, &[(recvBuf, count, dataType, srcRank, false)], "HcclRecv"))
 }
 
 #[no_mangle]
@@ -750,11 +625,8 @@ pub unsafe extern "C" fn HcclBatchSendRecv(
             return Err((HCCL_E_PTR, "sendRecvInfo is NULL".into()));
         }
         // SAFETY: the caller passes `itemNum` items.
-        let items = if itemNum == 0 {
-            &[][..]
-        } else {
-            unsafe { std::slice::from_raw_parts(sendRecvInfo, itemNum as usize) }
-        };
+        let items =
+            if itemNum == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(sendRecvInfo, itemNum as usize) } };
         let mut plan = Vec::with_capacity(items.len());
         for it in items {
             let send = match it.sendRecvType {

@@ -41,9 +41,6 @@ pub(crate) fn duration_ms(ms: i32, invalid: i32, zero_allowed: bool) -> Result<O
         -1 => Ok(None),
         0 if zero_allowed => Ok(Some(Duration::ZERO)),
         t if t > 0 => Ok(Some(Duration::from_millis(t as u64))),
-        t => fail(
-            invalid,
-            format!("timeout {t} ms is invalid (use -1 for no limit, or a positive value)"),
-        ),
+        t => fail(invalid, format!("timeout {t} ms is invalid (use -1 for no limit, or a positive value)")),
     }
 }

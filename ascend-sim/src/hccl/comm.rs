@@ -90,13 +90,7 @@ impl Layout {
         let slots = align_up(pairs + n * n * std::mem::size_of::<PairCtl>(), 4096);
         let mailboxes = slots + n * 2 * CHUNK;
         let total = mailboxes + n * n * 2 * P2P_HALF;
-        Layout {
-            ranks,
-            pairs,
-            slots,
-            mailboxes,
-            total,
-        }
+        Layout { ranks, pairs, slots, mailboxes, total }
     }
 }
 
@@ -127,9 +121,7 @@ fn errno() -> std::io::Error {
 pub fn pid_dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
     }
 }
 
@@ -165,9 +157,7 @@ fn pids_in(path: &std::path::Path) -> std::io::Result<Vec<u32>> {
     let n = u32::from_le_bytes(head[12..16].try_into().unwrap()) as usize;
     let mut pids = Vec::new();
     for r in 0..n.min(MAX_RANKS) {
-        f.seek(SeekFrom::Start(
-            (4096 + r * std::mem::size_of::<RankCtl>()) as u64,
-        ))?;
+        f.seek(SeekFrom::Start((4096 + r * std::mem::size_of::<RankCtl>()) as u64))?;
         let mut p = [0u8; 4];
         f.read_exact(&mut p)?;
         let pid = u32::from_le_bytes(p);
@@ -218,30 +208,16 @@ unsafe impl Sync for Comm {}
 
 /// Reads a timeout in seconds from the environment.
 pub fn env_timeout(var: &str, default_s: u64) -> Duration {
-    let secs = std::env::var(var)
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| *s > 0.0);
+    let secs = std::env::var(var).ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|s| *s > 0.0);
     Duration::from_secs_f64(secs.unwrap_or(default_s as f64))
 }
 
 fn map(fd: i32, len: usize) -> Result<usize, HFail> {
     // SAFETY: maps a shared-memory object we opened; the kernel picks the address.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
+    let p =
+        unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
     if p == libc::MAP_FAILED {
-        return Err((
-            HCCL_E_MEMORY,
-            format!("mmap of the communicator segment failed: {}", errno()),
-        ));
+        return Err((HCCL_E_MEMORY, format!("mmap of the communicator segment failed: {}", errno())));
     }
     Ok(p as usize)
 }
@@ -258,10 +234,7 @@ impl Comm {
         exec_timeout: Duration,
     ) -> Result<Comm, HFail> {
         if n == 0 || n > MAX_RANKS || rank >= n {
-            return Err((
-                HCCL_E_PARA,
-                format!("rank {rank} of {n} is invalid (1..={MAX_RANKS} ranks)"),
-            ));
+            return Err((HCCL_E_PARA, format!("rank {rank} of {n} is invalid (1..={MAX_RANKS} ranks)")));
         }
         remove_stale_segments();
         let layout = Layout::new(n);
@@ -270,13 +243,7 @@ impl Comm {
         // Create it, or open the one another rank created.
         let (fd, created) = loop {
             // SAFETY: plain syscalls on a NUL-terminated name.
-            let fd = unsafe {
-                libc::shm_open(
-                    path.as_ptr(),
-                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                    0o600,
-                )
-            };
+            let fd = unsafe { libc::shm_open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600) };
             if fd >= 0 {
                 // SAFETY: our fresh descriptor.
                 unsafe { libc::fchmod(fd, 0o600) };
@@ -288,10 +255,7 @@ impl Comm {
                         libc::close(fd);
                         libc::shm_unlink(path.as_ptr())
                     };
-                    return Err((
-                        HCCL_E_MEMORY,
-                        format!("cannot size the communicator segment: {e}"),
-                    ));
+                    return Err((HCCL_E_MEMORY, format!("cannot size the communicator segment: {e}")));
                 }
                 break (fd, true);
             }
@@ -301,10 +265,7 @@ impl Comm {
                 break (fd, false);
             }
             if Instant::now() > deadline {
-                return Err((
-                    HCCL_E_TIMEOUT,
-                    "timed out opening the communicator segment".into(),
-                ));
+                return Err((HCCL_E_TIMEOUT, "timed out opening the communicator segment".into()));
             }
             std::thread::sleep(Duration::from_millis(1));
         };
@@ -324,16 +285,15 @@ impl Comm {
         if !created && size != layout.total {
             // SAFETY: our descriptor.
             unsafe { libc::close(fd) };
-            return Err((HCCL_E_PARA, format!("the root info was used for a communicator of another size (this rank says {n})")));
+            return Err((
+                HCCL_E_PARA,
+                format!("the root info was used for a communicator of another size (this rank says {n})"),
+            ));
         }
         let base = map(fd, layout.total);
         // SAFETY: the mapping keeps the object alive; the descriptor is no longer needed.
         unsafe { libc::close(fd) };
-        let seg = Segment {
-            base: base?,
-            len: layout.total,
-            name: root.segment.clone(),
-        };
+        let seg = Segment { base: base?, len: layout.total, name: root.segment.clone() };
         if created {
             // SAFETY: we created the segment and nobody reads these plain fields before `magic`.
             unsafe {
@@ -352,11 +312,7 @@ impl Comm {
             name: root.segment.clone(),
             pids: Vec::new(),
             exec_timeout,
-            state: Mutex::new(OpState {
-                step: 0,
-                p2p_sent: vec![0; n],
-                p2p_recv: vec![0; n],
-            }),
+            state: Mutex::new(OpState { step: 0, p2p_sent: vec![0; n], p2p_recv: vec![0; n] }),
             async_error: AtomicI32::new(0),
             inflight: AtomicUsize::new(0),
             seg,
@@ -365,40 +321,23 @@ impl Comm {
         // Wait for the creator's header, then check it is ours.
         while comm.seg.header().magic.load(Acquire) != MAGIC {
             if Instant::now() > deadline {
-                return Err((
-                    HCCL_E_TIMEOUT,
-                    "timed out waiting for the communicator segment's header".into(),
-                ));
+                return Err((HCCL_E_TIMEOUT, "timed out waiting for the communicator segment's header".into()));
             }
             std::thread::sleep(Duration::from_micros(200));
         }
         let h = comm.seg.header();
         if h.key != root.key || h.version != LAYOUT_VERSION {
-            return Err((
-                HCCL_E_PARA,
-                "the segment does not match the root info's key (not ours)".into(),
-            ));
+            return Err((HCCL_E_PARA, "the segment does not match the root info's key (not ours)".into()));
         }
         if h.nranks as usize != n {
             return Err((
                 HCCL_E_PARA,
-                format!(
-                    "the root info was used with {} ranks elsewhere and {n} here",
-                    h.nranks
-                ),
+                format!("the root info was used with {} ranks elsewhere and {n} here", h.nranks),
             ));
         }
         let pid = std::process::id();
-        if comm
-            .ctl(rank)
-            .pid
-            .compare_exchange(0, pid, AcqRel, Acquire)
-            .is_err()
-        {
-            return Err((
-                HCCL_E_PARA,
-                format!("rank {rank} has already joined this communicator"),
-            ));
+        if comm.ctl(rank).pid.compare_exchange(0, pid, AcqRel, Acquire).is_err() {
+            return Err((HCCL_E_PARA, format!("rank {rank} has already joined this communicator")));
         }
         h.joined.fetch_add(1, AcqRel);
         comm.wait_joined(deadline, connect_timeout)?;
@@ -418,16 +357,11 @@ impl Comm {
                 .enumerate()
                 .map(|(r, &d)| {
                     let root = &root;
-                    s.spawn(move || {
-                        Comm::join(root, n, r, d, Duration::from_secs(30), exec_timeout)
-                    })
+                    s.spawn(move || Comm::join(root, n, r, d, Duration::from_secs(30), exec_timeout))
                 })
                 .collect();
             hs.into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err((HCCL_E_INTERNAL, "join panicked".into())))
-                })
+                .map(|h| h.join().unwrap_or_else(|_| Err((HCCL_E_INTERNAL, "join panicked".into()))))
                 .collect()
         });
         joined.into_iter().collect()
@@ -441,15 +375,10 @@ impl Comm {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let missing: Vec<usize> = (0..self.n)
-                    .filter(|&r| self.ctl(r).pid.load(Acquire) == 0)
-                    .collect();
+                let missing: Vec<usize> = (0..self.n).filter(|&r| self.ctl(r).pid.load(Acquire) == 0).collect();
                 return Err((
                     HCCL_E_TIMEOUT,
-                    format!(
-                        "ranks {missing:?} did not join within HCCL_CONNECT_TIMEOUT ({} s)",
-                        timeout.as_secs_f64()
-                    ),
+                    format!("ranks {missing:?} did not join within HCCL_CONNECT_TIMEOUT ({} s)", timeout.as_secs_f64()),
                 ));
             }
             std::thread::sleep(Duration::from_micros(100));
@@ -468,19 +397,14 @@ impl Comm {
     fn ctl(&self, r: usize) -> &RankCtl {
         // SAFETY: in bounds of the mapping (layout), properly aligned (64-byte aligned offsets of a
         // page-aligned mapping), atomics only.
-        unsafe {
-            &*((self.seg.base + self.layout.ranks + r * std::mem::size_of::<RankCtl>())
-                as *const RankCtl)
-        }
+        unsafe { &*((self.seg.base + self.layout.ranks + r * std::mem::size_of::<RankCtl>()) as *const RankCtl) }
     }
 
     /// Control block of the ordered pair `from → to`.
     pub fn pair(&self, from: usize, to: usize) -> &PairCtl {
         // SAFETY: as for `ctl`.
         unsafe {
-            &*((self.seg.base
-                + self.layout.pairs
-                + (from * self.n + to) * std::mem::size_of::<PairCtl>())
+            &*((self.seg.base + self.layout.pairs + (from * self.n + to) * std::mem::size_of::<PairCtl>())
                 as *const PairCtl)
         }
     }
@@ -492,17 +416,12 @@ impl Comm {
 
     /// Mailbox half `half` of the ordered pair `from → to` ([`P2P_HALF`] bytes).
     pub fn mailbox(&self, from: usize, to: usize, half: u64) -> *mut u8 {
-        (self.seg.base
-            + self.layout.mailboxes
-            + ((from * self.n + to) * 2 + (half % 2) as usize) * P2P_HALF) as *mut u8
+        (self.seg.base + self.layout.mailboxes + ((from * self.n + to) * 2 + (half % 2) as usize) * P2P_HALF) as *mut u8
     }
 
     /// Writes this rank's row of counts for step `s` (AlltoAllV).
     pub fn set_counts(&self, s: u64, counts: &[u64]) {
-        for (slot, &c) in self.ctl(self.rank).counts[(s % 2) as usize]
-            .iter()
-            .zip(counts)
-        {
+        for (slot, &c) in self.ctl(self.rank).counts[(s % 2) as usize].iter().zip(counts) {
             slot.store(c, Relaxed);
         }
     }
@@ -516,19 +435,12 @@ impl Comm {
     pub fn poisoned(&self) -> Option<HFail> {
         match self.seg.header().failed.load(Acquire) {
             0 => None,
-            c => Some((
-                c,
-                "the communicator failed earlier (a peer died or timed out)".into(),
-            )),
+            c => Some((c, "the communicator failed earlier (a peer died or timed out)".into())),
         }
     }
 
     fn poison(&self, f: HFail) -> HFail {
-        let _ = self
-            .seg
-            .header()
-            .failed
-            .compare_exchange(0, f.0, AcqRel, Acquire);
+        let _ = self.seg.header().failed.compare_exchange(0, f.0, AcqRel, Acquire);
         f
     }
 
@@ -544,15 +456,10 @@ impl Comm {
             }
         }
         me.step.store(s, Release);
-        self.wait(what, || {
-            (0..self.n).all(|r| self.ctl(r).step.load(Acquire) >= s)
-        })?;
+        self.wait(what, || (0..self.n).all(|r| self.ctl(r).step.load(Acquire) >= s))?;
         if let Some(d) = desc {
             for r in 0..self.n {
-                let theirs: Vec<u64> = self.ctl(r).desc[(s % 2) as usize]
-                    .iter()
-                    .map(|w| w.load(Relaxed))
-                    .collect();
+                let theirs: Vec<u64> = self.ctl(r).desc[(s % 2) as usize].iter().map(|w| w.load(Relaxed)).collect();
                 if theirs[..DESC_COMPARED] != d[..DESC_COMPARED] {
                     return Err((
                         HCCL_E_PARA,
@@ -594,15 +501,8 @@ impl Comm {
                 if let Some(f) = self.poisoned() {
                     return Err(f);
                 }
-                if let Some((r, pid)) = self
-                    .pids
-                    .iter()
-                    .enumerate()
-                    .find(|(r, p)| *r != self.rank && pid_dead(**p))
-                {
-                    return Err(
-                        self.poison((HCCL_E_TIMEOUT, format!("{what}: rank {r} (pid {pid}) died")))
-                    );
+                if let Some((r, pid)) = self.pids.iter().enumerate().find(|(r, p)| *r != self.rank && pid_dead(**p)) {
+                    return Err(self.poison((HCCL_E_TIMEOUT, format!("{what}: rank {r} (pid {pid}) died"))));
                 }
                 if now - start > self.exec_timeout {
                     return Err(self.poison((

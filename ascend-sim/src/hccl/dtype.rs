@@ -146,22 +146,12 @@ pub unsafe fn reduce(t: DType, op: Op, dsts: &[*mut u8], srcs: &[*const u8], n: 
             DType::U64 => direct::<u64>(op, dst, srcs, n),
             DType::F32 => direct::<f32>(op, dst, srcs, n),
             DType::F64 => direct::<f64>(op, dst, srcs, n),
-            DType::F16 => widened(
-                op,
-                dst,
-                srcs,
-                n,
-                |x: u16| f16::from_bits(x).to_f32(),
-                |x| f16::from_f32(x).to_bits(),
-            ),
-            DType::Bf16 => widened(
-                op,
-                dst,
-                srcs,
-                n,
-                |x: u16| bf16::from_bits(x).to_f32(),
-                |x| bf16::from_f32(x).to_bits(),
-            ),
+            DType::F16 => {
+                widened(op, dst, srcs, n, |x: u16| f16::from_bits(x).to_f32(), |x| f16::from_f32(x).to_bits())
+            }
+            DType::Bf16 => {
+                widened(op, dst, srcs, n, |x: u16| bf16::from_bits(x).to_f32(), |x| bf16::from_f32(x).to_bits())
+            }
         }
     }
 }
@@ -252,36 +242,18 @@ mod tests {
     fn integer_ops_wrap_and_compare() {
         let a = vec![100i8, -5, 7];
         let b = vec![100i8, 3, -9];
-        assert_eq!(
-            run(DType::I8, Op::Sum, &[a.clone(), b.clone()]),
-            vec![-56, -2, -2]
-        );
-        assert_eq!(
-            run(DType::I8, Op::Max, &[a.clone(), b.clone()]),
-            vec![100, 3, 7]
-        );
-        assert_eq!(
-            run(DType::I8, Op::Min, &[a.clone(), b.clone()]),
-            vec![100, -5, -9]
-        );
-        assert_eq!(
-            run(DType::U64, Op::Prod, &[vec![3u64; 2000], vec![5u64; 2000]]),
-            vec![15u64; 2000]
-        );
+        assert_eq!(run(DType::I8, Op::Sum, &[a.clone(), b.clone()]), vec![-56, -2, -2]);
+        assert_eq!(run(DType::I8, Op::Max, &[a.clone(), b.clone()]), vec![100, 3, 7]);
+        assert_eq!(run(DType::I8, Op::Min, &[a.clone(), b.clone()]), vec![100, -5, -9]);
+        assert_eq!(run(DType::U64, Op::Prod, &[vec![3u64; 2000], vec![5u64; 2000]]), vec![15u64; 2000]);
     }
 
     #[test]
     fn half_types_accumulate_in_f32() {
         // 2048 + 1 + 1 in f16 step by step would stay at 2048; accumulated in f32 it rounds to 2050.
         let v = |x: f32| vec![f16::from_f32(x)];
-        assert_eq!(
-            run(DType::F16, Op::Sum, &[v(2048.0), v(1.0), v(1.0)])[0].to_f32(),
-            2050.0
-        );
+        assert_eq!(run(DType::F16, Op::Sum, &[v(2048.0), v(1.0), v(1.0)])[0].to_f32(), 2050.0);
         let b = |x: f32| vec![bf16::from_f32(x); 3];
-        assert_eq!(
-            run(DType::Bf16, Op::Max, &[b(1.5), b(-2.0)])[2].to_f32(),
-            1.5
-        );
+        assert_eq!(run(DType::Bf16, Op::Max, &[b(1.5), b(-2.0)])[2].to_f32(), 1.5);
     }
 }

@@ -36,16 +36,7 @@ pub enum Kind {
 }
 
 fn desc(kind: Kind, t: Option<DType>, count: usize, op: Option<Op>, root: usize) -> Desc {
-    [
-        kind as u64,
-        t.map_or(0, |t| t as u64 + 1),
-        count as u64,
-        op.map_or(0, |o| o as u64 + 1),
-        root as u64,
-        0,
-        0,
-        0,
-    ]
+    [kind as u64, t.map_or(0, |t| t as u64 + 1), count as u64, op.map_or(0, |o| o as u64 + 1), root as u64, 0, 0, 0]
 }
 
 fn copy(dst: usize, src: usize, bytes: usize) {
@@ -75,14 +66,7 @@ impl Comm {
     }
 
     /// `HcclAllReduce`: `recv = op(send of every rank)`; `send == recv` is allowed.
-    pub fn all_reduce(
-        &self,
-        send: usize,
-        recv: usize,
-        count: usize,
-        t: DType,
-        op: Op,
-    ) -> Result<(), HFail> {
+    pub fn all_reduce(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
         let st = &mut *self.lock();
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::AllReduce, Some(t), count, Some(op), 0);
@@ -101,11 +85,7 @@ impl Comm {
             let s = st.step + 1;
             for r in (0..n).filter(|&r| r != me) {
                 let (lo, hi) = part(len, n, r);
-                copy(
-                    self.slot(me, s) as usize + lo * es,
-                    send + (off + lo) * es,
-                    (hi - lo) * es,
-                );
+                copy(self.slot(me, s) as usize + lo * es, send + (off + lo) * es, (hi - lo) * es);
             }
             self.step(st, (i == 0).then_some(&d), "HcclAllReduce")?;
             // Reduce my part (my input in place of my slot, ranks in order) into my output and into my
@@ -121,10 +101,7 @@ impl Comm {
                     }
                 })
                 .collect();
-            let dsts = [
-                self.slot(me, s + 1).wrapping_add(lo * es),
-                (recv + (off + lo) * es) as *mut u8,
-            ];
+            let dsts = [self.slot(me, s + 1).wrapping_add(lo * es), (recv + (off + lo) * es) as *mut u8];
             // SAFETY: [lo, hi) lies inside each slot's chunk and inside send/recv (checked); the
             // destinations overlap no source except recv == send (in place), which `reduce` allows.
             unsafe { reduce(t, op, &dsts, &srcs, hi - lo) };
@@ -132,11 +109,7 @@ impl Comm {
             let s2 = self.step(st, None, "HcclAllReduce")?;
             for r in (0..n).filter(|&r| r != me) {
                 let (lo, hi) = part(len, n, r);
-                copy(
-                    recv + (off + lo) * es,
-                    self.slot(r, s2) as usize + lo * es,
-                    (hi - lo) * es,
-                );
+                copy(recv + (off + lo) * es, self.slot(r, s2) as usize + lo * es, (hi - lo) * es);
             }
         }
         Ok(())
@@ -161,13 +134,7 @@ impl Comm {
     }
 
     /// `HcclAllGather`: `recv[r * count ..]` = rank r's `send`.
-    pub fn all_gather(
-        &self,
-        send: usize,
-        recv: usize,
-        count: usize,
-        t: DType,
-    ) -> Result<(), HFail> {
+    pub fn all_gather(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
         let st = &mut *self.lock();
         let es = t.size();
         let d = desc(Kind::AllGather, Some(t), count, None, 0);
@@ -176,25 +143,14 @@ impl Comm {
             copy(self.slot(self.rank, s) as usize, send + off * es, len * es);
             self.step(st, (i == 0).then_some(&d), "HcclAllGather")?;
             for r in 0..self.n {
-                copy(
-                    recv + (r * count + off) * es,
-                    self.slot(r, s) as usize,
-                    len * es,
-                );
+                copy(recv + (r * count + off) * es, self.slot(r, s) as usize, len * es);
             }
         }
         Ok(())
     }
 
     /// `HcclReduceScatter`: `recv` = op over ranks of their `send[rank * count ..]`.
-    pub fn reduce_scatter(
-        &self,
-        send: usize,
-        recv: usize,
-        count: usize,
-        t: DType,
-        op: Op,
-    ) -> Result<(), HFail> {
+    pub fn reduce_scatter(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
         let st = &mut *self.lock();
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::ReduceScatter, Some(t), count, Some(op), 0);
@@ -202,16 +158,11 @@ impl Comm {
         for (i, (off, len)) in chunks(count, area).enumerate() {
             let s = st.step + 1;
             for r in 0..n {
-                copy(
-                    self.slot(me, s) as usize + r * area * es,
-                    send + (r * count + off) * es,
-                    len * es,
-                );
+                copy(self.slot(me, s) as usize + r * area * es, send + (r * count + off) * es, len * es);
             }
             self.step(st, (i == 0).then_some(&d), "HcclReduceScatter")?;
-            let srcs: Vec<*const u8> = (0..n)
-                .map(|r| self.slot(r, s).wrapping_add(me * area * es) as *const u8)
-                .collect();
+            let srcs: Vec<*const u8> =
+                (0..n).map(|r| self.slot(r, s).wrapping_add(me * area * es) as *const u8).collect();
             // SAFETY: each area holds `len` elements; `recv` holds `count` (checked) and is not a slot.
             unsafe { reduce(t, op, &[(recv + off * es) as *mut u8], &srcs, len) };
         }
@@ -219,15 +170,7 @@ impl Comm {
     }
 
     /// `HcclReduce`: the root's `recv` = op(send of every rank); other ranks' `recv` is untouched.
-    pub fn reduce(
-        &self,
-        send: usize,
-        recv: usize,
-        count: usize,
-        t: DType,
-        op: Op,
-        root: usize,
-    ) -> Result<(), HFail> {
+    pub fn reduce(&self, send: usize, recv: usize, count: usize, t: DType, op: Op, root: usize) -> Result<(), HFail> {
         let st = &mut *self.lock();
         let es = t.size();
         let d = desc(Kind::Reduce, Some(t), count, Some(op), root);
@@ -236,8 +179,7 @@ impl Comm {
             copy(self.slot(self.rank, s) as usize, send + off * es, len * es);
             self.step(st, (i == 0).then_some(&d), "HcclReduce")?;
             if self.rank == root {
-                let srcs: Vec<*const u8> =
-                    (0..self.n).map(|r| self.slot(r, s) as *const u8).collect();
+                let srcs: Vec<*const u8> = (0..self.n).map(|r| self.slot(r, s) as *const u8).collect();
                 // SAFETY: each slot holds `len` elements; `recv` holds `count` and is not a slot.
                 unsafe { reduce(t, op, &[(recv + off * es) as *mut u8], &srcs, len) };
             }
@@ -246,14 +188,7 @@ impl Comm {
     }
 
     /// `HcclScatter`: `recv` = the root's `send[rank * count ..]`.
-    pub fn scatter(
-        &self,
-        send: usize,
-        recv: usize,
-        count: usize,
-        t: DType,
-        root: usize,
-    ) -> Result<(), HFail> {
+    pub fn scatter(&self, send: usize, recv: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
         let st = &mut *self.lock();
         let (es, n) = (t.size(), self.n);
         let d = desc(Kind::Scatter, Some(t), count, None, root);
@@ -262,31 +197,17 @@ impl Comm {
             let s = st.step + 1;
             if self.rank == root {
                 for r in 0..n {
-                    copy(
-                        self.slot(root, s) as usize + r * area * es,
-                        send + (r * count + off) * es,
-                        len * es,
-                    );
+                    copy(self.slot(root, s) as usize + r * area * es, send + (r * count + off) * es, len * es);
                 }
             }
             self.step(st, (i == 0).then_some(&d), "HcclScatter")?;
-            copy(
-                recv + off * es,
-                self.slot(root, s) as usize + self.rank * area * es,
-                len * es,
-            );
+            copy(recv + off * es, self.slot(root, s) as usize + self.rank * area * es, len * es);
         }
         Ok(())
     }
 
     /// `HcclAlltoAll`: `recv[r * count ..]` = rank r's `send[rank * count ..]`.
-    pub fn all_to_all(
-        &self,
-        send: usize,
-        recv: usize,
-        count: usize,
-        t: DType,
-    ) -> Result<(), HFail> {
+    pub fn all_to_all(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
         let st = &mut *self.lock();
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::AllToAll, Some(t), count, None, 0);
@@ -294,19 +215,11 @@ impl Comm {
         for (i, (off, len)) in chunks(count, area).enumerate() {
             let s = st.step + 1;
             for r in 0..n {
-                copy(
-                    self.slot(me, s) as usize + r * area * es,
-                    send + (r * count + off) * es,
-                    len * es,
-                );
+                copy(self.slot(me, s) as usize + r * area * es, send + (r * count + off) * es, len * es);
             }
             self.step(st, (i == 0).then_some(&d), "HcclAlltoAll")?;
             for r in 0..n {
-                copy(
-                    recv + (r * count + off) * es,
-                    self.slot(r, s) as usize + me * area * es,
-                    len * es,
-                );
+                copy(recv + (r * count + off) * es, self.slot(r, s) as usize + me * area * es, len * es);
             }
         }
         Ok(())
@@ -333,20 +246,15 @@ impl Comm {
         let mut d = desc(Kind::AllToAllV, Some(t), 0, None, 0);
         self.step(st, Some(&d), "HcclAlltoAllV")?;
         let ok = (0..n).all(|r| self.count(r, s1, me) == rcounts[r]);
-        let max = (0..n)
-            .flat_map(|r| (0..n).map(move |c| (r, c)))
-            .map(|(r, c)| self.count(r, s1, c))
-            .max()
-            .unwrap_or(0);
+        let max =
+            (0..n).flat_map(|r| (0..n).map(move |c| (r, c))).map(|(r, c)| self.count(r, s1, c)).max().unwrap_or(0);
         // Step 2: agree on whether every column matched.
         d[6] = ok as u64;
         let s2 = self.step(st, Some(&d), "HcclAlltoAllV")?;
         if let Some(bad) = (0..n).find(|&r| self.desc_word(r, s2, 6) == 0) {
             return Err((
                 HCCL_E_PARA,
-                format!(
-                    "HcclAlltoAllV: rank {bad}'s receive counts differ from what its peers send"
-                ),
+                format!("HcclAlltoAllV: rank {bad}'s receive counts differ from what its peers send"),
             ));
         }
         let area = (CHUNK / n / es) as u64;
@@ -378,12 +286,7 @@ impl Comm {
     /// `HcclBarrier`.
     pub fn barrier(&self) -> Result<(), HFail> {
         let st = &mut *self.lock();
-        self.step(
-            st,
-            Some(&desc(Kind::Barrier, None, 0, None, 0)),
-            "HcclBarrier",
-        )
-        .map(drop)
+        self.step(st, Some(&desc(Kind::Barrier, None, 0, None, 0)), "HcclBarrier").map(drop)
     }
 
     /// Point-to-point transfers, all progressing together (`HcclBatchSendRecv`; `HcclSend`/`HcclRecv`
@@ -401,10 +304,7 @@ impl Comm {
                 }
                 pending = true;
                 let (peer, send) = (items[i].peer, items[i].send);
-                if items[..i]
-                    .iter()
-                    .any(|o| !o.finished && o.peer == peer && o.send == send)
-                {
+                if items[..i].iter().any(|o| !o.finished && o.peer == peer && o.send == send) {
                     continue;
                 }
                 progressed |= self.p2p_poll(st, &mut items[i])?;
@@ -414,25 +314,15 @@ impl Comm {
             }
             if !progressed {
                 self.wait("HcclSend/HcclRecv", || {
-                    items
-                        .iter()
-                        .zip(&before)
-                        .any(|(it, b)| self.p2p_counters(it) != *b)
+                    items.iter().zip(&before).any(|(it, b)| self.p2p_counters(it) != *b)
                 })?;
             }
         }
     }
 
     fn p2p_counters(&self, it: &P2p) -> (u64, u64) {
-        let p = if it.send {
-            self.pair(self.rank, it.peer)
-        } else {
-            self.pair(it.peer, self.rank)
-        };
-        (
-            p.sent.load(Acquire),
-            p.acked.load(Acquire) + p.error.load(Acquire) as u64,
-        )
+        let p = if it.send { self.pair(self.rank, it.peer) } else { self.pair(it.peer, self.rank) };
+        (p.sent.load(Acquire), p.acked.load(Acquire) + p.error.load(Acquire) as u64)
     }
 
     /// Moves at most one chunk of `it`; true if it did.
@@ -440,13 +330,7 @@ impl Comm {
         if it.send {
             let p = self.pair(self.rank, it.peer);
             if p.error.load(Acquire) != 0 {
-                return Err((
-                    HCCL_E_PARA,
-                    format!(
-                        "HcclSend: rank {} expected a different number of bytes",
-                        it.peer
-                    ),
-                ));
+                return Err((HCCL_E_PARA, format!("HcclSend: rank {} expected a different number of bytes", it.peer)));
             }
             if it.all_sent {
                 // A send completes when the receiver has taken the last chunk (synchronous pairing).
@@ -458,11 +342,7 @@ impl Comm {
                 return Ok(false); // both mailbox halves are full
             }
             let len = (it.bytes - it.done).min(P2P_HALF);
-            copy(
-                self.mailbox(self.rank, it.peer, c) as usize,
-                it.ptr + it.done,
-                len,
-            );
+            copy(self.mailbox(self.rank, it.peer, c) as usize, it.ptr + it.done, len);
             let h = (c % 2) as usize;
             p.len[h][0].store(len as u64, Relaxed);
             p.len[h][1].store(it.bytes as u64, Relaxed);
@@ -477,25 +357,15 @@ impl Comm {
                 return Ok(false);
             }
             let h = (c % 2) as usize;
-            let (len, total) = (
-                p.len[h][0].load(Relaxed) as usize,
-                p.len[h][1].load(Relaxed) as usize,
-            );
+            let (len, total) = (p.len[h][0].load(Relaxed) as usize, p.len[h][1].load(Relaxed) as usize);
             if total != it.bytes {
                 p.error.store(1, Release);
                 return Err((
                     HCCL_E_PARA,
-                    format!(
-                        "HcclRecv: rank {} sends {total} bytes, this rank expects {}",
-                        it.peer, it.bytes
-                    ),
+                    format!("HcclRecv: rank {} sends {total} bytes, this rank expects {}", it.peer, it.bytes),
                 ));
             }
-            copy(
-                it.ptr + it.done,
-                self.mailbox(it.peer, self.rank, c) as usize,
-                len,
-            );
+            copy(it.ptr + it.done, self.mailbox(it.peer, self.rank, c) as usize, len);
             p.acked.store(c, Release);
             st.p2p_recv[it.peer] = c;
             it.done += len;
@@ -525,14 +395,6 @@ impl P2p {
     /// A transfer of `bytes` at `ptr` to (send) or from `peer`. An empty transfer still exchanges one
     /// empty chunk, so that the peers stay paired.
     pub fn new(peer: usize, send: bool, ptr: usize, bytes: usize) -> P2p {
-        P2p {
-            peer,
-            send,
-            ptr,
-            bytes,
-            done: 0,
-            all_sent: false,
-            finished: false,
-        }
+        P2p { peer, send, ptr, bytes, done: 0, all_sent: false, finished: false }
     }
 }

@@ -35,9 +35,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 fn checksum(data: &[u8]) -> u64 {
     // FNV-1a: enough to detect corruption (the key, not the checksum, is what keeps strangers out).
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 impl Root {
@@ -45,10 +43,7 @@ impl Root {
     pub fn generate() -> Root {
         let id: [u8; 12] = random_bytes();
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        Root {
-            segment: format!("{SEGMENT_PREFIX}{hex}"),
-            key: random_bytes(),
-        }
+        Root { segment: format!("{SEGMENT_PREFIX}{hex}"), key: random_bytes() }
     }
 
     /// Encodes into the C struct.
@@ -62,9 +57,7 @@ impl Root {
         raw[29..29 + name.len()].copy_from_slice(name);
         let sum = checksum(&raw[..4100]);
         raw[4100..].copy_from_slice(&sum.to_le_bytes());
-        HcclRootInfo {
-            internal: raw.map(|b| b as std::ffi::c_char),
-        }
+        HcclRootInfo { internal: raw.map(|b| b as std::ffi::c_char) }
     }
 
     /// Decodes and validates a blob; `Err` carries the reason (the code is `HCCL_E_PARA`).
@@ -78,9 +71,7 @@ impl Root {
         if version != FORMAT_VERSION {
             return Err((
                 HCCL_E_PARA,
-                format!(
-                    "root info format {version} is not {FORMAT_VERSION} (another library version?)"
-                ),
+                format!("root info format {version} is not {FORMAT_VERSION} (another library version?)"),
             ));
         }
         if u64::from_le_bytes(raw[4100..].try_into().unwrap()) != checksum(&raw[..4100]) {
@@ -89,15 +80,10 @@ impl Root {
         let len = raw[28] as usize;
         let name = std::str::from_utf8(&raw[29..29 + len.min(200)])
             .map_err(|_| (HCCL_E_PARA, "bad segment name".to_string()))?;
-        if !name.starts_with(SEGMENT_PREFIX)
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        if !name.starts_with(SEGMENT_PREFIX) || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return bad("root info names an invalid segment");
         }
-        Ok(Root {
-            segment: name.to_string(),
-            key: raw[12..28].try_into().unwrap(),
-        })
+        Ok(Root { segment: name.to_string(), key: raw[12..28].try_into().unwrap() })
     }
 }
 
@@ -116,9 +102,6 @@ mod tests {
         let mut other = r.encode();
         other.internal[8] = 9; // another format version
         assert!(Root::decode(&other).unwrap_err().1.contains("format"));
-        assert!(Root::decode(&HcclRootInfo {
-            internal: [0; 4108]
-        })
-        .is_err());
+        assert!(Root::decode(&HcclRootInfo { internal: [0; 4108] }).is_err());
     }
 }

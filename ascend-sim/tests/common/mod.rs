@@ -11,10 +11,7 @@ pub fn setup(device: i32) {
     // SAFETY: plain calls.
     unsafe {
         let r = aclInit(std::ptr::null());
-        assert!(
-            r == ACL_SUCCESS || r == ACL_ERROR_REPEAT_INITIALIZE,
-            "aclInit: {r}"
-        );
+        assert!(r == ACL_SUCCESS || r == ACL_ERROR_REPEAT_INITIALIZE, "aclInit: {r}");
         assert_eq!(aclrtSetDevice(device), ACL_SUCCESS);
     }
 }
@@ -49,10 +46,7 @@ pub fn new_stream() -> aclrtStream {
 
 pub fn malloc(n: usize) -> *mut c_void {
     let mut p = std::ptr::null_mut();
-    assert_code!(
-        aclrtMalloc(&mut p, n, ACL_MEM_MALLOC_HUGE_FIRST),
-        ACL_SUCCESS
-    );
+    assert_code!(aclrtMalloc(&mut p, n, ACL_MEM_MALLOC_HUGE_FIRST), ACL_SUCCESS);
     p
 }
 
@@ -74,10 +68,7 @@ impl Gate {
     pub fn hold(stream: aclrtStream) -> Gate {
         let g = Gate::default();
         let arg = Box::into_raw(Box::new(g.clone())) as *mut c_void;
-        assert_code!(
-            aclrtLaunchHostFunc(stream, Some(wait_gate), arg),
-            ACL_SUCCESS
-        );
+        assert_code!(aclrtLaunchHostFunc(stream, Some(wait_gate), arg), ACL_SUCCESS);
         g
     }
 
@@ -90,22 +81,12 @@ impl Gate {
 /// Runs the test named `name` of this binary in a child process with `env` set; returns its success.
 pub fn run_isolated(name: &str, env: &[(&str, &str)]) -> bool {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .envs(env.iter().copied())
         .output()
         .unwrap();
     if !out.status.success() {
-        eprintln!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     out.status.success()
 }

@@ -239,7 +239,7 @@ def main():
     for r, p in enumerate(procs):
         rows.append(("parent", f"rank {r} exited 0", p.exitcode == 0, f"exitcode={p.exitcode}"))
 
-    rows.sort(key=lambda row: row[0])           # stable: rank0, rank1, parent, each in order
+    rows.sort(key=lambda row: (row[0] == "parent", row[0]))  # rank0, rank1, parent; stable
     for who, name, ok, detail in rows:
         print(f"{'PASS' if ok else 'FAIL'} {who}: {name}" + ("" if ok or not detail else f" ({detail})"))
     failed = sum(1 for row in rows if not row[2])
