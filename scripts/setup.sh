@@ -6,7 +6,9 @@
 set -euo pipefail
 
 need=()
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# libclang itself (libclang.so / libclang-N.so), not libclang-cpp, which Debian often has already.
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/*-linux-gnu/libclang-[0-9]*.so*" >/dev/null ||
+    need+=(libclang-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 
 if ((${#need[@]})); then

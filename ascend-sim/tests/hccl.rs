@@ -325,22 +325,43 @@ impl Rank {
         }
     }
 
-    /// ≥ 64 MiB all-reduce (f32, in place) and all-gather.
+    /// ≥ 64 MiB messages: all-reduce (f32, in place), all-gather and reduce-scatter (bf16), broadcast.
     fn run_big(&self) {
+        let (n, me, c, s) = (self.n, self.rank, self.comm, self.stream);
         let count = (64 << 20) / 4 + 17;
-        let buf = self.upload(&data(HCCL_DATA_TYPE_FP32, self.rank, count, 9));
+        let buf = self.upload(&data(HCCL_DATA_TYPE_FP32, me, count, 9));
         assert_eq!(
-            unsafe {
-                HcclAllReduce(buf, buf, count as u64, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, self.comm, self.stream)
-            },
+            unsafe { HcclAllReduce(buf, buf, count as u64, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, c, s) },
             HCCL_SUCCESS
         );
         same(
             &self.download(buf, count * 4),
-            &reduced(HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, self.n, count, 9),
+            &reduced(HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, n, count, 9),
             4,
             "64 MiB all_reduce",
         );
+        let t = HCCL_DATA_TYPE_BFP16;
+        let count = (64 << 20) / 2 + 3;
+        let send = self.upload(&data(t, me, count, 10));
+        let recv = self.upload(&vec![0u8; n * count * 2]);
+        assert_eq!(unsafe { HcclAllGather(send, recv, count as u64, t, c, s) }, HCCL_SUCCESS);
+        let want: Vec<u8> = (0..n).flat_map(|r| data(t, r, count, 10)).collect();
+        same(&self.download(recv, n * count * 2), &want, 2, "64 MiB all_gather");
+        self.download(send, 0);
+        let all: Vec<u8> = (0..n).flat_map(|b| data(t, me + b * 11, count, 0)).collect();
+        let send = self.upload(&all);
+        let recv = self.upload(&vec![0u8; count * 2]);
+        assert_eq!(unsafe { HcclReduceScatter(send, recv, count as u64, t, HCCL_REDUCE_SUM, c, s) }, HCCL_SUCCESS);
+        same(
+            &self.download(recv, count * 2),
+            &reduced(t, HCCL_REDUCE_SUM, n, count, me * 11),
+            2,
+            "64 MiB reduce_scatter",
+        );
+        self.download(send, 0);
+        let buf = self.upload(&data(t, me, count, 12));
+        assert_eq!(unsafe { HcclBroadcast(buf, count as u64, t, 1, c, s) }, HCCL_SUCCESS);
+        same(&self.download(buf, count * 2), &data(t, 1, count, 12), 2, "64 MiB broadcast");
     }
 }
 
@@ -632,4 +653,38 @@ fn a_rank_that_dies_fails_the_survivors_with_a_timeout() {
     assert!(st[..2].iter().all(|s| s.success()), "{st:?}");
     assert!(t.elapsed() < Duration::from_secs(20), "dead peers are noticed quickly");
     assert!(!segment.exists(), "{} left behind", segment.display());
+}
+
+#[test]
+fn init_with_config_honours_the_versioned_header() {
+    let root = root_info();
+    setup(0);
+    // The v5 layout: the 24-byte header {size, magic, version, reserved}, then the fields.
+    let mut cfg = HcclCommConfig::default();
+    let mut comm = null_mut();
+    assert_eq!(unsafe { HcclCommInitRootInfoConfig(1, &root, 0, &cfg, &mut comm) }, HCCL_E_PARA, "no magic");
+    assert_eq!(unsafe { HcclCommInitRootInfoConfig(1, &root, 0, std::ptr::null(), &mut comm) }, HCCL_E_PTR);
+    let header = |size: usize, version: u32| {
+        let mut h = [0i8; 24];
+        for (d, s) in h.iter_mut().zip(
+            size.to_le_bytes()
+                .iter()
+                .chain(&(HCCL_COMM_CONFIG_MAGIC_WORD as u32).to_le_bytes())
+                .chain(&version.to_le_bytes()),
+        ) {
+            *d = *s as i8;
+        }
+        h
+    };
+    cfg.reserved = header(std::mem::size_of::<HcclCommConfig>(), 5);
+    for (d, s) in cfg.hcclCommName.iter_mut().zip(b"tp-group-0\0") {
+        *d = *s as i8;
+    }
+    assert_eq!(unsafe { HcclCommInitRootInfoConfig(1, &root, 0, &cfg, &mut comm) }, HCCL_SUCCESS);
+    let mut name = [0 as std::ffi::c_char; 128];
+    assert_eq!(unsafe { HcclGetCommName(comm, name.as_mut_ptr()) }, HCCL_SUCCESS);
+    assert_eq!(unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_str().unwrap(), "tp-group-0");
+    assert_eq!(unsafe { HcclCommDestroy(comm) }, HCCL_SUCCESS);
+    cfg.reserved = header(100, 5); // a header that claims a size smaller than the v5 struct
+    assert_eq!(unsafe { HcclCommInitRootInfoConfig(1, &root_info(), 0, &cfg, &mut comm) }, HCCL_E_PARA);
 }

@@ -116,12 +116,14 @@ macro_rules! float_acc {
 }
 float_acc!(f32, f64);
 
-fn combine<A: Acc>(op: Op, a: A, b: A) -> A {
+/// `acc[i] = op(acc[i], x[i])`, with the op chosen once per block so the loop vectorises.
+fn combine<A: Acc>(op: Op, acc: &mut [A], x: &[A]) {
+    let pairs = acc.iter_mut().zip(x);
     match op {
-        Op::Sum => a.add(b),
-        Op::Prod => a.mul(b),
-        Op::Max => a.max(b),
-        Op::Min => a.min(b),
+        Op::Sum => pairs.for_each(|(a, b)| *a = a.add(*b)),
+        Op::Prod => pairs.for_each(|(a, b)| *a = a.mul(*b)),
+        Op::Max => pairs.for_each(|(a, b)| *a = a.max(*b)),
+        Op::Min => pairs.for_each(|(a, b)| *a = a.min(*b)),
     }
 }
 
@@ -129,63 +131,75 @@ fn combine<A: Acc>(op: Op, a: A, b: A) -> A {
 /// in one pass saves re-reading the result). A destination may be one of the sources.
 ///
 /// # Safety
-/// Every pointer must be valid for `n` elements of `t` (aligned or not), and a destination must not
+/// Every pointer must be valid for `n` elements of `t` (any alignment), and a destination must not
 /// overlap a source other than itself.
 pub unsafe fn reduce(t: DType, op: Op, dsts: &[*mut u8], srcs: &[*const u8], n: usize) {
-    let dst = dsts;
     // SAFETY (all arms): forwarded from this function's contract.
     unsafe {
         match t {
-            DType::I8 => direct::<i8>(op, dst, srcs, n),
-            DType::I16 => direct::<i16>(op, dst, srcs, n),
-            DType::I32 => direct::<i32>(op, dst, srcs, n),
-            DType::I64 => direct::<i64>(op, dst, srcs, n),
-            DType::U8 => direct::<u8>(op, dst, srcs, n),
-            DType::U16 => direct::<u16>(op, dst, srcs, n),
-            DType::U32 => direct::<u32>(op, dst, srcs, n),
-            DType::U64 => direct::<u64>(op, dst, srcs, n),
-            DType::F32 => direct::<f32>(op, dst, srcs, n),
-            DType::F64 => direct::<f64>(op, dst, srcs, n),
-            DType::F16 => {
-                widened(op, dst, srcs, n, |x: u16| f16::from_bits(x).to_f32(), |x| f16::from_f32(x).to_bits())
-            }
-            DType::Bf16 => {
-                widened(op, dst, srcs, n, |x: u16| bf16::from_bits(x).to_f32(), |x| bf16::from_f32(x).to_bits())
-            }
+            DType::I8 => direct::<i8>(op, dsts, srcs, n),
+            DType::I16 => direct::<i16>(op, dsts, srcs, n),
+            DType::I32 => direct::<i32>(op, dsts, srcs, n),
+            DType::I64 => direct::<i64>(op, dsts, srcs, n),
+            DType::U8 => direct::<u8>(op, dsts, srcs, n),
+            DType::U16 => direct::<u16>(op, dsts, srcs, n),
+            DType::U32 => direct::<u32>(op, dsts, srcs, n),
+            DType::U64 => direct::<u64>(op, dsts, srcs, n),
+            DType::F32 => direct::<f32>(op, dsts, srcs, n),
+            DType::F64 => direct::<f64>(op, dsts, srcs, n),
+            DType::F16 => widened(op, dsts, srcs, n, f16_to_f32, f32_to_f16),
+            DType::Bf16 => widened(op, dsts, srcs, n, bf16_to_f32, f32_to_bf16),
         }
     }
 }
 
-/// Elements per block: small enough for the stack, large enough to vectorise.
+/// Elements per block: small enough for the stack and L1, large enough to vectorise.
 const BLOCK: usize = 1024;
 
-unsafe fn direct<T: Acc>(op: Op, dsts: &[*mut u8], srcs: &[*const u8], n: usize) {
-    let mut block = [std::mem::MaybeUninit::<T>::uninit(); BLOCK];
+/// Copies `len` elements at element offset `start` of `src` into `out` (any alignment).
+///
+/// # Safety
+/// `src` is valid for `start + len` elements of `T`.
+unsafe fn load<T: Copy + Default>(src: *const u8, start: usize, out: &mut [T]) {
+    // SAFETY: by the contract; byte copies need no alignment and `out` holds `out.len()` elements.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (src as *const T).add(start) as *const u8,
+            out.as_mut_ptr() as *mut u8,
+            std::mem::size_of_val(out),
+        )
+    };
+}
+
+/// Writes `vals` at element offset `start` of every destination.
+///
+/// # Safety
+/// Every destination is valid for `start + vals.len()` elements of `T`.
+unsafe fn store<T: Copy>(dsts: &[*mut u8], start: usize, vals: &[T]) {
+    for &d in dsts {
+        // SAFETY: by the contract; `vals` is a local block, so it does not overlap the destination.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                vals.as_ptr() as *const u8,
+                (d as *mut T).add(start) as *mut u8,
+                std::mem::size_of_val(vals),
+            )
+        };
+    }
+}
+
+unsafe fn direct<T: Acc + Default>(op: Op, dsts: &[*mut u8], srcs: &[*const u8], n: usize) {
+    let (mut acc, mut x) = ([T::default(); BLOCK], [T::default(); BLOCK]);
     let mut start = 0;
     while start < n {
         let len = BLOCK.min(n - start);
-        // SAFETY: `block` has room for `len` values; the sources hold `n` elements (contract).
-        let a: &mut [T] = unsafe {
-            let a = std::slice::from_raw_parts_mut(block.as_mut_ptr() as *mut T, len);
-            for (i, v) in a.iter_mut().enumerate() {
-                *v = (srcs[0] as *const T).add(start + i).read_unaligned();
-            }
-            a
-        };
-        for s in &srcs[1..] {
-            let s = *s as *const T;
-            for (i, v) in a.iter_mut().enumerate() {
-                // SAFETY: in bounds by the contract.
-                *v = combine(op, *v, unsafe { s.add(start + i).read_unaligned() });
-            }
+        // SAFETY (loads and store): every pointer holds `n` elements (contract), start + len <= n.
+        unsafe { load(srcs[0], start, &mut acc[..len]) };
+        for &s in &srcs[1..] {
+            unsafe { load(s, start, &mut x[..len]) };
+            combine(op, &mut acc[..len], &x[..len]);
         }
-        for &dst in dsts {
-            let dst = dst as *mut T;
-            for (i, v) in a.iter().enumerate() {
-                // SAFETY: in bounds by the contract.
-                unsafe { dst.add(start + i).write_unaligned(*v) };
-            }
-        }
+        unsafe { store(dsts, start, &acc[..len]) };
         start += len;
     }
 }
@@ -195,35 +209,49 @@ unsafe fn widened(
     dsts: &[*mut u8],
     srcs: &[*const u8],
     n: usize,
-    load: impl Fn(u16) -> f32,
-    store: impl Fn(f32) -> u16,
+    widen: fn(&[u16], &mut [f32]),
+    narrow: fn(&[f32], &mut [u16]),
 ) {
-    let mut acc = [0f32; BLOCK];
+    let (mut acc, mut x, mut bits) = ([0f32; BLOCK], [0f32; BLOCK], [0u16; BLOCK]);
     let mut start = 0;
     while start < n {
         let len = BLOCK.min(n - start);
-        let a = &mut acc[..len];
-        let first = srcs[0] as *const u16;
-        for (i, v) in a.iter_mut().enumerate() {
-            // SAFETY: in bounds by the contract.
-            *v = load(unsafe { first.add(start + i).read_unaligned() });
+        // SAFETY (loads and store): every pointer holds `n` elements (contract), start + len <= n.
+        unsafe { load(srcs[0], start, &mut bits[..len]) };
+        widen(&bits[..len], &mut acc[..len]);
+        for &s in &srcs[1..] {
+            unsafe { load(s, start, &mut bits[..len]) };
+            widen(&bits[..len], &mut x[..len]);
+            combine(op, &mut acc[..len], &x[..len]);
         }
-        for s in &srcs[1..] {
-            let s = *s as *const u16;
-            for (i, v) in a.iter_mut().enumerate() {
-                // SAFETY: in bounds by the contract.
-                *v = combine(op, *v, load(unsafe { s.add(start + i).read_unaligned() }));
-            }
-        }
-        for &dst in dsts {
-            let dst = dst as *mut u16;
-            for (i, v) in a.iter().enumerate() {
-                // SAFETY: in bounds by the contract.
-                unsafe { dst.add(start + i).write_unaligned(store(*v)) };
-            }
-        }
+        narrow(&acc[..len], &mut bits[..len]);
+        unsafe { store(dsts, start, &bits[..len]) };
         start += len;
     }
+}
+
+fn f16_to_f32(bits: &[u16], out: &mut [f32]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    // F16C when the CPU has it (detected at run time by `half`).
+    bits.reinterpret_cast::<f16>().convert_to_f32_slice(out);
+}
+
+fn f32_to_f16(vals: &[f32], out: &mut [u16]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    out.reinterpret_cast_mut::<f16>().convert_from_f32_slice(vals);
+}
+
+fn bf16_to_f32(bits: &[u16], out: &mut [f32]) {
+    out.iter_mut().zip(bits).for_each(|(o, &b)| *o = f32::from_bits((b as u32) << 16));
+}
+
+/// Round to nearest even; NaN stays a (quiet) NaN.
+fn f32_to_bf16(vals: &[f32], out: &mut [u16]) {
+    out.iter_mut().zip(vals).for_each(|(o, &v)| {
+        let b = v.to_bits();
+        let rounded = ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+        *o = if v.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded };
+    });
 }
 
 #[cfg(test)]
@@ -255,5 +283,23 @@ mod tests {
         assert_eq!(run(DType::F16, Op::Sum, &[v(2048.0), v(1.0), v(1.0)])[0].to_f32(), 2050.0);
         let b = |x: f32| vec![bf16::from_f32(x); 3];
         assert_eq!(run(DType::Bf16, Op::Max, &[b(1.5), b(-2.0)])[2].to_f32(), 1.5);
+    }
+
+    #[test]
+    fn bf16_rounding_matches_the_half_crate() {
+        let vals: Vec<f32> = (0..100_000)
+            .map(|i| (i as f32 - 50_000.0) * 0.37e-3 + (i % 7) as f32 * 1.3e5)
+            .chain([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, f32::MAX, f32::MIN_POSITIVE])
+            .collect();
+        let mut ours = vec![0u16; vals.len()];
+        f32_to_bf16(&vals, &mut ours);
+        for (v, o) in vals.iter().zip(&ours) {
+            let want = bf16::from_f32(*v);
+            if v.is_nan() {
+                assert!(bf16::from_bits(*o).is_nan());
+            } else {
+                assert_eq!(*o, want.to_bits(), "{v}");
+            }
+        }
     }
 }
