@@ -2,7 +2,7 @@
 //! and round once; integers wrap.
 
 use ascend_sys::*;
-use half::{bf16, f16};
+use half::f16;
 
 /// A supported element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,6 +257,7 @@ fn f32_to_bf16(vals: &[f32], out: &mut [u16]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     fn run<T: Copy + Default>(t: DType, op: Op, inputs: &[Vec<T>]) -> Vec<T> {
         let mut out = vec![T::default(); inputs[0].len()];
