@@ -49,6 +49,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchKind {
+    /// Matmul GFLOPS at one shape (C = A·B, or A·Bᵀ with --transpose-b), host path on the simulator.
+    Matmul {
+        #[arg(long)]
+        m: usize,
+        #[arg(long)]
+        n: usize,
+        #[arg(long)]
+        k: usize,
+        /// f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// B is stored [n, k] (linear-layer weights).
+        #[arg(long)]
+        transpose_b: bool,
+        /// Force a SIMD level: portable, avx2 or avx512 (default: the best this CPU has).
+        #[arg(long)]
+        level: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Target time per measurement, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        budget_ms: u64,
+    },
     /// All-reduce latency and bus bandwidth (busbw = algbw · 2(n−1)/n), ranks in threads or processes.
     Collectives {
         /// Number of ranks (rank r uses device r).
@@ -135,6 +159,21 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Command::Bench { kind: BenchKind::Matmul { m, n, k, dtype, transpose_b, level, json, budget_ms } } => {
+            let level = match level.as_deref().map(ascend::kernels::cpu::Level::parse) {
+                Some(None) => {
+                    eprintln!("error: --level must be portable, avx2 or avx512");
+                    return ExitCode::from(2);
+                }
+                other => other.flatten(),
+            };
+            let mut shape = ascend::kernels::Shape::new(m, n, k);
+            if transpose_b {
+                shape = shape.transposed_b();
+            }
+            let budget = Duration::from_millis(budget_ms.max(1));
+            report(ascend::bench::matmul::measure(shape, &dtype, level, budget).map(|f| vec![f]), json)
         }
         Command::BenchWorker { rank, ranks } => match ascend::bench::collectives::worker(rank, ranks) {
             Ok(()) => ExitCode::SUCCESS,

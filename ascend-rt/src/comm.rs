@@ -311,8 +311,10 @@ impl Communicator {
         stream: &Stream,
     ) -> Result<()> {
         let n = (send.len() / self.size) as u64;
-        let rule =
-            (send.len() == recv.len() && send.len() % self.size == 0, "all_to_all: equal lengths, divisible by size");
+        let rule = (
+            send.len() == recv.len() && send.len().is_multiple_of(self.size),
+            "all_to_all: equal lengths, divisible by size",
+        );
         // SAFETY: as above.
         self.two(send, recv, stream, rule, |x, y, s| unsafe {
             hccl!(self.rt(), HcclAlltoAll(x, n, T::HCCL_DTYPE, y, n, T::HCCL_DTYPE, self.raw(), s))

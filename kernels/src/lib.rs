@@ -1,4 +1,12 @@
-//! Matmul and attention kernels for ascend-rs (host SIMD path and NPU aclnn path).
+//! Matmul and attention kernels for ascend-rs. One public API per operation; the implementation is
+//! chosen by the stream's backend: host SIMD kernels on simulator streams (SIMD level chosen at run
+//! time, [`cpu`]), aclnn operators on an NPU.
 //!
-//! Skeleton: the kernels arrive with their own issues. The crate exists so the workspace has its final
-//! shape and the facade can re-export it.
+//! Status: matmul's host path is here ([`matmul`]); its NPU path, the decode-shaped path and the
+//! attention kernels are still to come.
+
+pub mod cpu;
+mod gemm;
+pub mod matmul;
+
+pub use matmul::{Element, Matmul, Shape};

@@ -3,6 +3,7 @@
 //! `iter_custom` and the command-line sweep measure exactly the same thing.
 
 pub mod collectives;
+pub mod matmul;
 pub mod runtime;
 
 use serde_json::{Map, Value};

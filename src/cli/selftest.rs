@@ -134,7 +134,22 @@ pub fn run() -> Vec<Check> {
             Err(Error::Unsupported(format!("all_reduce gave {sums:?}, expected {want}")))
         }
     }));
-    out.push(check("kernels", "matmul / attention", || Ok("not built yet (later issues)".into())));
+    out.push(check("kernels", "matmul (host path)", || {
+        let (m, n, k) = (37, 29, 41);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 - 6.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 - 3.0).collect();
+        let s = Stream::new(&Context::new(0)?)?;
+        let (da, db) = (s.clone_htod(&a)?, s.clone_htod(&b)?);
+        let mut dc = s.alloc::<f32>(m * n)?;
+        ascend::kernels::Matmul::new(ascend::kernels::Shape::new(m, n, k)).run(&s, &da, &db, None, &mut dc)?;
+        let c = s.clone_dtoh(&dc)?;
+        let want = |r: usize, j: usize| (0..k).map(|p| a[r * k + p] * b[p * n + j]).sum::<f32>();
+        match (0..m * n).find(|&i| c[i] != want(i / n, i % n)) {
+            None => Ok(format!("{m}x{n}x{k} exact at level {}", ascend::kernels::cpu::active().name())),
+            Some(i) => Err(Error::Unsupported(format!("element {i}: {} vs {}", c[i], want(i / n, i % n)))),
+        }
+    }));
+    out.push(check("kernels", "attention", || Ok("not built yet (a later issue)".into())));
     out.push(check("patch", "vLLM patch module", || Ok("not built yet (later issues)".into())));
     out
 }

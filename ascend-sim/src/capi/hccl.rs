@@ -310,7 +310,7 @@ impl Call {
         if p.is_null() {
             return Err((HCCL_E_PTR, "a buffer is NULL".into()));
         }
-        if (p as usize) % self.t.size() != 0 {
+        if !(p as usize).is_multiple_of(self.t.size()) {
             return para(format!("buffer {p:?} is not aligned to its {}-byte elements", self.t.size()));
         }
         self.spans.push(Span { addr: p as usize, len: bytes, write });

@@ -1,0 +1,69 @@
+//! The SIMD level host kernels run at: the best the CPU supports, decided at run time, or a lower one
+//! forced with `ASCEND_KERNELS_LEVEL=portable|avx2|avx512` (a level the CPU lacks is never used).
+
+use std::sync::OnceLock;
+
+/// A SIMD level, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Plain Rust the compiler vectorises for the baseline target (any CPU, aarch64 included).
+    Portable,
+    /// x86-64 AVX2 + FMA.
+    Avx2,
+    /// x86-64 AVX-512F.
+    Avx512,
+}
+
+impl Level {
+    /// `portable`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Portable => "portable",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a name as [`Level::name`] prints it.
+    pub fn parse(s: &str) -> Option<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512].into_iter().find(|l| l.name() == s.trim())
+    }
+}
+
+/// The best level this CPU supports.
+pub fn detected() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Level::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Level::Avx2;
+        }
+    }
+    Level::Portable
+}
+
+/// Every level this CPU can run, lowest first (the tests run each).
+pub fn available() -> Vec<Level> {
+    [Level::Portable, Level::Avx2, Level::Avx512].into_iter().filter(|&l| l <= detected()).collect()
+}
+
+/// The level kernels use: [`detected`], lowered by `ASCEND_KERNELS_LEVEL` (read once).
+pub fn active() -> Level {
+    static ACTIVE: OnceLock<Level> = OnceLock::new();
+    *ACTIVE.get_or_init(|| {
+        let best = detected();
+        match std::env::var("ASCEND_KERNELS_LEVEL").ok().as_deref().map(Level::parse) {
+            Some(Some(forced)) => forced.min(best),
+            Some(None) => {
+                eprintln!(
+                    "ascend-kernels: ASCEND_KERNELS_LEVEL must be portable, avx2 or avx512; using {}",
+                    best.name()
+                );
+                best
+            }
+            None => best,
+        }
+    })
+}

@@ -1,0 +1,263 @@
+//! The host GEMM: `C (m×n, f32) = A (m×k) · B (k×n)`, inputs of any element type converted to f32 while
+//! packing, accumulation in f32. BLIS-style: B is packed once per `KC` slice of k into strips of `NR`
+//! columns, then work items (a block of rows × a group of strips) pack their rows of A into panels of
+//! `MR` rows and run an `MR × NR` microkernel per (panel, strip). Items run on the shared compute pool.
+
+use crate::cpu::Level;
+use half::{bf16, f16};
+
+/// Elements that can be read as f32 (the inputs of a GEMM).
+pub trait ToF32: Copy + Send + Sync + 'static {
+    /// The value as f32 (exact for f16 and bf16).
+    fn to_f32(self) -> f32;
+}
+
+impl ToF32 for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl ToF32 for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl ToF32 for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// A strided matrix view: element (r, c) is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub struct View<'a, T> {
+    /// The elements.
+    pub data: &'a [T],
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl<T: ToF32> View<'_, T> {
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.rs + c * self.cs].to_f32()
+    }
+}
+
+/// Depth of one packed slice of k.
+const KC: usize = 256;
+/// Strips of B per work item.
+const STRIPS_PER_ITEM: usize = 8;
+
+/// Microkernel shape of a level: (MR, NR).
+fn shape(level: Level) -> (usize, usize) {
+    match level {
+        Level::Avx512 => (8, 32),
+        Level::Avx2 => (6, 16),
+        Level::Portable => (4, 16),
+    }
+}
+
+/// `c = a · b` (row-major `c`, `m × n`), at `level` (which the CPU must support).
+pub fn gemm<A: ToF32, B: ToF32>(
+    level: Level,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View<'_, A>,
+    b: View<'_, B>,
+    c: &mut [f32],
+) {
+    assert!(c.len() >= m * n && level <= crate::cpu::detected());
+    let (mr, nr) = shape(level);
+    let mc = mr * 12;
+    let strips = n.div_ceil(nr);
+    let pool = ascend_rt::host::pool();
+    let c_addr = c.as_mut_ptr() as usize;
+    let mut packed_b = Vec::new();
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        pack_b(&b, pc, kc, n, nr, &mut packed_b);
+        let row_blocks = m.div_ceil(mc);
+        // Enough row blocks keep every thread busy without splitting the columns (each split packs
+        // the same rows of A again); otherwise split the strips into groups.
+        let per_item = if row_blocks >= 4 * pool.threads() { strips } else { STRIPS_PER_ITEM };
+        let groups = strips.div_ceil(per_item);
+        let packed_b = &packed_b;
+        pool.parallel_for(row_blocks * groups, &|item| {
+            let (ib, g) = (item / groups, item % groups);
+            let (ic, rows) = (ib * mc, mc.min(m - ib * mc));
+            let a_panels = pack_a(&a, ic, rows, pc, kc, mr);
+            let mut tile = [0f32; 8 * 32];
+            for s in g * per_item..strips.min((g + 1) * per_item) {
+                let cols = nr.min(n - s * nr);
+                let b_strip = &packed_b[s * kc * nr..(s + 1) * kc * nr];
+                for (pi, a_panel) in a_panels.chunks_exact(kc * mr).enumerate() {
+                    let r0 = pi * mr;
+                    let prows = mr.min(rows - r0);
+                    microkernel(level, kc, a_panel, b_strip, &mut tile);
+                    // SAFETY: items write disjoint blocks of `c` (their rows × their strips), which
+                    // holds m × n elements and outlives the parallel_for.
+                    unsafe {
+                        let c0 = (c_addr as *mut f32).add((ic + r0) * n + s * nr);
+                        store(&tile[..mr * nr], nr, c0, n, prows, cols, pc > 0);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// B rows `pc..pc + kc` into strips of `nr` columns: `out[s][p][j]`, zero beyond `n`. Strips are
+/// packed in parallel on the pool.
+fn pack_b<B: ToF32>(b: &View<'_, B>, pc: usize, kc: usize, n: usize, nr: usize, out: &mut Vec<f32>) {
+    let strips = n.div_ceil(nr);
+    out.clear();
+    out.resize(strips * kc * nr, 0.0);
+    let addr = out.as_mut_ptr() as usize;
+    ascend_rt::host::pool().parallel_for(strips, &|s| {
+        // SAFETY: strip `s` owns elements [s·kc·nr, (s+1)·kc·nr) of `out`, disjoint from the other
+        // strips', and `out` outlives the parallel_for.
+        let strip = unsafe { std::slice::from_raw_parts_mut((addr as *mut f32).add(s * kc * nr), kc * nr) };
+        let cols = nr.min(n - s * nr);
+        if b.cs == 1 {
+            // Row-major B: read along rows.
+            for p in 0..kc {
+                for j in 0..cols {
+                    strip[p * nr + j] = b.at(pc + p, s * nr + j);
+                }
+            }
+        } else {
+            // Column-major B (transposed weights [N, K]): read along columns.
+            for j in 0..cols {
+                for p in 0..kc {
+                    strip[p * nr + j] = b.at(pc + p, s * nr + j);
+                }
+            }
+        }
+    });
+}
+
+/// A rows `ic..ic + rows`, columns `pc..pc + kc` into panels of `mr` rows: `out[i][p][r]`, zero-padded.
+fn pack_a<A: ToF32>(a: &View<'_, A>, ic: usize, rows: usize, pc: usize, kc: usize, mr: usize) -> Vec<f32> {
+    let panels = rows.div_ceil(mr);
+    let mut out = vec![0f32; panels * kc * mr];
+    for r in 0..rows {
+        let base = (r / mr) * kc * mr + r % mr;
+        for p in 0..kc {
+            out[base + p * mr] = a.at(ic + r, pc + p);
+        }
+    }
+    out
+}
+
+/// Writes (or adds, when `accumulate`) the valid `rows × cols` of an `nr`-wide tile into C.
+///
+/// # Safety
+/// `c` must be valid for `rows` rows of `cols` elements at row stride `ldc`.
+unsafe fn store(tile: &[f32], nr: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, accumulate: bool) {
+    for r in 0..rows {
+        // SAFETY: row r of the block is in bounds by the contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
+        let src = &tile[r * nr..r * nr + cols];
+        if accumulate {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+/// `tile[r * NR + j] = Σ_p a[p * MR + r] · b[p * NR + j]`.
+fn microkernel(level: Level, kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; 8 * 32]) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `gemm` checked that the CPU supports the level; the panels hold kc × MR and
+        // kc × NR values.
+        Level::Avx512 => unsafe { x86::tile_avx512(kc, a.as_ptr(), b.as_ptr(), tile) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 => unsafe { x86::tile_avx2(kc, a.as_ptr(), b.as_ptr(), tile) },
+        _ => tile_portable(kc, a, b, tile),
+    }
+}
+
+fn tile_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; 8 * 32]) {
+    const MR: usize = 4;
+    const NR: usize = 16;
+    let mut acc = [[0f32; NR]; MR];
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for (row, &av) in acc.iter_mut().zip(ap) {
+            for (x, &bv) in row.iter_mut().zip(bp) {
+                *x += av * bv;
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        tile[r * NR..(r + 1) * NR].copy_from_slice(row);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// 8 × 32 tile: 16 accumulators, two B vectors and one broadcast per step.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `a` holds `kc × 8` and `b` `kc × 32` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_avx512(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; 256]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+        for p in 0..kc {
+            // SAFETY: in bounds by the contract.
+            unsafe {
+                let b0 = _mm512_loadu_ps(b.add(p * 32));
+                let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(p * 8 + r));
+                    row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            // SAFETY: the tile holds 8 × 32 values.
+            unsafe {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(r * 32), row[0]);
+                _mm512_storeu_ps(tile.as_mut_ptr().add(r * 32 + 16), row[1]);
+            }
+        }
+    }
+
+    /// 6 × 16 tile: 12 accumulators.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` holds `kc × 6` and `b` `kc × 16` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_avx2(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; 256]) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        for p in 0..kc {
+            // SAFETY: in bounds by the contract.
+            unsafe {
+                let b0 = _mm256_loadu_ps(b.add(p * 16));
+                let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(p * 6 + r));
+                    row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            // SAFETY: the tile holds at least 6 × 16 values.
+            unsafe {
+                _mm256_storeu_ps(tile.as_mut_ptr().add(r * 16), row[0]);
+                _mm256_storeu_ps(tile.as_mut_ptr().add(r * 16 + 8), row[1]);
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `C = A·B` and `C = A·Bᵀ` (weights stored `[N, K]` as in linear layers), optionally batched and with a
+//! bias, on device buffers and a stream. Inputs f32, f16 or bf16; accumulation in f32; output in the
+//! input type or f32. Every argument is validated before anything is enqueued.
+//!
+//! Implemented here: the host path (simulator streams), with the SIMD level chosen at run time
+//! ([`crate::cpu`]). Not yet: the NPU path (aclnnMm / aclnnBatchMatMul), the bandwidth-bound decode
+//! path, and native bf16 dot products — the host path converts bf16 and f16 to f32 while packing.
+
+use crate::cpu::{self, Level};
+use crate::gemm::{gemm, ToF32, View};
+use ascend_rt::{bf16, f16, DeviceBuffer, DeviceRepr, Error, Result, Stream};
+use std::sync::Arc;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for super::f16 {}
+    impl Sealed for super::bf16 {}
+}
+
+/// Element types of matmul inputs and outputs: f32, f16, bf16.
+pub trait Element: DeviceRepr + ToF32 + sealed::Sealed {
+    /// Rounds an f32 to this type.
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Element for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Element for f16 {
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Element for bf16 {
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+/// The shape of a (batched) matmul: `batch` products of `[m, k] · [k, n]` (or `· [n, k]ᵀ`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Number of products (A and C are `batch` consecutive matrices).
+    pub batch: usize,
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// The reduced dimension.
+    pub k: usize,
+    /// B is stored `[n, k]` (linear-layer weights) and used transposed.
+    pub transpose_b: bool,
+    /// B is one matrix shared by every product of the batch (weights), not `batch` matrices.
+    pub shared_b: bool,
+}
+
+impl Shape {
+    /// One `[m, k] · [k, n]` product.
+    pub fn new(m: usize, n: usize, k: usize) -> Shape {
+        Shape { batch: 1, m, n, k, transpose_b: false, shared_b: false }
+    }
+
+    /// With B stored `[n, k]` and used transposed.
+    pub fn transposed_b(self) -> Shape {
+        Shape { transpose_b: true, ..self }
+    }
+
+    /// `batch` products; `shared_b`: one B for all of them.
+    pub fn batched(self, batch: usize, shared_b: bool) -> Shape {
+        Shape { batch, shared_b, ..self }
+    }
+}
+
+/// A matmul launch: `Matmul::new(shape).run(stream, &a, &b, bias, &mut c)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Matmul {
+    shape: Shape,
+    level: Option<Level>,
+}
+
+impl Matmul {
+    /// A matmul of `shape` at the active SIMD level.
+    pub fn new(shape: Shape) -> Matmul {
+        Matmul { shape, level: None }
+    }
+
+    /// Forces a SIMD level (tests and benchmarks; one the CPU lacks is refused at `run`).
+    pub fn level(self, level: Level) -> Matmul {
+        Matmul { level: Some(level), ..self }
+    }
+
+    /// Enqueues `c = a · b (+ bias)` on `stream`. `c` is `T` or `f32`. Errors (nothing enqueued) for
+    /// shapes that do not match the buffers, buffers on another device, or a backend without a path.
+    pub fn run<T: Element, O: Element>(
+        &self,
+        stream: &Arc<Stream>,
+        a: &DeviceBuffer<T>,
+        b: &DeviceBuffer<T>,
+        bias: Option<&DeviceBuffer<T>>,
+        c: &mut DeviceBuffer<O>,
+    ) -> Result<()> {
+        let s = self.shape;
+        if O::ACL_DTYPE != T::ACL_DTYPE && O::ACL_DTYPE != ascend_sys_dtype_f32() {
+            return Err(Error::InvalidArgument("the output must have the input's type or be f32".into()));
+        }
+        let dims = [s.batch, s.m, s.n, s.k];
+        if dims.contains(&0) {
+            return Err(Error::InvalidArgument(format!("empty matmul {s:?}")));
+        }
+        let prod = |x: &[usize]| x.iter().try_fold(1usize, |acc, &v| acc.checked_mul(v));
+        let want = |what: &str, got: usize, dims: &[usize]| match prod(dims) {
+            Some(n) if n == got => Ok(()),
+            _ => Err(Error::InvalidArgument(format!("{what} holds {got} elements; {s:?} needs {dims:?}"))),
+        };
+        want("A", a.len(), &[s.batch, s.m, s.k])?;
+        want("B", b.len(), &[if s.shared_b { 1 } else { s.batch }, s.k, s.n])?;
+        want("C", c.len(), &[s.batch, s.m, s.n])?;
+        if let Some(bias) = bias {
+            want("bias", bias.len(), &[s.n])?;
+        }
+        let level = self.level.unwrap_or_else(cpu::active);
+        if level > cpu::detected() {
+            return Err(Error::Unsupported(format!("this CPU cannot run the {} level", level.name())));
+        }
+        let mut l = stream.host_launch()?;
+        let (ah, bh) = (l.read(a)?, l.read(b)?);
+        let biash = bias.map(|x| l.read(x)).transpose()?;
+        let mut ch = l.write(c)?;
+        l.launch(move || {
+            // SAFETY: inside the kernel the views are live and ordered after their writes.
+            let (a, b, c) = unsafe { (ah.as_slice(), bh.as_slice(), ch.as_mut_slice()) };
+            // SAFETY: as above.
+            let bias = biash.map(|x| unsafe { x.as_slice() });
+            host_matmul(level, s, a, b, bias, c);
+        })
+    }
+}
+
+fn ascend_sys_dtype_f32() -> i32 {
+    <f32 as DeviceRepr>::ACL_DTYPE
+}
+
+/// The host computation (runs on the stream).
+fn host_matmul<T: Element, O: Element>(level: Level, s: Shape, a: &[T], b: &[T], bias: Option<&[T]>, c: &mut [O]) {
+    let (m, n, k) = (s.m, s.n, s.k);
+    let mut acc = vec![0f32; m * n];
+    for i in 0..s.batch {
+        let av = View { data: &a[i * m * k..(i + 1) * m * k], rs: k, cs: 1 };
+        let bi = if s.shared_b { 0 } else { i };
+        let bdata = &b[bi * k * n..(bi + 1) * k * n];
+        let bv = if s.transpose_b { View { data: bdata, rs: 1, cs: k } } else { View { data: bdata, rs: n, cs: 1 } };
+        gemm(level, m, n, k, av, bv, &mut acc);
+        for (row, out) in acc.chunks_exact(n).zip(c[i * m * n..(i + 1) * m * n].chunks_exact_mut(n)) {
+            match bias {
+                Some(bias) => row.iter().zip(bias).zip(out).for_each(|((v, b), o)| *o = O::from_f32(v + b.to_f32())),
+                None => row.iter().zip(out).for_each(|(v, o)| *o = O::from_f32(*v)),
+            }
+        }
+    }
+}

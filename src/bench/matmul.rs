@@ -1,0 +1,98 @@
+//! Matmul throughput (GFLOPS = 2·m·n·k·batch / time) at any shape, dtype and SIMD level; the same
+//! code serves `ascend bench matmul` and `benches/matmul.rs`.
+
+use super::{per_iter, Figure};
+use ascend_kernels::{cpu::Level, Element, Matmul, Shape};
+use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Element types the benchmark accepts.
+pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
+/// Inputs on a device, ready to be multiplied repeatedly.
+pub struct Case {
+    stream: Arc<Stream>,
+    run: Box<dyn FnMut(u64) -> Result<Duration>>,
+    shape: Shape,
+}
+
+impl Case {
+    /// Allocates A, B (`[n, k]` when `transpose_b`) and C for `shape` in `dtype` on device 0.
+    pub fn new(shape: Shape, dtype: &str, level: Option<Level>) -> Result<Case> {
+        let stream = Stream::new(&Context::new(0)?)?;
+        let run = match dtype {
+            "f32" => runner::<f32>(&stream, shape, level)?,
+            "f16" => runner::<f16>(&stream, shape, level)?,
+            "bf16" => runner::<bf16>(&stream, shape, level)?,
+            other => return Err(Error::InvalidArgument(format!("dtype {other:?}: expected one of {DTYPES:?}"))),
+        };
+        Ok(Case { stream, run, shape })
+    }
+
+    /// Time for `iters` matmuls, waited for.
+    pub fn time(&mut self, iters: u64) -> Result<Duration> {
+        (self.run)(iters)
+    }
+
+    /// Floating-point operations of one matmul.
+    pub fn flops(&self) -> f64 {
+        let s = self.shape;
+        2.0 * (s.batch * s.m * s.n * s.k) as f64
+    }
+
+    /// The stream the case runs on.
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+}
+
+fn runner<T: Element>(
+    stream: &Arc<Stream>,
+    shape: Shape,
+    level: Option<Level>,
+) -> Result<Box<dyn FnMut(u64) -> Result<Duration>>> {
+    let fill = |n: usize| (0..n).map(|i| T::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5)).collect::<Vec<_>>();
+    let a = stream.clone_htod(&fill(shape.batch * shape.m * shape.k))?;
+    let b = stream.clone_htod(&fill(if shape.shared_b { 1 } else { shape.batch } * shape.k * shape.n))?;
+    let mut c = stream.alloc_zeros::<T>(shape.batch * shape.m * shape.n)?;
+    let mm = match level {
+        Some(l) => Matmul::new(shape).level(l),
+        None => Matmul::new(shape),
+    };
+    let stream = stream.clone();
+    Ok(Box::new(move |iters| {
+        stream.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..iters {
+            mm.run(&stream, &a, &b, None, &mut c)?;
+        }
+        stream.synchronize()?;
+        Ok(t.elapsed())
+    }))
+}
+
+/// Measures one shape; `budget` is the target time per measurement.
+pub fn measure(shape: Shape, dtype: &str, level: Option<Level>, budget: Duration) -> Result<Figure> {
+    let mut case = Case::new(shape, dtype, level)?;
+    let mut fail = None;
+    let t = per_iter(budget, |n| {
+        case.time(n).unwrap_or_else(|e| {
+            fail.get_or_insert(e);
+            Duration::from_secs(1)
+        })
+    });
+    if let Some(e) = fail {
+        return Err(e);
+    }
+    let params = vec![
+        ("m".to_string(), Value::from(shape.m)),
+        ("n".to_string(), Value::from(shape.n)),
+        ("k".to_string(), Value::from(shape.k)),
+        ("dtype".to_string(), Value::from(dtype)),
+        ("transpose_b".to_string(), Value::from(shape.transpose_b)),
+        ("level".to_string(), Value::from(level.unwrap_or_else(ascend_kernels::cpu::active).name())),
+    ];
+    Ok(Figure { name: "kernels.matmul".into(), params, value: case.flops() / t.as_secs_f64() / 1e9, unit: "gflops" })
+}
