@@ -10,6 +10,11 @@ use half::{bf16, f16};
 pub trait ToF32: Copy + Send + Sync + 'static {
     /// The value as f32 (exact for f16 and bf16).
     fn to_f32(self) -> f32;
+
+    /// Converts a run of values (f16 uses F16C when the CPU has it).
+    fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
+    }
 }
 
 impl ToF32 for f32 {
@@ -21,6 +26,11 @@ impl ToF32 for f32 {
 impl ToF32 for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+
+    fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(&mut dst[..src.len()]);
     }
 }
 

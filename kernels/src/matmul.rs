@@ -3,8 +3,9 @@
 //! input type or f32. Every argument is validated before anything is enqueued.
 //!
 //! Implemented here: the host path (simulator streams), with the SIMD level chosen at run time
-//! ([`crate::cpu`]). Not yet: the NPU path (aclnnMm / aclnnBatchMatMul), the bandwidth-bound decode
-//! path, and native bf16 dot products — the host path converts bf16 and f16 to f32 while packing.
+//! ([`crate::cpu`]); products with m ≤ 16 (decode) take a bandwidth-bound path that reads each weight
+//! once. Not yet: the NPU path (aclnnMm / aclnnBatchMatMul) and native bf16 dot products — the host
+//! path converts bf16 and f16 to f32 while packing.
 
 use crate::cpu::{self, Level};
 use crate::gemm::{gemm, ToF32, View};
@@ -154,7 +155,12 @@ fn host_matmul<T: Element, O: Element>(level: Level, s: Shape, a: &[T], b: &[T],
         let bi = if s.shared_b { 0 } else { i };
         let bdata = &b[bi * k * n..(bi + 1) * k * n];
         let bv = if s.transpose_b { View { data: bdata, rs: 1, cs: k } } else { View { data: bdata, rs: n, cs: 1 } };
-        gemm(level, m, n, k, av, bv, &mut acc);
+        if m <= crate::decode::MAX_M {
+            let a32: Vec<f32> = av.data.iter().map(|x| x.to_f32()).collect();
+            crate::decode::decode(level, m, n, k, &a32, bv, &mut acc);
+        } else {
+            gemm(level, m, n, k, av, bv, &mut acc);
+        }
         for (row, out) in acc.chunks_exact(n).zip(c[i * m * n..(i + 1) * m * n].chunks_exact_mut(n)) {
             match bias {
                 Some(bias) => row.iter().zip(bias).zip(out).for_each(|((v, b), o)| *o = O::from_f32(v + b.to_f32())),

@@ -1,0 +1,132 @@
+//! Decode-shaped matmul (m ≤ 16): bandwidth-bound, so each weight is read from memory exactly once.
+//! Weights stored `[n, k]` (linear layers): each output column is a row of W converted to f32 once,
+//! then dotted with the m rows of A (which stay in cache). Weights stored `[k, n]`: each row of B is
+//! converted once and added into the m output rows. Work is split over the compute pool by columns.
+//! The loops are written so the compiler vectorises them; they are compiled once per SIMD level.
+
+use crate::cpu::Level;
+use crate::gemm::{ToF32, View};
+
+/// Largest m that takes this path.
+pub const MAX_M: usize = 16;
+/// Lanes of the independent partial sums (wide enough for AVX-512).
+const LANES: usize = 16;
+
+/// `c (m × n, f32) = a (m × k, f32, row-major) · b`.
+pub fn decode<B: ToF32>(level: Level, m: usize, n: usize, k: usize, a: &[f32], b: View<'_, B>, c: &mut [f32]) {
+    let c_addr = c.as_mut_ptr() as usize;
+    let cols_per_item = if b.rs == 1 { 16 } else { 256 };
+    ascend_rt::host::pool().parallel_for(n.div_ceil(cols_per_item), &|item| {
+        let (j0, j1) = (item * cols_per_item, n.min((item + 1) * cols_per_item));
+        // SAFETY: items own disjoint column ranges [j0, j1) of every row of `c`, which holds m × n
+        // elements and outlives the parallel_for; `run` only touches those columns.
+        unsafe { run(level, m, n, k, a, &b, c_addr as *mut f32, j0, j1) }
+    });
+}
+
+/// # Safety
+/// `c` holds `m × n` elements; only columns `j0..j1` are written; the CPU supports `level`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<B: ToF32>(
+    level: Level,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &View<'_, B>,
+    c: *mut f32,
+    j0: usize,
+    j1: usize,
+) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked the CPU; forwarded contract.
+        Level::Avx512 => unsafe { x86_avx512(m, n, k, a, b, c, j0, j1) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 => unsafe { x86_avx2(m, n, k, a, b, c, j0, j1) },
+        // SAFETY: forwarded contract.
+        _ => unsafe { body(m, n, k, a, b, c, j0, j1) },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn x86_avx512<B: ToF32>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &View<'_, B>,
+    c: *mut f32,
+    j0: usize,
+    j1: usize,
+) {
+    // SAFETY: forwarded contract; the body is inlined here and compiled with AVX-512.
+    unsafe { body(m, n, k, a, b, c, j0, j1) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn x86_avx2<B: ToF32>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &View<'_, B>,
+    c: *mut f32,
+    j0: usize,
+    j1: usize,
+) {
+    // SAFETY: as above, with AVX2 and FMA.
+    unsafe { body(m, n, k, a, b, c, j0, j1) }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn body<B: ToF32>(m: usize, n: usize, k: usize, a: &[f32], b: &View<'_, B>, c: *mut f32, j0: usize, j1: usize) {
+    let mut row = vec![0f32; if b.rs == 1 { k } else { j1 - j0 }];
+    if b.rs == 1 {
+        // W is [n, k]: row j of W is contiguous.
+        for j in j0..j1 {
+            let w = &b.data[j * b.cs..j * b.cs + k];
+            B::slice_to_f32(w, &mut row);
+            for i in 0..m {
+                // SAFETY: (i, j) is inside c (contract).
+                unsafe { *c.add(i * n + j) = dot(&row, &a[i * k..(i + 1) * k]) };
+            }
+        }
+    } else {
+        // B is [k, n]: accumulate rows of B into the output rows.
+        for i in 0..m {
+            // SAFETY: columns j0..j1 of row i are inside c and ours (contract).
+            unsafe { std::slice::from_raw_parts_mut(c.add(i * n + j0), j1 - j0) }.fill(0.0);
+        }
+        for p in 0..k {
+            let src = &b.data[p * b.rs + j0..p * b.rs + j1];
+            B::slice_to_f32(src, &mut row);
+            for i in 0..m {
+                let av = a[i * k + p];
+                // SAFETY: as above.
+                let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * n + j0), j1 - j0) };
+                out.iter_mut().zip(&row).for_each(|(o, r)| *o += av * r);
+            }
+        }
+    }
+}
+
+/// Dot product with `LANES` independent partial sums (so it vectorises).
+#[inline(always)]
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..LANES {
+            acc[l] += xs[l] * ys[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
