@@ -58,14 +58,16 @@ impl<T: ToF32> View<'_, T> {
 }
 
 /// Depth of one packed slice of k.
-const KC: usize = 256;
+const KC: usize = 1024;
+/// Largest microkernel tile (MR × NR).
+const TILE: usize = 12 * 32;
 /// Strips of B per work item.
 const STRIPS_PER_ITEM: usize = 8;
 
 /// Microkernel shape of a level: (MR, NR).
 fn shape(level: Level) -> (usize, usize) {
     match level {
-        Level::Avx512 => (8, 32),
+        Level::Avx512 => (12, 32),
         Level::Avx2 => (6, 16),
         Level::Portable => (4, 16),
     }
@@ -101,7 +103,7 @@ pub fn gemm<A: ToF32, B: ToF32>(
             let (ib, g) = (item / groups, item % groups);
             let (ic, rows) = (ib * mc, mc.min(m - ib * mc));
             let a_panels = pack_a(&a, ic, rows, pc, kc, mr);
-            let mut tile = [0f32; 8 * 32];
+            let mut tile = [0f32; TILE];
             for s in g * per_item..strips.min((g + 1) * per_item) {
                 let cols = nr.min(n - s * nr);
                 let b_strip = &packed_b[s * kc * nr..(s + 1) * kc * nr];
@@ -182,7 +184,7 @@ unsafe fn store(tile: &[f32], nr: usize, c: *mut f32, ldc: usize, rows: usize, c
 }
 
 /// `tile[r * NR + j] = Σ_p a[p * MR + r] · b[p * NR + j]`.
-fn microkernel(level: Level, kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; 8 * 32]) {
+fn microkernel(level: Level, kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; TILE]) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `gemm` checked that the CPU supports the level; the panels hold kc × MR and
@@ -195,7 +197,7 @@ fn microkernel(level: Level, kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; 8
     }
 }
 
-fn tile_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; 8 * 32]) {
+fn tile_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; TILE]) {
     const MR: usize = 4;
     const NR: usize = 16;
     let mut acc = [[0f32; NR]; MR];
@@ -215,27 +217,27 @@ fn tile_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; 8 * 32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// 8 × 32 tile: 16 accumulators, two B vectors and one broadcast per step.
+    /// 12 × 32 tile: 24 accumulators, two B vectors and one broadcast per step.
     ///
     /// # Safety
-    /// AVX-512F must be available; `a` holds `kc × 8` and `b` `kc × 32` values.
+    /// AVX-512F must be available; `a` holds `kc × 12` and `b` `kc × 32` values.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile_avx512(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; 256]) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+    pub unsafe fn tile_avx512(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; super::TILE]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 12];
         for p in 0..kc {
             // SAFETY: in bounds by the contract.
             unsafe {
                 let b0 = _mm512_loadu_ps(b.add(p * 32));
                 let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
                 for (r, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(p * 8 + r));
+                    let av = _mm512_set1_ps(*a.add(p * 12 + r));
                     row[0] = _mm512_fmadd_ps(av, b0, row[0]);
                     row[1] = _mm512_fmadd_ps(av, b1, row[1]);
                 }
             }
         }
         for (r, row) in acc.iter().enumerate() {
-            // SAFETY: the tile holds 8 × 32 values.
+            // SAFETY: the tile holds 12 × 32 values.
             unsafe {
                 _mm512_storeu_ps(tile.as_mut_ptr().add(r * 32), row[0]);
                 _mm512_storeu_ps(tile.as_mut_ptr().add(r * 32 + 16), row[1]);
@@ -248,7 +250,7 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; `a` holds `kc × 6` and `b` `kc × 16` values.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_avx2(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; 256]) {
+    pub unsafe fn tile_avx2(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; super::TILE]) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         for p in 0..kc {
             // SAFETY: in bounds by the contract.
