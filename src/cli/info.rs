@@ -10,6 +10,7 @@ pub fn gather() -> Value {
         "version": build_info::VERSION,
         "build": { "target": build_info::TARGET, "profile": build_info::PROFILE, "cann_headers": build_info::CANN_HEADERS },
         "ascend_backend_env": std::env::var("ASCEND_BACKEND").unwrap_or_else(|_| "auto (unset)".into()),
+        "kernels_level": ascend::kernels::cpu::active().name(),
     });
     let rt = match Runtime::get() {
         Ok(rt) => rt,
@@ -58,6 +59,7 @@ pub fn print_text(v: &Value) {
     }
     println!("backend: {} ({})", s("backend"), s("reason"));
     println!("ASCEND_BACKEND: {}", s("ascend_backend_env"));
+    println!("host kernels: {} SIMD level (ASCEND_KERNELS_LEVEL lowers it)", s("kernels_level"));
     if let Some(e) = v["cann_error"].as_str() {
         println!("CANN: {}", e.replace('\n', "\n  "));
     }
