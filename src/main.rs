@@ -63,7 +63,7 @@ enum BenchKind {
         /// B is stored [n, k] (linear-layer weights).
         #[arg(long)]
         transpose_b: bool,
-        /// Force a SIMD level: portable, avx2 or avx512 (default: the best this CPU has).
+        /// Force a SIMD level: portable, avx2, avx512 or avx512bf16 (default: the best this CPU has).
         #[arg(long)]
         level: Option<String>,
         /// One JSON object per line instead of a table.
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
         Command::Bench { kind: BenchKind::Matmul { m, n, k, dtype, transpose_b, level, json, budget_ms } } => {
             let level = match level.as_deref().map(ascend::kernels::cpu::Level::parse) {
                 Some(None) => {
-                    eprintln!("error: --level must be portable, avx2 or avx512");
+                    eprintln!("error: --level must be portable, avx2, avx512 or avx512bf16");
                     return ExitCode::from(2);
                 }
                 other => other.flatten(),

@@ -1,5 +1,6 @@
 //! The SIMD level host kernels run at: the best the CPU supports, decided at run time, or a lower one
-//! forced with `ASCEND_KERNELS_LEVEL=portable|avx2|avx512` (a level the CPU lacks is never used).
+//! forced with `ASCEND_KERNELS_LEVEL=portable|avx2|avx512|avx512bf16` (a level the CPU lacks is never
+//! used).
 
 use std::sync::OnceLock;
 
@@ -12,21 +13,27 @@ pub enum Level {
     Avx2,
     /// x86-64 AVX-512F.
     Avx512,
+    /// x86-64 AVX-512F with AVX-512 BF16 (native bf16 dot products for bf16 matmuls).
+    Avx512Bf16,
 }
 
 impl Level {
+    /// Every level, lowest first.
+    pub const ALL: [Level; 4] = [Level::Portable, Level::Avx2, Level::Avx512, Level::Avx512Bf16];
+
     /// `portable`, `avx2` or `avx512`.
     pub fn name(self) -> &'static str {
         match self {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Avx512Bf16 => "avx512bf16",
         }
     }
 
     /// Parses a name as [`Level::name`] prints it.
     pub fn parse(s: &str) -> Option<Level> {
-        [Level::Portable, Level::Avx2, Level::Avx512].into_iter().find(|l| l.name() == s.trim())
+        Level::ALL.into_iter().find(|l| l.name() == s.trim())
     }
 }
 
@@ -35,6 +42,9 @@ pub fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512bf16") {
+                return Level::Avx512Bf16;
+            }
             return Level::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -46,7 +56,7 @@ pub fn detected() -> Level {
 
 /// Every level this CPU can run, lowest first (the tests run each).
 pub fn available() -> Vec<Level> {
-    [Level::Portable, Level::Avx2, Level::Avx512].into_iter().filter(|&l| l <= detected()).collect()
+    Level::ALL.into_iter().filter(|&l| l <= detected()).collect()
 }
 
 /// The level kernels use: [`detected`], lowered by `ASCEND_KERNELS_LEVEL` (read once).

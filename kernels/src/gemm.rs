@@ -51,9 +51,9 @@ pub struct View<'a, T> {
     pub cs: usize,
 }
 
-impl<T: ToF32> View<'_, T> {
-    fn at(&self, r: usize, c: usize) -> f32 {
-        self.data[r * self.rs + c * self.cs].to_f32()
+impl<T: Copy> View<'_, T> {
+    fn get(&self, r: usize, c: usize) -> T {
+        self.data[r * self.rs + c * self.cs]
     }
 }
 
@@ -67,13 +67,13 @@ const STRIPS_PER_ITEM: usize = 8;
 /// Microkernel shape of a level: (MR, NR).
 fn shape(level: Level) -> (usize, usize) {
     match level {
-        Level::Avx512 => (12, 32),
+        Level::Avx512 | Level::Avx512Bf16 => (12, 32),
         Level::Avx2 => (6, 16),
         Level::Portable => (4, 16),
     }
 }
 
-/// `c = a · b` (row-major `c`, `m × n`), at `level` (which the CPU must support).
+/// `c = a · b` (row-major `c`, `m × n`), at `level` (which the CPU must support), in f32.
 pub fn gemm<A: ToF32, B: ToF32>(
     level: Level,
     m: usize,
@@ -83,8 +83,44 @@ pub fn gemm<A: ToF32, B: ToF32>(
     b: View<'_, B>,
     c: &mut [f32],
 ) {
-    assert!(c.len() >= m * n && level <= crate::cpu::detected());
     let (mr, nr) = shape(level);
+    let tile = |kcp: usize, ap: &[f32], bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kcp, ap, bp, t);
+    drive(level, (m, n, k), (mr, nr, 1), (&a, ToF32::to_f32), (&b, ToF32::to_f32), &tile, c);
+}
+
+/// `c = a · b` for bf16 inputs with native bf16 dot products (`vdpbf16ps`: pairs of k per lane).
+pub fn gemm_bf16(m: usize, n: usize, k: usize, a: View<'_, bf16>, b: View<'_, bf16>, c: &mut [f32]) {
+    let level = Level::Avx512Bf16;
+    let (mr, nr) = shape(level);
+    #[cfg(target_arch = "x86_64")]
+    let tile = |kcp: usize, ap: &[u16], bp: &[u16], t: &mut [f32; TILE]| {
+        // SAFETY: `drive` checked that the CPU has AVX-512 BF16; panels hold kcp × 12 and kcp × 32.
+        unsafe { x86::tile_avx512_bf16(kcp, ap.as_ptr(), bp.as_ptr(), t) }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let tile = |_: usize, _: &[u16], _: &[u16], _: &mut [f32; TILE]| unreachable!("AVX-512 BF16 is x86-64 only");
+    drive(level, (m, n, k), (mr, nr, 2), (&a, bf16::to_bits), (&b, bf16::to_bits), &tile, c);
+}
+
+/// A microkernel: `(kcp, A panel, B strip, tile)`.
+type Tile<'t, P> = dyn Fn(usize, &[P], &[P], &mut [f32; TILE]) + Sync + 't;
+
+/// A packing source: a matrix view and how to turn its elements into packed elements.
+type Source<'v, 'a, T, P> = (&'v View<'a, T>, fn(T) -> P);
+
+/// The blocked driver: packs B per `KC` slice into `nr`-wide strips and A per item into `mr`-row
+/// panels (`ks` consecutive k values interleaved per row/column: 1 for f32, 2 for bf16 pairs), then
+/// runs `tile` on each (panel, strip) on the pool.
+fn drive<P: Copy + Default + Send + Sync, A: Copy + Sync, B: Copy + Sync>(
+    level: Level,
+    (m, n, k): (usize, usize, usize),
+    (mr, nr, ks): (usize, usize, usize),
+    (a, conv_a): Source<'_, '_, A, P>,
+    (b, conv_b): Source<'_, '_, B, P>,
+    tile: &Tile<'_, P>,
+    c: &mut [f32],
+) {
+    assert!(c.len() >= m * n && level <= crate::cpu::detected());
     let mc = mr * 12;
     let strips = n.div_ceil(nr);
     let pool = ascend_rt::host::pool();
@@ -92,7 +128,8 @@ pub fn gemm<A: ToF32, B: ToF32>(
     let mut packed_b = Vec::new();
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
-        pack_b(&b, pc, kc, n, nr, &mut packed_b);
+        let kcp = kc.div_ceil(ks) * ks;
+        pack_b(b, conv_b, pc, kc, kcp, n, nr, ks, &mut packed_b);
         let row_blocks = m.div_ceil(mc);
         // Enough row blocks keep every thread busy without splitting the columns (each split packs
         // the same rows of A again); otherwise split the strips into groups.
@@ -102,20 +139,20 @@ pub fn gemm<A: ToF32, B: ToF32>(
         pool.parallel_for(row_blocks * groups, &|item| {
             let (ib, g) = (item / groups, item % groups);
             let (ic, rows) = (ib * mc, mc.min(m - ib * mc));
-            let a_panels = pack_a(&a, ic, rows, pc, kc, mr);
-            let mut tile = [0f32; TILE];
+            let a_panels = pack_a(a, conv_a, ic, rows, pc, kc, kcp, mr, ks);
+            let mut t = [0f32; TILE];
             for s in g * per_item..strips.min((g + 1) * per_item) {
                 let cols = nr.min(n - s * nr);
-                let b_strip = &packed_b[s * kc * nr..(s + 1) * kc * nr];
-                for (pi, a_panel) in a_panels.chunks_exact(kc * mr).enumerate() {
+                let b_strip = &packed_b[s * kcp * nr..(s + 1) * kcp * nr];
+                for (pi, a_panel) in a_panels.chunks_exact(kcp * mr).enumerate() {
                     let r0 = pi * mr;
                     let prows = mr.min(rows - r0);
-                    microkernel(level, kc, a_panel, b_strip, &mut tile);
+                    tile(kcp, a_panel, b_strip, &mut t);
                     // SAFETY: items write disjoint blocks of `c` (their rows × their strips), which
                     // holds m × n elements and outlives the parallel_for.
                     unsafe {
                         let c0 = (c_addr as *mut f32).add((ic + r0) * n + s * nr);
-                        store(&tile[..mr * nr], nr, c0, n, prows, cols, pc > 0);
+                        store(&t[..mr * nr], nr, c0, n, prows, cols, pc > 0);
                     }
                 }
             }
@@ -123,44 +160,71 @@ pub fn gemm<A: ToF32, B: ToF32>(
     }
 }
 
-/// B rows `pc..pc + kc` into strips of `nr` columns: `out[s][p][j]`, zero beyond `n`. Strips are
-/// packed in parallel on the pool.
-fn pack_b<B: ToF32>(b: &View<'_, B>, pc: usize, kc: usize, n: usize, nr: usize, out: &mut Vec<f32>) {
+/// Index of (k offset `p`, column or row `x`) in a packed strip or panel `width` wide, with `ks`
+/// consecutive k values interleaved.
+fn slot(p: usize, x: usize, width: usize, ks: usize) -> usize {
+    (p / ks) * width * ks + x * ks + p % ks
+}
+
+/// B rows `pc..pc + kc` into strips of `nr` columns (zero beyond `n` and `kc`), in parallel.
+#[allow(clippy::too_many_arguments)]
+fn pack_b<B: Copy + Sync, P: Copy + Default + Send + Sync>(
+    b: &View<'_, B>,
+    conv: fn(B) -> P,
+    pc: usize,
+    kc: usize,
+    kcp: usize,
+    n: usize,
+    nr: usize,
+    ks: usize,
+    out: &mut Vec<P>,
+) {
     let strips = n.div_ceil(nr);
     out.clear();
-    out.resize(strips * kc * nr, 0.0);
+    out.resize(strips * kcp * nr, P::default());
     let addr = out.as_mut_ptr() as usize;
     ascend_rt::host::pool().parallel_for(strips, &|s| {
-        // SAFETY: strip `s` owns elements [s·kc·nr, (s+1)·kc·nr) of `out`, disjoint from the other
+        // SAFETY: strip `s` owns elements [s·kcp·nr, (s+1)·kcp·nr) of `out`, disjoint from the other
         // strips', and `out` outlives the parallel_for.
-        let strip = unsafe { std::slice::from_raw_parts_mut((addr as *mut f32).add(s * kc * nr), kc * nr) };
+        let strip = unsafe { std::slice::from_raw_parts_mut((addr as *mut P).add(s * kcp * nr), kcp * nr) };
         let cols = nr.min(n - s * nr);
         if b.cs == 1 {
             // Row-major B: read along rows.
             for p in 0..kc {
                 for j in 0..cols {
-                    strip[p * nr + j] = b.at(pc + p, s * nr + j);
+                    strip[slot(p, j, nr, ks)] = conv(b.get(pc + p, s * nr + j));
                 }
             }
         } else {
             // Column-major B (transposed weights [N, K]): read along columns.
             for j in 0..cols {
                 for p in 0..kc {
-                    strip[p * nr + j] = b.at(pc + p, s * nr + j);
+                    strip[slot(p, j, nr, ks)] = conv(b.get(pc + p, s * nr + j));
                 }
             }
         }
     });
 }
 
-/// A rows `ic..ic + rows`, columns `pc..pc + kc` into panels of `mr` rows: `out[i][p][r]`, zero-padded.
-fn pack_a<A: ToF32>(a: &View<'_, A>, ic: usize, rows: usize, pc: usize, kc: usize, mr: usize) -> Vec<f32> {
+/// A rows `ic..ic + rows`, columns `pc..pc + kc` into panels of `mr` rows (zero-padded).
+#[allow(clippy::too_many_arguments)]
+fn pack_a<A: Copy, P: Copy + Default>(
+    a: &View<'_, A>,
+    conv: fn(A) -> P,
+    ic: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    kcp: usize,
+    mr: usize,
+    ks: usize,
+) -> Vec<P> {
     let panels = rows.div_ceil(mr);
-    let mut out = vec![0f32; panels * kc * mr];
+    let mut out = vec![P::default(); panels * kcp * mr];
     for r in 0..rows {
-        let base = (r / mr) * kc * mr + r % mr;
+        let base = (r / mr) * kcp * mr;
         for p in 0..kc {
-            out[base + p * mr] = a.at(ic + r, pc + p);
+            out[base + slot(p, r % mr, mr, ks)] = conv(a.get(ic + r, pc + p));
         }
     }
     out
@@ -189,7 +253,7 @@ fn microkernel(level: Level, kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; T
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `gemm` checked that the CPU supports the level; the panels hold kc × MR and
         // kc × NR values.
-        Level::Avx512 => unsafe { x86::tile_avx512(kc, a.as_ptr(), b.as_ptr(), tile) },
+        Level::Avx512 | Level::Avx512Bf16 => unsafe { x86::tile_avx512(kc, a.as_ptr(), b.as_ptr(), tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Level::Avx2 => unsafe { x86::tile_avx2(kc, a.as_ptr(), b.as_ptr(), tile) },
@@ -233,6 +297,37 @@ mod x86 {
                     let av = _mm512_set1_ps(*a.add(p * 12 + r));
                     row[0] = _mm512_fmadd_ps(av, b0, row[0]);
                     row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            // SAFETY: the tile holds 12 × 32 values.
+            unsafe {
+                _mm512_storeu_ps(tile.as_mut_ptr().add(r * 32), row[0]);
+                _mm512_storeu_ps(tile.as_mut_ptr().add(r * 32 + 16), row[1]);
+            }
+        }
+    }
+
+    /// 12 × 32 tile from bf16 pairs: per step, two B vectors of 16 (k, k+1) pairs and one broadcast pair
+    /// per row; `vdpbf16ps` adds both products of each pair into the f32 accumulators.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16 must be available; `a` holds `kcp × 12` and `b` `kcp × 32` values
+    /// (`kcp` even).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn tile_avx512_bf16(kcp: usize, a: *const u16, b: *const u16, tile: &mut [f32; super::TILE]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+        for q in 0..kcp / 2 {
+            // SAFETY: in bounds by the contract; __m512bh and __m512i are both 512-bit vectors.
+            unsafe {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * 64) as *const _));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * 64 + 32) as *const _));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let pair = (a.add(q * 24 + r * 2) as *const i32).read_unaligned();
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+                    row[1] = _mm512_dpbf16_ps(row[1], av, b1);
                 }
             }
         }

@@ -4,8 +4,8 @@
 //!
 //! Implemented here: the host path (simulator streams), with the SIMD level chosen at run time
 //! ([`crate::cpu`]); products with m ≤ 16 (decode) take a bandwidth-bound path that reads each weight
-//! once. Not yet: the NPU path (aclnnMm / aclnnBatchMatMul) and native bf16 dot products — the host
-//! path converts bf16 and f16 to f32 while packing.
+//! once; bf16 products use native bf16 dot products where the CPU has AVX-512 BF16. Not yet: the NPU
+//! path (aclnnMm / aclnnBatchMatMul).
 
 use crate::cpu::{self, Level};
 use crate::gemm::{gemm, ToF32, View};
@@ -142,6 +142,15 @@ impl Matmul {
     }
 }
 
+/// The view as bf16, when `T` is bf16.
+fn as_bf16<T: Element>(v: View<'_, T>) -> Option<View<'_, bf16>> {
+    (T::ACL_DTYPE == <bf16 as DeviceRepr>::ACL_DTYPE).then(|| {
+        // SAFETY: T is bf16 (same dtype tag; the Element types are sealed), so the slice is one of bf16.
+        let data = unsafe { std::slice::from_raw_parts(v.data.as_ptr() as *const bf16, v.data.len()) };
+        View { data, rs: v.rs, cs: v.cs }
+    })
+}
+
 fn ascend_sys_dtype_f32() -> i32 {
     <f32 as DeviceRepr>::ACL_DTYPE
 }
@@ -158,6 +167,8 @@ fn host_matmul<T: Element, O: Element>(level: Level, s: Shape, a: &[T], b: &[T],
         if m <= crate::decode::MAX_M {
             let a32: Vec<f32> = av.data.iter().map(|x| x.to_f32()).collect();
             crate::decode::decode(level, m, n, k, &a32, bv, &mut acc);
+        } else if let (Level::Avx512Bf16, Some(a16), Some(b16)) = (level, as_bf16(av), as_bf16(bv)) {
+            crate::gemm::gemm_bf16(m, n, k, a16, b16, &mut acc);
         } else {
             gemm(level, m, n, k, av, bv, &mut acc);
         }

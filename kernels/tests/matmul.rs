@@ -125,3 +125,14 @@ fn bad_arguments_are_rejected_before_anything_is_enqueued() {
     bad(ok.run(&st, &a, &b, None, &mut c16));
     st.synchronize().unwrap();
 }
+
+#[test]
+fn bf16_gemm_shapes_at_every_level() {
+    // m > 16 takes the packed GEMM: with AVX-512 BF16 the native kernel (k in pairs; odd k padded).
+    for level in cpu::available() {
+        for (i, &(m, n, k)) in [(37, 45, 129), (17, 33, 2), (64, 96, 1025), (25, 7, 1)].iter().enumerate() {
+            check::<bf16, bf16>(level, Shape::new(m, n, k), i % 2 == 0, 50 + i as u64);
+            check::<bf16, f32>(level, Shape::new(m, n, k).transposed_b(), i % 2 == 1, 60 + i as u64);
+        }
+    }
+}
