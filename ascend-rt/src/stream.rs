@@ -320,6 +320,11 @@ impl Stream {
         crate::HostLaunch::new(self)
     }
 
+    /// Starts an ordered launch of raw device work (vendor operators); see [`crate::DeviceLaunch`].
+    pub fn device_launch(&self) -> crate::DeviceLaunch<'_> {
+        crate::DeviceLaunch::new(self)
+    }
+
     /// Orders one device operation: waits for conflicting uses on other streams, enqueues `op`, then
     /// records the uses. `uses`: each buffer's tracker and whether it is written.
     pub(crate) fn device_op(&self, uses: &[(&Tracker, bool)], op: impl FnOnce(&Self) -> Result<()>) -> Result<()> {

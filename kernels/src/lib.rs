@@ -9,5 +9,6 @@ pub mod cpu;
 mod decode;
 mod gemm;
 pub mod matmul;
+pub mod npu;
 
 pub use matmul::{Element, Matmul, Shape};

@@ -4,8 +4,8 @@
 //!
 //! Implemented here: the host path (simulator streams), with the SIMD level chosen at run time
 //! ([`crate::cpu`]); products with m ≤ 16 (decode) take a bandwidth-bound path that reads each weight
-//! once; bf16 products use native bf16 dot products where the CPU has AVX-512 BF16. Not yet: the NPU
-//! path (aclnnMm / aclnnBatchMatMul).
+//! once; bf16 products use native bf16 dot products where the CPU has AVX-512 BF16. On an NPU stream
+//! the same call runs aclnnMm / aclnnBatchMatMul ([`crate::npu`]).
 
 use crate::cpu::{self, Level};
 use crate::gemm::{gemm, ToF32, View};
@@ -123,6 +123,9 @@ impl Matmul {
         want("C", c.len(), &[s.batch, s.m, s.n])?;
         if let Some(bias) = bias {
             want("bias", bias.len(), &[s.n])?;
+        }
+        if !stream.context().runtime().host_addressable() {
+            return crate::npu::run(stream, &s, a, b, bias, c);
         }
         let level = self.level.unwrap_or_else(cpu::active);
         if level > cpu::detected() {
