@@ -49,17 +49,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchKind {
-    /// Matmul GFLOPS at one shape (C = A·B, or A·Bᵀ with --transpose-b), host path on the simulator.
+    /// Matmul GFLOPS at one shape (C = A·B, or A·Bᵀ with --transpose-b), or with no shape the default
+    /// sweep (square 512..4096 and decode m = 1, 16 at n = k = 4096, each dtype) next to the
+    /// streaming-read bandwidth measured first.
     Matmul {
+        #[arg(long, requires_all = ["n", "k"])]
+        m: Option<usize>,
+        #[arg(long, requires_all = ["m", "k"])]
+        n: Option<usize>,
+        #[arg(long, requires_all = ["m", "n"])]
+        k: Option<usize>,
+        /// f32, f16 or bf16 (default: f32 for one shape, every dtype for the sweep).
         #[arg(long)]
-        m: usize,
-        #[arg(long)]
-        n: usize,
-        #[arg(long)]
-        k: usize,
-        /// f32, f16 or bf16.
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        dtype: Option<String>,
         /// B is stored [n, k] (linear-layer weights).
         #[arg(long)]
         transpose_b: bool,
@@ -71,6 +73,21 @@ enum BenchKind {
         json: bool,
         /// Target time per measurement, in milliseconds.
         #[arg(long, default_value_t = 300)]
+        budget_ms: u64,
+    },
+    /// Attention: causal prefill GFLOPS and paged decode GB/s of K/V read, at one shape or (with no
+    /// shape) the default sweep, next to the streaming-read bandwidth measured first.
+    Attention {
+        #[command(subcommand)]
+        shape: Option<AttentionShape>,
+        /// f32, f16 or bf16 (default: f32 and bf16 for the sweep; f32 for one shape).
+        #[arg(long, global = true)]
+        dtype: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        /// Target time per measurement, in milliseconds.
+        #[arg(long, global = true, default_value_t = 300)]
         budget_ms: u64,
     },
     /// All-reduce latency and bus bandwidth (busbw = algbw · 2(n−1)/n), ranks in threads or processes.
@@ -108,6 +125,36 @@ enum BenchKind {
         /// Copy sizes in bytes, comma-separated (default 4 KiB .. 256 MiB).
         #[arg(long, value_delimiter = ',')]
         bytes: Vec<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AttentionShape {
+    /// Causal prefill of one sequence.
+    Prefill {
+        #[arg(long)]
+        seq: usize,
+        #[arg(long, default_value_t = 32)]
+        heads: usize,
+        #[arg(long, default_value_t = 8)]
+        kv_heads: usize,
+        #[arg(long, default_value_t = 128)]
+        head_dim: usize,
+    },
+    /// One paged decode step.
+    Decode {
+        #[arg(long)]
+        batch: usize,
+        #[arg(long)]
+        context: usize,
+        #[arg(long, default_value_t = 32)]
+        heads: usize,
+        #[arg(long, default_value_t = 8)]
+        kv_heads: usize,
+        #[arg(long, default_value_t = 128)]
+        head_dim: usize,
+        #[arg(long, default_value_t = 16)]
+        block_size: usize,
     },
 }
 
@@ -168,12 +215,60 @@ fn main() -> ExitCode {
                 }
                 other => other.flatten(),
             };
-            let mut shape = ascend::kernels::Shape::new(m, n, k);
-            if transpose_b {
-                shape = shape.transposed_b();
+            let dtypes: Vec<&str> = match dtype.as_deref() {
+                Some(d) if !ascend::bench::matmul::DTYPES.contains(&d) => {
+                    eprintln!("error: --dtype must be one of {:?}", ascend::bench::matmul::DTYPES);
+                    return ExitCode::from(2);
+                }
+                Some(d) => vec![d],
+                None if m.is_some() => vec!["f32"],
+                None => ascend::bench::matmul::DTYPES.to_vec(),
+            };
+            let shapes = match (m, n, k) {
+                (Some(m), Some(n), Some(k)) if m > 0 && n > 0 && k > 0 => {
+                    let shape = ascend::kernels::Shape::new(m, n, k);
+                    vec![if transpose_b { shape.transposed_b() } else { shape }]
+                }
+                (Some(_), _, _) => {
+                    eprintln!("error: --m, --n and --k must be at least 1");
+                    return ExitCode::from(2);
+                }
+                _ => ascend::bench::matmul::default_shapes(),
+            };
+            let budget = Duration::from_millis(budget_ms.max(1));
+            report(cli::bench::run_matmul(&shapes, &dtypes, level, budget, json), json)
+        }
+        Command::Bench { kind: BenchKind::Attention { shape, dtype, json, budget_ms } } => {
+            use ascend::bench::attention::{self as att, Workload};
+            use ascend::kernels::Heads;
+            let dtypes: Vec<&str> = match dtype.as_deref() {
+                Some(d) if !att::DTYPES.contains(&d) => {
+                    eprintln!("error: --dtype must be one of {:?}", att::DTYPES);
+                    return ExitCode::from(2);
+                }
+                Some(d) => vec![d],
+                None if shape.is_some() => vec!["f32"],
+                None => vec!["f32", "bf16"],
+            };
+            let (work, heads) = match shape {
+                None => (att::default_workloads(), att::DEFAULT_HEADS),
+                Some(AttentionShape::Prefill { seq, heads, kv_heads, head_dim }) => {
+                    (vec![Workload::Prefill { seq }], Heads::new(heads, kv_heads, head_dim))
+                }
+                Some(AttentionShape::Decode { batch, context, heads, kv_heads, head_dim, block_size }) => {
+                    (vec![Workload::Decode { batch, context, block_size }], Heads::new(heads, kv_heads, head_dim))
+                }
+            };
+            let zero = work.iter().any(|w| match *w {
+                Workload::Prefill { seq } => seq == 0,
+                Workload::Decode { batch, context, block_size } => batch == 0 || context == 0 || block_size == 0,
+            });
+            if zero {
+                eprintln!("error: every size must be at least 1");
+                return ExitCode::from(2);
             }
             let budget = Duration::from_millis(budget_ms.max(1));
-            report(ascend::bench::matmul::measure(shape, &dtype, level, budget).map(|f| vec![f]), json)
+            report(cli::bench::run_attention(&work, heads, &dtypes, budget, json), json)
         }
         Command::BenchWorker { rank, ranks } => match ascend::bench::collectives::worker(rank, ranks) {
             Ok(()) => ExitCode::SUCCESS,

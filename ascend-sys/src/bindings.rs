@@ -1115,6 +1115,15 @@ pub struct AscendApi {
     pub aclDestroyIntArray: ::std::option::Option<
         unsafe extern "C" fn(array: *const aclIntArray) -> aclnnStatus,
     >,
+    pub aclCreateTensorList: ::std::option::Option<
+        unsafe extern "C" fn(
+            value: *const *const aclTensor,
+            size: u64,
+        ) -> *mut aclTensorList,
+    >,
+    pub aclDestroyTensorList: ::std::option::Option<
+        unsafe extern "C" fn(array: *const aclTensorList) -> aclnnStatus,
+    >,
     pub aclnnMmGetWorkspaceSize: ::std::option::Option<
         unsafe extern "C" fn(
             self_: *const aclTensor,
@@ -1233,7 +1242,7 @@ pub struct AscendApi {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AscendApi"][::std::mem::size_of::<AscendApi>() - 784usize];
+    ["Size of AscendApi"][::std::mem::size_of::<AscendApi>() - 800usize];
     ["Alignment of AscendApi"][::std::mem::align_of::<AscendApi>() - 8usize];
     [
         "Offset of field: AscendApi::aclInit",
@@ -1506,29 +1515,35 @@ const _: () = {
         "Offset of field: AscendApi::aclDestroyIntArray",
     ][::std::mem::offset_of!(AscendApi, aclDestroyIntArray) - 712usize];
     [
+        "Offset of field: AscendApi::aclCreateTensorList",
+    ][::std::mem::offset_of!(AscendApi, aclCreateTensorList) - 720usize];
+    [
+        "Offset of field: AscendApi::aclDestroyTensorList",
+    ][::std::mem::offset_of!(AscendApi, aclDestroyTensorList) - 728usize];
+    [
         "Offset of field: AscendApi::aclnnMmGetWorkspaceSize",
-    ][::std::mem::offset_of!(AscendApi, aclnnMmGetWorkspaceSize) - 720usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnMmGetWorkspaceSize) - 736usize];
     [
         "Offset of field: AscendApi::aclnnMm",
-    ][::std::mem::offset_of!(AscendApi, aclnnMm) - 728usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnMm) - 744usize];
     [
         "Offset of field: AscendApi::aclnnBatchMatMulGetWorkspaceSize",
-    ][::std::mem::offset_of!(AscendApi, aclnnBatchMatMulGetWorkspaceSize) - 736usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnBatchMatMulGetWorkspaceSize) - 752usize];
     [
         "Offset of field: AscendApi::aclnnBatchMatMul",
-    ][::std::mem::offset_of!(AscendApi, aclnnBatchMatMul) - 744usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnBatchMatMul) - 760usize];
     [
         "Offset of field: AscendApi::aclnnFusedInferAttentionScoreV2GetWorkspaceSize",
     ][::std::mem::offset_of!(AscendApi, aclnnFusedInferAttentionScoreV2GetWorkspaceSize)
-        - 752usize];
+        - 768usize];
     [
         "Offset of field: AscendApi::aclnnFusedInferAttentionScoreV2",
-    ][::std::mem::offset_of!(AscendApi, aclnnFusedInferAttentionScoreV2) - 760usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnFusedInferAttentionScoreV2) - 776usize];
     [
         "Offset of field: AscendApi::aclnnScatterPaKvCacheGetWorkspaceSize",
     ][::std::mem::offset_of!(AscendApi, aclnnScatterPaKvCacheGetWorkspaceSize)
-        - 768usize];
+        - 784usize];
     [
         "Offset of field: AscendApi::aclnnScatterPaKvCache",
-    ][::std::mem::offset_of!(AscendApi, aclnnScatterPaKvCache) - 776usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnScatterPaKvCache) - 792usize];
 };

@@ -9,8 +9,9 @@ use crate::gemm::{ToF32, View};
 
 /// Largest m that takes this path.
 pub const MAX_M: usize = 16;
-/// Lanes of the independent partial sums (wide enough for AVX-512).
-const LANES: usize = 16;
+/// Lanes of the independent partial sums: four AVX-512 registers, so the additions of one dot
+/// product are not one dependency chain (FMA latency would otherwise bound it, not memory).
+const LANES: usize = 64;
 
 /// `c (m × n, f32) = a (m × k, f32, row-major) · b`.
 pub fn decode<B: ToF32>(level: Level, m: usize, n: usize, k: usize, a: &[f32], b: View<'_, B>, c: &mut [f32]) {
@@ -92,6 +93,12 @@ unsafe fn body<B: ToF32>(m: usize, n: usize, k: usize, a: &[f32], b: &View<'_, B
         // W is [n, k]: row j of W is contiguous.
         for j in j0..j1 {
             let w = &b.data[j * b.cs..j * b.cs + k];
+            if m == 1 && B::INLINE_CONVERT {
+                // One pass: each weight is converted in registers as it is streamed.
+                // SAFETY: (0, j) is inside c (contract).
+                unsafe { *c.add(j) = dot(w, &a[..k]) };
+                continue;
+            }
             B::slice_to_f32(w, &mut row);
             for i in 0..m {
                 // SAFETY: (i, j) is inside c (contract).
@@ -117,16 +124,26 @@ unsafe fn body<B: ToF32>(m: usize, n: usize, k: usize, a: &[f32], b: &View<'_, B
     }
 }
 
-/// Dot product with `LANES` independent partial sums (so it vectorises).
+/// Dot product with `LANES` independent partial sums (so it vectorises), converting `x` inline.
 #[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
+fn dot<X: ToF32>(x: &[X], y: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a.to_f32() * b).sum();
     for (xs, ys) in xc.zip(yc) {
+        // Fixed-size arrays: no bounds checks, so the lanes become one vector operation.
+        let (xs, ys): (&[_; LANES], &[f32; LANES]) = (xs.try_into().unwrap(), ys.try_into().unwrap());
         for l in 0..LANES {
-            acc[l] += xs[l] * ys[l];
+            acc[l] += xs[l].to_f32() * ys[l];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    // Reduce by halves: a sequential sum of the lanes would be one long dependency chain.
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+    }
+    acc[0] + tail
 }

@@ -11,6 +11,15 @@ pub trait ToF32: Copy + Send + Sync + 'static {
     /// The value as f32 (exact for f16 and bf16).
     fn to_f32(self) -> f32;
 
+    /// `to_f32` compiles to a few vector instructions inside a loop (true for f32 and bf16, whose
+    /// conversion is a shift), so kernels may convert inline instead of through a buffer.
+    const INLINE_CONVERT: bool = false;
+
+    /// The slice itself when `Self` is f32 (no conversion needed).
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+
     /// Converts a run of values (f16 uses F16C when the CPU has it).
     fn slice_to_f32(src: &[Self], dst: &mut [f32]) {
         dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
@@ -18,6 +27,12 @@ pub trait ToF32: Copy + Send + Sync + 'static {
 }
 
 impl ToF32 for f32 {
+    const INLINE_CONVERT: bool = true;
+
+    fn as_f32_slice(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+
     fn to_f32(self) -> f32 {
         self
     }
@@ -35,8 +50,13 @@ impl ToF32 for f16 {
 }
 
 impl ToF32 for bf16 {
+    const INLINE_CONVERT: bool = true;
+
+    /// bf16 is the top half of an f32: a shift, exact for every value (NaN payloads included), and
+    /// without the branch of `half`'s conversion, so loops over it vectorise.
+    #[inline(always)]
     fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
+        f32::from_bits((self.to_bits() as u32) << 16)
     }
 }
 
@@ -83,9 +103,98 @@ pub fn gemm<A: ToF32, B: ToF32>(
     b: View<'_, B>,
     c: &mut [f32],
 ) {
+    gemm_into(level, (m, n, k), a, b, c, false);
+}
+
+/// `c = a · b`, or `c += a · b` when `accumulate`. Called from inside a pool job (as the attention
+/// kernels do, per tile) it runs on the calling thread.
+pub fn gemm_into<A: ToF32, B: ToF32>(
+    level: Level,
+    (m, n, k): (usize, usize, usize),
+    a: View<'_, A>,
+    b: View<'_, B>,
+    c: &mut [f32],
+    accumulate: bool,
+) {
     let (mr, nr) = shape(level);
     let tile = |kcp: usize, ap: &[f32], bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kcp, ap, bp, t);
-    drive(level, (m, n, k), (mr, nr, 1), (&a, ToF32::to_f32), (&b, ToF32::to_f32), &tile, c);
+    drive(level, (m, n, k), (mr, nr, 1), (&a, ToF32::to_f32), (&b, ToF32::to_f32), &tile, c, accumulate);
+}
+
+/// Packing buffers reused across calls of [`gemm_rows`].
+#[derive(Default)]
+pub(crate) struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// `c (+)= a · b` on the calling thread, for kernels that multiply small tiles inside a pool job:
+/// `a` is `m × k` row-major with row stride `lda` (or, `a_transposed`, stored `k × m` with row
+/// stride `lda`), `b` is `k × n` row-major with row stride `ldb`, `c` is `m × n` with row stride
+/// `ldc`. Both operands are read along their rows while packing.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn gemm_rows(
+    level: Level,
+    (m, n, k): (usize, usize, usize),
+    (a, lda, a_transposed): (&[f32], usize, bool),
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    accumulate: bool,
+    scratch: &mut Scratch,
+) {
+    assert!(level <= crate::cpu::detected() && m > 0 && n > 0 && k > 0);
+    let a_extent = if a_transposed { (k - 1) * lda + m } else { (m - 1) * lda + k };
+    assert!(a.len() >= a_extent && b.len() >= k.saturating_sub(1) * ldb + n && c.len() >= (m - 1) * ldc + n);
+    let (mr, nr) = shape(level);
+    let strips = n.div_ceil(nr);
+    let panels = m.div_ceil(mr);
+    let mut t = [0f32; TILE];
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        scratch.b.clear();
+        scratch.b.resize(strips * kc * nr, 0.0);
+        for p in 0..kc {
+            let row = &b[(pc + p) * ldb..(pc + p) * ldb + n];
+            for (sidx, chunk) in row.chunks(nr).enumerate() {
+                let at = sidx * kc * nr + p * nr;
+                scratch.b[at..at + chunk.len()].copy_from_slice(chunk);
+            }
+        }
+        scratch.a.clear();
+        scratch.a.resize(panels * kc * mr, 0.0);
+        if a_transposed {
+            // A stored k × m: each k gives `mr` consecutive values of a panel.
+            for p in 0..kc {
+                let src = &a[(pc + p) * lda..(pc + p) * lda + m];
+                for (pi, chunk) in src.chunks(mr).enumerate() {
+                    let at = pi * kc * mr + p * mr;
+                    scratch.a[at..at + chunk.len()].copy_from_slice(chunk);
+                }
+            }
+        } else {
+            for r in 0..m {
+                let base = (r / mr) * kc * mr + r % mr;
+                for (p, &x) in a[r * lda + pc..r * lda + pc + kc].iter().enumerate() {
+                    scratch.a[base + p * mr] = x;
+                }
+            }
+        }
+        for sidx in 0..strips {
+            let cols = nr.min(n - sidx * nr);
+            let strip = &scratch.b[sidx * kc * nr..(sidx + 1) * kc * nr];
+            for pi in 0..panels {
+                let rows = mr.min(m - pi * mr);
+                microkernel(level, kc, &scratch.a[pi * kc * mr..(pi + 1) * kc * mr], strip, &mut t);
+                // SAFETY: the block (rows × cols at row pi·mr, column sidx·nr) is inside `c`, whose
+                // length was checked above.
+                unsafe {
+                    let c0 = c.as_mut_ptr().add(pi * mr * ldc + sidx * nr);
+                    store(&t[..mr * nr], nr, c0, ldc, rows, cols, pc > 0 || accumulate);
+                }
+            }
+        }
+    }
 }
 
 /// `c = a · b` for bf16 inputs with native bf16 dot products (`vdpbf16ps`: pairs of k per lane).
@@ -99,7 +208,7 @@ pub fn gemm_bf16(m: usize, n: usize, k: usize, a: View<'_, bf16>, b: View<'_, bf
     };
     #[cfg(not(target_arch = "x86_64"))]
     let tile = |_: usize, _: &[u16], _: &[u16], _: &mut [f32; TILE]| unreachable!("AVX-512 BF16 is x86-64 only");
-    drive(level, (m, n, k), (mr, nr, 2), (&a, bf16::to_bits), (&b, bf16::to_bits), &tile, c);
+    drive(level, (m, n, k), (mr, nr, 2), (&a, bf16::to_bits), (&b, bf16::to_bits), &tile, c, false);
 }
 
 /// A microkernel: `(kcp, A panel, B strip, tile)`.
@@ -110,7 +219,8 @@ type Source<'v, 'a, T, P> = (&'v View<'a, T>, fn(T) -> P);
 
 /// The blocked driver: packs B per `KC` slice into `nr`-wide strips and A per item into `mr`-row
 /// panels (`ks` consecutive k values interleaved per row/column: 1 for f32, 2 for bf16 pairs), then
-/// runs `tile` on each (panel, strip) on the pool.
+/// runs `tile` on each (panel, strip) on the pool. `accumulate`: add to `c` instead of overwriting it.
+#[allow(clippy::too_many_arguments)]
 fn drive<P: Copy + Default + Send + Sync, A: Copy + Sync, B: Copy + Sync>(
     level: Level,
     (m, n, k): (usize, usize, usize),
@@ -119,6 +229,7 @@ fn drive<P: Copy + Default + Send + Sync, A: Copy + Sync, B: Copy + Sync>(
     (b, conv_b): Source<'_, '_, B, P>,
     tile: &Tile<'_, P>,
     c: &mut [f32],
+    accumulate: bool,
 ) {
     assert!(c.len() >= m * n && level <= crate::cpu::detected());
     let mc = mr * 12;
@@ -152,7 +263,7 @@ fn drive<P: Copy + Default + Send + Sync, A: Copy + Sync, B: Copy + Sync>(
                     // holds m × n elements and outlives the parallel_for.
                     unsafe {
                         let c0 = (c_addr as *mut f32).add((ic + r0) * n + s * nr);
-                        store(&t[..mr * nr], nr, c0, n, prows, cols, pc > 0);
+                        store(&t[..mr * nr], nr, c0, n, prows, cols, pc > 0 || accumulate);
                     }
                 }
             }

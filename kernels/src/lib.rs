@@ -2,13 +2,16 @@
 //! chosen by the stream's backend: host SIMD kernels on simulator streams (SIMD level chosen at run
 //! time, [`cpu`]), aclnn operators on an NPU.
 //!
-//! Status: matmul's host path is here ([`matmul`]), with a bandwidth-bound path for decode shapes;
-//! its NPU path and the attention kernels are still to come.
+//! [`matmul`]: GEMM with a bandwidth-bound path for decode shapes. [`attention`]: flash prefill,
+//! paged decode and chunked prefill over vLLM's KV cache, and `reshape_and_cache`.
 
+pub mod attention;
 pub mod cpu;
 mod decode;
 mod gemm;
 pub mod matmul;
 pub mod npu;
+mod simd;
 
+pub use attention::{reshape_and_cache, BlockTables, Heads, PagedAttention, Prefill};
 pub use matmul::{Element, Matmul, Shape};

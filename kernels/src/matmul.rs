@@ -12,6 +12,9 @@ use crate::gemm::{gemm, ToF32, View};
 use ascend_rt::{bf16, f16, DeviceBuffer, DeviceRepr, Error, Result, Stream};
 use std::sync::Arc;
 
+/// Largest m that takes the bandwidth-bound decode path (each weight read once).
+pub const DECODE_MAX_M: usize = crate::decode::MAX_M;
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
@@ -20,7 +23,7 @@ mod sealed {
 }
 
 /// Element types of matmul inputs and outputs: f32, f16, bf16.
-pub trait Element: DeviceRepr + ToF32 + sealed::Sealed {
+pub trait Element: DeviceRepr + ToF32 + crate::simd::Lanes + sealed::Sealed {
     /// Rounds an f32 to this type.
     fn from_f32(v: f32) -> Self;
 }

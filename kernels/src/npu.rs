@@ -5,7 +5,7 @@
 
 use crate::matmul::{Element, Shape};
 use ascend_rt::{DeviceBuffer, Error, Result, Stream};
-use ascend_sys::{aclDataType, aclFormat, ACL_FORMAT_ND};
+use ascend_sys::{aclDataType, aclFormat, aclIntArray, aclTensor, aclTensorList, AscendApi, ACL_FORMAT_ND};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -27,6 +27,17 @@ pub struct TensorDesc {
     pub dtype: aclDataType,
     /// Physical shape of the storage.
     pub storage: Vec<i64>,
+}
+
+impl TensorDesc {
+    /// A dense row-major ND tensor of `dims`.
+    pub fn contiguous(dims: &[i64], dtype: aclDataType) -> TensorDesc {
+        let mut strides = vec![1i64; dims.len()];
+        for i in (0..dims.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * dims[i + 1];
+        }
+        TensorDesc { dims: dims.to_vec(), strides, offset: 0, format: ACL_FORMAT_ND, dtype, storage: dims.to_vec() }
+    }
 }
 
 /// Which operator a shape needs.
@@ -92,9 +103,6 @@ pub fn run<T: Element, O: Element>(
         return Err(Error::Unsupported("the NPU matmul path takes no bias and writes the input type".into()));
     }
     let api = stream.context().runtime().api();
-    let missing = |f: &'static str| Error::MissingSymbol(f);
-    let create = api.aclCreateTensor.ok_or(missing("aclCreateTensor"))?;
-    let destroy = api.aclDestroyTensor.ok_or(missing("aclDestroyTensor"))?;
     let (op, descs) = descriptors(s, T::ACL_DTYPE);
     let (phase1, phase2, names) = match op {
         Op::Mm => (api.aclnnMmGetWorkspaceSize, api.aclnnMm, ("aclnnMmGetWorkspaceSize", "aclnnMm")),
@@ -104,20 +112,51 @@ pub fn run<T: Element, O: Element>(
             ("aclnnBatchMatMulGetWorkspaceSize", "aclnnBatchMatMul"),
         ),
     };
-    let (phase1, phase2) = (phase1.ok_or(missing(names.0))?, phase2.ok_or(missing(names.1))?);
-    let status = |call: &'static str, code: i32| match code {
-        0 => Ok(()),
-        code => {
-            Err(Error::Acl { call, code, message: ascend_sys::aclnn_status_name(code).unwrap_or("aclnn error").into() })
+    let (phase1, phase2) = (phase1.ok_or(Error::MissingSymbol(names.0))?, phase2.ok_or(Error::MissingSymbol(names.1))?);
+    let mut set = Tensors::new(api)?;
+    let t: Vec<_> =
+        descs.iter().zip([a.raw(), b.raw(), c.raw()]).map(|(d, p)| set.tensor(d, p)).collect::<Result<_>>()?;
+    let (mut ws, mut exec) = (0u64, std::ptr::null_mut());
+    // SAFETY: valid tensors and out-pointers; phase 1 only inspects the descriptors.
+    status(names.0, unsafe { phase1(t[0], t[1], t[2], KEEP_DTYPE, &mut ws, &mut exec) })?;
+    let mut w = workspace(stream, ws)?;
+    let mut l = stream.device_launch();
+    l.read(a)?;
+    l.read(b)?;
+    l.write(c)?;
+    launch_with_workspace(l, w.as_mut(), |w, raw| {
+        // SAFETY: the operator touches only A, B, C and the workspace, all declared to the launch.
+        status(names.1, unsafe { phase2(w, ws, exec, raw) })
+    })
+}
+
+/// aclnn objects created for one call, destroyed when it returns (the executor keeps what it needs
+/// after phase 1). Tensors handed to a tensor list are owned by the list, as in CANN.
+pub(crate) struct Tensors {
+    api: &'static AscendApi,
+    tensors: Vec<*mut aclTensor>,
+    lists: Vec<*mut aclTensorList>,
+    arrays: Vec<*mut aclIntArray>,
+}
+
+impl Tensors {
+    pub(crate) fn new(api: &'static AscendApi) -> Result<Tensors> {
+        for (f, name) in
+            [(api.aclCreateTensor.is_some(), "aclCreateTensor"), (api.aclDestroyTensor.is_some(), "aclDestroyTensor")]
+        {
+            if !f {
+                return Err(Error::MissingSymbol(name));
+            }
         }
-    };
-    let ptrs = [a.raw(), b.raw(), c.raw()];
-    // SAFETY: each descriptor's arrays live for the call; the data pointers are live device buffers
-    // whose extents match the descriptors (checked by `Matmul::run`).
-    let tensors: Vec<*mut ascend_sys::aclTensor> = descs
-        .iter()
-        .zip(ptrs)
-        .map(|(d, p)| unsafe {
+        Ok(Tensors { api, tensors: Vec::new(), lists: Vec::new(), arrays: Vec::new() })
+    }
+
+    /// A tensor for `d` over device memory at `data`.
+    pub(crate) fn tensor(&mut self, d: &TensorDesc, data: *mut c_void) -> Result<*mut aclTensor> {
+        let create = self.api.aclCreateTensor.ok_or(Error::MissingSymbol("aclCreateTensor"))?;
+        // SAFETY: the descriptor's arrays live for the call; `data` is device memory that the
+        // caller sized for the descriptor.
+        let t = unsafe {
             create(
                 d.dims.as_ptr(),
                 d.dims.len() as u64,
@@ -127,35 +166,94 @@ pub fn run<T: Element, O: Element>(
                 d.format,
                 d.storage.as_ptr(),
                 d.storage.len() as u64,
-                p,
+                data,
             )
-        })
-        .collect();
-    let result = if tensors.iter().any(|t| t.is_null()) {
-        Err(Error::Unsupported("aclCreateTensor refused a matmul descriptor".into()))
-    } else {
-        let (mut ws, mut exec) = (0u64, std::ptr::null_mut());
-        // SAFETY: valid tensors and out-pointers; phase 1 only inspects the descriptors.
-        status(names.0, unsafe { phase1(tensors[0], tensors[1], tensors[2], KEEP_DTYPE, &mut ws, &mut exec) }).and_then(
-            |()| {
-                // The workspace is released in stream order after the operator (DeviceBuffer drop).
-                let mut workspace = (ws > 0).then(|| stream.alloc::<u8>(ws as usize)).transpose()?;
-                let mut l = stream.device_launch();
-                l.read(a)?;
-                l.read(b)?;
-                l.write(c)?;
-                let wptr = match workspace.as_mut() {
-                    Some(w) => l.write(w)?,
-                    None => std::ptr::null_mut::<c_void>(),
-                };
-                // SAFETY: the operator touches only A, B, C and the workspace, all declared above.
-                unsafe { l.launch(|raw| status(names.1, phase2(wptr, ws, exec, raw))) }
-            },
-        )
-    };
-    for t in tensors.into_iter().filter(|t| !t.is_null()) {
-        // SAFETY: created above, destroyed once; the executor holds what it needs after phase 1.
-        unsafe { destroy(t) };
+        };
+        if t.is_null() {
+            return Err(Error::Unsupported(format!("aclCreateTensor refused the descriptor {d:?}")));
+        }
+        self.tensors.push(t);
+        Ok(t)
     }
-    result
+
+    /// A list owning one new tensor for `d` over `data`.
+    pub(crate) fn list(&mut self, d: &TensorDesc, data: *mut c_void) -> Result<*mut aclTensorList> {
+        let create = self.api.aclCreateTensorList.ok_or(Error::MissingSymbol("aclCreateTensorList"))?;
+        self.api.aclDestroyTensorList.ok_or(Error::MissingSymbol("aclDestroyTensorList"))?;
+        let t = self.tensor(d, data)?;
+        // SAFETY: one live tensor pointer.
+        let l = unsafe { create([t as *const aclTensor].as_ptr(), 1) };
+        if l.is_null() {
+            return Err(Error::Unsupported("aclCreateTensorList refused a tensor".into()));
+        }
+        self.tensors.pop();
+        self.lists.push(l);
+        Ok(l)
+    }
+
+    /// An integer array (host values, copied by aclnn).
+    pub(crate) fn ints(&mut self, v: &[i64]) -> Result<*mut aclIntArray> {
+        let create = self.api.aclCreateIntArray.ok_or(Error::MissingSymbol("aclCreateIntArray"))?;
+        self.api.aclDestroyIntArray.ok_or(Error::MissingSymbol("aclDestroyIntArray"))?;
+        // SAFETY: `v` holds `v.len()` values for the call.
+        let a = unsafe { create(v.as_ptr(), v.len() as u64) };
+        if a.is_null() {
+            return Err(Error::Unsupported(format!("aclCreateIntArray refused {} values", v.len())));
+        }
+        self.arrays.push(a);
+        Ok(a)
+    }
+}
+
+impl Drop for Tensors {
+    fn drop(&mut self) {
+        // SAFETY: each object was created above and is destroyed once; presence of the destroy
+        // functions was checked when the first object of its kind was made.
+        unsafe {
+            if let Some(f) = self.api.aclDestroyTensor {
+                self.tensors.iter().for_each(|&t| {
+                    f(t);
+                });
+            }
+            if let Some(f) = self.api.aclDestroyTensorList {
+                self.lists.iter().for_each(|&l| {
+                    f(l);
+                });
+            }
+            if let Some(f) = self.api.aclDestroyIntArray {
+                self.arrays.iter().for_each(|&a| {
+                    f(a);
+                });
+            }
+        }
+    }
+}
+
+/// An aclnn status as a result.
+pub(crate) fn status(call: &'static str, code: i32) -> Result<()> {
+    match code {
+        0 => Ok(()),
+        code => {
+            Err(Error::Acl { call, code, message: ascend_sys::aclnn_status_name(code).unwrap_or("aclnn error").into() })
+        }
+    }
+}
+
+/// The operator's workspace, taken from the stream (its release is ordered after the operator).
+pub(crate) fn workspace(stream: &Arc<Stream>, bytes: u64) -> Result<Option<DeviceBuffer<u8>>> {
+    (bytes > 0).then(|| stream.alloc::<u8>(bytes as usize)).transpose()
+}
+
+/// Declares the workspace to the launch and enqueues phase 2: `enqueue(workspace, raw stream)`.
+pub(crate) fn launch_with_workspace<'a>(
+    mut l: ascend_rt::DeviceLaunch<'a>,
+    workspace: Option<&'a mut DeviceBuffer<u8>>,
+    enqueue: impl FnOnce(*mut c_void, *mut c_void) -> Result<()>,
+) -> Result<()> {
+    let wptr = match workspace {
+        Some(w) => l.write(w)?,
+        None => std::ptr::null_mut::<c_void>(),
+    };
+    // SAFETY: the caller declared every buffer its operator touches; the workspace is declared here.
+    unsafe { l.launch(|raw| enqueue(wptr, raw)) }
 }

@@ -78,3 +78,72 @@ fn the_npu_path_stops_at_the_operator_on_the_simulator() {
     ));
     st.synchronize().unwrap();
 }
+
+use ascend_kernels::attention::npu::{
+    paged_call, prefill_call, scatter_call, ALL_TOKENS, MASK_SIDE, SPARSE_BAND, SPARSE_NONE, SPARSE_RIGHT_DOWN_CAUSAL,
+};
+use ascend_kernels::{BlockTables, Heads};
+use ascend_sys::{ACL_BF16, ACL_BOOL, ACL_INT32, ACL_INT64};
+
+fn dense(dims: &[i64], dtype: i32) -> TensorDesc {
+    TensorDesc::contiguous(dims, dtype)
+}
+
+#[test]
+fn contiguous_descriptors_are_row_major() {
+    let d = dense(&[2, 3, 4], ACL_FLOAT);
+    assert_eq!(d.strides, vec![12, 4, 1]);
+    assert_eq!(d.storage, vec![2, 3, 4]);
+    fits(&d);
+}
+
+#[test]
+fn fia_prefill_call_uses_tnd_cumulative_lengths_and_causal_mask() {
+    let h = Heads::new(32, 8, 128);
+    let c = prefill_call(h, 0.125, true, None, &[0, 5, 12], ACL_BF16);
+    assert_eq!(c.query, dense(&[12, 32, 128], ACL_BF16));
+    assert_eq!(c.key, dense(&[12, 8, 128], ACL_BF16));
+    assert_eq!(c.value, dense(&[12, 8, 128], ACL_BF16));
+    assert_eq!(c.out, dense(&[12, 32, 128], ACL_BF16));
+    assert_eq!(c.mask, Some(dense(&[MASK_SIDE, MASK_SIDE], ACL_BOOL)));
+    assert_eq!(c.block_table, None);
+    assert_eq!((c.actual_seq_lengths.clone(), c.actual_seq_lengths_kv.clone()), (vec![5, 12], vec![5, 12]));
+    assert_eq!((c.num_heads, c.num_kv_heads, c.block_size), (32, 8, 0));
+    assert_eq!((c.sparse_mode, c.pre_tokens, c.next_tokens), (SPARSE_RIGHT_DOWN_CAUSAL, ALL_TOKENS, 0));
+    assert_eq!(c.scale, 0.125);
+    // A sliding window is the band mode with window − 1 earlier keys.
+    let w = prefill_call(h, 0.125, true, Some(64), &[0, 5, 12], ACL_BF16);
+    assert_eq!((w.sparse_mode, w.pre_tokens, w.next_tokens), (SPARSE_BAND, 63, 0));
+    // Without causality there is no mask.
+    let n = prefill_call(h, 0.125, false, None, &[0, 12], ACL_FLOAT);
+    assert_eq!((n.sparse_mode, n.mask.is_none()), (SPARSE_NONE, true));
+}
+
+#[test]
+fn fia_paged_call_views_caches_as_blocks_and_uploads_the_table() {
+    let h = Heads::new(32, 8, 128);
+    let table = [0, 4, 7, 1, 2, 3];
+    let tables = BlockTables { table: &table, max_blocks: 3 };
+    // Decode: one query per sequence, no mask.
+    let c = paged_call(h, 0.5, None, 128, 10, tables, &[0, 1, 2], &[100, 300], ACL_BF16);
+    assert_eq!(c.query, dense(&[2, 32, 128], ACL_BF16));
+    assert_eq!(c.key, dense(&[10, 128, 8 * 128], ACL_BF16));
+    assert_eq!(c.value, c.key);
+    assert_eq!(c.block_table, Some(dense(&[2, 3], ACL_INT32)));
+    assert_eq!((c.actual_seq_lengths.clone(), c.actual_seq_lengths_kv.clone()), (vec![1, 2], vec![100, 300]));
+    assert_eq!((c.sparse_mode, c.mask.is_none(), c.block_size), (SPARSE_NONE, true, 128));
+    // Chunked prefill: several queries per sequence, aligned to its end.
+    let c = paged_call(h, 0.5, None, 128, 10, tables, &[0, 4, 5], &[100, 300], ACL_BF16);
+    assert_eq!(c.query, dense(&[5, 32, 128], ACL_BF16));
+    assert_eq!((c.sparse_mode, c.mask.is_some()), (SPARSE_RIGHT_DOWN_CAUSAL, true));
+    assert_eq!(c.actual_seq_lengths, vec![4, 5]);
+}
+
+#[test]
+fn scatter_call_writes_norm_layout() {
+    let [k, kc, slots, v, vc] = scatter_call(Heads::new(32, 8, 128), 7, 16, 40, ACL_FLOAT16);
+    assert_eq!(k, dense(&[7, 8, 128], ACL_FLOAT16));
+    assert_eq!(kc, dense(&[40, 16, 8, 128], ACL_FLOAT16));
+    assert_eq!(slots, dense(&[7], ACL_INT64));
+    assert_eq!((v, vc), (k, kc));
+}

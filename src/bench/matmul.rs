@@ -73,7 +73,8 @@ fn runner<T: Element>(
     }))
 }
 
-/// Measures one shape; `budget` is the target time per measurement.
+/// Measures one shape; `budget` is the target time per measurement. Decode shapes (m ≤ 16) also
+/// report the weight bytes streamed per second (`weights_gbps`), the figure that bounds them.
 pub fn measure(shape: Shape, dtype: &str, level: Option<Level>, budget: Duration) -> Result<Figure> {
     let mut case = Case::new(shape, dtype, level)?;
     let mut fail = None;
@@ -86,7 +87,7 @@ pub fn measure(shape: Shape, dtype: &str, level: Option<Level>, budget: Duration
     if let Some(e) = fail {
         return Err(e);
     }
-    let params = vec![
+    let mut params = vec![
         ("m".to_string(), Value::from(shape.m)),
         ("n".to_string(), Value::from(shape.n)),
         ("k".to_string(), Value::from(shape.k)),
@@ -94,5 +95,51 @@ pub fn measure(shape: Shape, dtype: &str, level: Option<Level>, budget: Duration
         ("transpose_b".to_string(), Value::from(shape.transpose_b)),
         ("level".to_string(), Value::from(level.unwrap_or_else(ascend_kernels::cpu::active).name())),
     ];
+    if shape.m <= ascend_kernels::matmul::DECODE_MAX_M {
+        let b_bytes = (if shape.shared_b { 1 } else { shape.batch } * shape.n * shape.k * elem_bytes(dtype)) as f64;
+        params.push(("weights_gbps".to_string(), Value::from(b_bytes / t.as_secs_f64() / 1e9)));
+    }
     Ok(Figure { name: "kernels.matmul".into(), params, value: case.flops() / t.as_secs_f64() / 1e9, unit: "gflops" })
+}
+
+fn elem_bytes(dtype: &str) -> usize {
+    if dtype == "f32" {
+        4
+    } else {
+        2
+    }
+}
+
+/// The default sweep's shapes: square 512..4096, and decode (m = 1 and 16 against `[4096, 4096]`
+/// weights stored `[n, k]`, as in a linear layer).
+pub fn default_shapes() -> Vec<Shape> {
+    let square = [512, 1024, 2048, 4096].map(|n| Shape::new(n, n, n));
+    let decode = [1, 16].map(|m| Shape::new(m, 4096, 4096).transposed_b());
+    square.into_iter().chain(decode).collect()
+}
+
+/// Measures the streaming-read limit, then every shape in every dtype; decode figures get
+/// `read_fraction` = weights_gbps / the read bandwidth measured here. `progress` is told each step.
+pub fn sweep(
+    shapes: &[Shape],
+    dtypes: &[&str],
+    level: Option<Level>,
+    budget: Duration,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Figure>> {
+    progress("limits.read");
+    let read = super::limits::read_bandwidth(budget);
+    let read_gbps = read.value;
+    let mut out = vec![read];
+    for &shape in shapes {
+        for &dtype in dtypes {
+            progress(&format!("kernels.matmul {dtype} {}x{}x{}", shape.m, shape.n, shape.k));
+            let mut f = measure(shape, dtype, level, budget)?;
+            if let Some(w) = f.params.iter().find(|(k, _)| k == "weights_gbps").and_then(|(_, v)| v.as_f64()) {
+                f.params.push(("read_fraction".to_string(), Value::from(w / read_gbps)));
+            }
+            out.push(f);
+        }
+    }
+    Ok(out)
 }

@@ -1,6 +1,7 @@
 //! `ascend bench`: quick sweeps of the benchmarks, printed as a table or as JSON lines.
 
-use ascend::bench::{collectives, runtime, Figure};
+use ascend::bench::{attention, collectives, matmul, runtime, Figure};
+use ascend::kernels::{cpu::Level, Shape};
 use std::io::Write;
 use std::time::Duration;
 
@@ -20,6 +21,36 @@ fn progress(json: bool) -> impl FnMut(&str) {
             let _ = std::io::stderr().flush();
         }
     }
+}
+
+/// Runs the matmul sweep: the read-bandwidth limit, then every shape in every dtype.
+pub fn run_matmul(
+    shapes: &[Shape],
+    dtypes: &[&str],
+    level: Option<Level>,
+    budget: Duration,
+    json: bool,
+) -> ascend::rt::Result<Vec<Figure>> {
+    let figures = matmul::sweep(shapes, dtypes, level, budget, progress(json))?;
+    if !json {
+        eprint!("\r\x1b[2K");
+    }
+    Ok(figures)
+}
+
+/// Runs the attention sweep: the read-bandwidth limit, then every workload in every dtype.
+pub fn run_attention(
+    work: &[attention::Workload],
+    heads: ascend::kernels::Heads,
+    dtypes: &[&str],
+    budget: Duration,
+    json: bool,
+) -> ascend::rt::Result<Vec<Figure>> {
+    let figures = attention::sweep(work, heads, dtypes, budget, progress(json))?;
+    if !json {
+        eprint!("\r\x1b[2K");
+    }
+    Ok(figures)
 }
 
 /// Runs the all-reduce sweep.
@@ -45,6 +76,19 @@ pub fn run_collectives(
     Ok(figures)
 }
 
+/// How one parameter reads in the table: sizes in binary units, flags by name when set, figures
+/// rounded, everything else `key=value` (strings such as the dtype alone).
+fn param_text(key: &str, v: &serde_json::Value) -> Option<String> {
+    Some(match v {
+        serde_json::Value::Bool(false) => return None,
+        serde_json::Value::Bool(true) => key.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        v if key == "bytes" => runtime::human_bytes(v.as_u64()? as usize),
+        v if v.is_f64() => format!("{key}={:.2}", v.as_f64()?),
+        v => format!("{key}={v}"),
+    })
+}
+
 /// Prints figures as a table (or JSON lines).
 pub fn print(figures: &[Figure], json: bool) {
     if json {
@@ -60,11 +104,7 @@ pub fn print(figures: &[Figure], json: bool) {
                 .params
                 .iter()
                 .filter(|(k, _)| k != "backend" && k != "device")
-                .filter(|(k, _)| !matches!(k.as_str(), "ranks" | "mode" | "dtype") || f.name.starts_with("collectives"))
-                .map(|(k, v)| match (k.as_str(), v.as_u64()) {
-                    ("bytes", Some(b)) => runtime::human_bytes(b as usize),
-                    _ => v.as_str().map_or(v.to_string(), str::to_string),
-                })
+                .filter_map(|(k, v)| param_text(k, v))
                 .collect();
             vec![f.name.clone(), params.join(" "), format!("{:.3}", f.value), f.unit.to_string()]
         })

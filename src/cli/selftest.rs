@@ -149,7 +149,28 @@ pub fn run() -> Vec<Check> {
             Some(i) => Err(Error::Unsupported(format!("element {i}: {} vs {}", c[i], want(i / n, i % n)))),
         }
     }));
-    out.push(check("kernels", "attention", || Ok("not built yet (a later issue)".into())));
+    out.push(check("kernels", "attention (host path)", || {
+        // Two sequences of one token each: softmax over a single key is 1, so each output row
+        // is exactly its value row, whatever the scores.
+        use ascend::kernels::{Heads, Prefill};
+        let s = Stream::new(&Context::new(0)?)?;
+        let h = Heads::new(4, 2, 64);
+        let q: Vec<f32> = (0..2 * 4 * 64).map(|i| (i % 13) as f32 - 6.0).collect();
+        let k: Vec<f32> = (0..2 * 2 * 64).map(|i| (i % 7) as f32).collect();
+        let v: Vec<f32> = (0..2 * 2 * 64).map(|i| i as f32 * 0.5).collect();
+        let (dq, dk, dv) = (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?);
+        let mut dout = s.alloc_zeros::<f32>(q.len())?;
+        Prefill::new(h).run(&s, &dq, &dk, &dv, &[0, 1, 2], &mut dout)?;
+        let out = s.clone_dtoh(&dout)?;
+        let want = |t: usize, head: usize, i: usize| v[(t * 2 + head / 2) * 64 + i];
+        let bad = (0..2 * 4 * 64).find(|&x| out[x] != want(x / 256, (x / 64) % 4, x % 64));
+        match bad {
+            Some(x) => Err(Error::Unsupported(format!("output {x} is {} instead of its value row", out[x]))),
+            None => {
+                Ok(format!("GQA 4:2, one key per sequence, exact at level {}", ascend::kernels::cpu::active().name()))
+            }
+        }
+    }));
     out.push(check("patch", "vLLM patch module", || Ok("not built yet (later issues)".into())));
     out
 }

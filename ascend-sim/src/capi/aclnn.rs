@@ -118,6 +118,37 @@ pub unsafe extern "C" fn aclDestroyIntArray(array: *const aclIntArray) -> aclnnS
     ACLNN_SUCCESS
 }
 
+#[no_mangle]
+pub unsafe extern "C" fn aclCreateTensorList(value: *const *const aclTensor, size: u64) -> *mut aclTensorList {
+    if value.is_null() || size == 0 || size > 1024 {
+        set_recent("aclCreateTensorList: value is NULL, or the size is not 1..=1024");
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `value` holds `size` tensor pointers by the API contract.
+    let tensors = unsafe { std::slice::from_raw_parts(value, size as usize) }.to_vec();
+    if tensors.iter().any(|t| t.is_null()) {
+        set_recent("aclCreateTensorList: a tensor is NULL");
+        return std::ptr::null_mut();
+    }
+    Box::into_raw(Box::new(tensors)).cast()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyTensorList(array: *const aclTensorList) -> aclnnStatus {
+    if array.is_null() {
+        set_recent("aclDestroyTensorList: array is NULL");
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    // SAFETY: a non-null list was created by aclCreateTensorList (API contract) and is destroyed once;
+    // as in CANN, it owns its tensors, each created by aclCreateTensor.
+    let tensors = unsafe { Box::from_raw(array as *mut Vec<*const aclTensor>) };
+    for t in tensors.iter() {
+        // SAFETY: as above.
+        unsafe { aclDestroyTensor(*t) };
+    }
+    ACLNN_SUCCESS
+}
+
 fn no_npu(name: &str) -> aclnnStatus {
     entry_with(name, ACLNN_ERR_INNER, || {
         fail(ACLNN_ERR_INNER_FIND_KERNEL_ERROR, "aclnn operators need an NPU; the simulator runs host kernels instead")

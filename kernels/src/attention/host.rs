@@ -1,0 +1,544 @@
+//! Host attention: one online-softmax algorithm behind prefill, chunked prefill and paged decode.
+//!
+//! Work is split into items of (sequence, KV head, block of query positions[, slice of keys]). The
+//! query heads that share a KV head are packed together as the rows of one item (GQA), so each key
+//! and value row is read once for all of them. Items with enough rows run tiled: the scores of a
+//! key tile are one small GEMM (the matmul microkernels), the online-softmax update, then `O += P·V`
+//! as a second GEMM. Items with few rows (decode) stream keys one at a time through dot products; when
+//! there are fewer such items than threads, the keys of a sequence are split over several items
+//! (flash-decoding) and the partial results merged at the end.
+
+use super::softmax::{exp, RowState};
+use crate::cpu::Level;
+use crate::gemm::{gemm_rows, Scratch};
+use crate::matmul::Element;
+use crate::simd::{Generic, Simd};
+
+/// Rows (query positions × heads of a group) from which an item is tiled.
+const TILED_MIN_ROWS: usize = 12;
+/// Target rows of a tiled item: a multiple of every microkernel's row count.
+const TILED_ROWS: usize = 96;
+/// Keys per tile on the tiled path.
+const TILED_KEYS: usize = 256;
+/// Keys per tile on the streaming path.
+const STREAM_KEYS: usize = 32;
+/// Fewest keys worth a split of their own.
+const MIN_SPLIT_KEYS: usize = 256;
+
+/// The heads and masking of an attention call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub causal: bool,
+    pub window: Option<usize>,
+}
+
+impl Geometry {
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// One sequence: its query rows in `q`/`out` and how many keys it sees. Query `i` sits at position
+/// `kv_len − q_len + i` (the chunk is the end of the sequence).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seq {
+    pub q_start: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+}
+
+/// Where the keys and values of every sequence are.
+pub(crate) enum KvSource<'a, T> {
+    /// `[tokens, Hkv, D]`, sequence `s` starting at token `starts[s]` (prefill).
+    Contiguous { k: &'a [T], v: &'a [T], starts: &'a [usize] },
+    /// `[blocks, block_size, Hkv, D]` with a block table row of `max_blocks` per sequence.
+    Paged { k: &'a [T], v: &'a [T], tables: &'a [i32], max_blocks: usize, block_size: usize },
+}
+
+impl<T> KvSource<'_, T> {
+    /// Element offsets of the key/value rows of sequence `s`, positions `j0..j1`, KV head `h`, into
+    /// `out` (one table lookup and division per block, not per row).
+    #[inline(always)]
+    fn offsets(&self, s: usize, h: usize, (j0, j1): (usize, usize), g: &Geometry, out: &mut Vec<usize>) {
+        let row = g.kv_heads * g.head_dim;
+        out.clear();
+        match self {
+            KvSource::Contiguous { starts, .. } => {
+                out.extend((j0..j1).map(|j| (starts[s] + j) * row + h * g.head_dim));
+            }
+            KvSource::Paged { tables, max_blocks, block_size, .. } => {
+                let bs = *block_size;
+                let mut j = j0;
+                while j < j1 {
+                    let b = j / bs;
+                    let end = j1.min((b + 1) * bs);
+                    let base = tables[s * max_blocks + b] as usize * bs * row + h * g.head_dim;
+                    out.extend((j..end).map(|jj| base + (jj - b * bs) * row));
+                    j = end;
+                }
+            }
+        }
+    }
+
+    fn kv(&self) -> (&[T], &[T]) {
+        match self {
+            KvSource::Contiguous { k, v, .. } | KvSource::Paged { k, v, .. } => (k, v),
+        }
+    }
+}
+
+/// A unit of work: query positions `q0..q1` of `seq`, every query head of KV heads `h0..h1`, keys
+/// `k0..k1` (all the keys it may see, unless split).
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    seq: usize,
+    h0: usize,
+    h1: usize,
+    q0: usize,
+    q1: usize,
+    k0: usize,
+    k1: usize,
+    /// Index of its partial result when the keys are split, else None (writes `out` itself).
+    partial: Option<usize>,
+}
+
+impl Item {
+    /// Rows of the item: for each of its KV heads, for each query position, the heads of the group.
+    fn rows(&self, group: usize) -> usize {
+        (self.h1 - self.h0) * (self.q1 - self.q0) * group
+    }
+
+    /// (query index within the sequence, query head) of row `r`.
+    #[inline(always)]
+    fn row(&self, r: usize, group: usize) -> (usize, usize) {
+        let per_head = (self.q1 - self.q0) * group;
+        let (hh, rest) = (r / per_head, r % per_head);
+        (self.q0 + rest / group, (self.h0 + hh) * group + rest % group)
+    }
+}
+
+/// Result of an item over part of the keys: per row, the softmax state and the unnormalised output.
+struct Partial {
+    rows: Vec<RowState>,
+    acc: Vec<f32>,
+}
+
+/// Computes attention for every sequence into `out` (`[tokens, Hq, D]`, like `q`), on the pool.
+pub(crate) fn attention<T: Element>(
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
+    out: &mut [T],
+) {
+    let (items, partials) = plan(g, seqs);
+    let out_addr = out.as_mut_ptr() as usize;
+    let slots: Vec<std::sync::Mutex<Option<Partial>>> = (0..partials).map(|_| Default::default()).collect();
+    ascend_rt::host::pool().parallel_for(items.len(), &|i| {
+        let it = items[i];
+        let p = run_item(level, g, seqs, kv, q, it);
+        match it.partial {
+            Some(slot) => *slots[slot].lock().unwrap() = Some(p),
+            // SAFETY: items without a split own their rows (positions × heads of one KV head) of `out`,
+            // which outlives the parallel_for; no other item writes them.
+            None => unsafe { write_rows(g, seqs, it, &p, out_addr as *mut T) },
+        }
+    });
+    if partials > 0 {
+        merge_splits(g, seqs, &items, slots, out_addr as *mut T);
+    }
+}
+
+/// Splits the work into items: tiled blocks of query positions, or (few rows) whole key ranges,
+/// split further when there are fewer items than threads.
+fn plan(g: &Geometry, seqs: &[Seq]) -> (Vec<Item>, usize) {
+    let group = g.group();
+    let block = (TILED_ROWS / group).max(1);
+    let mut items = Vec::new();
+    // Streaming items take every KV head of a sequence: a token's keys for all heads are one
+    // contiguous row, read front to back.
+    let streaming: usize = seqs.iter().filter(|s| s.q_len > 0 && s.q_len * group < TILED_MIN_ROWS).count();
+    let want = 4 * ascend_rt::host::pool().threads();
+    let mut partials = 0;
+    for (si, s) in seqs.iter().enumerate() {
+        if s.q_len == 0 {
+            continue;
+        }
+        if s.q_len * group >= TILED_MIN_ROWS {
+            for h in 0..g.kv_heads {
+                for q0 in (0..s.q_len).step_by(block) {
+                    let q1 = s.q_len.min(q0 + block);
+                    let (k0, k1) = key_range(g, s, q0, q1);
+                    items.push(Item { seq: si, h0: h, h1: h + 1, q0, q1, k0, k1, partial: None });
+                }
+            }
+            continue;
+        }
+        let (k0, k1) = key_range(g, s, 0, s.q_len);
+        let whole = Item { seq: si, h0: 0, h1: g.kv_heads, q0: 0, q1: s.q_len, k0, k1, partial: None };
+        let splits = if streaming >= want { 1 } else { want.div_ceil(streaming).min((k1 - k0) / MIN_SPLIT_KEYS) };
+        if splits <= 1 {
+            items.push(whole);
+            continue;
+        }
+        let per = (k1 - k0).div_ceil(splits);
+        for a in (k0..k1).step_by(per) {
+            items.push(Item { k0: a, k1: k1.min(a + per), partial: Some(partials), ..whole });
+            partials += 1;
+        }
+    }
+    (items, partials)
+}
+
+/// Keys that any of the queries `q0..q1` of `s` may see.
+fn key_range(g: &Geometry, s: &Seq, q0: usize, q1: usize) -> (usize, usize) {
+    let pos = |i: usize| s.kv_len - s.q_len + i;
+    let hi = if g.causal { pos(q1 - 1) + 1 } else { s.kv_len };
+    let lo = match g.window {
+        Some(w) => (pos(q0) + 1).saturating_sub(w),
+        None => 0,
+    };
+    (lo, hi.max(lo))
+}
+
+/// Keys `[lo, hi)` that the query at position `p` sees.
+#[inline(always)]
+fn visible_keys(g: &Geometry, kv_len: usize, p: usize) -> (usize, usize) {
+    let hi = if g.causal { p + 1 } else { kv_len };
+    let lo = g.window.map_or(0, |w| (p + 1).saturating_sub(w));
+    (lo, hi)
+}
+
+fn run_item<T: Element>(level: Level, g: &Geometry, seqs: &[Seq], kv: &KvSource<'_, T>, q: &[T], it: Item) -> Partial {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `level` was checked against the CPU by the caller.
+        Level::Avx512 | Level::Avx512Bf16 => unsafe { item_avx512(level, g, seqs, kv, q, it) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 => unsafe { item_avx2(level, g, seqs, kv, q, it) },
+        _ => item_body::<T, Generic>(level, g, seqs, kv, q, it),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn item_avx512<T: Element>(
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
+    it: Item,
+) -> Partial {
+    item_body::<T, crate::simd::Avx512>(level, g, seqs, kv, q, it)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn item_avx2<T: Element>(
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
+    it: Item,
+) -> Partial {
+    item_body::<T, Generic>(level, g, seqs, kv, q, it)
+}
+
+/// One item: rows are (query position, head of the group), position-major; queries pre-scaled.
+#[inline(always)]
+fn item_body<T: Element, S: Simd>(
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
+    it: Item,
+) -> Partial {
+    let (d, group) = (g.head_dim, g.group());
+    let s = seqs[it.seq];
+    let rows = it.rows(group);
+    let mut qs = vec![0f32; rows * d];
+    let mut pos = Vec::with_capacity(rows);
+    for (r, dst) in qs.chunks_exact_mut(d).enumerate() {
+        let (i, head) = it.row(r, group);
+        let src = ((s.q_start + i) * g.heads + head) * d;
+        T::slice_to_f32(&q[src..src + d], dst);
+        dst.iter_mut().for_each(|x| *x *= g.scale);
+        // The keys that row r (query position kv_len − q_len + i) sees, once per item.
+        pos.push(visible_keys(g, s.kv_len, s.kv_len - s.q_len + i));
+    }
+    let mut part = Partial { rows: vec![RowState::EMPTY; rows], acc: vec![0f32; rows * d] };
+    if it.h1 - it.h0 == 1 && rows >= TILED_MIN_ROWS {
+        tiled(level, g, kv, it, &qs, &pos, &mut part);
+    } else {
+        streaming::<T, S>(g, kv, it, &qs, &pos, &mut part);
+    }
+    part
+}
+
+/// Scores by GEMM per key tile, then `acc += P·V` by GEMM. The scores come out transposed
+/// (`Sᵀ = K-tile · Qᵀ`, keys × rows), so the online softmax runs across rows (vectorised, no
+/// horizontal reductions) and `Pᵀ` is packed for the second GEMM by contiguous copies.
+#[inline(always)]
+fn tiled<T: Element>(
+    level: Level,
+    g: &Geometry,
+    kv: &KvSource<'_, T>,
+    it: Item,
+    qs: &[f32],
+    pos: &[(usize, usize)],
+    part: &mut Partial,
+) {
+    let d = g.head_dim;
+    let rows = part.rows.len();
+    let mut qt = vec![0f32; d * rows];
+    for (r, q) in qs.chunks_exact(d).enumerate() {
+        for (p, &x) in q.iter().enumerate() {
+            qt[p * rows + r] = x;
+        }
+    }
+    let (mut kf, mut vf) = (vec![0f32; TILED_KEYS * d], vec![0f32; TILED_KEYS * d]);
+    let mut st = vec![0f32; TILED_KEYS * rows];
+    let (mut max, mut shift, mut alpha, mut sums) =
+        (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows], vec![0f32; rows]);
+    let (all_lo, all_hi) = (pos.iter().map(|p| p.0).max().unwrap_or(0), pos.iter().map(|p| p.1).min().unwrap_or(0));
+    let mut scratch = Scratch::default();
+    let mut offs = Vec::with_capacity(TILED_KEYS);
+    for j0 in (it.k0..it.k1).step_by(TILED_KEYS) {
+        let j1 = it.k1.min(j0 + TILED_KEYS);
+        let kt = j1 - j0;
+        gather(g, kv, it, j0, j1, &mut offs, &mut kf, &mut vf);
+        let st = &mut st[..kt * rows];
+        gemm_rows(level, (kt, rows, d), (&kf, d, false), (&qt, rows), (&mut *st, rows), false, &mut scratch);
+        if j0 < all_lo || j1 > all_hi {
+            for (j, srow) in (j0..j1).zip(st.chunks_exact_mut(rows)) {
+                for (x, &(lo, hi)) in srow.iter_mut().zip(pos) {
+                    if j < lo || j >= hi {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        // Online softmax across rows: new maxima, rescale factors, probabilities, their sums.
+        max.iter_mut().zip(&part.rows).for_each(|(m, r)| *m = r.max);
+        for srow in st.chunks_exact(rows) {
+            max.iter_mut().zip(srow).for_each(|(m, &x)| *m = m.max(x));
+        }
+        for (((sh, a), &m), r) in shift.iter_mut().zip(&mut alpha).zip(&max).zip(&part.rows) {
+            // A row that has seen no key yet keeps a finite shift, so exp(−∞ − shift) = 0.
+            *sh = if m == f32::NEG_INFINITY { 0.0 } else { m };
+            *a = exp(r.max - *sh);
+        }
+        sums.fill(0.0);
+        for srow in st.chunks_exact_mut(rows) {
+            for ((x, &sh), s) in srow.iter_mut().zip(&shift).zip(&mut sums) {
+                *x = exp(*x - sh);
+                *s += *x;
+            }
+        }
+        for (r, ((state, &m), (&a, &s))) in part.rows.iter_mut().zip(&max).zip(alpha.iter().zip(&sums)).enumerate() {
+            if state.max != m && state.sum != 0.0 {
+                part.acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= a);
+            }
+            state.sum = state.sum * a + s;
+            state.max = m;
+        }
+        gemm_rows(level, (rows, d, kt), (st, rows, true), (&vf, d), (&mut part.acc, d), true, &mut scratch);
+    }
+}
+
+/// Keys ahead of the one being read whose rows are prefetched: rows of one head are strided (and
+/// paged), which the hardware prefetchers do not follow.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Copies key and value rows `j0..j1` of the item's head into `kf` and `vf` as f32, row-major.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gather<T: Element>(
+    g: &Geometry,
+    kv: &KvSource<'_, T>,
+    it: Item,
+    j0: usize,
+    j1: usize,
+    offs: &mut Vec<usize>,
+    kf: &mut [f32],
+    vf: &mut [f32],
+) {
+    let d = g.head_dim;
+    let (kall, vall) = kv.kv();
+    kv.offsets(it.seq, it.h0, (j0, j1), g, offs);
+    for (i, &o) in offs.iter().enumerate() {
+        if let Some(&ahead) = offs.get(i + PREFETCH_AHEAD) {
+            prefetch(&kall[ahead..ahead + d]);
+            prefetch(&vall[ahead..ahead + d]);
+        }
+        T::slice_to_f32(&kall[o..o + d], &mut kf[i * d..(i + 1) * d]);
+        T::slice_to_f32(&vall[o..o + d], &mut vf[i * d..(i + 1) * d]);
+    }
+}
+
+/// Asks the CPU to bring `s` into L2 (a hint; nothing on other architectures).
+#[inline(always)]
+fn prefetch_l2<T>(s: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..std::mem::size_of_val(s)).step_by(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        // SAFETY: prefetching is only a hint and cannot fault; the address lies inside `s`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(s.as_ptr().cast::<i8>().add(off)) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
+}
+
+/// Asks the CPU to bring `s` into cache (a hint; nothing on other architectures).
+#[inline(always)]
+fn prefetch<T>(s: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..std::mem::size_of_val(s)).step_by(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: prefetching is only a hint and cannot fault; the address lies inside `s`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().cast::<i8>().add(off)) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
+}
+
+/// Sets the scores of keys `j0..` outside the visible range `[lo, hi)` to −∞.
+#[inline(always)]
+fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
+    let n = row.len();
+    let (a, b) = (lo.saturating_sub(j0).min(n), hi.saturating_sub(j0).min(n));
+    row[..a].fill(f32::NEG_INFINITY);
+    row[b.max(a)..].fill(f32::NEG_INFINITY);
+}
+
+/// Few rows (decode): each query row takes its scores against its head's keys and adds its head's
+/// values straight from the cache (converted in registers), with the query and the accumulator
+/// held in registers; the rows of one head reuse the same key rows from L1.
+#[inline(always)]
+fn streaming<T: Element, S: Simd>(
+    g: &Geometry,
+    kv: &KvSource<'_, T>,
+    it: Item,
+    qs: &[f32],
+    pos: &[(usize, usize)],
+    part: &mut Partial,
+) {
+    let d = g.head_dim;
+    let rows = part.rows.len();
+    let (kall, vall) = kv.kv();
+    let per_head = rows / (it.h1 - it.h0);
+    let mut scores = vec![0f32; 2 * STREAM_KEYS];
+    let (mut offs, mut head_offs) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
+    let mut next = Vec::with_capacity(STREAM_KEYS);
+    let width = (it.h1 - it.h0) * d;
+    kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
+    for j0 in (it.k0..it.k1).step_by(STREAM_KEYS) {
+        let j1 = it.k1.min(j0 + STREAM_KEYS);
+        let kt = j1 - j0;
+        std::mem::swap(&mut offs, &mut next);
+        // The next tile's tokens (all heads) into L2 while this one is computed: the rows of one
+        // head are strided and paged, which the hardware prefetchers do not follow.
+        kv.offsets(it.seq, it.h0, (j1, it.k1.min(j1 + STREAM_KEYS)), g, &mut next);
+        // Spread over the row loop, so the prefetches do not all queue at once.
+        let per_step = next.len().div_ceil(rows.div_ceil(2)).max(1);
+        let mut ahead = next.chunks(per_step);
+        // Rows of one head in pairs, so each key and value row is loaded once per pair.
+        let mut r = 0;
+        while r < rows {
+            if r % per_head == 0 {
+                let hh = r / per_head;
+                head_offs.clear();
+                head_offs.extend(offs.iter().map(|o| o + hh * d));
+            }
+            let pair = r + 1 < rows && (r + 1) % per_head != 0;
+            let n = if pair { 2 } else { 1 };
+            let (sc0, sc1) = scores.split_at_mut(STREAM_KEYS);
+            let (sc0, sc1) = (&mut sc0[..kt], &mut sc1[..kt]);
+            if pair {
+                S::dots2([&qs[r * d..(r + 1) * d], &qs[(r + 1) * d..(r + 2) * d]], kall, &head_offs, [sc0, sc1]);
+            } else {
+                S::dots(&qs[r * d..(r + 1) * d], kall, &head_offs, sc0);
+            }
+            for (k, sc) in [&mut *sc0, &mut *sc1].into_iter().take(n).enumerate() {
+                mask(pos[r + k], j0, sc);
+                let alpha = part.rows[r + k].update(sc);
+                if alpha != 1.0 {
+                    part.acc[(r + k) * d..(r + k + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+                }
+            }
+            let (a0, a1) = part.acc[r * d..].split_at_mut(d);
+            if pair {
+                S::weighted_sum2([sc0, sc1], vall, &head_offs, [a0, &mut a1[..d]]);
+            } else {
+                S::weighted_sum(sc0, vall, &head_offs, a0);
+            }
+            for &o in ahead.next().unwrap_or_default() {
+                prefetch_l2(&kall[o..o + width]);
+                prefetch_l2(&vall[o..o + width]);
+            }
+            r += n;
+        }
+    }
+}
+
+/// Writes an item's normalised rows into `out`. A row that saw no key (possible only with a window
+/// of size 0, which validation refuses) would be written as zeros.
+///
+/// # Safety
+/// `out` holds `[tokens, Hq, D]` elements and the item's rows are written by nobody else meanwhile.
+unsafe fn write_rows<T: Element>(g: &Geometry, seqs: &[Seq], it: Item, p: &Partial, out: *mut T) {
+    let (d, group) = (g.head_dim, g.group());
+    let s = seqs[it.seq];
+    for (r, (st, acc)) in p.rows.iter().zip(p.acc.chunks_exact(d)).enumerate() {
+        let (i, head) = it.row(r, group);
+        let inv = if st.sum > 0.0 { 1.0 / st.sum } else { 0.0 };
+        let o = ((s.q_start + i) * g.heads + head) * d;
+        // SAFETY: the row lies inside `out` and is ours (contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.add(o), d) };
+        dst.iter_mut().zip(acc).for_each(|(y, x)| *y = T::from_f32(x * inv));
+    }
+}
+
+/// Merges the partial results of split items (consecutive in `items`, same rows) and writes them.
+fn merge_splits<T: Element>(
+    g: &Geometry,
+    seqs: &[Seq],
+    items: &[Item],
+    slots: Vec<std::sync::Mutex<Option<Partial>>>,
+    out: *mut T,
+) {
+    let mut parts: Vec<Partial> =
+        slots.into_iter().map(|m| m.into_inner().unwrap().expect("every split ran")).collect();
+    let split: Vec<Item> = items.iter().copied().filter(|it| it.partial.is_some()).collect();
+    let mut i = 0;
+    while i < split.len() {
+        let first = split[i];
+        let mut j = i + 1;
+        while j < split.len() && split[j].seq == first.seq && split[j].h0 == first.h0 {
+            j += 1;
+        }
+        let (head, tail) = parts.split_at_mut(i + 1);
+        let base = &mut head[i];
+        for other in &tail[..j - i - 1] {
+            for (r, (st, o)) in base.rows.iter_mut().zip(&other.rows).enumerate() {
+                let (a, b) = st.merge(*o);
+                let d = g.head_dim;
+                for (x, y) in base.acc[r * d..(r + 1) * d].iter_mut().zip(&other.acc[r * d..(r + 1) * d]) {
+                    *x = *x * a + *y * b;
+                }
+            }
+        }
+        // SAFETY: merging is sequential, each group of rows written once; `out` as in `attention`.
+        unsafe { write_rows(g, seqs, first, base, out) };
+        i = j;
+    }
+}

@@ -1,0 +1,426 @@
+//! Vector primitives per SIMD level, for kernels that are monomorphised per level: the compiler
+//! vectorises plain loops over short rows poorly (dot products come out two lanes wide), and
+//! converting bf16/f16 rows into f32 buffers first costs more cache traffic than the arithmetic.
+
+use crate::gemm::ToF32;
+
+/// Row operations on f32 vectors against rows of a source type (f32, f16 or bf16) at arbitrary
+/// offsets of a slice (rows of a paged cache are not evenly spaced).
+pub(crate) trait Simd {
+    /// `out[j] = q · src[offs[j] ..][.. q.len()]` for every j.
+    fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]);
+    /// `acc += Σⱼ p[j] · src[offs[j] ..][.. acc.len()]`.
+    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32]);
+
+    /// [`Simd::dots`] for two queries against the same rows (each row read once for both).
+    #[inline(always)]
+    fn dots2<T: Lanes>(q: [&[f32]; 2], src: &[T], offs: &[usize], out: [&mut [f32]; 2]) {
+        let [o0, o1] = out;
+        Self::dots(q[0], src, offs, o0);
+        Self::dots(q[1], src, offs, o1);
+    }
+
+    /// [`Simd::weighted_sum`] for two weight vectors over the same rows (each row read once).
+    #[inline(always)]
+    fn weighted_sum2<T: Lanes>(p: [&[f32]; 2], src: &[T], offs: &[usize], acc: [&mut [f32]; 2]) {
+        let [a0, a1] = acc;
+        Self::weighted_sum(p[0], src, offs, a0);
+        Self::weighted_sum(p[1], src, offs, a1);
+    }
+}
+
+/// Source element types of the row operations.
+pub trait Lanes: ToF32 {
+    /// 16 values at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `p` must be valid for 16 reads.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod lanes {
+    use super::Lanes;
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: forwarded contract.
+            unsafe { load_f32(p) }
+        }
+    }
+
+    impl Lanes for bf16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const bf16) -> __m512 {
+            // SAFETY: forwarded contract.
+            unsafe { load_bf16(p as *const u16) }
+        }
+    }
+
+    impl Lanes for f16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f16) -> __m512 {
+            // SAFETY: forwarded contract.
+            unsafe { load_f16(p as *const u16) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_f32(p: *const f32) -> __m512 {
+        // SAFETY: 16 readable values (contract).
+        unsafe { _mm512_loadu_ps(p) }
+    }
+
+    /// bf16 is the top half of an f32: widen and shift.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_bf16(p: *const u16) -> __m512 {
+        // SAFETY: 16 readable values (contract).
+        let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_f16(p: *const u16) -> __m512 {
+        // SAFETY: 16 readable values (contract).
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p as *const __m256i) })
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Lanes for f32 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl Lanes for half::bf16 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl Lanes for half::f16 {}
+
+/// Plain loops (AVX2 and portable levels): rows converted to f32, then 8-lane partial sums.
+pub(crate) struct Generic;
+
+impl Generic {
+    #[inline(always)]
+    fn dot(x: &[f32], y: &[f32]) -> f32 {
+        const LANES: usize = 8;
+        let mut acc = [0f32; LANES];
+        let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+        let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+        for (xs, ys) in xc.zip(yc) {
+            for l in 0..LANES {
+                acc[l] += xs[l] * ys[l];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+}
+
+impl Simd for Generic {
+    #[inline(always)]
+    fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]) {
+        let d = q.len();
+        let mut row = vec![0f32; d];
+        for (o, &at) in out.iter_mut().zip(offs) {
+            T::slice_to_f32(&src[at..at + d], &mut row);
+            *o = Self::dot(q, &row);
+        }
+    }
+
+    #[inline(always)]
+    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32]) {
+        let d = acc.len();
+        let mut row = vec![0f32; d];
+        for (&w, &at) in p.iter().zip(offs) {
+            if w != 0.0 {
+                T::slice_to_f32(&src[at..at + d], &mut row);
+                acc.iter_mut().zip(&row).for_each(|(a, r)| *a += w * r);
+            }
+        }
+    }
+}
+
+/// AVX-512F. Only to be used inside functions compiled with `avx512f`, on a CPU that has it.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    #[inline(always)]
+    fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]) {
+        let d = q.len();
+        assert!(offs.len() >= out.len() && offs.iter().all(|&o| o + d <= src.len()));
+        // SAFETY: this type is only used by code that checked the CPU for AVX-512F; every row lies
+        // inside `src` (checked above) and holds d = 16·NV values.
+        unsafe {
+            match d {
+                64 => x86::dots::<T, 4>(q.as_ptr(), src.as_ptr(), offs, out),
+                80 => x86::dots::<T, 5>(q.as_ptr(), src.as_ptr(), offs, out),
+                96 => x86::dots::<T, 6>(q.as_ptr(), src.as_ptr(), offs, out),
+                128 => x86::dots::<T, 8>(q.as_ptr(), src.as_ptr(), offs, out),
+                _ => Generic::dots(q, src, offs, out),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32]) {
+        let d = acc.len();
+        assert!(offs.len() >= p.len() && offs.iter().all(|&o| o + d <= src.len()));
+        // SAFETY: as above.
+        unsafe {
+            match d {
+                64 => x86::weighted_sum::<T, 4>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
+                80 => x86::weighted_sum::<T, 5>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
+                96 => x86::weighted_sum::<T, 6>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
+                128 => x86::weighted_sum::<T, 8>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
+                256 => x86::weighted_sum::<T, 16>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
+                _ => Generic::weighted_sum(p, src, offs, acc),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn dots2<T: Lanes>(q: [&[f32]; 2], src: &[T], offs: &[usize], out: [&mut [f32]; 2]) {
+        let d = q[0].len();
+        let n = out[0].len();
+        let fits = q[1].len() == d && out[1].len() == n && offs.len() >= n && offs.iter().all(|&o| o + d <= src.len());
+        let [o0, o1] = out;
+        match d {
+            64 | 80 | 96 | 128 if fits => {
+                let qp = [q[0].as_ptr(), q[1].as_ptr()];
+                // SAFETY: AVX-512F as above; every row lies inside `src` and both outputs hold n
+                // values (checked by `fits`).
+                unsafe {
+                    match d {
+                        64 => x86::dots2::<T, 4>(qp, src.as_ptr(), offs, [o0, o1]),
+                        80 => x86::dots2::<T, 5>(qp, src.as_ptr(), offs, [o0, o1]),
+                        96 => x86::dots2::<T, 6>(qp, src.as_ptr(), offs, [o0, o1]),
+                        _ => x86::dots2::<T, 8>(qp, src.as_ptr(), offs, [o0, o1]),
+                    }
+                }
+            }
+            _ => {
+                Self::dots(q[0], src, offs, o0);
+                Self::dots(q[1], src, offs, o1);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn weighted_sum2<T: Lanes>(p: [&[f32]; 2], src: &[T], offs: &[usize], acc: [&mut [f32]; 2]) {
+        let d = acc[0].len();
+        let n = p[0].len();
+        let fits = acc[1].len() == d && p[1].len() == n && offs.len() >= n && offs.iter().all(|&o| o + d <= src.len());
+        let [a0, a1] = acc;
+        match d {
+            64 | 80 | 96 | 128 if fits => {
+                let ap = [a0.as_mut_ptr(), a1.as_mut_ptr()];
+                // SAFETY: as above; both accumulators hold d values.
+                unsafe {
+                    match d {
+                        64 => x86::weighted_sum2::<T, 4>(p, src.as_ptr(), offs, ap),
+                        80 => x86::weighted_sum2::<T, 5>(p, src.as_ptr(), offs, ap),
+                        96 => x86::weighted_sum2::<T, 6>(p, src.as_ptr(), offs, ap),
+                        _ => x86::weighted_sum2::<T, 8>(p, src.as_ptr(), offs, ap),
+                    }
+                }
+            }
+            _ => {
+                Self::weighted_sum(p[0], src, offs, a0);
+                Self::weighted_sum(p[1], src, offs, a1);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+// The register arrays are indexed by the same i that addresses memory (offset 16·i).
+#[allow(clippy::needless_range_loop)]
+mod x86 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    /// Dot products of `q` (NV·16 values, kept in registers) with the rows at `src + offs[j]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `q` holds NV·16 values, each row NV·16 values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn dots<T: Lanes, const NV: usize>(q: *const f32, src: *const T, offs: &[usize], out: &mut [f32]) {
+        // SAFETY: every access is inside `q` or one of the rows (contract).
+        unsafe {
+            let mut qv = [_mm512_setzero_ps(); NV];
+            for (i, v) in qv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(q.add(16 * i));
+            }
+            for (o, &at) in out.iter_mut().zip(offs) {
+                let r = src.add(at);
+                let (mut a, mut b) = (_mm512_mul_ps(qv[0], T::load16(r)), _mm512_setzero_ps());
+                for i in 1..NV {
+                    if i % 2 == 1 {
+                        b = _mm512_fmadd_ps(qv[i], T::load16(r.add(16 * i)), b);
+                    } else {
+                        a = _mm512_fmadd_ps(qv[i], T::load16(r.add(16 * i)), a);
+                    }
+                }
+                *o = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+            }
+        }
+    }
+
+    /// [`dots`] for two queries: each row is loaded (and converted) once for both.
+    ///
+    /// # Safety
+    /// As [`dots`], for both queries and outputs.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn dots2<T: Lanes, const NV: usize>(
+        q: [*const f32; 2],
+        src: *const T,
+        offs: &[usize],
+        out: [&mut [f32]; 2],
+    ) {
+        // SAFETY: every access is inside the queries or one of the rows (contract).
+        unsafe {
+            let mut qv = [[_mm512_setzero_ps(); NV]; 2];
+            for (k, qk) in qv.iter_mut().enumerate() {
+                for (i, v) in qk.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(q[k].add(16 * i));
+                }
+            }
+            let [o0, o1] = out;
+            for ((x0, x1), &at) in o0.iter_mut().zip(o1.iter_mut()).zip(offs) {
+                let r = src.add(at);
+                let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                for i in 0..NV {
+                    let row = T::load16(r.add(16 * i));
+                    a = _mm512_fmadd_ps(qv[0][i], row, a);
+                    b = _mm512_fmadd_ps(qv[1][i], row, b);
+                }
+                *x0 = _mm512_reduce_add_ps(a);
+                *x1 = _mm512_reduce_add_ps(b);
+            }
+        }
+    }
+
+    /// [`weighted_sum`] for two weight vectors: each row is loaded (and converted) once for both.
+    ///
+    /// # Safety
+    /// As [`weighted_sum`], for both weight vectors and accumulators.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn weighted_sum2<T: Lanes, const NV: usize>(
+        p: [&[f32]; 2],
+        src: *const T,
+        offs: &[usize],
+        acc: [*mut f32; 2],
+    ) {
+        // SAFETY: every access is inside the accumulators or one of the rows (contract).
+        unsafe {
+            let mut av = [[_mm512_setzero_ps(); NV]; 2];
+            for (k, ak) in av.iter_mut().enumerate() {
+                for (i, v) in ak.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(acc[k].add(16 * i));
+                }
+            }
+            for ((&w0, &w1), &at) in p[0].iter().zip(p[1]).zip(offs) {
+                let (r, w0, w1) = (src.add(at), _mm512_set1_ps(w0), _mm512_set1_ps(w1));
+                for i in 0..NV {
+                    let row = T::load16(r.add(16 * i));
+                    av[0][i] = _mm512_fmadd_ps(w0, row, av[0][i]);
+                    av[1][i] = _mm512_fmadd_ps(w1, row, av[1][i]);
+                }
+            }
+            for (k, ak) in av.iter().enumerate() {
+                for (i, v) in ak.iter().enumerate() {
+                    _mm512_storeu_ps(acc[k].add(16 * i), *v);
+                }
+            }
+        }
+    }
+
+    /// `acc (NV·16 values, kept in registers) += Σⱼ p[j]·row j`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `acc` holds NV·16 values, each row NV·16 values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn weighted_sum<T: Lanes, const NV: usize>(p: &[f32], src: *const T, offs: &[usize], acc: *mut f32) {
+        // SAFETY: every access is inside `acc` or one of the rows (contract).
+        unsafe {
+            let mut av = [_mm512_setzero_ps(); NV];
+            for (i, v) in av.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(acc.add(16 * i));
+            }
+            for (&w, &at) in p.iter().zip(offs) {
+                let (r, wv) = (src.add(at), _mm512_set1_ps(w));
+                for (i, v) in av.iter_mut().enumerate() {
+                    *v = _mm512_fmadd_ps(wv, T::load16(r.add(16 * i)), *v);
+                }
+            }
+            for (i, v) in av.iter().enumerate() {
+                _mm512_storeu_ps(acc.add(16 * i), *v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    /// Small integers: every product and sum is exact in f32, so any correct order gives equal results.
+    fn check<S: Simd, T: Lanes + crate::Element>() {
+        for d in [16, 40, 64, 80, 96, 128, 256] {
+            let keys = 5;
+            let offs: Vec<usize> = (0..keys).map(|j| j * (d + 3) + 1).collect();
+            let q: Vec<f32> = (0..d).map(|i| (i % 3) as f32 - 1.0).collect();
+            let src: Vec<T> = (0..keys * (d + 3) + 1).map(|i| T::from_f32((i % 11) as f32 - 5.0)).collect();
+            let row = |j: usize, i: usize| src[offs[j] + i].to_f32();
+            let mut got = vec![0.0; keys];
+            S::dots(&q, &src, &offs, &mut got);
+            let want: Vec<f32> = (0..keys).map(|j| (0..d).map(|i| q[i] * row(j, i)).sum()).collect();
+            assert_eq!(got, want, "dots d = {d}");
+            let p: Vec<f32> = (0..keys).map(|j| j as f32 - 2.0).collect();
+            let mut acc: Vec<f32> = (0..d).map(|i| i as f32).collect();
+            S::weighted_sum(&p, &src, &offs, &mut acc);
+            let want: Vec<f32> = (0..d).map(|i| i as f32 + (0..keys).map(|j| p[j] * row(j, i)).sum::<f32>()).collect();
+            assert_eq!(acc, want, "weighted_sum d = {d}");
+            let q1: Vec<f32> = q.iter().map(|x| 2.0 - x).collect();
+            let (mut g0, mut g1) = (vec![0.0; keys], vec![0.0; keys]);
+            S::dots2([&q, &q1], &src, &offs, [&mut g0, &mut g1]);
+            let mut w1 = vec![0.0; keys];
+            S::dots(&q1, &src, &offs, &mut w1);
+            assert_eq!((&g0, &g1), (&got, &w1), "dots2 d = {d}");
+            let p1: Vec<f32> = p.iter().map(|x| x * 3.0).collect();
+            let (mut a0, mut a1) = (vec![1.0; d], vec![2.0; d]);
+            S::weighted_sum2([&p, &p1], &src, &offs, [&mut a0, &mut a1]);
+            let (mut b0, mut b1) = (vec![1.0; d], vec![2.0; d]);
+            S::weighted_sum(&p, &src, &offs, &mut b0);
+            S::weighted_sum(&p1, &src, &offs, &mut b1);
+            assert_eq!((a0, a1), (b0, b1), "weighted_sum2 d = {d}");
+        }
+    }
+
+    #[test]
+    fn generic_is_exact_on_small_integers() {
+        check::<Generic, f32>();
+        check::<Generic, bf16>();
+        check::<Generic, half::f16>();
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_is_exact_on_small_integers() {
+        if crate::cpu::detected() >= crate::cpu::Level::Avx512 {
+            check::<Avx512, f32>();
+            check::<Avx512, bf16>();
+            check::<Avx512, half::f16>();
+        }
+    }
+}

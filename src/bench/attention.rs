@@ -1,0 +1,210 @@
+//! Attention throughput at any shape: causal prefill in GFLOPS (4·H·S²·D/2 for the causal half, as
+//! peers count it) and paged decode in GB/s of keys and values read (the bound of a decode step),
+//! with the fraction of the streaming-read bandwidth measured first. The same code serves
+//! `ascend bench attention` and `benches/attention.rs`.
+
+use super::{per_iter, Figure};
+use ascend_kernels::{BlockTables, Element, Heads, PagedAttention, Prefill};
+use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Element types the benchmark accepts.
+pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Causal prefill of one sequence of `seq` tokens.
+    Prefill {
+        /// Tokens.
+        seq: usize,
+    },
+    /// One decode step of `batch` sequences of `context` tokens each, in blocks of `block_size`.
+    Decode {
+        /// Sequences.
+        batch: usize,
+        /// Tokens of each.
+        context: usize,
+        /// Tokens per cache block.
+        block_size: usize,
+    },
+}
+
+/// Inputs on a device, ready to be run repeatedly.
+pub struct Case {
+    run: Box<dyn FnMut(u64) -> Result<Duration>>,
+    work: Workload,
+    heads: Heads,
+    elem: usize,
+}
+
+impl Case {
+    /// Allocates the inputs of `work` with `heads` in `dtype` on device 0.
+    pub fn new(work: Workload, heads: Heads, dtype: &str) -> Result<Case> {
+        let stream = Stream::new(&Context::new(0)?)?;
+        let (run, elem) = match dtype {
+            "f32" => (runner::<f32>(&stream, work, heads)?, 4),
+            "f16" => (runner::<f16>(&stream, work, heads)?, 2),
+            "bf16" => (runner::<bf16>(&stream, work, heads)?, 2),
+            other => return Err(Error::InvalidArgument(format!("dtype {other:?}: expected one of {DTYPES:?}"))),
+        };
+        Ok(Case { run, work, heads, elem })
+    }
+
+    /// Time for `iters` runs, waited for.
+    pub fn time(&mut self, iters: u64) -> Result<Duration> {
+        (self.run)(iters)
+    }
+
+    /// Floating-point operations of one run (score and value products; causal half for prefill).
+    pub fn flops(&self) -> f64 {
+        let h = self.heads;
+        match self.work {
+            Workload::Prefill { seq } => 4.0 * (h.heads * seq * seq * h.head_dim) as f64 / 2.0,
+            Workload::Decode { batch, context, .. } => 4.0 * (batch * h.heads * context * h.head_dim) as f64,
+        }
+    }
+
+    /// Bytes of keys and values one run must read at least.
+    pub fn kv_bytes(&self) -> f64 {
+        let h = self.heads;
+        let tokens = match self.work {
+            Workload::Prefill { seq } => seq,
+            Workload::Decode { batch, context, .. } => batch * context,
+        };
+        (2 * tokens * h.kv_heads * h.head_dim * self.elem) as f64
+    }
+}
+
+fn runner<T: Element>(
+    stream: &Arc<Stream>,
+    work: Workload,
+    h: Heads,
+) -> Result<Box<dyn FnMut(u64) -> Result<Duration>>> {
+    let fill = |n: usize| (0..n).map(|i| T::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5)).collect::<Vec<_>>();
+    let stream = stream.clone();
+    match work {
+        Workload::Prefill { seq } => {
+            let q = stream.clone_htod(&fill(seq * h.heads * h.head_dim))?;
+            let k = stream.clone_htod(&fill(seq * h.kv_heads * h.head_dim))?;
+            let v = stream.clone_htod(&fill(seq * h.kv_heads * h.head_dim))?;
+            let mut out = stream.alloc_zeros::<T>(seq * h.heads * h.head_dim)?;
+            let cu = [0, seq as i32];
+            let op = Prefill::new(h);
+            Ok(Box::new(move |iters| {
+                stream.synchronize()?;
+                let t = Instant::now();
+                for _ in 0..iters {
+                    op.run(&stream, &q, &k, &v, &cu, &mut out)?;
+                }
+                stream.synchronize()?;
+                Ok(t.elapsed())
+            }))
+        }
+        Workload::Decode { batch, context, block_size } => {
+            let per_seq = context.div_ceil(block_size);
+            let blocks = batch * per_seq;
+            let row = h.kv_heads * h.head_dim;
+            let kc = stream.clone_htod(&fill(blocks * block_size * row))?;
+            let vc = stream.clone_htod(&fill(blocks * block_size * row))?;
+            let q = stream.clone_htod(&fill(batch * h.heads * h.head_dim))?;
+            let mut out = stream.alloc_zeros::<T>(batch * h.heads * h.head_dim)?;
+            // Blocks interleaved across sequences, as a long-running cache ends up.
+            let table: Vec<i32> = (0..batch * per_seq).map(|i| ((i % per_seq) * batch + i / per_seq) as i32).collect();
+            let ctx = vec![context as i32; batch];
+            let op = PagedAttention::new(h, block_size);
+            Ok(Box::new(move |iters| {
+                stream.synchronize()?;
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let tables = BlockTables { table: &table, max_blocks: per_seq };
+                    op.decode(&stream, &q, &kc, &vc, tables, &ctx, &mut out)?;
+                }
+                stream.synchronize()?;
+                Ok(t.elapsed())
+            }))
+        }
+    }
+}
+
+/// Measures one workload; `read_gbps` (the streaming-read limit) adds `read_fraction` to decode.
+pub fn measure(work: Workload, heads: Heads, dtype: &str, budget: Duration, read_gbps: Option<f64>) -> Result<Figure> {
+    let mut case = Case::new(work, heads, dtype)?;
+    let mut fail = None;
+    let t = per_iter(budget, |n| {
+        case.time(n).unwrap_or_else(|e| {
+            fail.get_or_insert(e);
+            Duration::from_secs(1)
+        })
+    });
+    if let Some(e) = fail {
+        return Err(e);
+    }
+    let secs = t.as_secs_f64();
+    let mut params: Vec<(String, Value)> = match work {
+        Workload::Prefill { seq } => vec![("seq".into(), Value::from(seq))],
+        Workload::Decode { batch, context, block_size } => vec![
+            ("batch".into(), Value::from(batch)),
+            ("context".into(), Value::from(context)),
+            ("block_size".into(), Value::from(block_size)),
+        ],
+    };
+    params.extend([
+        ("heads".to_string(), Value::from(heads.heads)),
+        ("kv_heads".to_string(), Value::from(heads.kv_heads)),
+        ("head_dim".to_string(), Value::from(heads.head_dim)),
+        ("dtype".to_string(), Value::from(dtype)),
+    ]);
+    Ok(match work {
+        Workload::Prefill { .. } => Figure {
+            name: "kernels.attention.prefill".into(),
+            params,
+            value: case.flops() / secs / 1e9,
+            unit: "gflops",
+        },
+        Workload::Decode { .. } => {
+            let gbps = case.kv_bytes() / secs / 1e9;
+            params.push(("us".to_string(), Value::from(secs * 1e6)));
+            if let Some(r) = read_gbps {
+                params.push(("read_fraction".to_string(), Value::from(gbps / r)));
+            }
+            Figure { name: "kernels.attention.decode".into(), params, value: gbps, unit: "gbps" }
+        }
+    })
+}
+
+/// The default sweep's heads: Llama-3-8B-like (32 query heads, 8 KV heads, 128 dims).
+pub const DEFAULT_HEADS: Heads = Heads { heads: 32, kv_heads: 8, head_dim: 128 };
+
+/// The default workloads: causal prefill of 512..4096 tokens, and decode over batch 1..64 ×
+/// context 128..8192 with blocks of 16 and 128.
+pub fn default_workloads() -> Vec<Workload> {
+    let prefill = [512, 1024, 2048, 4096].map(|seq| Workload::Prefill { seq });
+    let decode = [(1, 8192), (8, 2048), (64, 128), (64, 1024)]
+        .into_iter()
+        .flat_map(|(batch, context)| [16, 128].map(move |block_size| Workload::Decode { batch, context, block_size }));
+    prefill.into_iter().chain(decode).collect()
+}
+
+/// Measures the streaming-read limit, then every workload in every dtype.
+pub fn sweep(
+    work: &[Workload],
+    heads: Heads,
+    dtypes: &[&str],
+    budget: Duration,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Figure>> {
+    progress("limits.read");
+    let read = super::limits::read_bandwidth(budget);
+    let read_gbps = read.value;
+    let mut out = vec![read];
+    for &w in work {
+        for &dtype in dtypes {
+            progress(&format!("kernels.attention {w:?} {dtype}"));
+            out.push(measure(w, heads, dtype, budget, Some(read_gbps))?);
+        }
+    }
+    Ok(out)
+}
