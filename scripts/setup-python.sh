@@ -27,12 +27,15 @@ set -euo pipefail
 
 VLLM_VERSION="0.33.0"
 # What `import vllm.distributed.parallel_state` + `VllmConfig()` on the CPU
-# platform need beyond torch (found by importing until nothing was missing).
+# platform need beyond torch (found by importing until nothing was missing);
+# einops is added so that every module binding destroy_model_parallel /
+# destroy_distributed_environment (incl. model_loader.weight_cache.daemon,
+# v1.executor.multiproc_executor, v1.worker.cpu_worker) imports too.
 MIN_DEPS=(
     torch packaging psutil pyzmq urllib3 regex numpy pydantic cbor2
     transformers aiohttp requests oss-harmony openai pillow pybase64
     cachetools msgspec cloudpickle uvloop py-cpuinfo prometheus_client
-    xgrammar fastapi partial-json-parser llguidance
+    xgrammar fastapi partial-json-parser llguidance einops
 )
 EXTRA_PKGS=(pytest)
 
