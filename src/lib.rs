@@ -16,6 +16,7 @@ pub use ascend_sim as sim;
 pub use ascend_sys as sys;
 
 pub mod bench;
+pub mod demo;
 
 /// Facts recorded when this crate was built (`ascend info` prints them).
 pub mod build_info {

@@ -37,6 +37,22 @@ enum Command {
         #[command(subcommand)]
         kind: BenchKind,
     },
+    /// Run a tensor-parallel Llama-style decoder on the simulated devices and show tokens/s and where
+    /// the time goes (the same code as examples/tp_decode.rs).
+    Demo {
+        /// Tensor-parallel size (devices, one thread each).
+        #[arg(long, default_value_t = 2)]
+        tp: usize,
+        /// Sequences in the batch (prompts of 5..64 tokens).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Tokens to generate per sequence (some stop earlier: continuous batching).
+        #[arg(long, default_value_t = 32)]
+        tokens: usize,
+        /// The small test model instead of the ~60 M-parameter demo model.
+        #[arg(long)]
+        tiny: bool,
+    },
     /// A rank process of `bench collectives --processes` (reads commands on stdin).
     #[command(hide = true)]
     BenchWorker {
@@ -49,6 +65,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchKind {
+    /// A quick sweep of every benchmark (limits, runtime, collectives, matmul, attention), each figure
+    /// next to the limit measured at the start of the run and the fraction of it reached.
+    All {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Target time per measurement, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        budget_ms: u64,
+    },
     /// Matmul GFLOPS at one shape (C = A·B, or A·Bᵀ with --transpose-b), or with no shape the default
     /// sweep (square 512..4096 and decode m = 1, 16 at n = k = 4096, each dtype) next to the
     /// streaming-read bandwidth measured first.
@@ -238,6 +264,9 @@ fn main() -> ExitCode {
             let budget = Duration::from_millis(budget_ms.max(1));
             report(cli::bench::run_matmul(&shapes, &dtypes, level, budget, json), json)
         }
+        Command::Bench { kind: BenchKind::All { json, budget_ms } } => {
+            report(cli::bench::run_all(Duration::from_millis(budget_ms.max(1)), json), json)
+        }
         Command::Bench { kind: BenchKind::Attention { shape, dtype, json, budget_ms } } => {
             use ascend::bench::attention::{self as att, Workload};
             use ascend::kernels::Heads;
@@ -269,6 +298,25 @@ fn main() -> ExitCode {
             }
             let budget = Duration::from_millis(budget_ms.max(1));
             report(cli::bench::run_attention(&work, heads, &dtypes, budget, json), json)
+        }
+        Command::Demo { tp, batch, tokens, tiny } => {
+            use ascend::demo::{run, sample_requests, Config};
+            if batch == 0 || tokens == 0 {
+                eprintln!("error: --batch and --tokens must be at least 1");
+                return ExitCode::from(2);
+            }
+            let cfg = if tiny { Config::tiny() } else { Config::demo() };
+            eprintln!("generating weights and running {batch} sequences on {tp} device(s) ...");
+            match run(cfg, tp, &sample_requests(&cfg, batch, tokens), false) {
+                Ok(out) => {
+                    print!("{}", out.summary(tp));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::BenchWorker { rank, ranks } => match ascend::bench::collectives::worker(rank, ranks) {
             Ok(()) => ExitCode::SUCCESS,

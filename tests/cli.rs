@@ -86,3 +86,44 @@ fn bench_collectives_json_in_threads_and_processes() {
     let (ok, _) = ascend(&["bench", "collectives", "--dtype", "u128"]);
     assert!(!ok, "an unknown dtype is rejected");
 }
+
+#[test]
+fn bench_all_json_puts_each_figure_next_to_its_limit() {
+    // A short budget keeps the test quick; the default sweep takes about 10 s here.
+    let t = std::time::Instant::now();
+    let (ok, out) = ascend(&["bench", "all", "--json", "--budget-ms", "5"]);
+    assert!(ok, "{out}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(60), "bench all took {:?}", t.elapsed());
+    let figures = json_lines(&out);
+    let names: Vec<&str> = figures.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    for want in
+        ["limits.read", "limits.copy", "limits.fma_peak", "runtime.copy", "kernels.matmul", "kernels.attention.decode"]
+    {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let limit_names: Vec<&str> = names.iter().copied().filter(|n| n.starts_with("limits.")).collect();
+    let mut with_limit = 0;
+    for f in &figures {
+        if let Some(limit) = f["limit"].as_str() {
+            with_limit += 1;
+            assert!(limit_names.contains(&limit.trim_end_matches("(bf16)")), "{f}");
+            let (v, l, frac) = (figure_value(f), f["limit_value"].as_f64().unwrap(), f["fraction"].as_f64().unwrap());
+            assert!(v > 0.0 && l > 0.0 && frac > 0.0, "{f}");
+        }
+    }
+    assert!(with_limit >= 6, "only {with_limit} figures carry a limit");
+}
+
+/// The value of a figure: the one numeric field named by its unit.
+fn figure_value(f: &Value) -> f64 {
+    ["gbps", "gflops", "us"].iter().find_map(|u| f[*u].as_f64()).unwrap()
+}
+
+#[test]
+fn demo_runs_the_tp_decoder_and_reports_throughput() {
+    let (ok, out) = ascend(&["demo", "--tp", "2", "--tiny", "--batch", "3", "--tokens", "4"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("tokens/s") && out.contains("all_reduce") && out.contains("matmul"), "{out}");
+    let (ok, _) = ascend(&["demo", "--tp", "3", "--tiny"]);
+    assert!(!ok, "TP 3 cannot shard the tiny model");
+}

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod cpu;
 mod decode;
+pub mod elementwise;
 mod gemm;
 pub mod matmul;
 pub mod npu;

@@ -1,6 +1,8 @@
 //! The machine's limits, measured by the bench itself so that kernel figures can be quoted as a
 //! fraction of them in the same run: multi-threaded streaming-read bandwidth (what a bandwidth-bound
-//! kernel such as decode matmul or paged attention can reach at best).
+//! kernel such as decode matmul or paged attention can reach at best), copy bandwidth (bytes copied
+//! per second, what copies and collectives move), and an FMA peak estimate (f32 GFLOPS of
+//! independent fused multiply-adds on every pool thread at the best SIMD level).
 
 use super::{per_iter, Figure};
 use ascend_rt::host::pool;
@@ -69,6 +71,116 @@ pub fn read_bandwidth(budget: Duration) -> Figure {
         ],
         value: probe.bytes() as f64 / t.as_secs_f64() / 1e9,
         unit: "gbps",
+    }
+}
+
+/// Measures copy bandwidth (GB/s of bytes copied) over [`PROBE_BYTES`] on every pool thread: the
+/// better of 1 MiB pieces and one piece per thread (large copies take the non-temporal path).
+pub fn copy_bandwidth(budget: Duration) -> Figure {
+    let n = PROBE_BYTES / 8;
+    let src: Vec<u64> = (0..n as u64).collect();
+    let mut dst = vec![1u64; n];
+    let addr = dst.as_mut_ptr() as usize;
+    let best = [CHUNK / 8, n.div_ceil(pool().threads())]
+        .into_iter()
+        .map(|per_chunk| {
+            per_iter(budget, |iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    pool().parallel_for(n.div_ceil(per_chunk), &|i| {
+                        let (a, b) = (i * per_chunk, n.min((i + 1) * per_chunk));
+                        // SAFETY: chunks are disjoint ranges of `dst`, which outlives the parallel_for.
+                        let d = unsafe { std::slice::from_raw_parts_mut((addr as *mut u64).add(a), b - a) };
+                        d.copy_from_slice(&src[a..b]);
+                    });
+                }
+                t.elapsed()
+            })
+        })
+        .min()
+        .expect("two measurements");
+    std::hint::black_box(&dst);
+    Figure {
+        name: "limits.copy".into(),
+        params: vec![
+            ("bytes".to_string(), Value::from(PROBE_BYTES)),
+            ("threads".to_string(), Value::from(pool().threads())),
+        ],
+        value: PROBE_BYTES as f64 / best.as_secs_f64() / 1e9,
+        unit: "gbps",
+    }
+}
+
+/// Independent FMA chains: 8 accumulators of 16 lanes, so the loop is bound by FMA throughput.
+#[inline(always)]
+fn fma_chains(iters: u64, x: f32, y: f32) -> f32 {
+    let mut acc = [[1.0f32; 16]; 8];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            for v in a.iter_mut() {
+                *v = v.mul_add(x, y);
+            }
+        }
+    }
+    acc.iter().flatten().sum()
+}
+
+/// The same chains with explicit AVX-512 FMAs (the compiler does not turn `mul_add` on arrays into
+/// vector FMAs reliably).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512(iters: u64, x: f32, y: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (xv, yv) = (_mm512_set1_ps(x), _mm512_set1_ps(y));
+    let mut acc = [_mm512_set1_ps(1.0); 8];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, xv, yv);
+        }
+    }
+    acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_avx2(iters: u64, x: f32, y: f32) -> f32 {
+    fma_chains(iters, x, y)
+}
+
+/// Estimates the f32 FMA peak (GFLOPS, 2 per FMA) of all pool threads at the active SIMD level.
+pub fn fma_peak(budget: Duration) -> Figure {
+    use ascend_kernels::cpu::{active, Level};
+    let level = active();
+    let run = |iters: u64| -> f32 {
+        // Values that keep the chains finite: x·v + y converges to y / (1 − x).
+        let (x, y) = (std::hint::black_box(0.999_999f32), std::hint::black_box(1e-6f32));
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `active()` only reports levels this CPU supports.
+            Level::Avx512 | Level::Avx512Bf16 => unsafe { fma_avx512(iters, x, y) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Level::Avx2 => unsafe { fma_avx2(iters, x, y) },
+            _ => fma_chains(iters, x, y),
+        }
+    };
+    let threads = pool().threads();
+    let inner = 100_000u64;
+    let t = per_iter(budget, |iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            pool().parallel_for(threads, &|_| {
+                std::hint::black_box(run(inner));
+            });
+        }
+        t.elapsed()
+    });
+    let flops = (threads as u64 * inner * 8 * 16 * 2) as f64;
+    Figure {
+        name: "limits.fma_peak".into(),
+        params: vec![("level".to_string(), Value::from(level.name())), ("threads".to_string(), Value::from(threads))],
+        value: flops / t.as_secs_f64() / 1e9,
+        unit: "gflops",
     }
 }
 

@@ -8,6 +8,9 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Total weight bytes a decode-shaped case rotates through (well beyond any last-level cache).
+const ROTATE_BYTES: usize = 256 << 20;
+
 /// Element types the benchmark accepts.
 pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
@@ -55,7 +58,15 @@ fn runner<T: Element>(
 ) -> Result<Box<dyn FnMut(u64) -> Result<Duration>>> {
     let fill = |n: usize| (0..n).map(|i| T::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5)).collect::<Vec<_>>();
     let a = stream.clone_htod(&fill(shape.batch * shape.m * shape.k))?;
-    let b = stream.clone_htod(&fill(if shape.shared_b { 1 } else { shape.batch } * shape.k * shape.n))?;
+    let b_len = if shape.shared_b { 1 } else { shape.batch } * shape.k * shape.n;
+    // Decode shapes stream their weights: rotate through copies that together exceed the last-level
+    // cache, so each product reads its weights from memory as a real model's layers do.
+    let copies = if shape.m <= ascend_kernels::matmul::DECODE_MAX_M {
+        (ROTATE_BYTES / (b_len * std::mem::size_of::<T>())).clamp(1, 64)
+    } else {
+        1
+    };
+    let bs = (0..copies).map(|_| stream.clone_htod(&fill(b_len))).collect::<Result<Vec<_>>>()?;
     let mut c = stream.alloc_zeros::<T>(shape.batch * shape.m * shape.n)?;
     let mm = match level {
         Some(l) => Matmul::new(shape).level(l),
@@ -65,8 +76,8 @@ fn runner<T: Element>(
     Ok(Box::new(move |iters| {
         stream.synchronize()?;
         let t = Instant::now();
-        for _ in 0..iters {
-            mm.run(&stream, &a, &b, None, &mut c)?;
+        for i in 0..iters as usize {
+            mm.run(&stream, &a, &bs[i % bs.len()], None, &mut c)?;
         }
         stream.synchronize()?;
         Ok(t.elapsed())

@@ -2,6 +2,7 @@
 //! `ascend bench`: each returns the time taken for a given number of iterations, so criterion's
 //! `iter_custom` and the command-line sweep measure exactly the same thing.
 
+pub mod all;
 pub mod attention;
 pub mod collectives;
 pub mod limits;

@@ -53,6 +53,15 @@ pub fn run_attention(
     Ok(figures)
 }
 
+/// Runs `bench all`.
+pub fn run_all(budget: Duration, json: bool) -> ascend::rt::Result<Vec<Figure>> {
+    let figures = ascend::bench::all::quick(budget, progress(json))?;
+    if !json {
+        eprint!("\r\x1b[2K");
+    }
+    Ok(figures)
+}
+
 /// Runs the all-reduce sweep.
 pub fn run_collectives(
     ranks: usize,
@@ -89,7 +98,8 @@ fn param_text(key: &str, v: &serde_json::Value) -> Option<String> {
     })
 }
 
-/// Prints figures as a table (or JSON lines).
+/// Prints figures as a table (or JSON lines). Figures measured against a limit (`bench all`) show
+/// the limit and the fraction of it reached.
 pub fn print(figures: &[Figure], json: bool) {
     if json {
         for f in figures {
@@ -97,17 +107,24 @@ pub fn print(figures: &[Figure], json: bool) {
         }
         return;
     }
+    let get = |f: &Figure, k: &str| f.params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let rows: Vec<Vec<String>> = figures
         .iter()
         .map(|f| {
             let params: Vec<String> = f
                 .params
                 .iter()
-                .filter(|(k, _)| k != "backend" && k != "device")
+                .filter(|(k, _)| !matches!(k.as_str(), "backend" | "device" | "limit" | "limit_value" | "fraction"))
                 .filter_map(|(k, v)| param_text(k, v))
                 .collect();
-            vec![f.name.clone(), params.join(" "), format!("{:.3}", f.value), f.unit.to_string()]
+            let limit = match (get(f, "limit"), get(f, "limit_value").and_then(|v| v.as_f64())) {
+                (Some(name), Some(v)) => format!("{} {v:.1}", name.as_str().unwrap_or("")),
+                _ => String::new(),
+            };
+            let reached =
+                get(f, "fraction").and_then(|v| v.as_f64()).map_or(String::new(), |x| format!("{:.0}%", 100.0 * x));
+            vec![f.name.clone(), params.join(" "), format!("{:.3}", f.value), f.unit.to_string(), limit, reached]
         })
         .collect();
-    println!("{}", super::table::render(&["benchmark", "parameters", "value", "unit"], &rows));
+    println!("{}", super::table::render(&["benchmark", "parameters", "value", "unit", "limit", "reached"], &rows));
 }

@@ -1,0 +1,153 @@
+"""worker/patch_parallel_state: vLLM's model-parallel setup checked against ascend-patch's layout,
+and its teardown extended to destroy the ascend-rs communicators.
+
+Why: ascend-rs communicators hold shared memory and peer state that vLLM's teardown does not know
+about; and the communicator relies on vLLM's rank layout, which must match ascend-patch's.
+
+How: ``initialize_model_parallel`` is wrapped (in ``vllm.distributed.parallel_state`` and its
+re-export ``vllm.distributed``) to compare every group vLLM built (tp, dcp, pcp, pp, dp, ep, eplb
+when present) with ``ascend_patch_layout``; a mismatch raises before any collective runs.
+``destroy_model_parallel`` and ``destroy_distributed_environment`` are wrapped under every name they
+are bound to (the registry's aliases; a module that cannot be imported is skipped and logged) so
+that, after vLLM's own teardown, every remaining ascend-rs communicator is destroyed and its shared
+memory released.
+
+Upstream: none needed for the layout check (it guards our own assumption); a destroy hook on
+DeviceCommunicatorBase that vLLM calls on teardown would remove the destroy wrappers.
+
+Future: drop the destroy wrappers when vLLM calls communicator destroy() from
+destroy_model_parallel; keep the layout check while the layout is duplicated here.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import logging
+
+PATCH_ID = "worker/patch_parallel_state"
+PS = "vllm.distributed.parallel_state"
+
+logger = logging.getLogger("ascend_patch")
+
+# (global of parallel_state, ascend_patch_layout kind), in vLLM's creation order.
+GROUPS = [("_TP", "tp"), ("_DCP", "dcp"), ("_PCP", "pcp"), ("_PP", "pp"), ("_DP", "dp"), ("_EP", "ep"), ("_EPLB", "eplb")]
+
+_originals: dict[str, object] = {}
+
+
+def check_layout(tp: int, pp: int, pcp: int, dcp: int | None) -> dict[str, list[list[int]]]:
+    """Compares the groups vLLM built with ascend-patch's layout; RuntimeError naming the first group
+    that differs. Returns the groups checked (kind -> ranks)."""
+    import torch.distributed as dist
+    from vllm.config import get_current_vllm_config_or_none
+    from vllm.distributed import parallel_state as ps
+
+    from ascend_patch import _lib
+
+    world = dist.get_world_size()
+    config = get_current_vllm_config_or_none()
+    dp = config.parallel_config.data_parallel_size if config is not None else 1
+    elastic = bool(getattr(config.parallel_config, "enable_elastic_ep", False)) if config is not None else False
+    dcp = dcp or 1
+    checked = {}
+    for var, kind in GROUPS:
+        group = getattr(ps, var, None)
+        if group is None:
+            continue
+        if elastic and kind in ("dp", "ep", "eplb"):
+            continue  # elastic EP builds these as stateless groups with their own layout
+        built = [[int(r) for r in ranks] for ranks in group.group_ranks]
+        try:
+            ours = _lib.layout(world, tp, pp, dp, pcp, dcp, kind)
+        except _lib.AscendPatchError as e:
+            raise RuntimeError(
+                f"ascend_patch: vLLM built {kind} groups {built} for world={world} tp={tp} pp={pp} dp={dp} "
+                f"pcp={pcp} dcp={dcp}, which ascend-patch's layout rejects: {e.message}"
+            ) from e
+        if built != ours:
+            raise RuntimeError(
+                f"ascend_patch: vLLM's {kind} groups {built} differ from ascend-patch's layout {ours} "
+                f"(world={world} tp={tp} pp={pp} dp={dp} pcp={pcp} dcp={dcp}); the communicators "
+                "rely on it: update patch/src/layout.rs for this vLLM"
+            )
+        checked[kind] = built
+    return checked
+
+
+def _wrap_initialize(original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def initialize_model_parallel(*args, **kwargs):
+        result = original(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        check_layout(
+            a["tensor_model_parallel_size"],
+            a["pipeline_model_parallel_size"],
+            a["prefill_context_model_parallel_size"],
+            a["decode_context_model_parallel_size"],
+        )
+        return result
+
+    initialize_model_parallel.__ascend_patch__ = PATCH_ID
+    return initialize_model_parallel
+
+
+def _wrap_destroy(original):
+    @functools.wraps(original)
+    def destroy(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        finally:
+            from ascend_patch.communicator import destroy_all
+
+            destroy_all()
+
+    destroy.__ascend_patch__ = PATCH_ID
+    return destroy
+
+
+def _bindings(target: dict) -> list[tuple[object, str]]:
+    """(module, attribute) of the target and of each alias whose module imports."""
+    out = []
+    for dotted in [target["name"], *target["aliases"]]:
+        module_name, attr = dotted.rsplit(".", 1)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as e:  # e.g. a module needing an optional dependency
+            logger.info("%s: %s not patched: %s cannot be imported (%s)", PATCH_ID, dotted, module_name, e)
+            continue
+        out.append((module, attr))
+    return out
+
+
+def apply() -> None:
+    """Wraps initialize_model_parallel and the two destroy functions under every binding (a no-op
+    when already wrapped)."""
+    from ascend_patch._core import registry_entry
+
+    ps = importlib.import_module(PS)
+    if getattr(ps.initialize_model_parallel, "__ascend_patch__", None) == PATCH_ID:
+        return
+    makers = {
+        f"{PS}.initialize_model_parallel": _wrap_initialize,
+        f"{PS}.destroy_model_parallel": _wrap_destroy,
+        f"{PS}.destroy_distributed_environment": _wrap_destroy,
+    }
+    plan = []  # (module, attr, original, wrapper): built first, rebound after
+    for target in registry_entry(PATCH_ID)["targets"]:
+        make = makers[target["name"]]
+        original = getattr(ps, target["name"].rsplit(".", 1)[1])
+        wrapper = make(original)
+        _originals[target["name"]] = original
+        for module, attr in _bindings(target):
+            current = getattr(module, attr, None)
+            if current is not original:
+                raise RuntimeError(f"{module.__name__}.{attr} is not {target['name']} (rebound by someone else?)")
+            plan.append((module, attr, wrapper))
+    for module, attr, wrapper in plan:
+        setattr(module, attr, wrapper)

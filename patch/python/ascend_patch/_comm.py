@@ -1,0 +1,217 @@
+"""One rank of an ascend-rs *host* communicator (device = -1), on torch CPU tensors.
+
+Collectives run synchronously on the calling thread over the library's shared-memory transport and
+read and write the tensors' memory directly (a non-contiguous tensor goes through a contiguous copy).
+Data movement (gather, broadcast, send, recv) is done on the bytes, so every dtype moves; reductions
+need an HCCL data type (:data:`REDUCE_DTYPES`). This module needs torch but not vLLM.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+
+import torch
+
+from . import _lib
+
+SUM, PROD, MAX, MIN = 0, 1, 2, 3
+_BYTES = 7  # HcclDataType uint8: data movement is done on bytes
+
+# torch dtype -> HcclDataType for reductions (bool is reduced as uint8 with MAX, i.e. logical or).
+REDUCE_DTYPES: dict[torch.dtype, int] = {
+    torch.int8: 0,
+    torch.int16: 1,
+    torch.int32: 2,
+    torch.float16: 3,
+    torch.float32: 4,
+    torch.int64: 5,
+    torch.uint8: 7,
+    torch.float64: 10,
+    torch.bfloat16: 11,
+    torch.bool: 7,
+}
+for _name, _code in (("uint64", 6), ("uint16", 8), ("uint32", 9)):
+    if hasattr(torch, _name):
+        REDUCE_DTYPES[getattr(torch, _name)] = _code
+
+
+def hccl_dtype(dtype: torch.dtype) -> int:
+    """The HcclDataType a reduction on ``dtype`` uses; TypeError when there is none."""
+    try:
+        return REDUCE_DTYPES[dtype]
+    except KeyError:
+        raise TypeError(
+            f"ascend_patch: no HCCL data type for {dtype} (reductions support "
+            f"{', '.join(str(d).replace('torch.', '') for d in REDUCE_DTYPES)})"
+        ) from None
+
+
+def _cpu(t: torch.Tensor, op: str) -> None:
+    if not t.is_cpu:
+        raise TypeError(
+            f"ascend_patch: {op} takes CPU tensors on the host transport, not a tensor on {t.device} "
+            "(the NPU path goes through the device C ABI with a stream)"
+        )
+
+
+class HostComm:
+    """Joins the host communicator of ``root`` (from :func:`ascend_patch._lib.root_info`) as
+    ``rank`` of ``nranks``; returns once every rank has joined (``HCCL_CONNECT_TIMEOUT``)."""
+
+    def __init__(self, root: bytes, nranks: int, rank: int):
+        self._lib = lib = _lib.load()
+        handle = ctypes.c_void_p()
+        _lib.check(lib.ascend_patch_comm_init(root, len(root), nranks, rank, -1, ctypes.byref(handle)))
+        self._h = handle
+        self.nranks = nranks
+        self.rank = rank
+        self._lock = threading.Lock()
+        self._all_reduce = lib.ascend_patch_all_reduce
+        self._all_gather = lib.ascend_patch_all_gather
+        self._reduce_scatter = lib.ascend_patch_reduce_scatter
+        self._gather = lib.ascend_patch_gather
+        self._broadcast = lib.ascend_patch_broadcast
+        self._send = lib.ascend_patch_send
+        self._recv = lib.ascend_patch_recv
+
+    @property
+    def alive(self) -> bool:
+        return self._h is not None
+
+    def _handle(self) -> ctypes.c_void_p:
+        h = self._h
+        if h is None:
+            raise RuntimeError("ascend_patch: this communicator was destroyed")
+        return h
+
+    def destroy(self) -> None:
+        """Leaves the communicator; its shared memory is released when every rank has left."""
+        with self._lock:
+            h, self._h = self._h, None
+        if h is not None:
+            _lib.check(self._lib.ascend_patch_comm_destroy(h))
+
+    # -- collectives ----------------------------------------------------------------------------
+
+    def all_reduce(self, t: torch.Tensor, op: int = SUM) -> torch.Tensor:
+        """In place: every rank's ``t`` becomes the reduction over ranks."""
+        _cpu(t, "all_reduce")
+        dtype = t.dtype
+        code = REDUCE_DTYPES.get(dtype)
+        if code is None:
+            hccl_dtype(dtype)
+        if dtype is torch.bool and op in (SUM, MAX):
+            op = MAX
+        n = t.numel()
+        if n == 0:
+            return t
+        if t.is_contiguous():
+            p = t.data_ptr()
+            _lib.check(self._all_reduce(self._handle(), p, p, n, code, op, None))
+        else:
+            work = t.contiguous()
+            p = work.data_ptr()
+            _lib.check(self._all_reduce(self._handle(), p, p, n, code, op, None))
+            t.copy_(work)
+        return t
+
+    def all_gather_into(self, out: torch.Tensor, inp: torch.Tensor) -> None:
+        """``out`` (contiguous, nranks × inp's bytes) = every rank's ``inp`` in rank order."""
+        _cpu(inp, "all_gather")
+        _cpu(out, "all_gather")
+        inp = inp.contiguous()
+        nbytes = inp.numel() * inp.element_size()
+        if out.numel() * out.element_size() != nbytes * self.nranks or not out.is_contiguous():
+            raise ValueError("ascend_patch: all_gather output must be contiguous with nranks × the input")
+        if nbytes:
+            _lib.check(self._all_gather(self._handle(), inp.data_ptr(), out.data_ptr(), nbytes, _BYTES, None))
+
+    def reduce_scatter_into(self, out: torch.Tensor, inp: torch.Tensor, op: int = SUM) -> None:
+        """``out`` (count elements) = this rank's block of the reduction over every rank's ``inp``
+        (nranks × count elements)."""
+        _cpu(inp, "reduce_scatter")
+        _cpu(out, "reduce_scatter")
+        code = hccl_dtype(inp.dtype)
+        if inp.dtype is torch.bool and op in (SUM, MAX):
+            op = MAX
+        inp = inp.contiguous()
+        n = out.numel()
+        if inp.numel() != n * self.nranks or out.dtype != inp.dtype or not out.is_contiguous():
+            raise ValueError("ascend_patch: reduce_scatter input must hold nranks × the output's elements")
+        if n:
+            _lib.check(self._reduce_scatter(self._handle(), inp.data_ptr(), out.data_ptr(), n, code, op, None))
+
+    def gather_into(self, out: torch.Tensor | None, inp: torch.Tensor, root: int) -> None:
+        """On ``root``, ``out`` (contiguous, nranks × inp) = every rank's ``inp``; ``out`` is unused
+        (may be None) elsewhere."""
+        _cpu(inp, "gather")
+        inp = inp.contiguous()
+        nbytes = inp.numel() * inp.element_size()
+        recv = 0
+        if self.rank == root:
+            if out is None or not out.is_contiguous() or out.numel() * out.element_size() != nbytes * self.nranks:
+                raise ValueError("ascend_patch: gather output must be contiguous with nranks × the input")
+            _cpu(out, "gather")
+            recv = out.data_ptr()
+        if nbytes:
+            _lib.check(self._gather(self._handle(), inp.data_ptr(), recv or None, nbytes, _BYTES, root, None))
+
+    def broadcast(self, t: torch.Tensor, root: int) -> torch.Tensor:
+        """In place: every rank's ``t`` becomes root's."""
+        _cpu(t, "broadcast")
+        nbytes = t.numel() * t.element_size()
+        if nbytes == 0:
+            return t
+        if t.is_contiguous():
+            _lib.check(self._broadcast(self._handle(), t.data_ptr(), nbytes, _BYTES, root, None))
+        else:
+            work = t.contiguous()
+            _lib.check(self._broadcast(self._handle(), work.data_ptr(), nbytes, _BYTES, root, None))
+            if self.rank != root:
+                t.copy_(work)
+        return t
+
+    def send(self, t: torch.Tensor, peer: int) -> None:
+        """Sends ``t``'s bytes to ``peer`` (returns once the peer took them)."""
+        _cpu(t, "send")
+        t = t.contiguous()
+        nbytes = t.numel() * t.element_size()
+        if nbytes:
+            _lib.check(self._send(self._handle(), t.data_ptr(), nbytes, _BYTES, peer, None))
+
+    def recv(self, t: torch.Tensor, peer: int) -> torch.Tensor:
+        """Fills ``t`` with the bytes ``peer`` sends (same size as sent)."""
+        _cpu(t, "recv")
+        nbytes = t.numel() * t.element_size()
+        if nbytes == 0:
+            return t
+        if t.is_contiguous():
+            _lib.check(self._recv(self._handle(), t.data_ptr(), nbytes, _BYTES, peer, None))
+        else:
+            work = torch.empty_like(t, memory_format=torch.contiguous_format)
+            _lib.check(self._recv(self._handle(), work.data_ptr(), nbytes, _BYTES, peer, None))
+            t.copy_(work)
+        return t
+
+    def send_bytes(self, data: bytes, peer: int) -> None:
+        """Sends a length header, then ``data``."""
+        header = struct.pack("<Q", len(data))
+        _lib.check(self._send(self._handle(), header, 8, _BYTES, peer, None))
+        if data:
+            _lib.check(self._send(self._handle(), data, len(data), _BYTES, peer, None))
+
+    def recv_bytes(self, peer: int) -> bytes:
+        """What ``send_bytes`` on ``peer`` sent."""
+        header = ctypes.create_string_buffer(8)
+        _lib.check(self._recv(self._handle(), header, 8, _BYTES, peer, None))
+        (n,) = struct.unpack("<Q", header.raw)
+        if n == 0:
+            return b""
+        buf = ctypes.create_string_buffer(n)
+        _lib.check(self._recv(self._handle(), buf, n, _BYTES, peer, None))
+        return buf.raw
+
+    def barrier(self) -> None:
+        _lib.check(self._lib.ascend_patch_barrier(self._handle(), None))

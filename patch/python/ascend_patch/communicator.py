@@ -1,0 +1,290 @@
+"""``AscendCommunicator``: vLLM's device communicator backed by ascend-rs collectives.
+
+vLLM creates one device communicator per group (``GroupCoordinator``) through the platform's
+``get_device_communicator_cls()``; the ``worker/patch_communicator`` patch makes that this class on
+the CPU platform. Each instance uses an ascend-rs *host* communicator (device = -1: CPU tensors over
+shared memory) for its ranks. Communicators live in a process-wide table keyed by the group's global
+ranks and are reference-counted: groups with identical ranks (TP and EP when DP = PCP = 1, say) share
+one. The root info is made by group rank 0 and handed to the others over the group's gloo
+``cpu_group`` once, when the communicator is created.
+
+Tensor semantics follow vLLM's ``CpuCommunicator`` / ``DeviceCommunicatorBase`` exactly
+(``all_reduce`` in place, concat-style ``all_gather``, ``reduce_scatter`` along ``dim`` as vLLM cuts
+it, ``gather`` returning None off ``dst``). ``AscendCommunicator.calls`` counts calls per operation.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import pickle
+import threading
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from vllm.distributed.device_communicators.base_device_communicator import DeviceCommunicatorBase
+
+from . import _lib
+from ._comm import HostComm
+
+logger = logging.getLogger("ascend_patch")
+
+# What a tensor of a tensor dict becomes in the metadata that precedes the payloads.
+TensorMeta = collections.namedtuple("TensorMeta", ["device", "dtype", "size"])
+
+
+class _Shared:
+    """A host communicator shared by the groups with the same global ranks."""
+
+    def __init__(self, key: tuple[int, ...], comm: HostComm):
+        self.key = key
+        self.comm = comm
+        self.refs = 0
+        self.owners: list[str] = []
+
+
+_table_lock = threading.Lock()
+_table: dict[tuple[int, ...], _Shared] = {}
+
+
+def live_communicators() -> dict[tuple[int, ...], dict]:
+    """The ascend-rs communicators of this process: ranks -> {refs, owners} (for tests)."""
+    with _table_lock:
+        return {k: {"refs": s.refs, "owners": list(s.owners)} for k, s in _table.items()}
+
+
+def destroy_all() -> int:
+    """Destroys every remaining communicator of this process (whatever its reference count) and
+    releases its shared memory; returns how many there were."""
+    with _table_lock:
+        shared = list(_table.values())
+        _table.clear()
+    for s in shared:
+        s.refs = 0
+        try:
+            s.comm.destroy()
+        except _lib.AscendPatchError as e:
+            logger.warning("destroying the communicator of ranks %s failed: %s", list(s.key), e)
+    return len(shared)
+
+
+def _broadcast_root_info(comm: "AscendCommunicator", info: bytes | None) -> bytes:
+    group = comm.cpu_group
+    if hasattr(group, "broadcast_obj"):  # vLLM's StatelessProcessGroup
+        return group.broadcast_obj(info, src=0)
+    box = [info]
+    dist.broadcast_object_list(box, src=comm.ranks[0], group=group)
+    return box[0]
+
+
+def _acquire(comm: "AscendCommunicator") -> _Shared:
+    key = tuple(int(r) for r in comm.ranks)
+    with _table_lock:
+        shared = _table.get(key)
+        if shared is None:
+            # Every rank of the group makes the same decision: they built the same groups in the
+            # same order, so they all find the entry or none of them does.
+            info = _lib.root_info(-1) if comm.rank_in_group == 0 else None
+            info = _broadcast_root_info(comm, info)
+            shared = _Shared(key, HostComm(info, comm.world_size, comm.rank_in_group))
+            _table[key] = shared
+        shared.refs += 1
+        shared.owners.append(comm.unique_name)
+        return shared
+
+
+def _release(shared: _Shared, owner: str) -> None:
+    with _table_lock:
+        if _table.get(shared.key) is not shared:
+            return  # already destroyed by destroy_all
+        shared.refs -= 1
+        if owner in shared.owners:
+            shared.owners.remove(owner)
+        if shared.refs > 0:
+            return
+        del _table[shared.key]
+    shared.comm.destroy()
+
+
+class AscendCommunicator(DeviceCommunicatorBase):
+    """A vLLM device communicator whose collectives run on ascend-rs (host transport, CPU tensors)."""
+
+    #: Calls per operation in this process (all_reduce, all_gather, ...), for tests and benchmarks.
+    calls: collections.Counter = collections.Counter()
+
+    def __init__(
+        self,
+        cpu_group,
+        device: torch.device | None = None,
+        device_group=None,
+        unique_name: str = "",
+        global_ranks: list[int] | None = None,
+        global_world_size: int | None = None,
+        use_all2all: bool = False,
+    ):
+        super().__init__(
+            cpu_group,
+            device,
+            device_group,
+            unique_name,
+            global_ranks=global_ranks,
+            global_world_size=global_world_size,
+            use_all2all=use_all2all,
+        )
+        if self.device.type != "cpu":
+            raise RuntimeError(
+                f"ascend_patch: AscendCommunicator runs the host transport on CPU tensors; group "
+                f"{unique_name} is on {self.device}"
+            )
+        # PP tensor dicts go through send_tensor_dict / recv_tensor_dict (vLLM checks this flag).
+        self.supports_tensor_dict = True
+        self._released = False
+        self._shared = _acquire(self)
+        self._comm = self._shared.comm
+        if self.use_all2all:  # as vLLM's CpuCommunicator does for MoE on CPU
+            from vllm.distributed.device_communicators.all2all import AgRsAll2AllManager
+
+            self.all2all_manager = AgRsAll2AllManager(self.cpu_group)
+
+    # -- collectives ----------------------------------------------------------------------------
+
+    def all_reduce(self, input_: torch.Tensor) -> torch.Tensor:
+        AscendCommunicator.calls["all_reduce"] += 1
+        self._comm.all_reduce(input_)
+        return input_
+
+    def all_gather(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        AscendCommunicator.calls["all_gather"] += 1
+        if dim < 0:
+            dim += input_.dim()
+        size = input_.size()
+        out = torch.empty((self.world_size,) + tuple(size), dtype=input_.dtype, device=input_.device)
+        self._comm.all_gather_into(out, input_)
+        out = out.movedim(0, dim)
+        return out.reshape(size[:dim] + (self.world_size * size[dim],) + size[dim + 1 :])
+
+    def reduce_scatter(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        AscendCommunicator.calls["reduce_scatter"] += 1
+        world_size = self.world_size
+        if world_size == 1:
+            return input_
+        assert -input_.dim() <= dim < input_.dim(), (
+            f"Invalid dim ({dim}) for input tensor with shape {input_.size()}"
+        )
+        if dim < 0:
+            dim += input_.dim()
+        # Cut as vLLM's communicators do: dimension `dim` is brought to the front with movedim(0, dim).
+        inp = input_.movedim(0, dim).contiguous()
+        assert inp.shape[0] % world_size == 0
+        out = torch.empty((inp.shape[0] // world_size,) + tuple(inp.shape[1:]), dtype=inp.dtype, device=inp.device)
+        self._comm.reduce_scatter_into(out, inp)
+        return out.movedim(0, dim).contiguous()
+
+    def gather(self, input_: torch.Tensor, dst: int = 0, dim: int = -1) -> torch.Tensor | None:
+        AscendCommunicator.calls["gather"] += 1
+        assert -input_.dim() <= dim < input_.dim(), (
+            f"Invalid dim ({dim}) for input tensor with shape {input_.size()}"
+        )
+        if dim < 0:
+            dim += input_.dim()
+        if self.rank_in_group == dst:
+            out = torch.empty((self.world_size,) + tuple(input_.shape), dtype=input_.dtype, device=input_.device)
+            self._comm.gather_into(out, input_, dst)
+            return torch.cat(out.unbind(0), dim=dim)
+        self._comm.gather_into(None, input_, dst)
+        return None
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        AscendCommunicator.calls["broadcast"] += 1
+        if self.world_size == 1:
+            return tensor
+        self._comm.broadcast(tensor, src)
+        return tensor
+
+    # -- point to point -------------------------------------------------------------------------
+
+    def send(self, tensor: torch.Tensor, dst: int | None = None) -> None:
+        AscendCommunicator.calls["send"] += 1
+        if dst is None:
+            dst = (self.rank_in_group + 1) % self.world_size
+        self._comm.send(tensor, dst)
+
+    def recv(self, size: torch.Size, dtype: torch.dtype, src: int | None = None) -> torch.Tensor:
+        AscendCommunicator.calls["recv"] += 1
+        if src is None:
+            src = (self.rank_in_group - 1) % self.world_size
+        tensor = torch.empty(size, dtype=dtype, device=self.device)
+        self._comm.recv(tensor, src)
+        return tensor
+
+    def send_tensor_dict(self, tensor_dict: dict[str, torch.Tensor | Any], dst: int) -> None:
+        """Sends the metadata (keys, dtypes, shapes and the non-tensor values, pickled after a length
+        header), then each non-empty tensor's bytes."""
+        AscendCommunicator.calls["send_tensor_dict"] += 1
+        metadata, tensors = split_tensor_dict(tensor_dict)
+        self._comm.send_bytes(pickle.dumps(metadata, protocol=pickle.HIGHEST_PROTOCOL), dst)
+        for t in tensors:
+            if t.numel():
+                self._comm.send(t, dst)
+
+    def recv_tensor_dict(self, src: int) -> dict[str, torch.Tensor | Any]:
+        AscendCommunicator.calls["recv_tensor_dict"] += 1
+        metadata = pickle.loads(self._comm.recv_bytes(src))
+        out: dict[str, Any] = {}
+        for key, value in metadata:
+            if isinstance(value, TensorMeta):
+                t = torch.empty(value.size, dtype=value.dtype, device=self.device)
+                if t.numel():
+                    self._comm.recv(t, src)
+                out[key] = t
+            else:
+                out[key] = value
+        return out
+
+    # -- MoE (as vLLM's CpuCommunicator: through the all2all manager when there is one) ----------
+
+    def dispatch_router_logits(self, hidden_states, router_logits, is_sequence_parallel=False, extra_tensors=None):
+        if self.all2all_manager is None:
+            return super().dispatch_router_logits(hidden_states, router_logits, is_sequence_parallel, extra_tensors)
+        return self.all2all_manager.dispatch_router_logits(
+            hidden_states, router_logits, is_sequence_parallel, extra_tensors
+        )
+
+    def dispatch(self, hidden_states, topk_weights, topk_ids, is_sequence_parallel=False, extra_tensors=None):
+        if self.all2all_manager is None:
+            return super().dispatch(hidden_states, topk_weights, topk_ids, is_sequence_parallel, extra_tensors)
+        return self.all2all_manager.dispatch(
+            hidden_states, topk_weights, topk_ids, is_sequence_parallel, extra_tensors=extra_tensors
+        )
+
+    def combine(self, hidden_states, is_sequence_parallel=False):
+        if self.all2all_manager is None:
+            return super().combine(hidden_states, is_sequence_parallel)
+        return self.all2all_manager.combine(hidden_states, is_sequence_parallel)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def destroy(self) -> None:
+        """Drops this group's reference; the ascend-rs communicator is destroyed (and its shared
+        memory released) with the last group using it."""
+        if self._released:
+            return
+        self._released = True
+        if self.all2all_manager is not None:
+            self.all2all_manager.destroy()
+            self.all2all_manager = None
+        _release(self._shared, self.unique_name)
+
+
+def split_tensor_dict(tensor_dict: dict[str, Any]) -> tuple[list[tuple[str, Any]], list[torch.Tensor]]:
+    """(metadata: (key, value or TensorMeta) per entry in order, the tensors in order)."""
+    metadata: list[tuple[str, Any]] = []
+    tensors: list[torch.Tensor] = []
+    for key, value in tensor_dict.items():
+        if isinstance(value, torch.Tensor):
+            metadata.append((key, TensorMeta(value.device.type, value.dtype, value.size())))
+            tensors.append(value)
+        else:
+            metadata.append((key, value))
+    return metadata, tensors

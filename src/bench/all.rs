@@ -1,0 +1,102 @@
+//! `ascend bench all`: a quick sweep of every benchmark on the current backend, each figure next to
+//! the limit it is bound by, measured at the start of the same run (streaming-read and copy
+//! bandwidth, FMA peak), and the fraction of it reached.
+
+use super::attention::{self, Workload};
+use super::{collectives, limits, matmul, per_iter, runtime, Figure};
+use ascend_kernels::cpu::{active, Level};
+use ascend_kernels::{Heads, Shape};
+use ascend_rt::{Context, Result, Stream};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Adds the limit a figure is bound by (`limit`, `limit_value`, `fraction` parameters).
+fn against(mut f: Figure, limit: &Figure, value: f64) -> Figure {
+    f.params.push(("limit".into(), Value::from(limit.name.clone())));
+    f.params.push(("limit_value".into(), Value::from(limit.value)));
+    f.params.push(("fraction".into(), Value::from(value / limit.value)));
+    f
+}
+
+fn param(f: &Figure, key: &str) -> f64 {
+    f.params.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_f64()).unwrap_or(f64::NAN)
+}
+
+/// Runs the sweep; `budget` is the target time of each measurement; `progress` hears each step.
+pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Figure>> {
+    progress("limits (read, copy, FMA peak)");
+    let read = limits::read_bandwidth(budget);
+    let copy = limits::copy_bandwidth(budget);
+    let fma = limits::fma_peak(budget);
+    // vdpbf16ps does two products per lane: bf16 peak is twice the f32 one where the CPU has it.
+    let bf16_factor = if active() == Level::Avx512Bf16 { 2.0 } else { 1.0 };
+    let mut bf16_peak = fma.clone();
+    bf16_peak.name = "limits.fma_peak(bf16)".into();
+    bf16_peak.value *= bf16_factor;
+    let mut out = vec![read.clone(), copy.clone(), fma.clone()];
+
+    progress("runtime (round trip, device copy)");
+    let stream = Stream::new(&Context::new(0)?)?;
+    let mut fail = None;
+    let t = per_iter(budget, |n| {
+        runtime::round_trip(&stream, n).unwrap_or_else(|e| {
+            fail.get_or_insert(e);
+            Duration::from_secs(1)
+        })
+    });
+    out.push(Figure { name: "runtime.round_trip".into(), params: vec![], value: t.as_secs_f64() * 1e6, unit: "us" });
+    let bytes = 64 << 20;
+    let mut bufs = runtime::CopyBuffers::new(&stream, bytes)?;
+    let t = per_iter(budget, |n| {
+        bufs.copy(runtime::Direction::DeviceToDevice, n).unwrap_or_else(|e| {
+            fail.get_or_insert(e);
+            Duration::from_secs(1)
+        })
+    });
+    if let Some(e) = fail {
+        return Err(e);
+    }
+    let gbps = bytes as f64 / t.as_secs_f64() / 1e9;
+    let f = Figure {
+        name: "runtime.copy".into(),
+        params: vec![("direction".into(), Value::from("d2d")), ("bytes".into(), Value::from(bytes))],
+        value: gbps,
+        unit: "gbps",
+    };
+    out.push(against(f, &copy, gbps));
+
+    progress("collectives (2 ranks)");
+    let mut world = collectives::World::threads(2)?;
+    for f in collectives::sweep(&mut world, &[4 << 10, 16 << 20], "f32", budget, |_| {})? {
+        let keep = (f.name.ends_with("latency") && param(&f, "bytes") == 4096.0)
+            || (f.name.ends_with("busbw") && param(&f, "bytes") == (16 << 20) as f64);
+        if keep && f.unit == "gbps" {
+            let v = f.value;
+            out.push(against(f, &copy, v));
+        } else if keep {
+            out.push(f);
+        }
+    }
+    drop(world);
+
+    progress("matmul");
+    for (shape, dtype) in [(Shape::new(1024, 1024, 1024), "f32"), (Shape::new(1024, 1024, 1024), "bf16")] {
+        let f = matmul::measure(shape, dtype, None, budget)?;
+        let v = f.value;
+        out.push(against(f, if dtype == "f32" { &fma } else { &bf16_peak }, v));
+    }
+    let f = matmul::measure(Shape::new(1, 4096, 4096).transposed_b(), "bf16", None, budget)?;
+    let w = param(&f, "weights_gbps");
+    out.push(against(f, &read, w));
+
+    progress("attention");
+    let heads = Heads::new(32, 8, 128);
+    let f = attention::measure(Workload::Prefill { seq: 1024 }, heads, "f32", budget, None)?;
+    let v = f.value;
+    out.push(against(f, &fma, v));
+    let f =
+        attention::measure(Workload::Decode { batch: 8, context: 2048, block_size: 16 }, heads, "bf16", budget, None)?;
+    let v = f.value;
+    out.push(against(f, &read, v));
+    Ok(out)
+}

@@ -1,0 +1,62 @@
+//! The tensor-parallel decoder: TP = 2 and 4 compute the same function as TP = 1, and every cache
+//! block comes back when all sequences have finished.
+//!
+//! Tolerance: TP changes only the order of f32 sums (each rank reduces its shard of every row-parallel
+//! product, then the shards are added by all_reduce). Each logit is a chain of a few such sums of at
+//! most `inter` = 256 terms per layer; reordering a sum of n terms moves it by at most about
+//! 2·n·2⁻²⁴ of the sum of magnitudes (γₙ), about 3·10⁻⁵ here, compounded over two layers and the
+//! norms. We allow 10⁻³ of max(1, |logit|): a wrong shard or a missing all_reduce moves logits by
+//! O(0.1–1).
+
+use ascend::demo::{run, sample_requests, Config, Request};
+
+fn requests() -> Vec<Request> {
+    let cfg = Config::tiny();
+    // Prompt lengths 5..=64 (several cross block boundaries), generation lengths 3..=6.
+    sample_requests(&cfg, 5, 6)
+}
+
+#[test]
+fn tp_2_and_4_match_tp_1() {
+    let cfg = Config::tiny();
+    let reqs = requests();
+    let base = run(cfg, 1, &reqs, true).unwrap();
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(base.tokens[i].len(), r.max_new_tokens, "request {i} generated the wrong number of tokens");
+    }
+    for tp in [2, 4] {
+        let out = run(cfg, tp, &reqs, true).unwrap();
+        assert_eq!(out.tokens, base.tokens, "TP {tp}: greedy tokens differ from TP 1");
+        for (i, (a, b)) in out.logits.iter().zip(&base.logits).enumerate() {
+            assert_eq!(a.len(), b.len());
+            for (s, (x, y)) in a.iter().zip(b).enumerate() {
+                for (v, (p, q)) in x.iter().zip(y).enumerate() {
+                    let tol = 1e-3 * q.abs().max(1.0);
+                    assert!((p - q).abs() <= tol, "TP {tp}, request {i}, step {s}, logit {v}: {p} vs {q}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_cache_block_returns_when_all_sequences_finish() {
+    let cfg = Config::tiny();
+    for tp in [1, 2] {
+        let out = run(cfg, tp, &requests(), false).unwrap();
+        assert_eq!(out.blocks_free.0, out.blocks_free.1, "TP {tp}: blocks leaked");
+        assert!(out.decode_tokens > 0);
+    }
+}
+
+#[test]
+fn bad_setups_are_refused() {
+    let cfg = Config::tiny();
+    assert!(run(cfg, 3, &requests(), false).is_err(), "TP 3 does not divide 8 heads / 4 KV heads");
+    let empty = vec![Request { prompt: vec![], max_new_tokens: 2 }];
+    assert!(run(cfg, 1, &empty, false).is_err());
+    // A cache too small for the prompts is an error, not a hang or a crash.
+    let small = Config { blocks: 2, ..cfg };
+    let e = run(small, 1, &requests(), false).unwrap_err();
+    assert!(e.to_string().contains("out of KV cache blocks"), "{e}");
+}
