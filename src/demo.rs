@@ -484,13 +484,13 @@ fn generate(me: &mut Rank, requests: &[Request], keep_logits: bool) -> Result<Ou
         let logits = me.forward(&step)?;
         let b = active.len();
         let next = me.timed("argmax", |r| {
-            let mut ids = r.stream.alloc::<i32>(b)?;
+            let mut ids = r.stream.alloc::<i64>(b)?;
             argmax(&r.stream, &logits, c.vocab, &mut ids)?;
             r.stream.clone_dtoh(&ids)
         })?;
         let rows = if keep_logits { Some(me.stream.clone_dtoh(&logits)?) } else { None };
         for (i, seq) in active.iter_mut().enumerate() {
-            seq.tokens.push(next[i]);
+            seq.tokens.push(next[i] as i32);
             seq.left -= 1;
             if let Some(rows) = &rows {
                 out_logits[seq.index].push(rows[i * c.vocab..(i + 1) * c.vocab].to_vec());

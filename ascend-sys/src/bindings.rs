@@ -1115,6 +1115,15 @@ pub struct AscendApi {
     pub aclDestroyIntArray: ::std::option::Option<
         unsafe extern "C" fn(array: *const aclIntArray) -> aclnnStatus,
     >,
+    pub aclCreateScalar: ::std::option::Option<
+        unsafe extern "C" fn(
+            value: *mut ::std::os::raw::c_void,
+            dataType: aclDataType,
+        ) -> *mut aclScalar,
+    >,
+    pub aclDestroyScalar: ::std::option::Option<
+        unsafe extern "C" fn(scalar: *const aclScalar) -> aclnnStatus,
+    >,
     pub aclCreateTensorList: ::std::option::Option<
         unsafe extern "C" fn(
             value: *const *const aclTensor,
@@ -1239,10 +1248,117 @@ pub struct AscendApi {
             stream: aclrtStream,
         ) -> aclnnStatus,
     >,
+    pub aclnnRmsNormGetWorkspaceSize: ::std::option::Option<
+        unsafe extern "C" fn(
+            x: *const aclTensor,
+            gamma: *const aclTensor,
+            epsilon: f64,
+            yOut: *const aclTensor,
+            rstdOut: *const aclTensor,
+            workspaceSize: *mut u64,
+            executor: *mut *mut aclOpExecutor,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnRmsNorm: ::std::option::Option<
+        unsafe extern "C" fn(
+            workspace: *mut ::std::os::raw::c_void,
+            workspaceSize: u64,
+            executor: *mut aclOpExecutor,
+            stream: aclrtStream,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnRotaryPositionEmbeddingGetWorkspaceSize: ::std::option::Option<
+        unsafe extern "C" fn(
+            x: *const aclTensor,
+            cos: *const aclTensor,
+            sin: *const aclTensor,
+            mode: i64,
+            out: *mut aclTensor,
+            workspaceSize: *mut u64,
+            executor: *mut *mut aclOpExecutor,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnRotaryPositionEmbedding: ::std::option::Option<
+        unsafe extern "C" fn(
+            workspace: *mut ::std::os::raw::c_void,
+            workspaceSize: u64,
+            executor: *mut aclOpExecutor,
+            stream: aclrtStream,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnSwiGluGetWorkspaceSize: ::std::option::Option<
+        unsafe extern "C" fn(
+            x: *const aclTensor,
+            dim: i64,
+            out: *const aclTensor,
+            workspaceSize: *mut u64,
+            executor: *mut *mut aclOpExecutor,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnSwiGlu: ::std::option::Option<
+        unsafe extern "C" fn(
+            workspace: *mut ::std::os::raw::c_void,
+            workspaceSize: u64,
+            executor: *mut aclOpExecutor,
+            stream: aclrtStream,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnInplaceAddGetWorkspaceSize: ::std::option::Option<
+        unsafe extern "C" fn(
+            selfRef: *mut aclTensor,
+            other: *const aclTensor,
+            alpha: *const aclScalar,
+            workspaceSize: *mut u64,
+            executor: *mut *mut aclOpExecutor,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnInplaceAdd: ::std::option::Option<
+        unsafe extern "C" fn(
+            workspace: *mut ::std::os::raw::c_void,
+            workspaceSize: u64,
+            executor: *mut aclOpExecutor,
+            stream: aclrtStream,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnEmbeddingGetWorkspaceSize: ::std::option::Option<
+        unsafe extern "C" fn(
+            weight: *const aclTensor,
+            indices: *const aclTensor,
+            out: *const aclTensor,
+            workspaceSize: *mut u64,
+            executor: *mut *mut aclOpExecutor,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnEmbedding: ::std::option::Option<
+        unsafe extern "C" fn(
+            workspace: *mut ::std::os::raw::c_void,
+            workspaceSize: u64,
+            executor: *mut aclOpExecutor,
+            stream: aclrtStream,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnArgMaxGetWorkspaceSize: ::std::option::Option<
+        unsafe extern "C" fn(
+            self_: *const aclTensor,
+            dim: i64,
+            keepdim: bool,
+            out: *mut aclTensor,
+            workspaceSize: *mut u64,
+            executor: *mut *mut aclOpExecutor,
+        ) -> aclnnStatus,
+    >,
+    pub aclnnArgMax: ::std::option::Option<
+        unsafe extern "C" fn(
+            workspace: *mut ::std::os::raw::c_void,
+            workspaceSize: u64,
+            executor: *mut aclOpExecutor,
+            stream: aclrtStream,
+        ) -> aclnnStatus,
+    >,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AscendApi"][::std::mem::size_of::<AscendApi>() - 800usize];
+    ["Size of AscendApi"][::std::mem::size_of::<AscendApi>() - 912usize];
     ["Alignment of AscendApi"][::std::mem::align_of::<AscendApi>() - 8usize];
     [
         "Offset of field: AscendApi::aclInit",
@@ -1515,35 +1631,78 @@ const _: () = {
         "Offset of field: AscendApi::aclDestroyIntArray",
     ][::std::mem::offset_of!(AscendApi, aclDestroyIntArray) - 712usize];
     [
+        "Offset of field: AscendApi::aclCreateScalar",
+    ][::std::mem::offset_of!(AscendApi, aclCreateScalar) - 720usize];
+    [
+        "Offset of field: AscendApi::aclDestroyScalar",
+    ][::std::mem::offset_of!(AscendApi, aclDestroyScalar) - 728usize];
+    [
         "Offset of field: AscendApi::aclCreateTensorList",
-    ][::std::mem::offset_of!(AscendApi, aclCreateTensorList) - 720usize];
+    ][::std::mem::offset_of!(AscendApi, aclCreateTensorList) - 736usize];
     [
         "Offset of field: AscendApi::aclDestroyTensorList",
-    ][::std::mem::offset_of!(AscendApi, aclDestroyTensorList) - 728usize];
+    ][::std::mem::offset_of!(AscendApi, aclDestroyTensorList) - 744usize];
     [
         "Offset of field: AscendApi::aclnnMmGetWorkspaceSize",
-    ][::std::mem::offset_of!(AscendApi, aclnnMmGetWorkspaceSize) - 736usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnMmGetWorkspaceSize) - 752usize];
     [
         "Offset of field: AscendApi::aclnnMm",
-    ][::std::mem::offset_of!(AscendApi, aclnnMm) - 744usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnMm) - 760usize];
     [
         "Offset of field: AscendApi::aclnnBatchMatMulGetWorkspaceSize",
-    ][::std::mem::offset_of!(AscendApi, aclnnBatchMatMulGetWorkspaceSize) - 752usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnBatchMatMulGetWorkspaceSize) - 768usize];
     [
         "Offset of field: AscendApi::aclnnBatchMatMul",
-    ][::std::mem::offset_of!(AscendApi, aclnnBatchMatMul) - 760usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnBatchMatMul) - 776usize];
     [
         "Offset of field: AscendApi::aclnnFusedInferAttentionScoreV2GetWorkspaceSize",
     ][::std::mem::offset_of!(AscendApi, aclnnFusedInferAttentionScoreV2GetWorkspaceSize)
-        - 768usize];
+        - 784usize];
     [
         "Offset of field: AscendApi::aclnnFusedInferAttentionScoreV2",
-    ][::std::mem::offset_of!(AscendApi, aclnnFusedInferAttentionScoreV2) - 776usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnFusedInferAttentionScoreV2) - 792usize];
     [
         "Offset of field: AscendApi::aclnnScatterPaKvCacheGetWorkspaceSize",
     ][::std::mem::offset_of!(AscendApi, aclnnScatterPaKvCacheGetWorkspaceSize)
-        - 784usize];
+        - 800usize];
     [
         "Offset of field: AscendApi::aclnnScatterPaKvCache",
-    ][::std::mem::offset_of!(AscendApi, aclnnScatterPaKvCache) - 792usize];
+    ][::std::mem::offset_of!(AscendApi, aclnnScatterPaKvCache) - 808usize];
+    [
+        "Offset of field: AscendApi::aclnnRmsNormGetWorkspaceSize",
+    ][::std::mem::offset_of!(AscendApi, aclnnRmsNormGetWorkspaceSize) - 816usize];
+    [
+        "Offset of field: AscendApi::aclnnRmsNorm",
+    ][::std::mem::offset_of!(AscendApi, aclnnRmsNorm) - 824usize];
+    [
+        "Offset of field: AscendApi::aclnnRotaryPositionEmbeddingGetWorkspaceSize",
+    ][::std::mem::offset_of!(AscendApi, aclnnRotaryPositionEmbeddingGetWorkspaceSize)
+        - 832usize];
+    [
+        "Offset of field: AscendApi::aclnnRotaryPositionEmbedding",
+    ][::std::mem::offset_of!(AscendApi, aclnnRotaryPositionEmbedding) - 840usize];
+    [
+        "Offset of field: AscendApi::aclnnSwiGluGetWorkspaceSize",
+    ][::std::mem::offset_of!(AscendApi, aclnnSwiGluGetWorkspaceSize) - 848usize];
+    [
+        "Offset of field: AscendApi::aclnnSwiGlu",
+    ][::std::mem::offset_of!(AscendApi, aclnnSwiGlu) - 856usize];
+    [
+        "Offset of field: AscendApi::aclnnInplaceAddGetWorkspaceSize",
+    ][::std::mem::offset_of!(AscendApi, aclnnInplaceAddGetWorkspaceSize) - 864usize];
+    [
+        "Offset of field: AscendApi::aclnnInplaceAdd",
+    ][::std::mem::offset_of!(AscendApi, aclnnInplaceAdd) - 872usize];
+    [
+        "Offset of field: AscendApi::aclnnEmbeddingGetWorkspaceSize",
+    ][::std::mem::offset_of!(AscendApi, aclnnEmbeddingGetWorkspaceSize) - 880usize];
+    [
+        "Offset of field: AscendApi::aclnnEmbedding",
+    ][::std::mem::offset_of!(AscendApi, aclnnEmbedding) - 888usize];
+    [
+        "Offset of field: AscendApi::aclnnArgMaxGetWorkspaceSize",
+    ][::std::mem::offset_of!(AscendApi, aclnnArgMaxGetWorkspaceSize) - 896usize];
+    [
+        "Offset of field: AscendApi::aclnnArgMax",
+    ][::std::mem::offset_of!(AscendApi, aclnnArgMax) - 904usize];
 };

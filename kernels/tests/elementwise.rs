@@ -101,7 +101,7 @@ fn check_all<T: Element>(seed: u64) {
     assert_eq!(got, [row(9), row(0), row(9)].concat());
     let logits: Vec<T> = [0.5f32, 3.0, 3.0, -1.0, -2.0, -1.0, -0.5, -3.0].iter().map(|&v| T::from_f32(v)).collect();
     let dl = st.clone_htod(&logits).unwrap();
-    let mut ids = st.alloc_zeros::<i32>(2).unwrap();
+    let mut ids = st.alloc_zeros::<i64>(2).unwrap();
     argmax(&st, &dl, 4, &mut ids).unwrap();
     assert_eq!(st.clone_dtoh(&ids).unwrap(), vec![1, 2], "first maximum wins ties");
 }
@@ -127,7 +127,7 @@ fn bad_arguments_are_refused_and_nothing_runs() {
     invalid(rotary(&st, &mut out, &[0, 1], 3, 10000.0), "even");
     let w = st.clone_htod(&[1.0f32; 3]).unwrap();
     invalid(rms_norm(&st, &table, &w, 1e-5, &mut out), "rows of 3");
-    let mut ids = st.alloc_zeros::<i32>(3).unwrap();
+    let mut ids = st.alloc_zeros::<i64>(3).unwrap();
     invalid(argmax(&st, &table, 4, &mut ids), "expected 10");
     assert_eq!(st.clone_dtoh(&out).unwrap(), vec![5.0f32; 8]);
 }

@@ -171,6 +171,20 @@ pub fn run() -> Vec<Check> {
             }
         }
     }));
-    out.push(check("patch", "vLLM patch module", || Ok("not built yet (later issues)".into())));
+    out.push(check("patch", "registry, version gate, layout", || {
+        use ascend::patch::{layout, registry, version};
+        let problems = registry::problems(registry::PATCHES, None);
+        if !problems.is_empty() {
+            return Err(Error::Unsupported(problems.join("; ")));
+        }
+        let supported =
+            registry::PATCHES.iter().filter(|p| version::supported("0.33.0", p.versions) == Ok(true)).count();
+        let sizes = layout::Sizes { world: 8, tp: 2, pp: 2, dp: 2, pcp: 1, dcp: 1 };
+        let tp = sizes.group_of(layout::Kind::Tp, 5).map_err(|e| Error::Unsupported(e.0))?;
+        if tp != [4, 5] {
+            return Err(Error::Unsupported(format!("rank 5's TP group is {tp:?}, not [4, 5]")));
+        }
+        Ok(format!("{} patches ({supported} for vLLM 0.33.0); layout consistent", registry::PATCHES.len()))
+    }));
     out
 }

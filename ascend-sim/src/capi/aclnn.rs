@@ -118,6 +118,42 @@ pub unsafe extern "C" fn aclDestroyIntArray(array: *const aclIntArray) -> aclnnS
     ACLNN_SUCCESS
 }
 
+/// A scalar made by this simulator: its type and up to 8 bytes of value.
+struct Scalar {
+    _dtype: aclDataType,
+    _bits: u64,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dataType: aclDataType) -> *mut aclScalar {
+    let size = match dataType {
+        ACL_FLOAT | ACL_INT32 | ACL_UINT32 => 4,
+        ACL_FLOAT16 | ACL_BF16 | ACL_INT16 | ACL_UINT16 => 2,
+        ACL_INT8 | ACL_UINT8 | ACL_BOOL => 1,
+        ACL_DOUBLE | ACL_INT64 | ACL_UINT64 => 8,
+        _ => 0,
+    };
+    if value.is_null() || size == 0 {
+        set_recent("aclCreateScalar: value is NULL or the data type has no scalar form");
+        return std::ptr::null_mut();
+    }
+    let mut bits = [0u8; 8];
+    // SAFETY: `value` holds one value of `dataType` (`size` bytes) by the API contract.
+    unsafe { std::ptr::copy_nonoverlapping(value as *const u8, bits.as_mut_ptr(), size) };
+    Box::into_raw(Box::new(Scalar { _dtype: dataType, _bits: u64::from_le_bytes(bits) })).cast()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclDestroyScalar(scalar: *const aclScalar) -> aclnnStatus {
+    if scalar.is_null() {
+        set_recent("aclDestroyScalar: scalar is NULL");
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    // SAFETY: a non-null scalar was created by aclCreateScalar (API contract) and is destroyed once.
+    drop(unsafe { Box::from_raw(scalar as *mut Scalar) });
+    ACLNN_SUCCESS
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateTensorList(value: *const *const aclTensor, size: u64) -> *mut aclTensorList {
     if value.is_null() || size == 0 || size > 1024 {
@@ -190,4 +226,33 @@ npu_only! {
         stridesOptional: *const aclIntArray, offsetsOptional: *const aclIntArray, workspaceSize: *mut u64,
         executor: *mut *mut aclOpExecutor);
     aclnnScatterPaKvCache(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnRmsNormGetWorkspaceSize(
+        x: *const aclTensor, gamma: *const aclTensor, epsilon: f64, yOut: *const aclTensor, rstdOut: *const aclTensor,
+        workspaceSize: *mut u64, executor: *mut *mut aclOpExecutor,
+    );
+    aclnnRmsNorm(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnRotaryPositionEmbeddingGetWorkspaceSize(
+        x: *const aclTensor, cos: *const aclTensor, sin: *const aclTensor, mode: i64, out: *mut aclTensor,
+        workspaceSize: *mut u64, executor: *mut *mut aclOpExecutor,
+    );
+    aclnnRotaryPositionEmbedding(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnSwiGluGetWorkspaceSize(
+        x: *const aclTensor, dim: i64, out: *const aclTensor, workspaceSize: *mut u64, executor: *mut *mut aclOpExecutor,
+    );
+    aclnnSwiGlu(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnInplaceAddGetWorkspaceSize(
+        selfRef: *mut aclTensor, other: *const aclTensor, alpha: *const aclScalar, workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    );
+    aclnnInplaceAdd(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnEmbeddingGetWorkspaceSize(
+        weight: *const aclTensor, indices: *const aclTensor, out: *const aclTensor, workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    );
+    aclnnEmbedding(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
+    aclnnArgMaxGetWorkspaceSize(
+        self_: *const aclTensor, dim: i64, keepdim: bool, out: *mut aclTensor, workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    );
+    aclnnArgMax(workspace: *mut c_void, workspaceSize: u64, executor: *mut aclOpExecutor, stream: aclrtStream);
 }

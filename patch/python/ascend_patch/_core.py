@@ -218,8 +218,8 @@ def check_target(target: dict) -> tuple[list[str], list[str]]:
     name = target["name"]
     try:
         obj = resolve(name)
-    except AttributeError:
-        return [f"{name} is missing"], notes
+    except AttributeError as e:
+        return [f"{name} is missing ({e})"], notes
     except _Unimportable as e:
         return [f"{name} cannot be imported ({e})"], notes
     try:
@@ -233,8 +233,8 @@ def check_target(target: dict) -> tuple[list[str], list[str]]:
     for alias in target.get("aliases", []):
         try:
             other = resolve(alias)
-        except AttributeError:
-            problems.append(f"alias {alias} of {name} is missing")
+        except AttributeError as e:
+            problems.append(f"alias {alias} of {name} is missing ({e})")
             continue
         except _Unimportable as e:
             notes.append(f"alias {alias} not importable ({e})")

@@ -71,7 +71,7 @@ def count_gloo():
 
 def shm_mappings() -> list[str]:
     with open("/proc/self/maps") as f:
-        return sorted({line.split()[-1] for line in f if "ascend-hccl-" in line})
+        return sorted({w for line in f for w in line.split() if "ascend-hccl-" in w})
 
 
 def tp_ops(results: dict, rank_in_tp: int, tp, pp_stage: int, p2p_on_tp: bool) -> None:
@@ -105,7 +105,7 @@ def tp_ops(results: dict, rank_in_tp: int, tp, pp_stage: int, p2p_on_tp: bool) -
                 results[f"gather_dst{dst}/{dt}"] = g
             else:
                 assert g is None, "gather returns None off dst"
-        for src in (0, 1):
+        for src in (0,):  # vLLM's TP group broadcasts metadata through its message queue: src 0 only
             sent = {
                 "a": make_input(f"btd{src}", r, dt, (2, 5)),
                 "ids": torch.arange(6, dtype=torch.int64) + 10 * pp_stage,
@@ -172,10 +172,13 @@ def pp_ops(results: dict, pp, tp) -> None:
                 results[f"pp_dict_ag_{k}/{dt}"] = got[k].clone()
             results[f"pp_recv/{dt}"] = pp.recv(torch.Size([5, 2]), dtype)
             pp.send_tensor_dict({"reply": make_input("pp_reply", tp.rank_in_group, dt, (2, 2))}, dst=0)
-        d = pp.broadcast_tensor_dict(
-            {"x": make_input("pp_btd", r, dt, (3, 4)), "k": "v"} if pp.is_first_rank else None, src=0
-        )
-        results[f"pp_btd/{dt}"] = d["x"].clone()
+        for src in (0, 1):  # the PP group has no message queue: metadata over gloo, any src
+            d = pp.broadcast_tensor_dict(
+                {"x": make_input(f"pp_btd{src}", r, dt, (3, 4)), "k": "v"} if pp.rank_in_group == src else None,
+                src=src,
+            )
+            assert d["k"] == "v"
+            results[f"pp_btd{src}/{dt}"] = d["x"].clone()
 
 
 def unpatched(groups):
@@ -254,6 +257,9 @@ def main() -> None:
         info["comm_class"] = {g.unique_name: type(g.device_communicator).__name__ for g in groups}
         info["custom_send_recv"] = {g.unique_name: bool(g.use_cpu_custom_send_recv) for g in groups}
         info["group_ranks"] = {g.unique_name: g.group_ranks for g in (tp, pp, ep)}
+        from ascend_patch.worker import patch_parallel_state
+
+        info["layout_checked"] = dict(patch_parallel_state.last_checked)
         try:
             from ascend_patch.communicator import AscendCommunicator, live_communicators
 

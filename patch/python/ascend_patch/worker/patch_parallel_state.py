@@ -35,6 +35,8 @@ logger = logging.getLogger("ascend_patch")
 GROUPS = [("_TP", "tp"), ("_DCP", "dcp"), ("_PCP", "pcp"), ("_PP", "pp"), ("_DP", "dp"), ("_EP", "ep"), ("_EPLB", "eplb")]
 
 _originals: dict[str, object] = {}
+#: The groups the last initialize_model_parallel call was checked on (kind -> ranks).
+last_checked: dict[str, list[list[int]]] = {}
 
 
 def check_layout(tp: int, pp: int, pcp: int, dcp: int | None) -> dict[str, list[list[int]]]:
@@ -85,12 +87,14 @@ def _wrap_initialize(original):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
-        check_layout(
+        checked = check_layout(
             a["tensor_model_parallel_size"],
             a["pipeline_model_parallel_size"],
             a["prefill_context_model_parallel_size"],
             a["decode_context_model_parallel_size"],
         )
+        last_checked.clear()
+        last_checked.update(checked)
         return result
 
     initialize_model_parallel.__ascend_patch__ = PATCH_ID

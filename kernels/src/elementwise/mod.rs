@@ -3,9 +3,10 @@
 //! split over the compute pool; f16/bf16 are computed in f32. Host index data (token ids,
 //! positions) are slices checked before anything is enqueued.
 //!
-//! NPU path: not built yet; on a stream whose memory is not host-addressable these return
-//! [`Error::Unsupported`] (the aclnn operators are aclnnRmsNorm, aclnnRotaryPositionEmbedding,
-//! aclnnSwiGlu, aclnnAdd, aclnnEmbedding and aclnnArgMax).
+//! On an NPU stream the same calls run aclnnRmsNorm, aclnnRotaryPositionEmbedding, aclnnSwiGlu,
+//! aclnnInplaceAdd, aclnnEmbedding and aclnnArgMax ([`npu`]).
+
+pub mod npu;
 
 use crate::matmul::Element;
 use ascend_rt::{DeviceBuffer, Error, Result, Stream};
@@ -14,12 +15,9 @@ use std::sync::Arc;
 /// Rows per pool item (enough work to amortise scheduling).
 const ROWS_PER_ITEM: usize = 8;
 
-fn host_only(stream: &Stream, what: &str) -> Result<()> {
-    if stream.context().runtime().host_addressable() {
-        Ok(())
-    } else {
-        Err(Error::Unsupported(format!("{what} has no NPU path yet")))
-    }
+/// True when the stream runs host kernels (the simulator); false on an NPU.
+fn on_host(stream: &Stream) -> bool {
+    stream.context().runtime().host_addressable()
 }
 
 fn expect(what: &str, got: usize, want: usize) -> Result<()> {
@@ -59,7 +57,9 @@ pub fn rms_norm<T: Element>(
         )));
     }
     expect("rms_norm out", out.len(), x.len())?;
-    host_only(stream, "rms_norm")?;
+    if !on_host(stream) {
+        return npu::rms_norm(stream, x, weight, eps, out);
+    }
     let mut l = stream.host_launch()?;
     let (xh, wh, mut oh) = (l.read(x)?, l.read(weight)?, l.write(out)?);
     l.launch(move || {
@@ -98,7 +98,9 @@ pub fn rotary<T: Element>(
     if !(theta > 1.0 && theta.is_finite()) {
         return Err(Error::InvalidArgument(format!("rotary: theta {theta} must be a finite number above 1")));
     }
-    host_only(stream, "rotary")?;
+    if !on_host(stream) {
+        return npu::rotary(stream, x, positions, head_dim, theta);
+    }
     let width = x.len() / tokens;
     let positions = positions.to_vec();
     let half = head_dim / 2;
@@ -139,7 +141,9 @@ pub fn silu_mul<T: Element>(
         )));
     }
     expect("silu_mul out", out.len(), gate_up.len() / 2)?;
-    host_only(stream, "silu_mul")?;
+    if !on_host(stream) {
+        return npu::silu_mul(stream, gate_up, inter, out);
+    }
     let mut l = stream.host_launch()?;
     let (gh, mut oh) = (l.read(gate_up)?, l.write(out)?);
     l.launch(move || {
@@ -158,7 +162,9 @@ pub fn silu_mul<T: Element>(
 /// `x += y` elementwise (residual connections).
 pub fn add_assign<T: Element>(stream: &Arc<Stream>, x: &mut DeviceBuffer<T>, y: &DeviceBuffer<T>) -> Result<()> {
     expect("add_assign y", y.len(), x.len())?;
-    host_only(stream, "add_assign")?;
+    if !on_host(stream) {
+        return npu::add_assign(stream, x, y);
+    }
     let mut l = stream.host_launch()?;
     let (mut xh, yh) = (l.write(x)?, l.read(y)?);
     l.launch(move || {
@@ -186,7 +192,9 @@ pub fn embedding<T: Element>(
         )));
     }
     expect("embedding out", out.len(), ids.len() * dim)?;
-    host_only(stream, "embedding")?;
+    if !on_host(stream) {
+        return npu::embedding(stream, table, dim, ids, out);
+    }
     let ids = ids.to_vec();
     let mut l = stream.host_launch()?;
     let (th, mut oh) = (l.read(table)?, l.write(out)?);
@@ -200,18 +208,20 @@ pub fn embedding<T: Element>(
 }
 
 /// `out[r]` = index of the largest of row r of `x` (rows of `width`; the first on ties; NaN never
-/// wins). `out` is i32.
+/// wins). `out` is i64, as aclnnArgMax writes it.
 pub fn argmax<T: Element>(
     stream: &Arc<Stream>,
     x: &DeviceBuffer<T>,
     width: usize,
-    out: &mut DeviceBuffer<i32>,
+    out: &mut DeviceBuffer<i64>,
 ) -> Result<()> {
-    if width == 0 || !x.len().is_multiple_of(width) || width > i32::MAX as usize {
+    if width == 0 || !x.len().is_multiple_of(width) {
         return Err(Error::InvalidArgument(format!("argmax: {} elements are not rows of {width}", x.len())));
     }
     expect("argmax out", out.len(), x.len() / width)?;
-    host_only(stream, "argmax")?;
+    if !on_host(stream) {
+        return npu::argmax(stream, x, width, out);
+    }
     let mut l = stream.host_launch()?;
     let (xh, mut oh) = (l.read(x)?, l.write(out)?);
     l.launch(move || {
@@ -226,7 +236,7 @@ pub fn argmax<T: Element>(
                     best = (i, e);
                 }
             }
-            *v = best.0 as i32;
+            *v = best.0 as i64;
         }
     })
 }

@@ -1,0 +1,326 @@
+//! The NPU path of the elementwise kernels: one aclnn operator each, through the two-phase API with
+//! stream-ordered workspaces; host index data (token ids, rotary tables) are uploaded first. The
+//! descriptor functions are what each call hands to `aclCreateTensor`, public so tests can check
+//! them everywhere. Layouts follow the operator documentation; the rotary operator takes
+//! `[1, tokens, heads, head_dim]` with `[1, tokens, 1, head_dim]` cos/sin tables (mode 0 = halves).
+
+use crate::matmul::Element;
+use crate::npu::{launch_with_workspace, status, workspace, TensorDesc, Tensors};
+use ascend_rt::{DeviceBuffer, Error, Result, Stream};
+use ascend_sys::{aclDataType, ACL_FLOAT, ACL_INT32, ACL_INT64};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// Phase 2 of an aclnn operator: (workspace, its size, executor, stream).
+type Phase2 = unsafe extern "C" fn(
+    *mut c_void,
+    u64,
+    *mut ascend_sys::aclOpExecutor,
+    ascend_sys::aclrtStream,
+) -> ascend_sys::aclnnStatus;
+
+/// aclnnRmsNorm: x `[rows, dim]`, gamma `[dim]`, y like x, rstd `[rows, 1]` f32.
+pub fn rms_norm_descs(rows: usize, dim: usize, dtype: aclDataType) -> [TensorDesc; 4] {
+    let (r, d) = (rows as i64, dim as i64);
+    let x = TensorDesc::contiguous(&[r, d], dtype);
+    [x.clone(), TensorDesc::contiguous(&[d], dtype), x, TensorDesc::contiguous(&[r, 1], ACL_FLOAT)]
+}
+
+/// aclnnRotaryPositionEmbedding: x and out `[1, tokens, heads, head_dim]`, cos and sin
+/// `[1, tokens, 1, head_dim]`.
+pub fn rotary_descs(tokens: usize, heads: usize, head_dim: usize, dtype: aclDataType) -> [TensorDesc; 4] {
+    let (t, h, d) = (tokens as i64, heads as i64, head_dim as i64);
+    let x = TensorDesc::contiguous(&[1, t, h, d], dtype);
+    let table = TensorDesc::contiguous(&[1, t, 1, d], dtype);
+    [x.clone(), table.clone(), table, x]
+}
+
+/// aclnnSwiGlu along the last dimension: x `[tokens, 2·inter]`, out `[tokens, inter]`.
+pub fn swiglu_descs(tokens: usize, inter: usize, dtype: aclDataType) -> [TensorDesc; 2] {
+    let (t, i) = (tokens as i64, inter as i64);
+    [TensorDesc::contiguous(&[t, 2 * i], dtype), TensorDesc::contiguous(&[t, i], dtype)]
+}
+
+/// aclnnEmbedding: weight `[vocab, dim]`, indices `[tokens]` i32, out `[tokens, dim]`.
+pub fn embedding_descs(vocab: usize, dim: usize, tokens: usize, dtype: aclDataType) -> [TensorDesc; 3] {
+    let (v, d, t) = (vocab as i64, dim as i64, tokens as i64);
+    [
+        TensorDesc::contiguous(&[v, d], dtype),
+        TensorDesc::contiguous(&[t], ACL_INT32),
+        TensorDesc::contiguous(&[t, d], dtype),
+    ]
+}
+
+/// aclnnArgMax over the last dimension without keepdim: self `[rows, width]`, out `[rows]` i64.
+pub fn argmax_descs(rows: usize, width: usize, dtype: aclDataType) -> [TensorDesc; 2] {
+    [TensorDesc::contiguous(&[rows as i64, width as i64], dtype), TensorDesc::contiguous(&[rows as i64], ACL_INT64)]
+}
+
+/// Phase 1 done: the objects to keep alive until the launch, the workspace size and the executor.
+struct Prepared {
+    _tensors: Tensors,
+    ws: u64,
+    exec: *mut ascend_sys::aclOpExecutor,
+}
+
+/// Creates `descs` over `ptrs` and runs phase 1 (`phase1(tensors, &mut ws, &mut exec)`).
+fn prepare(
+    stream: &Arc<Stream>,
+    name: &'static str,
+    descs: &[TensorDesc],
+    ptrs: &[*mut c_void],
+    phase1: impl FnOnce(&[*mut ascend_sys::aclTensor], &mut u64, &mut *mut ascend_sys::aclOpExecutor) -> Result<i32>,
+) -> Result<Prepared> {
+    let mut set = Tensors::new(stream.context().runtime().api())?;
+    let t: Vec<_> = descs.iter().zip(ptrs).map(|(d, &p)| set.tensor(d, p)).collect::<Result<_>>()?;
+    let (mut ws, mut exec) = (0u64, std::ptr::null_mut());
+    status(name, phase1(&t, &mut ws, &mut exec)?)?;
+    Ok(Prepared { _tensors: set, ws, exec })
+}
+
+/// Enqueues phase 2 on the launch (whose buffers the caller declared) with the workspace.
+fn finish<'a>(
+    l: ascend_rt::DeviceLaunch<'a>,
+    w: Option<&'a mut DeviceBuffer<u8>>,
+    p: &Prepared,
+    name: &'static str,
+    phase2: Option<Phase2>,
+) -> Result<()> {
+    let phase2 = phase2.ok_or(Error::MissingSymbol(name))?;
+    let (ws, exec) = (p.ws, p.exec);
+    launch_with_workspace(l, w, |wp, raw| {
+        // SAFETY: the operator touches only the declared buffers and the workspace.
+        status(name, unsafe { phase2(wp, ws, exec, raw) })
+    })
+}
+
+/// RMSNorm on an NPU stream (rstd goes to a scratch buffer).
+pub(crate) fn rms_norm<T: Element>(
+    stream: &Arc<Stream>,
+    x: &DeviceBuffer<T>,
+    weight: &DeviceBuffer<T>,
+    eps: f32,
+    out: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let dim = weight.len();
+    let rows = x.len() / dim;
+    let mut rstd = stream.alloc::<f32>(rows)?;
+    let api = stream.context().runtime().api();
+    let f = api.aclnnRmsNormGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnRmsNormGetWorkspaceSize"))?;
+    let descs = rms_norm_descs(rows, dim, T::ACL_DTYPE);
+    let p = prepare(
+        stream,
+        "aclnnRmsNormGetWorkspaceSize",
+        &descs,
+        &[x.raw(), weight.raw(), out.raw(), rstd.raw()],
+        // SAFETY: valid tensors and out-pointers; phase 1 only inspects them.
+        |t, ws, ex| Ok(unsafe { f(t[0], t[1], eps as f64, t[2], t[3], ws, ex) }),
+    )?;
+    let mut w = workspace(stream, p.ws)?;
+    let mut l = stream.device_launch();
+    l.read(x)?;
+    l.read(weight)?;
+    l.write(out)?;
+    l.write(&mut rstd)?;
+    finish(l, w.as_mut(), &p, "aclnnRmsNorm", api.aclnnRmsNorm)
+}
+
+/// Rotary embeddings on an NPU stream: cos/sin tables for the positions are built on the host and
+/// uploaded.
+pub(crate) fn rotary<T: Element>(
+    stream: &Arc<Stream>,
+    x: &mut DeviceBuffer<T>,
+    positions: &[i32],
+    head_dim: usize,
+    theta: f32,
+) -> Result<()> {
+    let tokens = positions.len();
+    let heads = x.len() / (tokens * head_dim);
+    let half = head_dim / 2;
+    let (mut cos, mut sin) = (Vec::with_capacity(tokens * head_dim), Vec::with_capacity(tokens * head_dim));
+    for &p in positions {
+        for i in 0..head_dim {
+            let a = p as f64 * (theta as f64).powf(-2.0 * (i % half) as f64 / head_dim as f64);
+            cos.push(T::from_f32(a.cos() as f32));
+            sin.push(T::from_f32(a.sin() as f32));
+        }
+    }
+    let (cos, sin) = (stream.clone_htod(&cos)?, stream.clone_htod(&sin)?);
+    let api = stream.context().runtime().api();
+    let f = api
+        .aclnnRotaryPositionEmbeddingGetWorkspaceSize
+        .ok_or(Error::MissingSymbol("aclnnRotaryPositionEmbeddingGetWorkspaceSize"))?;
+    let descs = rotary_descs(tokens, heads, head_dim, T::ACL_DTYPE);
+    let xp = x.raw();
+    let p = prepare(
+        stream,
+        "aclnnRotaryPositionEmbeddingGetWorkspaceSize",
+        &descs,
+        &[xp, cos.raw(), sin.raw(), xp],
+        // SAFETY: as above; the output is x itself (in place).
+        |t, ws, ex| Ok(unsafe { f(t[0], t[1], t[2], 0, t[3], ws, ex) }),
+    )?;
+    let mut w = workspace(stream, p.ws)?;
+    let mut l = stream.device_launch();
+    l.read(&cos)?;
+    l.read(&sin)?;
+    l.write(x)?;
+    finish(l, w.as_mut(), &p, "aclnnRotaryPositionEmbedding", api.aclnnRotaryPositionEmbedding)
+}
+
+/// SwiGLU on an NPU stream.
+pub(crate) fn silu_mul<T: Element>(
+    stream: &Arc<Stream>,
+    gate_up: &DeviceBuffer<T>,
+    inter: usize,
+    out: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let api = stream.context().runtime().api();
+    let f = api.aclnnSwiGluGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnSwiGluGetWorkspaceSize"))?;
+    let descs = swiglu_descs(out.len() / inter, inter, T::ACL_DTYPE);
+    let p = prepare(
+        stream,
+        "aclnnSwiGluGetWorkspaceSize",
+        &descs,
+        &[gate_up.raw(), out.raw()],
+        // SAFETY: as above.
+        |t, ws, ex| Ok(unsafe { f(t[0], -1, t[1], ws, ex) }),
+    )?;
+    let mut w = workspace(stream, p.ws)?;
+    let mut l = stream.device_launch();
+    l.read(gate_up)?;
+    l.write(out)?;
+    finish(l, w.as_mut(), &p, "aclnnSwiGlu", api.aclnnSwiGlu)
+}
+
+/// `x += y` on an NPU stream.
+pub(crate) fn add_assign<T: Element>(stream: &Arc<Stream>, x: &mut DeviceBuffer<T>, y: &DeviceBuffer<T>) -> Result<()> {
+    let api = stream.context().runtime().api();
+    let f = api.aclnnInplaceAddGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnInplaceAddGetWorkspaceSize"))?;
+    let create = api.aclCreateScalar.ok_or(Error::MissingSymbol("aclCreateScalar"))?;
+    let destroy = api.aclDestroyScalar.ok_or(Error::MissingSymbol("aclDestroyScalar"))?;
+    let d = TensorDesc::contiguous(&[x.len() as i64], T::ACL_DTYPE);
+    let p = prepare(stream, "aclnnInplaceAddGetWorkspaceSize", &[d.clone(), d], &[x.raw(), y.raw()], |t, ws, ex| {
+        let mut one = 1.0f32;
+        // SAFETY: `one` is an f32 for the call; the scalar is destroyed after phase 1, which
+        // copies what it needs into the executor.
+        let alpha = unsafe { create(&mut one as *mut f32 as *mut c_void, ACL_FLOAT) };
+        if alpha.is_null() {
+            return Err(Error::Unsupported("aclCreateScalar refused 1.0f".into()));
+        }
+        // SAFETY: valid tensors, scalar and out-pointers.
+        let code = unsafe { f(t[0], t[1], alpha, ws, ex) };
+        // SAFETY: created above, destroyed once.
+        unsafe { destroy(alpha) };
+        Ok(code)
+    })?;
+    let mut w = workspace(stream, p.ws)?;
+    let mut l = stream.device_launch();
+    l.read(y)?;
+    l.write(x)?;
+    finish(l, w.as_mut(), &p, "aclnnInplaceAdd", api.aclnnInplaceAdd)
+}
+
+/// Embedding lookup on an NPU stream (ids uploaded first).
+pub(crate) fn embedding<T: Element>(
+    stream: &Arc<Stream>,
+    table: &DeviceBuffer<T>,
+    dim: usize,
+    ids: &[i32],
+    out: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let idx = stream.clone_htod(ids)?;
+    let api = stream.context().runtime().api();
+    let f = api.aclnnEmbeddingGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnEmbeddingGetWorkspaceSize"))?;
+    let descs = embedding_descs(table.len() / dim, dim, ids.len(), T::ACL_DTYPE);
+    let p = prepare(
+        stream,
+        "aclnnEmbeddingGetWorkspaceSize",
+        &descs,
+        &[table.raw(), idx.raw(), out.raw()],
+        // SAFETY: as above.
+        |t, ws, ex| Ok(unsafe { f(t[0], t[1], t[2], ws, ex) }),
+    )?;
+    let mut w = workspace(stream, p.ws)?;
+    let mut l = stream.device_launch();
+    l.read(table)?;
+    l.read(&idx)?;
+    l.write(out)?;
+    finish(l, w.as_mut(), &p, "aclnnEmbedding", api.aclnnEmbedding)
+}
+
+/// Argmax over rows on an NPU stream.
+pub(crate) fn argmax<T: Element>(
+    stream: &Arc<Stream>,
+    x: &DeviceBuffer<T>,
+    width: usize,
+    out: &mut DeviceBuffer<i64>,
+) -> Result<()> {
+    let api = stream.context().runtime().api();
+    let f = api.aclnnArgMaxGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnArgMaxGetWorkspaceSize"))?;
+    let descs = argmax_descs(x.len() / width, width, T::ACL_DTYPE);
+    let p = prepare(
+        stream,
+        "aclnnArgMaxGetWorkspaceSize",
+        &descs,
+        &[x.raw(), out.raw()],
+        // SAFETY: as above.
+        |t, ws, ex| Ok(unsafe { f(t[0], -1, false, t[1], ws, ex) }),
+    )?;
+    let mut w = workspace(stream, p.ws)?;
+    let mut l = stream.device_launch();
+    l.read(x)?;
+    l.write(out)?;
+    finish(l, w.as_mut(), &p, "aclnnArgMax", api.aclnnArgMax)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ascend_rt::Context;
+    use ascend_sys::{ACLNN_ERR_INNER_FIND_KERNEL_ERROR, ACL_BF16};
+
+    #[test]
+    fn descriptors_have_the_documented_shapes() {
+        let [x, g, y, r] = rms_norm_descs(7, 96, ACL_BF16);
+        assert_eq!(
+            (x.dims, g.dims, y.dims, r.dims, r.dtype),
+            (vec![7, 96], vec![96], vec![7, 96], vec![7, 1], ACL_FLOAT)
+        );
+        let [x, c, s, o] = rotary_descs(5, 4, 64, ACL_BF16);
+        assert_eq!(
+            (x.dims.clone(), c.dims, s.dims, o.dims),
+            (vec![1, 5, 4, 64], vec![1, 5, 1, 64], vec![1, 5, 1, 64], x.dims)
+        );
+        let [i, o] = swiglu_descs(3, 40, ACL_BF16);
+        assert_eq!((i.dims, o.dims), (vec![3, 80], vec![3, 40]));
+        let [w, ids, o] = embedding_descs(100, 8, 6, ACL_BF16);
+        assert_eq!((w.dims, ids.dims, ids.dtype, o.dims), (vec![100, 8], vec![6], ACL_INT32, vec![6, 8]));
+        let [x, o] = argmax_descs(2, 9, ACL_BF16);
+        assert_eq!((x.dims, o.dims, o.dtype), (vec![2, 9], vec![2], ACL_INT64));
+        assert_eq!(x.strides, vec![9, 1]);
+    }
+
+    /// The simulator creates the tensors and scalars but has no aclnn kernels: each path must stop
+    /// at phase 1 with the operator's error, having changed nothing.
+    #[test]
+    fn the_npu_paths_stop_at_the_operator_on_the_simulator() {
+        let st = Stream::new(&Context::new(0).unwrap()).unwrap();
+        let x = st.clone_htod(&[1.0f32; 32]).unwrap();
+        let w = st.clone_htod(&[1.0f32; 8]).unwrap();
+        let mut out = st.clone_htod(&[2.0f32; 32]).unwrap();
+        let refused = |r: Result<()>, call: &str| match r {
+            Err(Error::Acl { call: c, code, .. }) => assert_eq!((c, code), (call, ACLNN_ERR_INNER_FIND_KERNEL_ERROR)),
+            other => panic!("expected {call} to fail on the simulator, got {other:?}"),
+        };
+        refused(rms_norm(&st, &x, &w, 1e-5, &mut out), "aclnnRmsNormGetWorkspaceSize");
+        refused(rotary(&st, &mut out, &[0, 1], 8, 10000.0), "aclnnRotaryPositionEmbeddingGetWorkspaceSize");
+        let mut half = st.alloc_zeros::<f32>(16).unwrap();
+        refused(silu_mul(&st, &x, 8, &mut half), "aclnnSwiGluGetWorkspaceSize");
+        refused(add_assign(&st, &mut out, &x), "aclnnInplaceAddGetWorkspaceSize");
+        refused(embedding(&st, &w, 4, &[1, 0], &mut half), "aclnnEmbeddingGetWorkspaceSize");
+        let mut ids = st.alloc_zeros::<i64>(4).unwrap();
+        refused(argmax(&st, &x, 8, &mut ids), "aclnnArgMaxGetWorkspaceSize");
+        assert_eq!(st.clone_dtoh(&out).unwrap(), vec![2.0f32; 32]);
+    }
+}
