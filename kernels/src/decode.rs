@@ -6,6 +6,11 @@
 
 use crate::cpu::Level;
 use crate::gemm::{ToF32, View};
+use crate::simd::{Generic, Lanes, Simd};
+
+/// Bytes of activations one block of k may hold (for weights stored `[n, k]`): half of a 32 KiB L1,
+/// so the m activation rows of a block stay there while the weights stream past.
+const A_BLOCK_BYTES: usize = 16 << 10;
 
 /// Largest m that takes this path.
 pub const MAX_M: usize = 16;
@@ -14,7 +19,7 @@ pub const MAX_M: usize = 16;
 const LANES: usize = 64;
 
 /// `c (m × n, f32) = a (m × k, f32, row-major) · b`.
-pub fn decode<B: ToF32>(level: Level, m: usize, n: usize, k: usize, a: &[f32], b: View<'_, B>, c: &mut [f32]) {
+pub fn decode<B: ToF32 + Lanes>(level: Level, m: usize, n: usize, k: usize, a: &[f32], b: View<'_, B>, c: &mut [f32]) {
     let c_addr = c.as_mut_ptr() as usize;
     let cols_per_item = if b.rs == 1 { 16 } else { 256 };
     ascend_rt::host::pool().parallel_for(n.div_ceil(cols_per_item), &|item| {
@@ -28,7 +33,7 @@ pub fn decode<B: ToF32>(level: Level, m: usize, n: usize, k: usize, a: &[f32], b
 /// # Safety
 /// `c` holds `m × n` elements; only columns `j0..j1` are written; the CPU supports `level`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run<B: ToF32>(
+unsafe fn run<B: ToF32 + Lanes>(
     level: Level,
     m: usize,
     n: usize,
@@ -47,14 +52,14 @@ unsafe fn run<B: ToF32>(
         // SAFETY: as above.
         Level::Avx2 => unsafe { x86_avx2(m, n, k, a, b, c, j0, j1) },
         // SAFETY: forwarded contract.
-        _ => unsafe { body(m, n, k, a, b, c, j0, j1) },
+        _ => unsafe { body::<B, Generic>(m, n, k, a, b, c, j0, j1) },
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn x86_avx512<B: ToF32>(
+unsafe fn x86_avx512<B: ToF32 + Lanes>(
     m: usize,
     n: usize,
     k: usize,
@@ -65,13 +70,13 @@ unsafe fn x86_avx512<B: ToF32>(
     j1: usize,
 ) {
     // SAFETY: forwarded contract; the body is inlined here and compiled with AVX-512.
-    unsafe { body(m, n, k, a, b, c, j0, j1) }
+    unsafe { body::<B, crate::simd::Avx512>(m, n, k, a, b, c, j0, j1) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn x86_avx2<B: ToF32>(
+unsafe fn x86_avx2<B: ToF32 + Lanes>(
     m: usize,
     n: usize,
     k: usize,
@@ -82,14 +87,46 @@ unsafe fn x86_avx2<B: ToF32>(
     j1: usize,
 ) {
     // SAFETY: as above, with AVX2 and FMA.
-    unsafe { body(m, n, k, a, b, c, j0, j1) }
+    unsafe { body::<B, Generic>(m, n, k, a, b, c, j0, j1) }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn body<B: ToF32>(m: usize, n: usize, k: usize, a: &[f32], b: &View<'_, B>, c: *mut f32, j0: usize, j1: usize) {
+unsafe fn body<B: ToF32 + Lanes, S: Simd>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &View<'_, B>,
+    c: *mut f32,
+    j0: usize,
+    j1: usize,
+) {
     let mut row = vec![0f32; if b.rs == 1 { k } else { j1 - j0 }];
-    if b.rs == 1 {
+    if b.rs == 1 && m > 1 {
+        // W is [n, k]: each weight row against the m activation rows, a block of k at a time, so
+        // the activation rows stay in L1 while the block is swept across this item's weight rows.
+        let mut part = [0f32; MAX_M];
+        let kblock = (A_BLOCK_BYTES / 4 / m).max(16) / 16 * 16;
+        for kb in (0..k).step_by(kblock) {
+            let len = kblock.min(k - kb);
+            for j in j0..j1 {
+                let w = &b.data[j * b.cs + kb..j * b.cs + kb + len];
+                // At most 8 rows per call: more accumulators and row addresses than registers spill.
+                for i0 in (0..m).step_by(8) {
+                    let i1 = m.min(i0 + 8);
+                    S::rows_dot(&a[i0 * k + kb..], k, w, &mut part[i0..i1]);
+                }
+                for (i, p) in part[..m].iter().enumerate() {
+                    // SAFETY: (i, j) is inside c (contract).
+                    unsafe {
+                        let o = c.add(i * n + j);
+                        *o = if kb == 0 { *p } else { *o + p };
+                    }
+                }
+            }
+        }
+    } else if b.rs == 1 {
         // W is [n, k]: row j of W is contiguous.
         for j in j0..j1 {
             let w = &b.data[j * b.cs..j * b.cs + k];

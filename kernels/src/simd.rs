@@ -12,6 +12,18 @@ pub(crate) trait Simd {
     /// `acc += Σⱼ p[j] · src[offs[j] ..][.. acc.len()]`.
     fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32]);
 
+    /// `out[i] = a[i·lda ..][..w.len()] · w` for each of the `out.len()` (≤ 16) rows of `a`: one row of
+    /// weights against a few activation rows (decode-shaped matmul); each weight is loaded once.
+    #[inline(always)]
+    fn rows_dot<T: Lanes>(a: &[f32], lda: usize, w: &[T], out: &mut [f32]) {
+        let k = w.len();
+        let mut row = vec![0f32; k];
+        T::slice_to_f32(w, &mut row);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = Generic::dot(&a[i * lda..i * lda + k], &row);
+        }
+    }
+
     /// [`Simd::dots`] for two queries against the same rows (each row read once for both).
     #[inline(always)]
     fn dots2<T: Lanes>(q: [&[f32]; 2], src: &[T], offs: &[usize], out: [&mut [f32]; 2]) {
@@ -184,6 +196,22 @@ impl Simd for Avx512 {
     }
 
     #[inline(always)]
+    fn rows_dot<T: Lanes>(a: &[f32], lda: usize, w: &[T], out: &mut [f32]) {
+        let (m, k) = (out.len(), w.len());
+        assert!(m <= 16 && (m == 0 || a.len() >= (m - 1) * lda + k));
+        macro_rules! rows {
+            ($($n:literal)*) => {
+                match m {
+                    // SAFETY: AVX-512F as above; `a` holds m rows of k at stride lda (checked), `w` k values.
+                    $($n => unsafe { x86::rows_dot::<T, $n>(a.as_ptr(), lda, w, out) },)*
+                    _ => {}
+                }
+            };
+        }
+        rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    }
+
+    #[inline(always)]
     fn dots2<T: Lanes>(q: [&[f32]; 2], src: &[T], offs: &[usize], out: [&mut [f32]; 2]) {
         let d = q[0].len();
         let n = out[0].len();
@@ -268,6 +296,36 @@ mod x86 {
                     }
                 }
                 *o = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+            }
+        }
+    }
+
+    /// `out[i] = a row i · w` for M rows: each 16 weights are loaded (and converted) once and used by
+    /// all M accumulators.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `a` holds M rows of `w.len()` values at stride `lda`; `out` M.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn rows_dot<T: Lanes, const M: usize>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) {
+        let k = w.len();
+        // SAFETY: every access is inside `w` or one of the M rows of `a` (contract).
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); M];
+            let mut p = 0;
+            while p + 16 <= k {
+                let wv = T::load16(w.as_ptr().add(p));
+                for i in 0..M {
+                    acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i * lda + p)), wv, acc[i]);
+                }
+                p += 16;
+            }
+            for i in 0..M {
+                let mut s = _mm512_reduce_add_ps(acc[i]);
+                for q in p..k {
+                    s += *a.add(i * lda + q) * w[q].to_f32();
+                }
+                out[i] = s;
             }
         }
     }
@@ -404,6 +462,14 @@ mod tests {
             S::weighted_sum(&p, &src, &offs, &mut b0);
             S::weighted_sum(&p1, &src, &offs, &mut b1);
             assert_eq!((a0, a1), (b0, b1), "weighted_sum2 d = {d}");
+            for m in [1, 3, 16] {
+                let a: Vec<f32> = (0..m * (d + 5)).map(|i| (i % 7) as f32 - 3.0).collect();
+                let w = &src[1..1 + d];
+                let mut got = vec![0f32; m];
+                S::rows_dot(&a, d + 5, w, &mut got);
+                let want: Vec<f32> = (0..m).map(|i| (0..d).map(|p| a[i * (d + 5) + p] * w[p].to_f32()).sum()).collect();
+                assert_eq!(got, want, "rows_dot m = {m}, d = {d}");
+            }
         }
     }
 

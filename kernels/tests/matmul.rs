@@ -66,7 +66,7 @@ fn check<T: Element, O: Element>(level: cpu::Level, s: Shape, bias: bool, seed: 
     }
 }
 
-const SHAPES: [(usize, usize, usize); 9] = [
+const SHAPES: [(usize, usize, usize); 10] = [
     (1, 1, 1),
     (7, 13, 5),
     (17, 33, 257),
@@ -76,6 +76,7 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (5, 700, 3),
     (129, 65, 1),
     (16, 96, 520),
+    (11, 40, 1500),
 ];
 
 #[test]

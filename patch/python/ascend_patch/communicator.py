@@ -58,7 +58,7 @@ def destroy_all() -> int:
     """Destroys every remaining communicator of this process (whatever its reference count) and
     releases its shared memory; returns how many there were."""
     with _table_lock:
-        shared = list(_table.values())
+        shared = list(reversed(_table.values()))  # the last made first
         _table.clear()
     for s in shared:
         s.refs = 0
