@@ -17,9 +17,9 @@ use crate::simd::{Generic, Simd};
 /// Rows (query positions × heads of a group) from which an item is tiled.
 const TILED_MIN_ROWS: usize = 12;
 /// Target rows of a tiled item: a multiple of every microkernel's row count.
-const TILED_ROWS: usize = 96;
+const TILED_ROWS: usize = 384;
 /// Keys per tile on the tiled path.
-const TILED_KEYS: usize = 256;
+const TILED_KEYS: usize = 512;
 /// Keys per tile on the streaming path.
 const STREAM_KEYS: usize = 32;
 /// Fewest keys worth a split of their own.
