@@ -112,6 +112,37 @@ impl Lanes for half::bf16 {}
 #[cfg(not(target_arch = "x86_64"))]
 impl Lanes for half::f16 {}
 
+/// [`Simd::dots2`] on bf16 queries and bf16 rows with AVX-512 BF16 dot products, for head sizes of 64,
+/// 96 or 128; returns false (doing nothing) for other sizes or when the CPU lacks AVX-512 BF16.
+pub(crate) fn dots2_bf16(q: [&[u16]; 2], src: &[u16], offs: &[usize], out: [&mut [f32]; 2]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let d = q[0].len();
+        let n = out[0].len();
+        let fits = q[1].len() == d
+            && out[1].len() == n
+            && offs.len() >= n
+            && offs.iter().all(|&o| o + d <= src.len())
+            && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16;
+        let (qp, sp) = ([q[0].as_ptr(), q[1].as_ptr()], src.as_ptr());
+        // SAFETY: the CPU has AVX-512 BF16 and every row and query holds d values (checked by `fits`).
+        unsafe {
+            match d {
+                64 if fits => x86::dots2_bf16::<2>(qp, sp, offs, out),
+                96 if fits => x86::dots2_bf16::<3>(qp, sp, offs, out),
+                128 if fits => x86::dots2_bf16::<4>(qp, sp, offs, out),
+                _ => return false,
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (q, src, offs, out);
+        false
+    }
+}
+
 /// Plain loops (AVX2 and portable levels): rows converted to f32, then 8-lane partial sums.
 pub(crate) struct Generic;
 
@@ -330,6 +361,43 @@ mod x86 {
         }
     }
 
+    /// Dot products of two bf16 queries (NV·32 values each, in registers) with the bf16 rows at
+    /// `src + offs[j]`, by `vdpbf16ps`: the products are exact, the sums f32.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512 BF16; the queries and every row hold NV·32 values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dots2_bf16<const NV: usize>(
+        q: [*const u16; 2],
+        src: *const u16,
+        offs: &[usize],
+        out: [&mut [f32]; 2],
+    ) {
+        // SAFETY: every access is inside the queries or one of the rows (contract); __m512bh and
+        // __m512i are both 512-bit vectors.
+        unsafe {
+            let load = |p: *const u16| -> __m512bh { std::mem::transmute(_mm512_loadu_si512(p as *const _)) };
+            let mut qv: [[__m512bh; NV]; 2] = std::mem::zeroed();
+            for (k, qk) in qv.iter_mut().enumerate() {
+                for (i, v) in qk.iter_mut().enumerate() {
+                    *v = load(q[k].add(32 * i));
+                }
+            }
+            let [o0, o1] = out;
+            for ((x0, x1), &at) in o0.iter_mut().zip(o1.iter_mut()).zip(offs) {
+                let r = src.add(at);
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for i in 0..NV {
+                    let row = load(r.add(32 * i));
+                    acc[i % 2] = _mm512_dpbf16_ps(acc[i % 2], qv[0][i], row);
+                    acc[2 + i % 2] = _mm512_dpbf16_ps(acc[2 + i % 2], qv[1][i], row);
+                }
+                *x0 = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+                *x1 = _mm512_reduce_add_ps(_mm512_add_ps(acc[2], acc[3]));
+            }
+        }
+    }
+
     /// [`dots`] for two queries: each row is loaded (and converted) once for both.
     ///
     /// # Safety
@@ -353,14 +421,16 @@ mod x86 {
             let [o0, o1] = out;
             for ((x0, x1), &at) in o0.iter_mut().zip(o1.iter_mut()).zip(offs) {
                 let r = src.add(at);
-                let (mut a, mut b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                // Two chains per query, so each is half as long (FMA latency, not throughput,
+                // would bound a single chain).
+                let mut acc = [_mm512_setzero_ps(); 4];
                 for i in 0..NV {
                     let row = T::load16(r.add(16 * i));
-                    a = _mm512_fmadd_ps(qv[0][i], row, a);
-                    b = _mm512_fmadd_ps(qv[1][i], row, b);
+                    acc[i % 2] = _mm512_fmadd_ps(qv[0][i], row, acc[i % 2]);
+                    acc[2 + i % 2] = _mm512_fmadd_ps(qv[1][i], row, acc[2 + i % 2]);
                 }
-                *x0 = _mm512_reduce_add_ps(a);
-                *x1 = _mm512_reduce_add_ps(b);
+                *x0 = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+                *x1 = _mm512_reduce_add_ps(_mm512_add_ps(acc[2], acc[3]));
             }
         }
     }

@@ -279,7 +279,17 @@ fn item_body<T: Element, S: Simd>(
     if it.h1 - it.h0 == 1 && rows >= TILED_MIN_ROWS {
         tiled(level, g, kv, it, &qs, &pos, &mut part);
     } else {
-        streaming::<T, S>(g, kv, it, &qs, &pos, &mut part);
+        // bf16 queries and keys with AVX-512 BF16: scores straight from the raw bf16 values.
+        let raw = (level == Level::Avx512Bf16).then(|| bf16_bits(&q[..])).flatten().map(|bits| {
+            let mut raw = vec![0u16; rows * d];
+            for (r, dst) in raw.chunks_exact_mut(d).enumerate() {
+                let (i, head) = it.row(r, group);
+                let src = ((s.q_start + i) * g.heads + head) * d;
+                dst.copy_from_slice(&bits[src..src + d]);
+            }
+            raw
+        });
+        streaming::<T, S>(g, kv, it, &qs, raw.as_deref(), &pos, &mut part);
     }
     part
 }
@@ -355,6 +365,14 @@ fn tiled<T: Element>(
     }
 }
 
+/// The raw bits of a bf16 slice (None for other element types).
+fn bf16_bits<T: Element>(v: &[T]) -> Option<&[u16]> {
+    (T::ACL_DTYPE == <ascend_rt::bf16 as ascend_rt::DeviceRepr>::ACL_DTYPE).then(|| {
+        // SAFETY: T is bf16 (same dtype tag; the Element types are sealed), a 16-bit plain value.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u16, v.len()) }
+    })
+}
+
 /// Keys ahead of the one being read whose rows are prefetched: rows of one head are strided (and
 /// paged), which the hardware prefetchers do not follow.
 const PREFETCH_AHEAD: usize = 8;
@@ -424,14 +442,17 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 /// values straight from the cache (converted in registers), with the query and the accumulator
 /// held in registers; the rows of one head reuse the same key rows from L1.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn streaming<T: Element, S: Simd>(
     g: &Geometry,
     kv: &KvSource<'_, T>,
     it: Item,
     qs: &[f32],
+    raw_q: Option<&[u16]>,
     pos: &[(usize, usize)],
     part: &mut Partial,
 ) {
+    let raw_k = raw_q.and_then(|_| bf16_bits(kv.kv().0));
     let d = g.head_dim;
     let rows = part.rows.len();
     let (kall, vall) = kv.kv();
@@ -463,9 +484,24 @@ fn streaming<T: Element, S: Simd>(
             let n = if pair { 2 } else { 1 };
             let (sc0, sc1) = scores.split_at_mut(STREAM_KEYS);
             let (sc0, sc1) = (&mut sc0[..kt], &mut sc1[..kt]);
-            if pair {
+            let raw_pair = match (pair, raw_q, raw_k) {
+                (true, Some(q), Some(k)) => {
+                    let done = crate::simd::dots2_bf16(
+                        [&q[r * d..(r + 1) * d], &q[(r + 1) * d..(r + 2) * d]],
+                        k,
+                        &head_offs,
+                        [&mut *sc0, &mut *sc1],
+                    );
+                    if done {
+                        sc0.iter_mut().chain(sc1.iter_mut()).for_each(|x| *x *= g.scale);
+                    }
+                    done
+                }
+                _ => false,
+            };
+            if pair && !raw_pair {
                 S::dots2([&qs[r * d..(r + 1) * d], &qs[(r + 1) * d..(r + 2) * d]], kall, &head_offs, [sc0, sc1]);
-            } else {
+            } else if !pair {
                 S::dots(&qs[r * d..(r + 1) * d], kall, &head_offs, sc0);
             }
             for (k, sc) in [&mut *sc0, &mut *sc1].into_iter().take(n).enumerate() {
