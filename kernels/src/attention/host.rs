@@ -280,7 +280,7 @@ fn item_body<T: Element, S: Simd>(
         tiled(level, g, kv, it, &qs, &pos, &mut part);
     } else {
         // bf16 queries and keys with AVX-512 BF16: scores straight from the raw bf16 values.
-        let raw = (level == Level::Avx512Bf16).then(|| bf16_bits(&q[..])).flatten().map(|bits| {
+        let raw = (level == Level::Avx512Bf16).then(|| bf16_bits(q)).flatten().map(|bits| {
             let mut raw = vec![0u16; rows * d];
             for (r, dst) in raw.chunks_exact_mut(d).enumerate() {
                 let (i, head) = it.row(r, group);
