@@ -7,6 +7,11 @@ ascend_patch vs unpatched vLLM, in the same run.
 Each mode starts its own 2 processes (the unpatched run never imports ascend_patch's patches). In
 each process: warm-up calls, then best-of-N batches of back-to-back calls (time per call = batch
 time / calls; the slowest rank's best counts). The tensor is float32 and reset between batches.
+
+Each rank gets its share of the cores for torch's OpenMP threads (OMP_NUM_THREADS = cores / 2 unless
+set; --omp-threads overrides), as vLLM's CPU worker splits the cores between its ranks
+(VLLM_CPU_OMP_THREADS_BIND): with more OpenMP threads than cores, idle OpenMP workers spin on the
+cores the collectives need (both modes get slower; on 2 cores the patched 16 MiB figure doubles).
 Prints a table and one JSON line: {"bench": "vllm_all_reduce", "results": [{bytes, patched_us,
 unpatched_us, ratio}]}. The library is found as ascend_patch finds it (ASCEND_PATCH_LIB, ...).
 """
@@ -36,7 +41,7 @@ def plan(nbytes: int) -> tuple[int, int, int]:
     """(warm-up calls, calls per batch, batches) for a size."""
     if nbytes <= 64 << 10:
         return 200, 100, 15
-    return 3, 4, 8
+    return 3, 4, 20
 
 
 def worker(rank: int, port: int, mode: str, sizes: list[int], out: str) -> None:
@@ -87,10 +92,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_mode(mode: str, sizes: list[int], timeout: float) -> dict:
+def run_mode(mode: str, sizes: list[int], timeout: float, omp_threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        env = dict(os.environ, VLLM_TARGET_DEVICE="cpu")
+        env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", OMP_NUM_THREADS=str(omp_threads))
         env.pop("ASCEND_PATCH_DISABLE", None)
         procs = [
             subprocess.Popen(
@@ -139,21 +144,27 @@ def main() -> int:
     ap.add_argument("--sizes", default="4K,16M", help="tensor sizes in bytes (suffixes K, M)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json-only", action="store_true")
+    default_omp = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 2) // 2))
+    ap.add_argument("--omp-threads", type=int, default=default_omp, help="OpenMP threads per rank")
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    patched = run_mode("patched", sizes, args.timeout)
-    unpatched = run_mode("unpatched", sizes, args.timeout)
+    patched = run_mode("patched", sizes, args.timeout, args.omp_threads)
+    unpatched = run_mode("unpatched", sizes, args.timeout, args.omp_threads)
     rows = []
     for n in sizes:
         p, u = patched["us"][n], unpatched["us"][n]
         rows.append({"bytes": n, "patched_us": round(p, 2), "unpatched_us": round(u, 2), "ratio": round(u / p, 1)})
     if not args.json_only:
-        print(f"vLLM tensor_model_parallel_all_reduce, TP=2 (2 processes), float32, best of N, slowest rank")
+        print(
+            "vLLM tensor_model_parallel_all_reduce, TP=2 (2 processes), float32, best of N, slowest rank, "
+            f"{args.omp_threads} OpenMP thread(s) per rank on {os.cpu_count()} cores"
+        )
         print(f"patched: {patched['comm']}   unpatched: {unpatched['comm']} (gloo)")
         print(f"{'size':>8} {'patched µs':>12} {'unpatched µs':>14} {'speed-up':>9}")
         for r in rows:
             print(f"{human(r['bytes']):>8} {r['patched_us']:>12.2f} {r['unpatched_us']:>14.2f} {r['ratio']:>8.1f}x")
-    print(json.dumps({"bench": "vllm_all_reduce", "tp": 2, "dtype": "float32", "results": rows}))
+    print(json.dumps({"bench": "vllm_all_reduce", "tp": 2, "dtype": "float32", "omp_threads": args.omp_threads,
+                      "results": rows}))
     return 0
 
 

@@ -3,7 +3,7 @@
 //! bandwidth, FMA peak), and the fraction of it reached.
 
 use super::attention::{self, Workload};
-use super::{collectives, limits, matmul, per_iter, runtime, Figure};
+use super::{collectives, limits, matmul, runtime, try_per_iter, Figure};
 use ascend_kernels::cpu::{active, Level};
 use ascend_kernels::{Heads, Shape};
 use ascend_rt::{Context, Result, Stream};
@@ -37,25 +37,11 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
 
     progress("runtime (round trip, device copy)");
     let stream = Stream::new(&Context::new(0)?)?;
-    let mut fail = None;
-    let t = per_iter(budget, |n| {
-        runtime::round_trip(&stream, n).unwrap_or_else(|e| {
-            fail.get_or_insert(e);
-            Duration::from_secs(1)
-        })
-    });
+    let t = try_per_iter(budget, |n| runtime::round_trip(&stream, n))?;
     out.push(Figure { name: "runtime.round_trip".into(), params: vec![], value: t.as_secs_f64() * 1e6, unit: "us" });
     let bytes = 64 << 20;
     let mut bufs = runtime::CopyBuffers::new(&stream, bytes)?;
-    let t = per_iter(budget, |n| {
-        bufs.copy(runtime::Direction::DeviceToDevice, n).unwrap_or_else(|e| {
-            fail.get_or_insert(e);
-            Duration::from_secs(1)
-        })
-    });
-    if let Some(e) = fail {
-        return Err(e);
-    }
+    let t = try_per_iter(budget, |n| bufs.copy(runtime::Direction::DeviceToDevice, n))?;
     let gbps = bytes as f64 / t.as_secs_f64() / 1e9;
     let f = Figure {
         name: "runtime.copy".into(),

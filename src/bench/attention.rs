@@ -3,7 +3,7 @@
 //! with the fraction of the streaming-read bandwidth measured first. The same code serves
 //! `ascend bench attention` and `benches/attention.rs`.
 
-use super::{per_iter, Figure};
+use super::{try_per_iter, Figure};
 use ascend_kernels::{BlockTables, Element, Heads, PagedAttention, Prefill};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
 use serde_json::Value;
@@ -132,16 +132,7 @@ fn runner<T: Element>(
 /// Measures one workload; `read_gbps` (the streaming-read limit) adds `read_fraction` to decode.
 pub fn measure(work: Workload, heads: Heads, dtype: &str, budget: Duration, read_gbps: Option<f64>) -> Result<Figure> {
     let mut case = Case::new(work, heads, dtype)?;
-    let mut fail = None;
-    let t = per_iter(budget, |n| {
-        case.time(n).unwrap_or_else(|e| {
-            fail.get_or_insert(e);
-            Duration::from_secs(1)
-        })
-    });
-    if let Some(e) = fail {
-        return Err(e);
-    }
+    let t = try_per_iter(budget, |n| case.time(n))?;
     let secs = t.as_secs_f64();
     let mut params: Vec<(String, Value)> = match work {
         Workload::Prefill { seq } => vec![("seq".into(), Value::from(seq))],

@@ -5,7 +5,7 @@
 //! rank synchronises on a barrier, enqueues `iters` in-place all-reduces, waits for its stream, and
 //! reports its time; the slowest rank's time is the result. busbw = algbw · 2(n−1)/n (nccl-tests).
 
-use super::{per_iter, Figure};
+use super::{try_per_iter, Figure};
 use ascend_rt::{bf16, f16, Communicator, Context, DeviceRepr, Error, ReduceOp, Result, RootInfo, Stream};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -206,17 +206,7 @@ pub fn sweep(
     let mut out = Vec::new();
     for &bytes in sizes {
         progress(&format!("all_reduce {} ranks ({mode}) {}", n, super::runtime::human_bytes(bytes)));
-        let mut fail = None;
-        let t = per_iter(budget, |iters| match world.all_reduce(bytes, dtype, iters) {
-            Ok(t) => t,
-            Err(e) => {
-                fail.get_or_insert(e);
-                Duration::from_secs(1)
-            }
-        });
-        if let Some(e) = fail {
-            return Err(e);
-        }
+        let t = try_per_iter(budget, |iters| world.all_reduce(bytes, dtype, iters))?;
         let algbw = bytes as f64 / t.as_secs_f64() / 1e9;
         let params = |extra: Vec<(&str, Value)>| {
             let mut p: Vec<(String, Value)> = vec![

@@ -1,7 +1,7 @@
 //! Matmul throughput (GFLOPS = 2·m·n·k·batch / time) at any shape, dtype and SIMD level; the same
 //! code serves `ascend bench matmul` and `benches/matmul.rs`.
 
-use super::{per_iter, Figure};
+use super::{try_per_iter, Figure};
 use ascend_kernels::{cpu::Level, Element, Matmul, Shape};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
 use serde_json::Value;
@@ -88,16 +88,7 @@ fn runner<T: Element>(
 /// report the weight bytes streamed per second (`weights_gbps`), the figure that bounds them.
 pub fn measure(shape: Shape, dtype: &str, level: Option<Level>, budget: Duration) -> Result<Figure> {
     let mut case = Case::new(shape, dtype, level)?;
-    let mut fail = None;
-    let t = per_iter(budget, |n| {
-        case.time(n).unwrap_or_else(|e| {
-            fail.get_or_insert(e);
-            Duration::from_secs(1)
-        })
-    });
-    if let Some(e) = fail {
-        return Err(e);
-    }
+    let t = try_per_iter(budget, |n| case.time(n))?;
     let mut params = vec![
         ("m".to_string(), Value::from(shape.m)),
         ("n".to_string(), Value::from(shape.n)),

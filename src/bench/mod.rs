@@ -38,6 +38,23 @@ impl Figure {
     }
 }
 
+/// [`per_iter`] for a measurement that can fail: the first error ends it and is returned.
+pub fn try_per_iter(
+    budget: Duration,
+    mut f: impl FnMut(u64) -> ascend_rt::Result<Duration>,
+) -> ascend_rt::Result<Duration> {
+    let mut fail = None;
+    let t = per_iter(budget, |n| match fail {
+        // After a failure, report a long time so the loop ends at once.
+        Some(_) => Duration::from_secs(1),
+        None => f(n).unwrap_or_else(|e| {
+            fail = Some(e);
+            Duration::from_secs(1)
+        }),
+    });
+    fail.map_or(Ok(t), Err)
+}
+
 /// Runs `f(iters)` with growing iteration counts until one run takes at least `budget`, and returns
 /// the best time per iteration over three such runs (machines here are shared and noisy).
 pub fn per_iter(budget: Duration, mut f: impl FnMut(u64) -> Duration) -> Duration {

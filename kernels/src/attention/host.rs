@@ -407,26 +407,27 @@ fn gather<T: Element>(
 #[inline(always)]
 fn prefetch_l2<T>(s: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for off in (0..std::mem::size_of_val(s)).step_by(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        // SAFETY: prefetching is only a hint and cannot fault; the address lies inside `s`.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(s.as_ptr().cast::<i8>().add(off)) };
-    }
+    prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T1 }, T>(s);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = s;
 }
 
-/// Asks the CPU to bring `s` into cache (a hint; nothing on other architectures).
+/// Asks the CPU to bring `s` into L1 (a hint; nothing on other architectures).
 #[inline(always)]
 fn prefetch<T>(s: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for off in (0..std::mem::size_of_val(s)).step_by(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: prefetching is only a hint and cannot fault; the address lies inside `s`.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().cast::<i8>().add(off)) };
-    }
+    prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(s);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = s;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_hint<const HINT: i32, T>(s: &[T]) {
+    for off in (0..std::mem::size_of_val(s)).step_by(64) {
+        // SAFETY: prefetching is only a hint and cannot fault; the address lies inside `s`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(s.as_ptr().cast::<i8>().add(off)) };
+    }
 }
 
 /// Sets the scores of keys `j0..` outside the visible range `[lo, hi)` to −∞.

@@ -19,7 +19,8 @@ from . import _lib
 SUM, PROD, MAX, MIN = 0, 1, 2, 3
 _BYTES = 7  # HcclDataType uint8: data movement is done on bytes
 
-# torch dtype -> HcclDataType for reductions (bool is reduced as uint8 with MAX, i.e. logical or).
+# torch dtype -> HcclDataType for reductions (bool is reduced as uint8: sum/max as MAX, i.e. logical
+# or; prod/min as MIN, i.e. logical and).
 REDUCE_DTYPES: dict[torch.dtype, int] = {
     torch.int8: 0,
     torch.int16: 1,
@@ -35,6 +36,9 @@ REDUCE_DTYPES: dict[torch.dtype, int] = {
 for _name, _code in (("uint64", 6), ("uint16", 8), ("uint32", 9)):
     if hasattr(torch, _name):
         REDUCE_DTYPES[getattr(torch, _name)] = _code
+
+
+_BOOL_OPS = {SUM: MAX, MAX: MAX, PROD: MIN, MIN: MIN}
 
 
 def hccl_dtype(dtype: torch.dtype) -> int:
@@ -102,8 +106,8 @@ class HostComm:
         code = REDUCE_DTYPES.get(dtype)
         if code is None:
             hccl_dtype(dtype)
-        if dtype is torch.bool and op in (SUM, MAX):
-            op = MAX
+        if dtype is torch.bool:
+            op = _BOOL_OPS.get(op, op)
         n = t.numel()
         if n == 0:
             return t
@@ -134,8 +138,8 @@ class HostComm:
         _cpu(inp, "reduce_scatter")
         _cpu(out, "reduce_scatter")
         code = hccl_dtype(inp.dtype)
-        if inp.dtype is torch.bool and op in (SUM, MAX):
-            op = MAX
+        if inp.dtype is torch.bool:
+            op = _BOOL_OPS.get(op, op)
         inp = inp.contiguous()
         n = out.numel()
         if inp.numel() != n * self.nranks or out.dtype != inp.dtype or not out.is_contiguous():

@@ -6,7 +6,8 @@ the CPU platform. Each instance uses an ascend-rs *host* communicator (device = 
 shared memory) for its ranks. Communicators live in a process-wide table keyed by the group's global
 ranks and are reference-counted: groups with identical ranks (TP and EP when DP = PCP = 1, say) share
 one. The root info is made by group rank 0 and handed to the others over the group's gloo
-``cpu_group`` once, when the communicator is created.
+``cpu_group`` once, when the communicator is created (with a check that every rank shares the
+machine and /dev/shm: the host transport is shared memory).
 
 Tensor semantics follow vLLM's ``CpuCommunicator`` / ``DeviceCommunicatorBase`` exactly
 (``all_reduce`` in place, concat-style ``all_gather``, ``reduce_scatter`` along ``dim`` as vLLM cuts
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import pickle
+import socket
 import threading
 from typing import Any
 
@@ -69,13 +72,38 @@ def destroy_all() -> int:
     return len(shared)
 
 
-def _broadcast_root_info(comm: "AscendCommunicator", info: bytes | None) -> bytes:
+def _shm_domain() -> tuple:
+    """What ranks must share to reach each other's shared memory: the machine (host name, boot) and
+    the /dev/shm mount (containers on one machine may each have their own)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    try:
+        st = os.stat("/dev/shm")
+        shm = (st.st_dev, st.st_ino)
+    except OSError:
+        shm = None
+    return (socket.gethostname(), boot, shm)
+
+
+def _exchange_root_info(comm: "AscendCommunicator", info: bytes | None) -> bytes:
+    """Group rank 0's root info, after checking that every rank can reach the others' shared memory
+    (one all-gather on the gloo cpu_group)."""
     group = comm.cpu_group
     if hasattr(group, "broadcast_obj"):  # vLLM's StatelessProcessGroup
         return group.broadcast_obj(info, src=0)
-    box = [info]
-    dist.broadcast_object_list(box, src=comm.ranks[0], group=group)
-    return box[0]
+    everyone: list = [None] * comm.world_size
+    dist.all_gather_object(everyone, (_shm_domain(), info), group=group)
+    domains = {d for d, _ in everyone}
+    if len(domains) > 1:
+        raise RuntimeError(
+            f"ascend_patch: the ranks {list(comm.ranks)} of group {comm.unique_name} do not share one "
+            f"machine and /dev/shm ({sorted(str(d[0]) for d in domains)}); AscendCommunicator's host "
+            "transport is shared memory. Disable it with ASCEND_PATCH_DISABLE=worker/patch_communicator."
+        )
+    return everyone[0][1]
 
 
 def _acquire(comm: "AscendCommunicator") -> _Shared:
@@ -86,7 +114,7 @@ def _acquire(comm: "AscendCommunicator") -> _Shared:
             # Every rank of the group makes the same decision: they built the same groups in the
             # same order, so they all find the entry or none of them does.
             info = _lib.root_info(-1) if comm.rank_in_group == 0 else None
-            info = _broadcast_root_info(comm, info)
+            info = _exchange_root_info(comm, info)
             shared = _Shared(key, HostComm(info, comm.world_size, comm.rank_in_group))
             _table[key] = shared
         shared.refs += 1

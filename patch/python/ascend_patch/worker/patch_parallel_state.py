@@ -123,7 +123,8 @@ def _bindings(target: dict) -> list[tuple[object, str]]:
         try:
             module = importlib.import_module(module_name)
         except Exception as e:  # e.g. a module needing an optional dependency
-            logger.info("%s: %s not patched: %s cannot be imported (%s)", PATCH_ID, dotted, module_name, e)
+            # Already noted in the patch's "applied" line (drift detection saw it too).
+            logger.debug("%s: %s not patched: %s cannot be imported (%s)", PATCH_ID, dotted, module_name, e)
             continue
         out.append((module, attr))
     return out
