@@ -39,7 +39,8 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
     let stream = Stream::new(&Context::new(0)?)?;
     let t = try_per_iter(budget, |n| runtime::round_trip(&stream, n))?;
     out.push(Figure { name: "runtime.round_trip".into(), params: vec![], value: t.as_secs_f64() * 1e6, unit: "us" });
-    let bytes = 64 << 20;
+    // The size of the copy limit's probe: both from memory, not from the last-level cache.
+    let bytes = limits::PROBE_BYTES;
     let mut bufs = runtime::CopyBuffers::new(&stream, bytes)?;
     let t = try_per_iter(budget, |n| bufs.copy(runtime::Direction::DeviceToDevice, n))?;
     let gbps = bytes as f64 / t.as_secs_f64() / 1e9;
