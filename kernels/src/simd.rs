@@ -384,18 +384,52 @@ mod x86 {
                 }
             }
             let [o0, o1] = out;
-            for ((x0, x1), &at) in o0.iter_mut().zip(o1.iter_mut()).zip(offs) {
-                let r = src.add(at);
-                let mut acc = [_mm512_setzero_ps(); 4];
+            let n = o0.len().min(o1.len()).min(offs.len());
+            // Four keys at a time: their sums are reduced together (a 4-way transpose-add), which
+            // costs a quarter of four separate horizontal reductions.
+            let mut j = 0;
+            while j + 4 <= n {
+                let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+                for (kk, &at) in offs[j..j + 4].iter().enumerate() {
+                    let r = src.add(at);
+                    for i in 0..NV {
+                        let row = load(r.add(32 * i));
+                        acc[0][kk] = _mm512_dpbf16_ps(acc[0][kk], qv[0][i], row);
+                        acc[1][kk] = _mm512_dpbf16_ps(acc[1][kk], qv[1][i], row);
+                    }
+                }
+                _mm_storeu_ps(o0.as_mut_ptr().add(j), reduce4(acc[0]));
+                _mm_storeu_ps(o1.as_mut_ptr().add(j), reduce4(acc[1]));
+                j += 4;
+            }
+            for jj in j..n {
+                let r = src.add(offs[jj]);
+                let mut acc = [_mm512_setzero_ps(); 2];
                 for i in 0..NV {
                     let row = load(r.add(32 * i));
-                    acc[i % 2] = _mm512_dpbf16_ps(acc[i % 2], qv[0][i], row);
-                    acc[2 + i % 2] = _mm512_dpbf16_ps(acc[2 + i % 2], qv[1][i], row);
+                    acc[0] = _mm512_dpbf16_ps(acc[0], qv[0][i], row);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], qv[1][i], row);
                 }
-                *x0 = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-                *x1 = _mm512_reduce_add_ps(_mm512_add_ps(acc[2], acc[3]));
+                o0[jj] = _mm512_reduce_add_ps(acc[0]);
+                o1[jj] = _mm512_reduce_add_ps(acc[1]);
             }
         }
+    }
+
+    /// The sums of the 16 lanes of each of four vectors, as `[Σa, Σb, Σc, Σd]`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn reduce4([a, b, c, d]: [__m512; 4]) -> __m128 {
+        // Within each 128-bit lane: pairwise sums of (a, b) and (c, d), then of those.
+        let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b)); // a02 b02 a13 b13
+        let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+        let lo = _mm512_shuffle_ps::<0b01_00_01_00>(ab, cd); // a02 b02 c02 d02
+        let hi = _mm512_shuffle_ps::<0b11_10_11_10>(ab, cd); // a13 b13 c13 d13
+        let x = _mm512_add_ps(lo, hi); // per 128-bit lane: [a, b, c, d] partial sums
+        // Across the four 128-bit lanes.
+        let y = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x)); // lanes 0+2, 1+3
+        let z = _mm512_add_ps(y, _mm512_shuffle_f32x4::<0b10_11_00_01>(y, y)); // + the other pair
+        _mm512_castps512_ps128(z)
     }
 
     /// [`dots`] for two queries: each row is loaded (and converted) once for both.
@@ -539,6 +573,28 @@ mod tests {
                 S::rows_dot(&a, d + 5, w, &mut got);
                 let want: Vec<f32> = (0..m).map(|i| (0..d).map(|p| a[i * (d + 5) + p] * w[p].to_f32()).sum()).collect();
                 assert_eq!(got, want, "rows_dot m = {m}, d = {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_pair_dots_are_exact_on_small_integers() {
+        for d in [64, 96, 128] {
+            for keys in [1, 4, 7, 33] {
+                let stride = d + 16;
+                let bits = |v: f32| bf16::from_f32(v).to_bits();
+                let q0: Vec<u16> = (0..d).map(|i| bits((i % 3) as f32 - 1.0)).collect();
+                let q1: Vec<u16> = (0..d).map(|i| bits((i % 5) as f32 - 2.0)).collect();
+                let src: Vec<u16> = (0..keys * stride).map(|i| bits((i % 11) as f32 - 5.0)).collect();
+                let offs: Vec<usize> = (0..keys).map(|j| j * stride + 3).collect();
+                let (mut g0, mut g1) = (vec![0f32; keys], vec![0f32; keys]);
+                if !dots2_bf16([&q0, &q1], &src, &offs, [&mut g0, &mut g1]) {
+                    return; // no AVX-512 BF16 here
+                }
+                let f = |b: u16| bf16::from_bits(b).to_f32();
+                let dot = |q: &[u16], j: usize| (0..d).map(|i| f(q[i]) * f(src[offs[j] + i])).sum::<f32>();
+                assert_eq!(g0, (0..keys).map(|j| dot(&q0, j)).collect::<Vec<_>>(), "d {d} keys {keys}");
+                assert_eq!(g1, (0..keys).map(|j| dot(&q1, j)).collect::<Vec<_>>(), "d {d} keys {keys}");
             }
         }
     }
