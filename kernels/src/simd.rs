@@ -39,6 +39,14 @@ pub(crate) trait Simd {
         Self::weighted_sum(p[0], src, offs, a0);
         Self::weighted_sum(p[1], src, offs, a1);
     }
+
+    /// [`Simd::weighted_sum`] for four weight vectors over the same rows.
+    #[inline(always)]
+    fn weighted_sum4<T: Lanes>(p: [&[f32]; 4], src: &[T], offs: &[usize], acc: [&mut [f32]; 4]) {
+        let [a0, a1, a2, a3] = acc;
+        Self::weighted_sum2([p[0], p[1]], src, offs, [a0, a1]);
+        Self::weighted_sum2([p[2], p[3]], src, offs, [a2, a3]);
+    }
 }
 
 /// Source element types of the row operations.
@@ -243,6 +251,36 @@ impl Simd for Avx512 {
     }
 
     #[inline(always)]
+    fn weighted_sum4<T: Lanes>(p: [&[f32]; 4], src: &[T], offs: &[usize], acc: [&mut [f32]; 4]) {
+        let d = acc[0].len();
+        let n = p[0].len();
+        let fits = acc.iter().all(|a| a.len() == d)
+            && p.iter().all(|x| x.len() == n)
+            && offs.len() >= n
+            && offs.iter().all(|&o| o + d <= src.len());
+        if !fits || !matches!(d, 64 | 80 | 96 | 128) {
+            let [a0, a1, a2, a3] = acc;
+            Self::weighted_sum2([p[0], p[1]], src, offs, [a0, a1]);
+            Self::weighted_sum2([p[2], p[3]], src, offs, [a2, a3]);
+            return;
+        }
+        let ap = acc.map(|a| a.as_mut_ptr());
+        // SAFETY: AVX-512F as above; every row and accumulator holds d values (checked by `fits`).
+        // At most 24 accumulators: d = 128 goes in two halves of 64.
+        unsafe {
+            match d {
+                64 => x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 0),
+                80 => x86::weighted_sum4::<T, 5>(p, src.as_ptr(), offs, ap, 0),
+                96 => x86::weighted_sum4::<T, 6>(p, src.as_ptr(), offs, ap, 0),
+                _ => {
+                    x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 0);
+                    x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 64);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
     fn dots2<T: Lanes>(q: [&[f32]; 2], src: &[T], offs: &[usize], out: [&mut [f32]; 2]) {
         let d = q[0].len();
         let n = out[0].len();
@@ -420,15 +458,17 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn reduce4([a, b, c, d]: [__m512; 4]) -> __m128 {
-        // Within each 128-bit lane: pairwise sums of (a, b) and (c, d), then of those.
-        let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b)); // a02 b02 a13 b13
+        // Within each 128-bit lane: pairwise sums of (a, b) and (c, d) — a02 b02 a13 b13 and
+        // c02 d02 c13 d13 — then lo = a02 b02 c02 d02 and hi = a13 b13 c13 d13, whose sum holds
+        // each vector's partial sum of that lane.
+        let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
         let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-        let lo = _mm512_shuffle_ps::<0b01_00_01_00>(ab, cd); // a02 b02 c02 d02
-        let hi = _mm512_shuffle_ps::<0b11_10_11_10>(ab, cd); // a13 b13 c13 d13
-        let x = _mm512_add_ps(lo, hi); // per 128-bit lane: [a, b, c, d] partial sums
-        // Across the four 128-bit lanes.
-        let y = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x)); // lanes 0+2, 1+3
-        let z = _mm512_add_ps(y, _mm512_shuffle_f32x4::<0b10_11_00_01>(y, y)); // + the other pair
+        let lo = _mm512_shuffle_ps::<0b01_00_01_00>(ab, cd);
+        let hi = _mm512_shuffle_ps::<0b11_10_11_10>(ab, cd);
+        let x = _mm512_add_ps(lo, hi);
+        // Across the four 128-bit lanes: add lanes 2, 3 to 0, 1, then lane 1 to lane 0.
+        let y = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0b01_00_11_10>(x, x));
+        let z = _mm512_add_ps(y, _mm512_shuffle_f32x4::<0b10_11_00_01>(y, y));
         _mm512_castps512_ps128(z)
     }
 
@@ -505,6 +545,46 @@ mod x86 {
         }
     }
 
+    /// Four weight vectors over the same rows, elements `d0 .. d0 + 16·NH` of each row: each row
+    /// chunk is loaded (and converted) once for all four accumulators.
+    ///
+    /// # Safety
+    /// As [`weighted_sum`], for four weight vectors and accumulators holding `d0 + 16·NH` values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn weighted_sum4<T: Lanes, const NH: usize>(
+        p: [&[f32]; 4],
+        src: *const T,
+        offs: &[usize],
+        acc: [*mut f32; 4],
+        d0: usize,
+    ) {
+        // SAFETY: every access is inside the accumulators or one of the rows (contract).
+        unsafe {
+            let mut av = [[_mm512_setzero_ps(); NH]; 4];
+            for (k, ak) in av.iter_mut().enumerate() {
+                for (i, v) in ak.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(acc[k].add(d0 + 16 * i));
+                }
+            }
+            for (j, &at) in offs.iter().enumerate().take(p[0].len()) {
+                let r = src.add(at + d0);
+                let w = [0, 1, 2, 3].map(|k| _mm512_set1_ps(*p[k].get_unchecked(j)));
+                for i in 0..NH {
+                    let row = T::load16(r.add(16 * i));
+                    for k in 0..4 {
+                        av[k][i] = _mm512_fmadd_ps(w[k], row, av[k][i]);
+                    }
+                }
+            }
+            for (k, ak) in av.iter().enumerate() {
+                for (i, v) in ak.iter().enumerate() {
+                    _mm512_storeu_ps(acc[k].add(d0 + 16 * i), *v);
+                }
+            }
+        }
+    }
+
     /// `acc (NV·16 values, kept in registers) += Σⱼ p[j]·row j`.
     ///
     /// # Safety
@@ -566,6 +646,18 @@ mod tests {
             S::weighted_sum(&p, &src, &offs, &mut b0);
             S::weighted_sum(&p1, &src, &offs, &mut b1);
             assert_eq!((a0, a1), (b0, b1), "weighted_sum2 d = {d}");
+            let p2: Vec<f32> = p.iter().map(|x| 1.0 - x).collect();
+            let p3: Vec<f32> = p.iter().map(|x| x * -2.0).collect();
+            let mut a4: [Vec<f32>; 4] = [0, 1, 2, 3].map(|k| vec![k as f32; d]);
+            let mut b4 = a4.clone();
+            {
+                let [x0, x1, x2, x3] = &mut a4;
+                S::weighted_sum4([&p, &p1, &p2, &p3], &src, &offs, [x0, x1, x2, x3]);
+            }
+            for (b, w) in b4.iter_mut().zip([&p, &p1, &p2, &p3]) {
+                S::weighted_sum(w, &src, &offs, b);
+            }
+            assert_eq!(a4, b4, "weighted_sum4 d = {d}");
             for m in [1, 3, 16] {
                 let a: Vec<f32> = (0..m * (d + 5)).map(|i| (i % 7) as f32 - 3.0).collect();
                 let w = &src[1..1 + d];

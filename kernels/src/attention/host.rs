@@ -458,71 +458,80 @@ fn streaming<T: Element, S: Simd>(
     let rows = part.rows.len();
     let (kall, vall) = kv.kv();
     let per_head = rows / (it.h1 - it.h0);
-    let mut scores = vec![0f32; 2 * STREAM_KEYS];
+    let heads = it.h1 - it.h0;
+    let mut scores = vec![0f32; per_head.max(2) * STREAM_KEYS];
     let (mut offs, mut head_offs) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     let mut next = Vec::with_capacity(STREAM_KEYS);
-    let width = (it.h1 - it.h0) * d;
+    let width = heads * d;
     kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
     for j0 in (it.k0..it.k1).step_by(STREAM_KEYS) {
         let j1 = it.k1.min(j0 + STREAM_KEYS);
         let kt = j1 - j0;
         std::mem::swap(&mut offs, &mut next);
         // The next tile's tokens (all heads) into L2 while this one is computed: the rows of one
-        // head are strided and paged, which the hardware prefetchers do not follow.
+        // head are strided and paged, which the hardware prefetchers do not follow. Spread over
+        // the heads, so the prefetches do not all queue at once.
         kv.offsets(it.seq, it.h0, (j1, it.k1.min(j1 + STREAM_KEYS)), g, &mut next);
-        // Spread over the row loop, so the prefetches do not all queue at once.
-        let per_step = next.len().div_ceil(rows.div_ceil(2)).max(1);
+        let per_step = next.len().div_ceil(heads).max(1);
         let mut ahead = next.chunks(per_step);
-        // Rows of one head in pairs, so each key and value row is loaded once per pair.
-        let mut r = 0;
-        while r < rows {
-            if r % per_head == 0 {
-                let hh = r / per_head;
-                head_offs.clear();
-                head_offs.extend(offs.iter().map(|o| o + hh * d));
-            }
-            let pair = r + 1 < rows && (r + 1) % per_head != 0;
-            let n = if pair { 2 } else { 1 };
-            let (sc0, sc1) = scores.split_at_mut(STREAM_KEYS);
-            let (sc0, sc1) = (&mut sc0[..kt], &mut sc1[..kt]);
-            let raw_pair = match (pair, raw_q, raw_k) {
-                (true, Some(q), Some(k)) => {
-                    let done = crate::simd::dots2_bf16(
-                        [&q[r * d..(r + 1) * d], &q[(r + 1) * d..(r + 2) * d]],
-                        k,
-                        &head_offs,
-                        [&mut *sc0, &mut *sc1],
-                    );
-                    if done {
-                        sc0.iter_mut().chain(sc1.iter_mut()).for_each(|x| *x *= g.scale);
+        for hh in 0..heads {
+            let r0 = hh * per_head;
+            head_offs.clear();
+            head_offs.extend(offs.iter().map(|o| o + hh * d));
+            // Scores, two rows at a time (each key row is loaded once per pair).
+            let mut i = 0;
+            while i < per_head {
+                let r = r0 + i;
+                let (sc0, rest) = scores[i * STREAM_KEYS..].split_at_mut(STREAM_KEYS);
+                let sc0 = &mut sc0[..kt];
+                if i + 1 == per_head {
+                    S::dots(&qs[r * d..(r + 1) * d], kall, &head_offs, sc0);
+                    i += 1;
+                    continue;
+                }
+                let sc1 = &mut rest[..kt];
+                let (a, b) = (r * d..(r + 1) * d, (r + 1) * d..(r + 2) * d);
+                let raw = match (raw_q, raw_k) {
+                    (Some(q), Some(k)) => {
+                        crate::simd::dots2_bf16([&q[a.clone()], &q[b.clone()]], k, &head_offs, [&mut *sc0, &mut *sc1])
                     }
-                    done
+                    _ => false,
+                };
+                if raw {
+                    sc0.iter_mut().chain(sc1.iter_mut()).for_each(|x| *x *= g.scale);
+                } else {
+                    S::dots2([&qs[a], &qs[b]], kall, &head_offs, [sc0, sc1]);
                 }
-                _ => false,
-            };
-            if pair && !raw_pair {
-                S::dots2([&qs[r * d..(r + 1) * d], &qs[(r + 1) * d..(r + 2) * d]], kall, &head_offs, [sc0, sc1]);
-            } else if !pair {
-                S::dots(&qs[r * d..(r + 1) * d], kall, &head_offs, sc0);
+                i += 2;
             }
-            for (k, sc) in [&mut *sc0, &mut *sc1].into_iter().take(n).enumerate() {
-                mask(pos[r + k], j0, sc);
-                let alpha = part.rows[r + k].update(sc);
+            for i in 0..per_head {
+                let (r, sc) = (r0 + i, &mut scores[i * STREAM_KEYS..i * STREAM_KEYS + kt]);
+                mask(pos[r], j0, sc);
+                let alpha = part.rows[r].update(sc);
                 if alpha != 1.0 {
-                    part.acc[(r + k) * d..(r + k + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+                    part.acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
                 }
             }
-            let (a0, a1) = part.acc[r * d..].split_at_mut(d);
-            if pair {
-                S::weighted_sum2([sc0, sc1], vall, &head_offs, [a0, &mut a1[..d]]);
-            } else {
-                S::weighted_sum(sc0, vall, &head_offs, a0);
+            // Value rows, four query rows at a time (each value row is loaded once per four).
+            let mut i = 0;
+            while i < per_head {
+                let n = (per_head - i).min(4);
+                let n = if n == 3 { 2 } else { n };
+                let acc = &mut part.acc[(r0 + i) * d..(r0 + i + n) * d];
+                let p = |k: usize| &scores[(i + k) * STREAM_KEYS..(i + k) * STREAM_KEYS + kt];
+                let mut rows = acc.chunks_exact_mut(d);
+                let mut row = || rows.next().expect("n rows");
+                match n {
+                    4 => S::weighted_sum4([p(0), p(1), p(2), p(3)], vall, &head_offs, [row(), row(), row(), row()]),
+                    2 => S::weighted_sum2([p(0), p(1)], vall, &head_offs, [row(), row()]),
+                    _ => S::weighted_sum(p(0), vall, &head_offs, row()),
+                }
+                i += n;
             }
             for &o in ahead.next().unwrap_or_default() {
                 prefetch_l2(&kall[o..o + width]);
                 prefetch_l2(&vall[o..o + width]);
             }
-            r += n;
         }
     }
 }
