@@ -151,6 +151,49 @@ pub(crate) fn dots2_bf16(q: [&[u16]; 2], src: &[u16], offs: &[usize], out: [&mut
     }
 }
 
+/// Whether [`weighted_sum4_bf16`] runs for head size `d` and `n` keys on this CPU.
+pub(crate) fn bf16_pairs_fit(d: usize, n: usize) -> bool {
+    matches!(d, 64 | 96 | 128) && n <= 64 && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16
+}
+
+/// `acc[k] += Σⱼ bf16(p[k][j]) · row j` for four weight vectors over bf16 rows, with AVX-512 BF16 dot
+/// products on pairs of keys; the weights are rounded to bf16 first (as reduced-precision attention
+/// does). Only where [`bf16_pairs_fit`] (panics otherwise).
+pub(crate) fn weighted_sum4_bf16(p: [&[f32]; 4], src: &[u16], offs: &[usize], acc: [&mut [f32]; 4]) {
+    let d = acc[0].len();
+    let n = p[0].len();
+    assert!(
+        bf16_pairs_fit(d, n)
+            && acc.iter().all(|a| a.len() == d)
+            && p.iter().all(|x| x.len() == n)
+            && offs.len() == n
+            && offs.iter().all(|&o| o + d <= src.len()),
+        "weighted_sum4_bf16 called outside what it supports"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut pb = [[0u16; 64]; 4];
+        for (k, b) in pb.iter_mut().enumerate() {
+            // SAFETY: AVX-512 BF16 checked; `b` holds 64 ≥ n values.
+            unsafe { x86::to_bf16(p[k], &mut b[..n]) };
+        }
+        let pp = [0, 1, 2, 3].map(|k| pb[k].as_ptr());
+        let ap = acc.map(|a| a.as_mut_ptr());
+        // SAFETY: checked above: rows and accumulators hold d values, the weights n (padded with
+        // zeros to 64); AVX-512 BF16 present. d = 128 goes in two halves of 64 (16 accumulators).
+        unsafe {
+            match d {
+                64 => x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0),
+                96 => x86::weighted_sum4_bf16::<3>(pp, src.as_ptr(), offs, ap, 0),
+                _ => {
+                    x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0);
+                    x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 64);
+                }
+            }
+        }
+    }
+}
+
 /// Plain loops (AVX2 and portable levels): rows converted to f32, then 8-lane partial sums.
 pub(crate) struct Generic;
 
@@ -472,6 +515,84 @@ mod x86 {
         _mm512_castps512_ps128(z)
     }
 
+    /// `acc[k] += Σⱼ p[k][j] · row j` for four weight vectors given as bf16 (`pb[k]`, kt values,
+    /// padded to an even count) over bf16 rows, by `vdpbf16ps` on pairs of keys: two value rows are
+    /// interleaved (`unpacklo/hi_epi16`) so each lane holds the same element of both, and the pair of
+    /// weights is broadcast. The sums come out in the interleaved lane order and are put back in
+    /// element order once at the end. Elements `d0 .. d0 + 32·NC` of each row.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16; rows hold `d0 + 32·NC` values at `src + offs[j]`; `pb[k]` holds
+    /// `offs.len()` rounded up to even values; the accumulators `d0 + 32·NC`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn weighted_sum4_bf16<const NC: usize>(
+        pb: [*const u16; 4],
+        src: *const u16,
+        offs: &[usize],
+        acc: [*mut f32; 4],
+        d0: usize,
+    ) {
+        // SAFETY: every access is inside the rows, the weights or the accumulators (contract);
+        // __m512bh and __m512i are both 512-bit vectors.
+        unsafe {
+            let bh = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
+            let mut lo = [[_mm512_setzero_ps(); NC]; 4];
+            let mut hi = [[_mm512_setzero_ps(); NC]; 4];
+            let n = offs.len();
+            let mut j = 0;
+            while j < n {
+                let ra = src.add(offs[j] + d0);
+                let rb = if j + 1 < n { Some(src.add(offs[j + 1] + d0)) } else { None };
+                let w = [0, 1, 2, 3].map(|k| bh(_mm512_set1_epi32((pb[k].add(j) as *const i32).read_unaligned())));
+                for c in 0..NC {
+                    let a = _mm512_loadu_si512(ra.add(32 * c) as *const _);
+                    let b = match rb {
+                        Some(rb) => _mm512_loadu_si512(rb.add(32 * c) as *const _),
+                        None => _mm512_setzero_si512(),
+                    };
+                    let (pl, ph) = (bh(_mm512_unpacklo_epi16(a, b)), bh(_mm512_unpackhi_epi16(a, b)));
+                    for k in 0..4 {
+                        lo[k][c] = _mm512_dpbf16_ps(lo[k][c], w[k], pl);
+                        hi[k][c] = _mm512_dpbf16_ps(hi[k][c], w[k], ph);
+                    }
+                }
+                j += 2;
+            }
+            // Lane 4L + i of `lo` is element 8L + i of the chunk, of `hi` element 8L + 4 + i.
+            let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+            let second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+            for k in 0..4 {
+                for c in 0..NC {
+                    let at = acc[k].add(d0 + 32 * c);
+                    let e0 = _mm512_permutex2var_ps(lo[k][c], first, hi[k][c]);
+                    let e1 = _mm512_permutex2var_ps(lo[k][c], second, hi[k][c]);
+                    _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), e0));
+                    _mm512_storeu_ps(at.add(16), _mm512_add_ps(_mm512_loadu_ps(at.add(16)), e1));
+                }
+            }
+        }
+    }
+
+    /// `out[i] = bf16(x[i])`, rounding to nearest even, 16 at a time (the tail by `half`).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16; `out` holds `x.len()` values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn to_bf16(x: &[f32], out: &mut [u16]) {
+        let mut i = 0;
+        // SAFETY: 16 values at i < len − 15 of both slices.
+        unsafe {
+            while i + 16 <= x.len() {
+                let v: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i))));
+                _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, v);
+                i += 16;
+            }
+        }
+        for j in i..x.len() {
+            out[j] = half::bf16::from_f32(x[j]).to_bits();
+        }
+    }
+
     /// [`dots`] for two queries: each row is loaded (and converted) once for both.
     ///
     /// # Safety
@@ -687,6 +808,41 @@ mod tests {
                 let dot = |q: &[u16], j: usize| (0..d).map(|i| f(q[i]) * f(src[offs[j] + i])).sum::<f32>();
                 assert_eq!(g0, (0..keys).map(|j| dot(&q0, j)).collect::<Vec<_>>(), "d {d} keys {keys}");
                 assert_eq!(g1, (0..keys).map(|j| dot(&q1, j)).collect::<Vec<_>>(), "d {d} keys {keys}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_pair_value_sums_are_exact_on_small_integers() {
+        for d in [64, 96, 128] {
+            for keys in [1, 2, 7, 32] {
+                if !bf16_pairs_fit(d, keys) {
+                    return; // no AVX-512 BF16 here
+                }
+                let stride = d + 16;
+                let bits = |v: f32| bf16::from_f32(v).to_bits();
+                let src: Vec<u16> = (0..keys * stride).map(|i| bits((i % 11) as f32 - 5.0)).collect();
+                let offs: Vec<usize> = (0..keys).map(|j| j * stride + 2).collect();
+                let p: Vec<Vec<f32>> =
+                    (0..4).map(|k| (0..keys).map(|j| ((j + k) % 5) as f32 - 2.0).collect()).collect();
+                let mut acc: [Vec<f32>; 4] = [0, 1, 2, 3].map(|k| (0..d).map(|i| (i % 3) as f32 + k as f32).collect());
+                let want: Vec<Vec<f32>> = (0..4)
+                    .map(|k| {
+                        (0..d)
+                            .map(|i| {
+                                acc[k][i]
+                                    + (0..keys)
+                                        .map(|j| p[k][j] * bf16::from_bits(src[offs[j] + i]).to_f32())
+                                        .sum::<f32>()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                {
+                    let [a0, a1, a2, a3] = &mut acc;
+                    weighted_sum4_bf16([&p[0], &p[1], &p[2], &p[3]], &src, &offs, [a0, a1, a2, a3]);
+                }
+                assert_eq!(acc.to_vec(), want, "d {d} keys {keys}");
             }
         }
     }

@@ -7,8 +7,11 @@
 //! each score is an f32 dot product of D terms, off by at most γ = 2·D·u₃₂ times Σ|q·k|·scale (the
 //! standard γ_D bound, doubled for the pre-scaling of q); a score error δ moves the softmax output by
 //! at most 2δ·max|v|; the weighted sum of L values adds L·u₃₂·max|v|, exp adds 2 ulp; then the
-//! output is rounded to its type (u_out·|out|: 2⁻¹¹ f16, 2⁻⁸ bf16). So
-//! |got − ref| ≤ max|v|·(4·D·u₃₂·max Σ|q·k|·scale + 2·L·u₃₂ + 8·u₃₂) + u_out·|ref|, with u₃₂ = 2⁻²⁴.
+//! output is rounded to its type (u_out·|out|: 2⁻¹¹ f16, 2⁻⁸ bf16). With bf16 inputs the decode
+//! path also rounds the probabilities to bf16 before the value product (as reduced-precision attention
+//! does), which moves an output by at most u_bf16·Σⱼ pⱼ·|vⱼ|. So
+//! |got − ref| ≤ max|v|·(4·D·u₃₂·max Σ|q·k|·scale + 2·L·u₃₂ + 8·u₃₂) + u_out·|ref| (+ 2·u_bf16·Σⱼ pⱼ|vⱼ|
+//! for bf16), with u₃₂ = 2⁻²⁴.
 
 use ascend_kernels::cpu::{self, Level};
 use ascend_kernels::{reshape_and_cache, BlockTables, Element, Heads, PagedAttention, Prefill};
@@ -41,6 +44,16 @@ fn unit_roundoff<T: Element>() -> f64 {
     }
 }
 
+/// Unit roundoff of the probabilities in the value product: with bf16 inputs the decode path rounds
+/// them to bf16 first (as reduced-precision attention does, torch's included).
+fn p_round<T: Element>() -> f64 {
+    if T::ACL_DTYPE == <bf16 as DeviceRepr>::ACL_DTYPE {
+        2f64.powi(-8)
+    } else {
+        0.0
+    }
+}
+
 fn random<T: Element>(rng: &mut Lcg, n: usize, magnitude: f32) -> Vec<T> {
     (0..n).map(|_| T::from_f32(rng.next() * magnitude)).collect()
 }
@@ -58,7 +71,7 @@ struct RefSeq {
 }
 
 /// The naive reference and the per-element error bound, `[q_len, Hq, D]` each.
-fn reference(s: &RefSeq, scale: f64, causal: bool, window: Option<usize>) -> (Array3<f64>, Array3<f64>) {
+fn reference(s: &RefSeq, scale: f64, causal: bool, window: Option<usize>, p_round: f64) -> (Array3<f64>, Array3<f64>) {
     let (ql, hq, d) = s.q.dim();
     let (kl, hkv, _) = s.k.dim();
     let group = hq / hkv;
@@ -84,11 +97,17 @@ fn reference(s: &RefSeq, scale: f64, causal: bool, window: Option<usize>) -> (Ar
                 .map(|&j| s.v.slice(s![j, kh, ..]).fold(0.0f64, |a, x| a.max(x.abs())))
                 .fold(0.0, f64::max);
             let tol = vmax * (4.0 * d as f64 * U32 * abs + 2.0 * visible.len() as f64 * U32 + 8.0 * U32);
+            let mut weighted_abs = ndarray::Array1::<f64>::zeros(d);
             for (&j, wj) in visible.iter().zip(&w) {
                 let mut o = out.slice_mut(s![i, h, ..]);
                 o.scaled_add(wj / sum, &s.v.slice(s![j, kh, ..]));
+                weighted_abs.scaled_add(wj / sum, &s.v.slice(s![j, kh, ..]).mapv(f64::abs));
             }
-            bound.slice_mut(s![i, h, ..]).fill(tol);
+            // Probabilities rounded before the value product move each output by at most
+            // p_round · Σⱼ pⱼ·|vⱼ| (twice, for the rounding of the bound's own terms).
+            let mut b = bound.slice_mut(s![i, h, ..]);
+            b.fill(tol);
+            b.scaled_add(2.0 * p_round, &weighted_abs);
         }
     }
     (out, bound)
@@ -145,7 +164,7 @@ fn check_prefill<T: Element>(level: Level, c: &PrefillCase, seed: u64) {
             k: ka.slice(s![a..e, .., ..]).to_owned(),
             v: va.slice(s![a..e, .., ..]).to_owned(),
         };
-        let (want, bound) = reference(&seq, scale as f32 as f64, c.causal, c.window);
+        let (want, bound) = reference(&seq, scale as f32 as f64, c.causal, c.window, p_round::<T>());
         let got = &out[a * h.heads * h.head_dim..e * h.heads * h.head_dim];
         compare(&format!("prefill {} seq {b} ({:?}, {:?})", level.name(), h, c.window), got, &want, &bound);
     }
@@ -269,7 +288,7 @@ fn check_paged<T: Element>(level: Level, c: &PagedCase, seed: u64) {
     for b in 0..c.kv_lens.len() {
         let (a, e) = (cu[b] as usize, cu[b + 1] as usize);
         let seq = RefSeq { q: qa.slice(s![a..e, .., ..]).to_owned(), k: gather(&kc, b), v: gather(&vc, b) };
-        let (want, bound) = reference(&seq, scale, true, c.window);
+        let (want, bound) = reference(&seq, scale, true, c.window, p_round::<T>());
         let got = &out[a * h.heads * h.head_dim..e * h.heads * h.head_dim];
         compare(&format!("paged {} bs {bs} seq {b}", level.name()), got, &want, &bound);
     }

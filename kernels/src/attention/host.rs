@@ -454,6 +454,8 @@ fn streaming<T: Element, S: Simd>(
     part: &mut Partial,
 ) {
     let raw_k = raw_q.and_then(|_| bf16_bits(kv.kv().0));
+    // With raw bf16 queries (AVX-512 BF16) the value products also run on bf16 pairs.
+    let raw_v = raw_q.and_then(|_| bf16_bits(kv.kv().1));
     let d = g.head_dim;
     let rows = part.rows.len();
     let (kall, vall) = kv.kv();
@@ -522,6 +524,15 @@ fn streaming<T: Element, S: Simd>(
                 let mut rows = acc.chunks_exact_mut(d);
                 let mut row = || rows.next().expect("n rows");
                 match n {
+                    4 if raw_v.is_some() && crate::simd::bf16_pairs_fit(d, kt) => {
+                        let v = raw_v.expect("checked");
+                        crate::simd::weighted_sum4_bf16(
+                            [p(0), p(1), p(2), p(3)],
+                            v,
+                            &head_offs,
+                            [row(), row(), row(), row()],
+                        );
+                    }
                     4 => S::weighted_sum4([p(0), p(1), p(2), p(3)], vall, &head_offs, [row(), row(), row(), row()]),
                     2 => S::weighted_sum2([p(0), p(1)], vall, &head_offs, [row(), row()]),
                     _ => S::weighted_sum(p(0), vall, &head_offs, row()),
