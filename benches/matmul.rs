@@ -2,18 +2,14 @@
 //! `ascend bench matmul` runs. Square 512..4096 and decode shapes (m = 1, 16; n = k = 4096), each dtype;
 //! throughput in FLOPs.
 
-use ascend::bench::matmul::{Case, DTYPES};
-use ascend::kernels::Shape;
+use ascend::bench::matmul::{default_shapes, Case};
+use ascend::bench::DTYPES;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul");
     g.sample_size(10);
-    let shapes = [512, 1024, 2048, 4096]
-        .map(|n| Shape::new(n, n, n))
-        .into_iter()
-        .chain([1, 16].map(|m| Shape::new(m, 4096, 4096).transposed_b()));
-    for shape in shapes {
+    for shape in default_shapes() {
         for dtype in DTYPES {
             let mut case = Case::new(shape, dtype, None).expect("allocate matmul inputs");
             g.throughput(Throughput::Elements(case.flops() as u64));

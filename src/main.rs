@@ -241,14 +241,8 @@ fn main() -> ExitCode {
                 }
                 other => other.flatten(),
             };
-            let dtypes: Vec<&str> = match dtype.as_deref() {
-                Some(d) if !ascend::bench::matmul::DTYPES.contains(&d) => {
-                    eprintln!("error: --dtype must be one of {:?}", ascend::bench::matmul::DTYPES);
-                    return ExitCode::from(2);
-                }
-                Some(d) => vec![d],
-                None if m.is_some() => vec!["f32"],
-                None => ascend::bench::matmul::DTYPES.to_vec(),
+            let Some(dtypes) = dtypes_arg(dtype.as_deref(), m.is_some(), &ascend::bench::DTYPES) else {
+                return ExitCode::from(2);
             };
             let shapes = match (m, n, k) {
                 (Some(m), Some(n), Some(k)) if m > 0 && n > 0 && k > 0 => {
@@ -262,22 +256,20 @@ fn main() -> ExitCode {
                 _ => ascend::bench::matmul::default_shapes(),
             };
             let budget = Duration::from_millis(budget_ms.max(1));
-            report(cli::bench::run_matmul(&shapes, &dtypes, level, budget, json), json)
+            report(
+                cli::bench::with_progress(json, |p| ascend::bench::matmul::sweep(&shapes, &dtypes, level, budget, p)),
+                json,
+            )
         }
         Command::Bench { kind: BenchKind::All { json, budget_ms } } => {
-            report(cli::bench::run_all(Duration::from_millis(budget_ms.max(1)), json), json)
+            let budget = Duration::from_millis(budget_ms.max(1));
+            report(cli::bench::with_progress(json, |p| ascend::bench::all::quick(budget, p)), json)
         }
         Command::Bench { kind: BenchKind::Attention { shape, dtype, json, budget_ms } } => {
             use ascend::bench::attention::{self as att, Workload};
             use ascend::kernels::Heads;
-            let dtypes: Vec<&str> = match dtype.as_deref() {
-                Some(d) if !att::DTYPES.contains(&d) => {
-                    eprintln!("error: --dtype must be one of {:?}", att::DTYPES);
-                    return ExitCode::from(2);
-                }
-                Some(d) => vec![d],
-                None if shape.is_some() => vec!["f32"],
-                None => vec!["f32", "bf16"],
+            let Some(dtypes) = dtypes_arg(dtype.as_deref(), shape.is_some(), &["f32", "bf16"]) else {
+                return ExitCode::from(2);
             };
             let (work, heads) = match shape {
                 None => (att::default_workloads(), att::DEFAULT_HEADS),
@@ -297,7 +289,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let budget = Duration::from_millis(budget_ms.max(1));
-            report(cli::bench::run_attention(&work, heads, &dtypes, budget, json), json)
+            report(cli::bench::with_progress(json, |p| att::sweep(&work, heads, &dtypes, budget, p)), json)
         }
         Command::Demo { tp, batch, tokens, tiny } => {
             use ascend::demo::{run, sample_requests, Config};
@@ -344,8 +336,23 @@ fn main() -> ExitCode {
                 eprintln!("error: --bytes {bad} is outside 1..=16 GiB");
                 return ExitCode::from(2);
             }
-            report(cli::bench::run_runtime(device, Duration::from_millis(budget_ms.max(1)), &sizes, json), json)
+            let budget = Duration::from_millis(budget_ms.max(1));
+            report(cli::bench::with_progress(json, |p| ascend::bench::runtime::sweep(device, budget, &sizes, p)), json)
         }
+    }
+}
+
+/// The element types to measure: the one asked for, else f32 for a single shape or `sweep` for the
+/// default sweep. None (after saying why) for a type the benchmarks do not know.
+fn dtypes_arg<'a>(dtype: Option<&'a str>, one_shape: bool, sweep: &[&'a str]) -> Option<Vec<&'a str>> {
+    match dtype {
+        Some(d) if !ascend::bench::DTYPES.contains(&d) => {
+            eprintln!("error: --dtype must be one of {:?}", ascend::bench::DTYPES);
+            None
+        }
+        Some(d) => Some(vec![d]),
+        None if one_shape => Some(vec!["f32"]),
+        None => Some(sweep.to_vec()),
     }
 }
 

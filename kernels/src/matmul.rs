@@ -116,11 +116,7 @@ impl Matmul {
         if dims.contains(&0) {
             return Err(Error::InvalidArgument(format!("empty matmul {s:?}")));
         }
-        let prod = |x: &[usize]| x.iter().try_fold(1usize, |acc, &v| acc.checked_mul(v));
-        let want = |what: &str, got: usize, dims: &[usize]| match prod(dims) {
-            Some(n) if n == got => Ok(()),
-            _ => Err(Error::InvalidArgument(format!("{what} holds {got} elements; {s:?} needs {dims:?}"))),
-        };
+        let want = crate::args::expect_len;
         want("A", a.len(), &[s.batch, s.m, s.k])?;
         want("B", b.len(), &[if s.shared_b { 1 } else { s.batch }, s.k, s.n])?;
         want("C", c.len(), &[s.batch, s.m, s.n])?;

@@ -112,22 +112,18 @@ pub fn run<T: Element, O: Element>(
             ("aclnnBatchMatMulGetWorkspaceSize", "aclnnBatchMatMul"),
         ),
     };
-    let (phase1, phase2) = (phase1.ok_or(Error::MissingSymbol(names.0))?, phase2.ok_or(Error::MissingSymbol(names.1))?);
-    let mut set = Tensors::new(api)?;
-    let t: Vec<_> =
-        descs.iter().zip([a.raw(), b.raw(), c.raw()]).map(|(d, p)| set.tensor(d, p)).collect::<Result<_>>()?;
-    let (mut ws, mut exec) = (0u64, std::ptr::null_mut());
-    // SAFETY: valid tensors and out-pointers; phase 1 only inspects the descriptors.
-    status(names.0, unsafe { phase1(t[0], t[1], t[2], KEEP_DTYPE, &mut ws, &mut exec) })?;
-    let mut w = workspace(stream, ws)?;
+    let phase1 = phase1.ok_or(Error::MissingSymbol(names.0))?;
+    let p = prepare(stream, names.0, |objects, ws, exec| {
+        let t = objects.all(&descs, &[a.raw(), b.raw(), c.raw()])?;
+        // SAFETY: valid tensors and out-pointers; phase 1 only inspects the descriptors.
+        Ok(unsafe { phase1(t[0], t[1], t[2], KEEP_DTYPE, ws, exec) })
+    })?;
+    let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(a)?;
     l.read(b)?;
     l.write(c)?;
-    launch_with_workspace(l, w.as_mut(), |w, raw| {
-        // SAFETY: the operator touches only A, B, C and the workspace, all declared to the launch.
-        status(names.1, unsafe { phase2(w, ws, exec, raw) })
-    })
+    finish(l, w.as_mut(), &p, names.1, phase2)
 }
 
 /// aclnn objects created for one call, destroyed when it returns (the executor keeps what it needs
@@ -191,6 +187,11 @@ impl Tensors {
         Ok(l)
     }
 
+    /// Tensors for `descs` over `ptrs`, in order.
+    pub(crate) fn all(&mut self, descs: &[TensorDesc], ptrs: &[*mut c_void]) -> Result<Vec<*mut aclTensor>> {
+        descs.iter().zip(ptrs).map(|(d, &p)| self.tensor(d, p)).collect()
+    }
+
     /// An integer array (host values, copied by aclnn).
     pub(crate) fn ints(&mut self, v: &[i64]) -> Result<*mut aclIntArray> {
         let create = self.api.aclCreateIntArray.ok_or(Error::MissingSymbol("aclCreateIntArray"))?;
@@ -244,16 +245,50 @@ pub(crate) fn workspace(stream: &Arc<Stream>, bytes: u64) -> Result<Option<Devic
     (bytes > 0).then(|| stream.alloc::<u8>(bytes as usize)).transpose()
 }
 
-/// Declares the workspace to the launch and enqueues phase 2: `enqueue(workspace, raw stream)`.
-pub(crate) fn launch_with_workspace<'a>(
+/// Phase 2 of an aclnn operator: (workspace, its size, executor, stream).
+pub(crate) type Phase2 = unsafe extern "C" fn(
+    *mut c_void,
+    u64,
+    *mut ascend_sys::aclOpExecutor,
+    ascend_sys::aclrtStream,
+) -> ascend_sys::aclnnStatus;
+
+/// Phase 1 done: the objects to keep alive until the launch, the workspace size and the executor.
+pub(crate) struct Prepared {
+    _objects: Tensors,
+    /// Workspace bytes the operator asked for.
+    pub(crate) ws: u64,
+    exec: *mut ascend_sys::aclOpExecutor,
+}
+
+/// Phase 1 of an aclnn operator: `phase1(objects, &mut ws, &mut exec)` creates its tensors in
+/// `objects` and calls `…GetWorkspaceSize`, returning its status (checked here under `name`).
+pub(crate) fn prepare(
+    stream: &Arc<Stream>,
+    name: &'static str,
+    phase1: impl FnOnce(&mut Tensors, &mut u64, &mut *mut ascend_sys::aclOpExecutor) -> Result<i32>,
+) -> Result<Prepared> {
+    let mut objects = Tensors::new(stream.context().runtime().api())?;
+    let (mut ws, mut exec) = (0u64, std::ptr::null_mut());
+    status(name, phase1(&mut objects, &mut ws, &mut exec)?)?;
+    Ok(Prepared { _objects: objects, ws, exec })
+}
+
+/// Phase 2: declares the workspace to the launch (whose other buffers the caller declared) and
+/// enqueues the operator.
+pub(crate) fn finish<'a>(
     mut l: ascend_rt::DeviceLaunch<'a>,
-    workspace: Option<&'a mut DeviceBuffer<u8>>,
-    enqueue: impl FnOnce(*mut c_void, *mut c_void) -> Result<()>,
+    w: Option<&'a mut DeviceBuffer<u8>>,
+    p: &Prepared,
+    name: &'static str,
+    phase2: Option<Phase2>,
 ) -> Result<()> {
-    let wptr = match workspace {
+    let phase2 = phase2.ok_or(Error::MissingSymbol(name))?;
+    let (ws, exec) = (p.ws, p.exec);
+    let wptr = match w {
         Some(w) => l.write(w)?,
         None => std::ptr::null_mut::<c_void>(),
     };
     // SAFETY: the caller declared every buffer its operator touches; the workspace is declared here.
-    unsafe { l.launch(|raw| enqueue(wptr, raw)) }
+    unsafe { l.launch(|raw| status(name, phase2(wptr, ws, exec, raw))) }
 }

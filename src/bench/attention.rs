@@ -3,15 +3,12 @@
 //! with the fraction of the streaming-read bandwidth measured first. The same code serves
 //! `ascend bench attention` and `benches/attention.rs`.
 
-use super::{try_per_iter, Figure};
+use super::{try_per_iter, Figure, DTYPES};
 use ascend_kernels::{BlockTables, Element, Heads, PagedAttention, Prefill};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Element types the benchmark accepts.
-pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Matmul throughput (GFLOPS = 2·m·n·k·batch / time) at any shape, dtype and SIMD level; the same
 //! code serves `ascend bench matmul` and `benches/matmul.rs`.
 
-use super::{try_per_iter, Figure};
+use super::{try_per_iter, Figure, DTYPES};
 use ascend_kernels::{cpu::Level, Element, Matmul, Shape};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
 use serde_json::Value;
@@ -10,9 +10,6 @@ use std::time::{Duration, Instant};
 
 /// Total weight bytes a decode-shaped case rotates through (well beyond any last-level cache).
 const ROTATE_BYTES: usize = 256 << 20;
-
-/// Element types the benchmark accepts.
-pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
 /// Inputs on a device, ready to be multiplied repeatedly.
 pub struct Case {

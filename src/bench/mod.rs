@@ -12,6 +12,9 @@ pub mod runtime;
 use serde_json::{Map, Value};
 use std::time::{Duration, Instant};
 
+/// Element types the kernel benchmarks accept.
+pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
 /// One reported figure: a benchmark name, its parameters, and a value with its unit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Figure {

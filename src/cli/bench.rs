@@ -1,65 +1,25 @@
 //! `ascend bench`: quick sweeps of the benchmarks, printed as a table or as JSON lines.
 
-use ascend::bench::{attention, collectives, matmul, runtime, Figure};
-use ascend::kernels::{cpu::Level, Shape};
+use ascend::bench::{collectives, runtime, Figure};
 use std::io::Write;
 use std::time::Duration;
 
-/// Runs the runtime sweep.
-pub fn run_runtime(device: usize, budget: Duration, sizes: &[usize], json: bool) -> ascend::rt::Result<Vec<Figure>> {
-    let figures = runtime::sweep(device, budget, sizes, progress(json))?;
-    if !json {
-        eprint!("\r\x1b[2K");
-    }
-    Ok(figures)
-}
-
-fn progress(json: bool) -> impl FnMut(&str) {
-    move |name: &str| {
+/// Runs a sweep with a progress line on stderr (none with `--json`), cleared at the end.
+pub fn with_progress<T>(
+    json: bool,
+    sweep: impl FnOnce(&mut dyn FnMut(&str)) -> ascend::rt::Result<T>,
+) -> ascend::rt::Result<T> {
+    let mut progress = |name: &str| {
         if !json {
             eprint!("\r\x1b[2K  measuring {name} ...");
             let _ = std::io::stderr().flush();
         }
-    }
-}
-
-/// Runs the matmul sweep: the read-bandwidth limit, then every shape in every dtype.
-pub fn run_matmul(
-    shapes: &[Shape],
-    dtypes: &[&str],
-    level: Option<Level>,
-    budget: Duration,
-    json: bool,
-) -> ascend::rt::Result<Vec<Figure>> {
-    let figures = matmul::sweep(shapes, dtypes, level, budget, progress(json))?;
+    };
+    let result = sweep(&mut progress);
     if !json {
         eprint!("\r\x1b[2K");
     }
-    Ok(figures)
-}
-
-/// Runs the attention sweep: the read-bandwidth limit, then every workload in every dtype.
-pub fn run_attention(
-    work: &[attention::Workload],
-    heads: ascend::kernels::Heads,
-    dtypes: &[&str],
-    budget: Duration,
-    json: bool,
-) -> ascend::rt::Result<Vec<Figure>> {
-    let figures = attention::sweep(work, heads, dtypes, budget, progress(json))?;
-    if !json {
-        eprint!("\r\x1b[2K");
-    }
-    Ok(figures)
-}
-
-/// Runs `bench all`.
-pub fn run_all(budget: Duration, json: bool) -> ascend::rt::Result<Vec<Figure>> {
-    let figures = ascend::bench::all::quick(budget, progress(json))?;
-    if !json {
-        eprint!("\r\x1b[2K");
-    }
-    Ok(figures)
+    result
 }
 
 /// Runs the all-reduce sweep.
@@ -78,11 +38,7 @@ pub fn run_collectives(
     } else {
         collectives::World::threads(ranks)?
     };
-    let figures = collectives::sweep(&mut world, sizes, dtype, budget, progress(json))?;
-    if !json {
-        eprint!("\r\x1b[2K");
-    }
-    Ok(figures)
+    with_progress(json, |p| collectives::sweep(&mut world, sizes, dtype, budget, p))
 }
 
 /// How one parameter reads in the table: sizes in binary units, flags by name when set, figures

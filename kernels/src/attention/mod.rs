@@ -17,6 +17,7 @@ mod host;
 pub mod npu;
 mod softmax;
 
+use crate::args::expect_len;
 use crate::cpu::{self, Level};
 use crate::matmul::Element;
 use ascend_rt::{DeviceBuffer, Error, Result, Stream};
@@ -395,11 +396,4 @@ fn cache_blocks(h: Heads, block_size: usize, len: usize, other: usize) -> Result
         )));
     }
     Ok(len / block)
-}
-
-fn expect_len(what: &str, got: usize, dims: &[usize]) -> Result<()> {
-    match dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
-        Some(n) if n == got => Ok(()),
-        _ => Err(Error::InvalidArgument(format!("{what} holds {got} elements; expected {dims:?}"))),
-    }
 }

@@ -13,7 +13,7 @@
 use super::host::Geometry;
 use super::BlockTables;
 use crate::matmul::Element;
-use crate::npu::{launch_with_workspace, status, workspace, TensorDesc, Tensors};
+use crate::npu::{finish, prepare, workspace, TensorDesc};
 use ascend_rt::{DeviceBuffer, Error, Result, Stream};
 use ascend_sys::{aclDataType, ACL_BOOL, ACL_INT32, ACL_INT64};
 use std::ffi::{c_char, CString};
@@ -224,7 +224,6 @@ fn run_fia<T: Element>(
     let phase1 = api
         .aclnnFusedInferAttentionScoreV2GetWorkspaceSize
         .ok_or(missing("aclnnFusedInferAttentionScoreV2GetWorkspaceSize"))?;
-    let phase2 = api.aclnnFusedInferAttentionScoreV2.ok_or(missing("aclnnFusedInferAttentionScoreV2"))?;
     let mask = match &call.mask {
         Some(_) => {
             // Upper triangle (keys after the diagonal) masked.
@@ -234,73 +233,72 @@ fn run_fia<T: Element>(
         }
         None => None,
     };
-    let mut set = Tensors::new(api)?;
-    let tq = set.tensor(&call.query, q.raw())?;
-    let tk = set.list(&call.key, k.raw())?;
-    let tv = set.list(&call.value, v.raw())?;
-    let to = set.tensor(&call.out, out.raw())?;
-    let tm = match (&call.mask, &mask) {
-        (Some(d), Some(b)) => set.tensor(d, b.raw())?,
-        _ => std::ptr::null_mut(),
-    };
-    let tb = match (&call.block_table, block_table) {
-        (Some(d), Some(b)) => set.tensor(d, b.raw())?,
-        _ => std::ptr::null_mut(),
-    };
-    let lens = set.ints(&call.actual_seq_lengths)?;
-    let lens_kv = set.ints(&call.actual_seq_lengths_kv)?;
     let layout = CString::new("TND").expect("no NUL");
-    let null = std::ptr::null_mut();
-    let (mut ws, mut exec) = (0u64, std::ptr::null_mut());
-    // SAFETY: valid tensors, arrays and out-pointers; optional inputs are NULL; phase 1 only
-    // inspects them. The layout string outlives the call.
-    let code = unsafe {
-        phase1(
-            tq,
-            tk,
-            tv,
-            null,
-            tm,
-            lens,
-            lens_kv,
-            null,
-            null,
-            null,
-            null,
-            null,
-            null,
-            null,
-            tb,
-            null,
-            null,
-            null,
-            null,
-            null,
-            null,
-            null,
-            null,
-            std::ptr::null_mut(),
-            call.num_heads,
-            call.scale,
-            call.pre_tokens,
-            call.next_tokens,
-            layout.as_ptr() as *mut c_char,
-            call.num_kv_heads,
-            call.sparse_mode,
-            0,
-            call.block_size,
-            0,
-            false,
-            0,
-            0,
-            to,
-            null,
-            &mut ws,
-            &mut exec,
-        )
-    };
-    status("aclnnFusedInferAttentionScoreV2GetWorkspaceSize", code)?;
-    let mut w = workspace(stream, ws)?;
+    let p = prepare(stream, "aclnnFusedInferAttentionScoreV2GetWorkspaceSize", |set, ws, exec| {
+        let tq = set.tensor(&call.query, q.raw())?;
+        let tk = set.list(&call.key, k.raw())?;
+        let tv = set.list(&call.value, v.raw())?;
+        let to = set.tensor(&call.out, out.raw())?;
+        let tm = match (&call.mask, &mask) {
+            (Some(d), Some(b)) => set.tensor(d, b.raw())?,
+            _ => std::ptr::null_mut(),
+        };
+        let tb = match (&call.block_table, block_table) {
+            (Some(d), Some(b)) => set.tensor(d, b.raw())?,
+            _ => std::ptr::null_mut(),
+        };
+        let lens = set.ints(&call.actual_seq_lengths)?;
+        let lens_kv = set.ints(&call.actual_seq_lengths_kv)?;
+        let null = std::ptr::null_mut();
+        // SAFETY: valid tensors, arrays and out-pointers; optional inputs are NULL; phase 1 only
+        // inspects them. The layout string outlives the call.
+        Ok(unsafe {
+            phase1(
+                tq,
+                tk,
+                tv,
+                null,
+                tm,
+                lens,
+                lens_kv,
+                null,
+                null,
+                null,
+                null,
+                null,
+                null,
+                null,
+                tb,
+                null,
+                null,
+                null,
+                null,
+                null,
+                null,
+                null,
+                null,
+                std::ptr::null_mut(),
+                call.num_heads,
+                call.scale,
+                call.pre_tokens,
+                call.next_tokens,
+                layout.as_ptr() as *mut c_char,
+                call.num_kv_heads,
+                call.sparse_mode,
+                0,
+                call.block_size,
+                0,
+                false,
+                0,
+                0,
+                to,
+                null,
+                ws,
+                exec,
+            )
+        })
+    })?;
+    let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(q)?;
     l.read(k)?;
@@ -312,10 +310,7 @@ fn run_fia<T: Element>(
         l.read(b)?;
     }
     l.write(out)?;
-    launch_with_workspace(l, w.as_mut(), |w, raw| {
-        // SAFETY: the operator touches only the declared buffers and the workspace.
-        status("aclnnFusedInferAttentionScoreV2", unsafe { phase2(w, ws, exec, raw) })
-    })
+    finish(l, w.as_mut(), &p, "aclnnFusedInferAttentionScoreV2", api.aclnnFusedInferAttentionScoreV2)
 }
 
 /// Prefill on an NPU stream.
@@ -367,47 +362,42 @@ pub(crate) fn reshape_and_cache<T: Element>(
     let phase1 = api
         .aclnnScatterPaKvCacheGetWorkspaceSize
         .ok_or(Error::MissingSymbol("aclnnScatterPaKvCacheGetWorkspaceSize"))?;
-    let phase2 = api.aclnnScatterPaKvCache.ok_or(Error::MissingSymbol("aclnnScatterPaKvCache"))?;
     let blocks = key_cache.len() / (block_size * kv_heads * head_dim);
     let descs = scatter(slot_mapping.len(), kv_heads, head_dim, block_size, blocks, T::ACL_DTYPE);
     let slots = stream.clone_htod(slot_mapping)?;
-    let mut set = Tensors::new(api)?;
     let ptrs = [key.raw(), key_cache.raw(), slots.raw(), value.raw(), value_cache.raw()];
-    let t: Vec<_> = descs.iter().zip(ptrs).map(|(d, p)| set.tensor(d, p)).collect::<Result<_>>()?;
     let mode = CString::new("Norm").expect("no NUL");
-    let null = std::ptr::null_mut();
-    let (mut ws, mut exec) = (0u64, std::ptr::null_mut());
-    // SAFETY: valid tensors and out-pointers, optional inputs NULL; the mode string outlives the call.
-    let code = unsafe {
-        phase1(
-            t[0],
-            t[1],
-            t[2],
-            t[3],
-            t[4],
-            null,
-            null,
-            null,
-            mode.as_ptr() as *mut c_char,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-            &mut ws,
-            &mut exec,
-        )
-    };
-    status("aclnnScatterPaKvCacheGetWorkspaceSize", code)?;
-    let mut w = workspace(stream, ws)?;
+    let p = prepare(stream, "aclnnScatterPaKvCacheGetWorkspaceSize", |set, ws, exec| {
+        let t = set.all(&descs, &ptrs)?;
+        let null = std::ptr::null_mut();
+        // SAFETY: valid tensors and out-pointers, optional inputs NULL; the mode string outlives the call.
+        Ok(unsafe {
+            phase1(
+                t[0],
+                t[1],
+                t[2],
+                t[3],
+                t[4],
+                null,
+                null,
+                null,
+                mode.as_ptr() as *mut c_char,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+                ws,
+                exec,
+            )
+        })
+    })?;
+    let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(key)?;
     l.read(value)?;
     l.read(&slots)?;
     l.write(key_cache)?;
     l.write(value_cache)?;
-    launch_with_workspace(l, w.as_mut(), |w, raw| {
-        // SAFETY: the operator touches only the declared buffers and the workspace.
-        status("aclnnScatterPaKvCache", unsafe { phase2(w, ws, exec, raw) })
-    })
+    finish(l, w.as_mut(), &p, "aclnnScatterPaKvCache", api.aclnnScatterPaKvCache)
 }
 
 #[cfg(test)]

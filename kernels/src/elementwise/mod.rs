@@ -8,6 +8,7 @@
 
 pub mod npu;
 
+use crate::args::expect_len;
 use crate::matmul::Element;
 use ascend_rt::{DeviceBuffer, Error, Result, Stream};
 use std::sync::Arc;
@@ -18,14 +19,6 @@ const ROWS_PER_ITEM: usize = 8;
 /// True when the stream runs host kernels (the simulator); false on an NPU.
 fn on_host(stream: &Stream) -> bool {
     stream.context().runtime().host_addressable()
-}
-
-fn expect(what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!("{what} holds {got} elements; expected {want}")))
-    }
 }
 
 /// Runs `f(row_index, row)` over the `width`-element rows of `data`, on the pool.
@@ -56,7 +49,7 @@ pub fn rms_norm<T: Element>(
             x.len()
         )));
     }
-    expect("rms_norm out", out.len(), x.len())?;
+    expect_len("rms_norm out", out.len(), &[x.len()])?;
     if !on_host(stream) {
         return npu::rms_norm(stream, x, weight, eps, out);
     }
@@ -140,7 +133,7 @@ pub fn silu_mul<T: Element>(
             gate_up.len()
         )));
     }
-    expect("silu_mul out", out.len(), gate_up.len() / 2)?;
+    expect_len("silu_mul out", out.len(), &[gate_up.len() / 2])?;
     if !on_host(stream) {
         return npu::silu_mul(stream, gate_up, inter, out);
     }
@@ -161,7 +154,7 @@ pub fn silu_mul<T: Element>(
 
 /// `x += y` elementwise (residual connections).
 pub fn add_assign<T: Element>(stream: &Arc<Stream>, x: &mut DeviceBuffer<T>, y: &DeviceBuffer<T>) -> Result<()> {
-    expect("add_assign y", y.len(), x.len())?;
+    expect_len("add_assign y", y.len(), &[x.len()])?;
     if !on_host(stream) {
         return npu::add_assign(stream, x, y);
     }
@@ -191,7 +184,7 @@ pub fn embedding<T: Element>(
             "embedding: token {t} has id {id}, outside the vocabulary of {vocab}"
         )));
     }
-    expect("embedding out", out.len(), ids.len() * dim)?;
+    expect_len("embedding out", out.len(), &[ids.len() * dim])?;
     if !on_host(stream) {
         return npu::embedding(stream, table, dim, ids, out);
     }
@@ -218,7 +211,7 @@ pub fn argmax<T: Element>(
     if width == 0 || !x.len().is_multiple_of(width) {
         return Err(Error::InvalidArgument(format!("argmax: {} elements are not rows of {width}", x.len())));
     }
-    expect("argmax out", out.len(), x.len() / width)?;
+    expect_len("argmax out", out.len(), &[x.len() / width])?;
     if !on_host(stream) {
         return npu::argmax(stream, x, width, out);
     }

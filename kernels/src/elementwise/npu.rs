@@ -5,19 +5,11 @@
 //! `[1, tokens, heads, head_dim]` with `[1, tokens, 1, head_dim]` cos/sin tables (mode 0 = halves).
 
 use crate::matmul::Element;
-use crate::npu::{launch_with_workspace, status, workspace, TensorDesc, Tensors};
+use crate::npu::{finish, prepare, workspace, TensorDesc};
 use ascend_rt::{DeviceBuffer, Error, Result, Stream};
 use ascend_sys::{aclDataType, ACL_FLOAT, ACL_INT32, ACL_INT64};
 use std::ffi::c_void;
 use std::sync::Arc;
-
-/// Phase 2 of an aclnn operator: (workspace, its size, executor, stream).
-type Phase2 = unsafe extern "C" fn(
-    *mut c_void,
-    u64,
-    *mut ascend_sys::aclOpExecutor,
-    ascend_sys::aclrtStream,
-) -> ascend_sys::aclnnStatus;
 
 /// aclnnRmsNorm: x `[rows, dim]`, gamma `[dim]`, y like x, rstd `[rows, 1]` f32.
 pub fn rms_norm_descs(rows: usize, dim: usize, dtype: aclDataType) -> [TensorDesc; 4] {
@@ -56,44 +48,6 @@ pub fn argmax_descs(rows: usize, width: usize, dtype: aclDataType) -> [TensorDes
     [TensorDesc::contiguous(&[rows as i64, width as i64], dtype), TensorDesc::contiguous(&[rows as i64], ACL_INT64)]
 }
 
-/// Phase 1 done: the objects to keep alive until the launch, the workspace size and the executor.
-struct Prepared {
-    _tensors: Tensors,
-    ws: u64,
-    exec: *mut ascend_sys::aclOpExecutor,
-}
-
-/// Creates `descs` over `ptrs` and runs phase 1 (`phase1(tensors, &mut ws, &mut exec)`).
-fn prepare(
-    stream: &Arc<Stream>,
-    name: &'static str,
-    descs: &[TensorDesc],
-    ptrs: &[*mut c_void],
-    phase1: impl FnOnce(&[*mut ascend_sys::aclTensor], &mut u64, &mut *mut ascend_sys::aclOpExecutor) -> Result<i32>,
-) -> Result<Prepared> {
-    let mut set = Tensors::new(stream.context().runtime().api())?;
-    let t: Vec<_> = descs.iter().zip(ptrs).map(|(d, &p)| set.tensor(d, p)).collect::<Result<_>>()?;
-    let (mut ws, mut exec) = (0u64, std::ptr::null_mut());
-    status(name, phase1(&t, &mut ws, &mut exec)?)?;
-    Ok(Prepared { _tensors: set, ws, exec })
-}
-
-/// Enqueues phase 2 on the launch (whose buffers the caller declared) with the workspace.
-fn finish<'a>(
-    l: ascend_rt::DeviceLaunch<'a>,
-    w: Option<&'a mut DeviceBuffer<u8>>,
-    p: &Prepared,
-    name: &'static str,
-    phase2: Option<Phase2>,
-) -> Result<()> {
-    let phase2 = phase2.ok_or(Error::MissingSymbol(name))?;
-    let (ws, exec) = (p.ws, p.exec);
-    launch_with_workspace(l, w, |wp, raw| {
-        // SAFETY: the operator touches only the declared buffers and the workspace.
-        status(name, unsafe { phase2(wp, ws, exec, raw) })
-    })
-}
-
 /// RMSNorm on an NPU stream (rstd goes to a scratch buffer).
 pub(crate) fn rms_norm<T: Element>(
     stream: &Arc<Stream>,
@@ -108,14 +62,11 @@ pub(crate) fn rms_norm<T: Element>(
     let api = stream.context().runtime().api();
     let f = api.aclnnRmsNormGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnRmsNormGetWorkspaceSize"))?;
     let descs = rms_norm_descs(rows, dim, T::ACL_DTYPE);
-    let p = prepare(
-        stream,
-        "aclnnRmsNormGetWorkspaceSize",
-        &descs,
-        &[x.raw(), weight.raw(), out.raw(), rstd.raw()],
+    let p = prepare(stream, "aclnnRmsNormGetWorkspaceSize", |objects, ws, ex| {
+        let t = objects.all(&descs, &[x.raw(), weight.raw(), out.raw(), rstd.raw()])?;
         // SAFETY: valid tensors and out-pointers; phase 1 only inspects them.
-        |t, ws, ex| Ok(unsafe { f(t[0], t[1], eps as f64, t[2], t[3], ws, ex) }),
-    )?;
+        Ok(unsafe { f(t[0], t[1], eps as f64, t[2], t[3], ws, ex) })
+    })?;
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(x)?;
@@ -152,14 +103,11 @@ pub(crate) fn rotary<T: Element>(
         .ok_or(Error::MissingSymbol("aclnnRotaryPositionEmbeddingGetWorkspaceSize"))?;
     let descs = rotary_descs(tokens, heads, head_dim, T::ACL_DTYPE);
     let xp = x.raw();
-    let p = prepare(
-        stream,
-        "aclnnRotaryPositionEmbeddingGetWorkspaceSize",
-        &descs,
-        &[xp, cos.raw(), sin.raw(), xp],
-        // SAFETY: as above; the output is x itself (in place).
-        |t, ws, ex| Ok(unsafe { f(t[0], t[1], t[2], 0, t[3], ws, ex) }),
-    )?;
+    let p = prepare(stream, "aclnnRotaryPositionEmbeddingGetWorkspaceSize", |objects, ws, ex| {
+        let t = objects.all(&descs, &[xp, cos.raw(), sin.raw(), xp])?;
+        // SAFETY: valid tensors and out-pointers; phase 1 only inspects them.
+        Ok(unsafe { f(t[0], t[1], t[2], 0, t[3], ws, ex) })
+    })?;
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(&cos)?;
@@ -178,14 +126,11 @@ pub(crate) fn silu_mul<T: Element>(
     let api = stream.context().runtime().api();
     let f = api.aclnnSwiGluGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnSwiGluGetWorkspaceSize"))?;
     let descs = swiglu_descs(out.len() / inter, inter, T::ACL_DTYPE);
-    let p = prepare(
-        stream,
-        "aclnnSwiGluGetWorkspaceSize",
-        &descs,
-        &[gate_up.raw(), out.raw()],
-        // SAFETY: as above.
-        |t, ws, ex| Ok(unsafe { f(t[0], -1, t[1], ws, ex) }),
-    )?;
+    let p = prepare(stream, "aclnnSwiGluGetWorkspaceSize", |objects, ws, ex| {
+        let t = objects.all(&descs, &[gate_up.raw(), out.raw()])?;
+        // SAFETY: valid tensors and out-pointers; phase 1 only inspects them.
+        Ok(unsafe { f(t[0], -1, t[1], ws, ex) })
+    })?;
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(gate_up)?;
@@ -200,7 +145,8 @@ pub(crate) fn add_assign<T: Element>(stream: &Arc<Stream>, x: &mut DeviceBuffer<
     let create = api.aclCreateScalar.ok_or(Error::MissingSymbol("aclCreateScalar"))?;
     let destroy = api.aclDestroyScalar.ok_or(Error::MissingSymbol("aclDestroyScalar"))?;
     let d = TensorDesc::contiguous(&[x.len() as i64], T::ACL_DTYPE);
-    let p = prepare(stream, "aclnnInplaceAddGetWorkspaceSize", &[d.clone(), d], &[x.raw(), y.raw()], |t, ws, ex| {
+    let p = prepare(stream, "aclnnInplaceAddGetWorkspaceSize", |objects, ws, ex| {
+        let t = objects.all(&[d.clone(), d], &[x.raw(), y.raw()])?;
         let mut one = 1.0f32;
         // SAFETY: `one` is an f32 for the call; the scalar is destroyed after phase 1, which
         // copies what it needs into the executor.
@@ -233,14 +179,11 @@ pub(crate) fn embedding<T: Element>(
     let api = stream.context().runtime().api();
     let f = api.aclnnEmbeddingGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnEmbeddingGetWorkspaceSize"))?;
     let descs = embedding_descs(table.len() / dim, dim, ids.len(), T::ACL_DTYPE);
-    let p = prepare(
-        stream,
-        "aclnnEmbeddingGetWorkspaceSize",
-        &descs,
-        &[table.raw(), idx.raw(), out.raw()],
-        // SAFETY: as above.
-        |t, ws, ex| Ok(unsafe { f(t[0], t[1], t[2], ws, ex) }),
-    )?;
+    let p = prepare(stream, "aclnnEmbeddingGetWorkspaceSize", |objects, ws, ex| {
+        let t = objects.all(&descs, &[table.raw(), idx.raw(), out.raw()])?;
+        // SAFETY: valid tensors and out-pointers; phase 1 only inspects them.
+        Ok(unsafe { f(t[0], t[1], t[2], ws, ex) })
+    })?;
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(table)?;
@@ -259,14 +202,11 @@ pub(crate) fn argmax<T: Element>(
     let api = stream.context().runtime().api();
     let f = api.aclnnArgMaxGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnArgMaxGetWorkspaceSize"))?;
     let descs = argmax_descs(x.len() / width, width, T::ACL_DTYPE);
-    let p = prepare(
-        stream,
-        "aclnnArgMaxGetWorkspaceSize",
-        &descs,
-        &[x.raw(), out.raw()],
-        // SAFETY: as above.
-        |t, ws, ex| Ok(unsafe { f(t[0], -1, false, t[1], ws, ex) }),
-    )?;
+    let p = prepare(stream, "aclnnArgMaxGetWorkspaceSize", |objects, ws, ex| {
+        let t = objects.all(&descs, &[x.raw(), out.raw()])?;
+        // SAFETY: valid tensors and out-pointers; phase 1 only inspects them.
+        Ok(unsafe { f(t[0], -1, false, t[1], ws, ex) })
+    })?;
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(x)?;
