@@ -130,7 +130,7 @@ pub struct Output {
     pub tokens: Vec<Vec<i32>>,
     /// Per request, the logits that chose each generated token (when asked for).
     pub logits: Vec<Vec<Vec<f32>>>,
-    /// Wall time of the prefill step and of all decode steps.
+    /// Wall time of the prefill step.
     pub prefill: Duration,
     /// Decode wall time.
     pub decode: Duration,

@@ -77,12 +77,14 @@ fn bench_collectives_json_in_threads_and_processes() {
             assert!(l[unit].as_f64().unwrap() > 0.0, "{l}");
             assert_eq!(l["ranks"], 2);
         }
-        // busbw = algbw · 2(n−1)/n = algbw for 2 ranks
-        let get = |name: &str| {
-            lines.iter().find(|l| l["name"] == name && l["bytes"] == 2000000).unwrap()["gbps"].as_f64().unwrap()
-        };
-        assert!((get("collectives.all_reduce.busbw") - get("collectives.all_reduce.algbw")).abs() < 1e-9);
     }
+    // busbw = algbw · 2(n−1)/n: 4/3 for 3 ranks.
+    let (ok, out) = ascend(&["bench", "collectives", "--ranks", "3", "--bytes", "65536", "--json", "--budget-ms", "5"]);
+    assert!(ok, "{out}");
+    let lines = json_lines(&out);
+    let get = |name: &str| lines.iter().find(|l| l["name"] == name).unwrap()["gbps"].as_f64().unwrap();
+    let (bus, alg) = (get("collectives.all_reduce.busbw"), get("collectives.all_reduce.algbw"));
+    assert!((bus - alg * 4.0 / 3.0).abs() <= 1e-9 * bus, "busbw {bus} vs algbw {alg}");
     let (ok, _) = ascend(&["bench", "collectives", "--dtype", "u128"]);
     assert!(!ok, "an unknown dtype is rejected");
 }

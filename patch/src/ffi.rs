@@ -48,6 +48,10 @@ unsafe fn out_text(text: &str, buf: *mut c_char, cap: usize, needed: *mut usize)
         // SAFETY: writable by the contract.
         unsafe { *needed = text.len() + 1 };
     }
+    if buf.is_null() && cap == 0 && !needed.is_null() {
+        // A size query.
+        return Ok(());
+    }
     if buf.is_null() || cap < text.len() + 1 {
         return Err(para(format!("the buffer holds {cap} bytes; {} are needed", text.len() + 1)));
     }
@@ -362,6 +366,7 @@ pub unsafe extern "C" fn ascend_patch_layout(
 }
 
 /// The patch registry as JSON into `buf` (`cap` bytes, NUL-terminated); `*needed` gets its size.
+/// `buf` NULL with `cap` 0 asks only for the size (returns 0).
 ///
 /// # Safety
 /// `buf` is null or holds `cap` bytes; `needed` is null or writable.

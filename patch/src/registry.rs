@@ -85,7 +85,7 @@ pub static PATCHES: &[Patch] = &[
         ],
         versions: &["0.33.0", "==0.33.*"],
         why: "vLLM's CPU collectives go through gloo over loopback TCP (milliseconds per call); ascend-rs \
-              runs them over shared memory in microseconds, and on an NPU through HCCL.",
+              runs them over shared memory in microseconds.",
         how: "The platform's device-communicator class becomes ascend_patch.communicator.AscendCommunicator, \
               a DeviceCommunicatorBase whose all_reduce, all_gather, reduce_scatter, gather, broadcast, \
               send and recv (and the tensor-dict send/recv that pipeline parallelism uses) call the \
@@ -293,17 +293,5 @@ mod tests {
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(committed == fresh, "patch/PATCHES.md is stale: run ASCEND_PATCH_BLESS=1 cargo test -p ascend-patch");
-    }
-
-    #[test]
-    fn json_has_every_field() {
-        let v = to_json();
-        let list = v.as_array().unwrap();
-        assert_eq!(list.len(), PATCHES.len());
-        for p in list {
-            for k in ["id", "process", "targets", "versions", "why", "how", "upstream", "future"] {
-                assert!(p.get(k).is_some(), "{k} missing in {p}");
-            }
-        }
     }
 }

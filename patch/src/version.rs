@@ -214,15 +214,6 @@ impl fmt::Display for Spec {
     }
 }
 
-/// The vLLM version to gate on: `VLLM_VERSION` when set (source builds whose reported version
-/// differs from the release they track), else `detected`.
-pub fn effective(detected: &str) -> (String, &'static str) {
-    match std::env::var("VLLM_VERSION") {
-        Ok(v) if !v.trim().is_empty() => (v.trim().to_string(), "VLLM_VERSION"),
-        _ => (detected.trim().to_string(), "vllm.__version__"),
-    }
-}
-
 /// Whether `version` satisfies any of `specs` (a patch's supported versions). Errors name what did
 /// not parse.
 pub fn supported(version: &str, specs: &[&str]) -> Result<bool, ParseError> {

@@ -115,7 +115,7 @@ fn device_collectives_are_stream_ordered() {
             thread::spawn(move || {
                 let c = join(&root, 2, r, r as i32);
                 let st = Stream::new(&Context::new(r as usize).unwrap()).unwrap();
-                let mut buf = st.clone_htod(&vec![r as f32 + 1.0; 64]).unwrap();
+                let buf = st.clone_htod(&vec![r as f32 + 1.0; 64]).unwrap();
                 // SAFETY: a device buffer of 64 f32 and its stream.
                 let code = unsafe { ascend_patch_all_reduce(c.0, buf.raw(), buf.raw(), 64, F32, SUM, st.raw()) };
                 assert_eq!(code, 0, "{}", last_error());
@@ -125,7 +125,6 @@ fn device_collectives_are_stream_ordered() {
                     unsafe { ascend_patch_all_reduce(c.0, buf.raw(), buf.raw(), 64, F32, SUM, std::ptr::null_mut()) };
                 assert_eq!(code, 1);
                 assert!(last_error().contains("needs the stream"), "{}", last_error());
-                let _ = &mut buf;
                 assert_eq!(st.clone_dtoh(&buf).unwrap(), vec![3.0f32; 64]);
                 // SAFETY: destroyed once.
                 assert_eq!(unsafe { ascend_patch_comm_destroy(c.0) }, 0);
@@ -206,7 +205,9 @@ fn layout_registry_and_versions_through_the_abi() {
         assert!(last_error().contains("not a multiple"), "{}", last_error());
 
         let mut needed = 0usize;
-        assert_eq!(ascend_patch_registry_json(std::ptr::null_mut(), 0, &mut needed), 1);
+        assert_eq!(ascend_patch_registry_json(std::ptr::null_mut(), 0, &mut needed), 0, "a size query");
+        let mut small = [0u8; 4];
+        assert_eq!(ascend_patch_registry_json(small.as_mut_ptr() as _, small.len(), &mut needed), 1);
         let mut buf = vec![0u8; needed];
         assert_eq!(ascend_patch_registry_json(buf.as_mut_ptr() as _, buf.len(), &mut needed), 0);
         let v: serde_json::Value = serde_json::from_slice(&buf[..needed - 1]).unwrap();

@@ -1,7 +1,7 @@
 //! The Python package's tests (pytest, `patch/python/tests`) against real vLLM 0.33.0 on CPU, run as
 //! part of `cargo test`: the environment comes from `scripts/setup-python.sh` (created once, cached
-//! outside the work tree), the package is installed editable into it, and the tests load the
-//! cdylib this very build produced.
+//! outside the work tree; the tests put the package on the path themselves, without installing
+//! it), and they load the cdylib this very build produced.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,10 +31,6 @@ fn python_package_with_real_vllm() {
     let root = root();
     let setup = run(Command::new("bash").arg(root.join("scripts/setup-python.sh")), "scripts/setup-python.sh");
     let python = setup.lines().last().expect("setup-python.sh prints the interpreter last").trim().to_string();
-    run(
-        Command::new(&python).args(["-m", "pip", "install", "-q", "--no-deps", "-e"]).arg(root.join("patch/python")),
-        "pip install -e patch/python",
-    );
     let out = run(
         Command::new(&python)
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])

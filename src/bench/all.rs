@@ -19,7 +19,7 @@ fn against(mut f: Figure, limit: &Figure, value: f64) -> Figure {
 }
 
 fn param(f: &Figure, key: &str) -> f64 {
-    f.params.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_f64()).unwrap_or(f64::NAN)
+    f.param(key).unwrap_or(f64::NAN)
 }
 
 /// Runs the sweep; `budget` is the target time of each measurement; `progress` hears each step.

@@ -13,7 +13,6 @@ const ROTATE_BYTES: usize = 256 << 20;
 
 /// Inputs on a device, ready to be multiplied repeatedly.
 pub struct Case {
-    stream: Arc<Stream>,
     run: Box<dyn FnMut(u64) -> Result<Duration>>,
     shape: Shape,
 }
@@ -28,7 +27,7 @@ impl Case {
             "bf16" => runner::<bf16>(&stream, shape, level)?,
             other => return Err(Error::InvalidArgument(format!("dtype {other:?}: expected one of {DTYPES:?}"))),
         };
-        Ok(Case { stream, run, shape })
+        Ok(Case { run, shape })
     }
 
     /// Time for `iters` matmuls, waited for.
@@ -40,11 +39,6 @@ impl Case {
     pub fn flops(&self) -> f64 {
         let s = self.shape;
         2.0 * (s.batch * s.m * s.n * s.k) as f64
-    }
-
-    /// The stream the case runs on.
-    pub fn stream(&self) -> &Arc<Stream> {
-        &self.stream
     }
 }
 
@@ -134,7 +128,7 @@ pub fn sweep(
         for &dtype in dtypes {
             progress(&format!("kernels.matmul {dtype} {}x{}x{}", shape.m, shape.n, shape.k));
             let mut f = measure(shape, dtype, level, budget)?;
-            if let Some(w) = f.params.iter().find(|(k, _)| k == "weights_gbps").and_then(|(_, v)| v.as_f64()) {
+            if let Some(w) = f.param("weights_gbps") {
                 f.params.push(("read_fraction".to_string(), Value::from(w / read_gbps)));
             }
             out.push(f);

@@ -29,6 +29,11 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// A numeric parameter by name.
+    pub fn param(&self, key: &str) -> Option<f64> {
+        self.params.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_f64())
+    }
+
     /// The figure as one flat JSON object: `{"name": ..., <params>..., <unit>: value}`.
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -48,11 +53,11 @@ pub fn try_per_iter(
 ) -> ascend_rt::Result<Duration> {
     let mut fail = None;
     let t = per_iter(budget, |n| match fail {
-        // After a failure, report a long time so the loop ends at once.
-        Some(_) => Duration::from_secs(1),
+        // After a failure, report the whole budget so the loop ends at once.
+        Some(_) => budget,
         None => f(n).unwrap_or_else(|e| {
             fail = Some(e);
-            Duration::from_secs(1)
+            budget
         }),
     });
     fail.map_or(Ok(t), Err)

@@ -97,7 +97,7 @@ pub fn rotary<T: Element>(
     let width = x.len() / tokens;
     let positions = positions.to_vec();
     let half = head_dim / 2;
-    let inv_freq: Vec<f64> = (0..half).map(|i| (theta as f64).powf(-2.0 * i as f64 / head_dim as f64)).collect();
+    let inv_freq = inv_freq(head_dim, theta);
     let mut l = stream.host_launch()?;
     let mut xh = l.write(x)?;
     l.launch(move || {
@@ -117,6 +117,11 @@ pub fn rotary<T: Element>(
             }
         });
     })
+}
+
+/// Rotary frequencies `theta^(−2i/head_dim)` for the `head_dim / 2` pairs.
+fn inv_freq(head_dim: usize, theta: f32) -> Vec<f64> {
+    (0..head_dim / 2).map(|i| (theta as f64).powf(-2.0 * i as f64 / head_dim as f64)).collect()
 }
 
 /// SwiGLU: `out[t, i] = silu(gate_up[t, i]) · gate_up[t, inter + i]`, with `gate_up`

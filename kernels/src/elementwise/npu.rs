@@ -87,11 +87,12 @@ pub(crate) fn rotary<T: Element>(
 ) -> Result<()> {
     let tokens = positions.len();
     let heads = x.len() / (tokens * head_dim);
-    let half = head_dim / 2;
+    let freq = super::inv_freq(head_dim, theta);
     let (mut cos, mut sin) = (Vec::with_capacity(tokens * head_dim), Vec::with_capacity(tokens * head_dim));
     for &p in positions {
-        for i in 0..head_dim {
-            let a = p as f64 * (theta as f64).powf(-2.0 * (i % half) as f64 / head_dim as f64);
+        // Both halves of a head use the same frequencies (NeoX layout).
+        for f in freq.iter().chain(&freq) {
+            let a = p as f64 * f;
             cos.push(T::from_f32(a.cos() as f32));
             sin.push(T::from_f32(a.sin() as f32));
         }

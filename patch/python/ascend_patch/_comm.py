@@ -80,10 +80,6 @@ class HostComm:
         self._send = lib.ascend_patch_send
         self._recv = lib.ascend_patch_recv
 
-    @property
-    def alive(self) -> bool:
-        return self._h is not None
-
     def _handle(self) -> ctypes.c_void_p:
         h = self._h
         if h is None:

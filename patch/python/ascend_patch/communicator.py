@@ -93,7 +93,10 @@ def _exchange_root_info(comm: "AscendCommunicator", info: bytes | None) -> bytes
     (one all-gather on the gloo cpu_group)."""
     group = comm.cpu_group
     if hasattr(group, "broadcast_obj"):  # vLLM's StatelessProcessGroup
-        return group.broadcast_obj(info, src=0)
+        raise RuntimeError(
+            "ascend_patch: stateless process groups are not supported; disable the patch with "
+            "ASCEND_PATCH_DISABLE=worker/patch_communicator"
+        )
     everyone: list = [None] * comm.world_size
     dist.all_gather_object(everyone, (_shm_domain(), info), group=group)
     domains = {d for d, _ in everyone}

@@ -1,7 +1,7 @@
 """worker/patch_communicator: vLLM's device communicator replaced by one backed by ascend-rs.
 
 Why: vLLM's CPU collectives go through gloo over loopback TCP (milliseconds per call); ascend-rs
-runs them over shared memory in microseconds, and on an NPU through HCCL.
+runs them over shared memory in microseconds.
 
 How: the CPU platform's ``get_device_communicator_cls()`` returns
 ``ascend_patch.communicator.AscendCommunicator``, a ``DeviceCommunicatorBase`` whose all_reduce,
@@ -26,7 +26,6 @@ import functools
 PATCH_ID = "worker/patch_communicator"
 COMMUNICATOR = "ascend_patch.communicator.AscendCommunicator"
 
-_originals: dict[str, object] = {}
 
 
 def _get_device_communicator_cls(cls) -> str:
@@ -106,9 +105,6 @@ def apply() -> None:
     # Build everything first, then rebind, so a failure leaves vLLM untouched.
     broadcast = _wrap_broadcast(GroupCoordinator.broadcast)
     broadcast_tensor_dict = _wrap_broadcast_tensor_dict(GroupCoordinator.broadcast_tensor_dict)
-    _originals["CpuPlatform.get_device_communicator_cls"] = CpuPlatform.__dict__["get_device_communicator_cls"]
-    _originals["GroupCoordinator.broadcast"] = GroupCoordinator.broadcast
-    _originals["GroupCoordinator.broadcast_tensor_dict"] = GroupCoordinator.broadcast_tensor_dict
     CpuPlatform.get_device_communicator_cls = classmethod(_get_device_communicator_cls)
     GroupCoordinator.broadcast = broadcast
     GroupCoordinator.broadcast_tensor_dict = broadcast_tensor_dict

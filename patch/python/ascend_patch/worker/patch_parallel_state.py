@@ -34,7 +34,6 @@ logger = logging.getLogger("ascend_patch")
 # (global of parallel_state, ascend_patch_layout kind), in vLLM's creation order.
 GROUPS = [("_TP", "tp"), ("_DCP", "dcp"), ("_PCP", "pcp"), ("_PP", "pp"), ("_DP", "dp"), ("_EP", "ep"), ("_EPLB", "eplb")]
 
-_originals: dict[str, object] = {}
 #: The groups the last initialize_model_parallel call was checked on (kind -> ranks).
 last_checked: dict[str, list[list[int]]] = {}
 
@@ -148,7 +147,6 @@ def apply() -> None:
         make = makers[target["name"]]
         original = getattr(ps, target["name"].rsplit(".", 1)[1])
         wrapper = make(original)
-        _originals[target["name"]] = original
         for module, attr in _bindings(target):
             current = getattr(module, attr, None)
             if current is not original:
