@@ -7,6 +7,9 @@ use crate::gemm::ToF32;
 /// Row operations on f32 vectors against rows of a source type (f32, f16 or bf16) at arbitrary
 /// offsets of a slice (rows of a paged cache are not evenly spaced).
 pub(crate) trait Simd {
+    /// Whether `f32::mul_add` is a fused instruction at this level (a slow library call otherwise).
+    const FMA: bool;
+
     /// `out[j] = q · src[offs[j] ..][.. q.len()]` for every j.
     fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]);
     /// `acc += Σⱼ p[j] · src[offs[j] ..][.. acc.len()]`.
@@ -120,25 +123,44 @@ impl Lanes for half::bf16 {}
 #[cfg(not(target_arch = "x86_64"))]
 impl Lanes for half::f16 {}
 
-/// [`Simd::dots2`] on bf16 queries and bf16 rows with AVX-512 BF16 dot products, for head sizes of 64,
-/// 96 or 128; returns false (doing nothing) for other sizes or when the CPU lacks AVX-512 BF16.
-pub(crate) fn dots2_bf16(q: [&[u16]; 2], src: &[u16], offs: &[usize], out: [&mut [f32]; 2]) -> bool {
+/// Scores of every query row of an item (`heads · per_head` rows of bf16 queries, head-major) against
+/// the bf16 keys at `offs` (KV head 0 of each token; the heads of a token are adjacent), written to
+/// `out[r · stride + j]` times `scale`. Tokens are taken in order with all their heads, so the cache is read front
+/// to back, and the rows of `prefetch` (the values) at the same offsets are prefetched into L2 meanwhile.
+/// Returns false (doing nothing) unless the head size is 64, 96 or 128, `per_head` is even and the
+/// CPU has AVX-512 BF16.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn token_dots_bf16(
+    q: &[u16],
+    heads: usize,
+    per_head: usize,
+    src: &[u16],
+    prefetch: &[u16],
+    offs: &[usize],
+    scale: f32,
+    out: &mut [f32],
+    stride: usize,
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let d = q[0].len();
-        let n = out[0].len();
-        let fits = q[1].len() == d
-            && out[1].len() == n
-            && offs.len() >= n
-            && offs.iter().all(|&o| o + d <= src.len())
+        let rows = heads * per_head;
+        if rows == 0 || !per_head.is_multiple_of(2) || !q.len().is_multiple_of(rows) {
+            return false;
+        }
+        let d = q.len() / rows;
+        let width = heads * d;
+        let fits = offs.len() <= stride
+            && out.len() >= (rows - 1) * stride + offs.len()
+            && offs.iter().all(|&o| o + width <= src.len() && o + width <= prefetch.len())
             && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16;
-        let (qp, sp) = ([q[0].as_ptr(), q[1].as_ptr()], src.as_ptr());
-        // SAFETY: the CPU has AVX-512 BF16 and every row and query holds d values (checked by `fits`).
+        let (qp, sp, pp, op) = (q.as_ptr(), src.as_ptr(), prefetch.as_ptr(), out.as_mut_ptr());
+        // SAFETY: AVX-512 BF16 present; every query row holds d values, every token `heads · d` in
+        // both slices, and every output position is inside `out` (checked by `fits`).
         unsafe {
             match d {
-                64 if fits => x86::dots2_bf16::<2>(qp, sp, offs, out),
-                96 if fits => x86::dots2_bf16::<3>(qp, sp, offs, out),
-                128 if fits => x86::dots2_bf16::<4>(qp, sp, offs, out),
+                64 if fits => x86::token_dots_bf16::<2>(qp, heads, per_head, sp, pp, offs, scale, op, stride),
+                96 if fits => x86::token_dots_bf16::<3>(qp, heads, per_head, sp, pp, offs, scale, op, stride),
+                128 if fits => x86::token_dots_bf16::<4>(qp, heads, per_head, sp, pp, offs, scale, op, stride),
                 _ => return false,
             }
         }
@@ -146,7 +168,7 @@ pub(crate) fn dots2_bf16(q: [&[u16]; 2], src: &[u16], offs: &[usize], out: [&mut
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (q, src, offs, out);
+        let _ = (q, heads, per_head, src, prefetch, offs, scale, out, stride);
         false
     }
 }
@@ -159,7 +181,13 @@ pub(crate) fn bf16_pairs_fit(d: usize, n: usize) -> bool {
 /// `acc[k] += Σⱼ bf16(p[k][j]) · row j` for four weight vectors over bf16 rows, with AVX-512 BF16 dot
 /// products on pairs of keys; the weights are rounded to bf16 first (as reduced-precision attention
 /// does). Only where [`bf16_pairs_fit`] (panics otherwise).
-pub(crate) fn weighted_sum4_bf16(p: [&[f32]; 4], src: &[u16], offs: &[usize], acc: [&mut [f32]; 4]) {
+pub(crate) fn weighted_sum4_bf16(
+    p: [&[f32]; 4],
+    src: &[u16],
+    offs: &[usize],
+    acc: [&mut [f32]; 4],
+    (pf, ahead): (&[u16], &[usize]),
+) {
     let d = acc[0].len();
     let n = p[0].len();
     assert!(
@@ -167,7 +195,8 @@ pub(crate) fn weighted_sum4_bf16(p: [&[f32]; 4], src: &[u16], offs: &[usize], ac
             && acc.iter().all(|a| a.len() == d)
             && p.iter().all(|x| x.len() == n)
             && offs.len() == n
-            && offs.iter().all(|&o| o + d <= src.len()),
+            && offs.iter().all(|&o| o + d <= src.len())
+            && ahead.iter().all(|&o| o + d <= pf.len()),
         "weighted_sum4_bf16 called outside what it supports"
     );
     #[cfg(target_arch = "x86_64")]
@@ -183,11 +212,11 @@ pub(crate) fn weighted_sum4_bf16(p: [&[f32]; 4], src: &[u16], offs: &[usize], ac
         // zeros to 64); AVX-512 BF16 present. d = 128 goes in two halves of 64 (16 accumulators).
         unsafe {
             match d {
-                64 => x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0),
-                96 => x86::weighted_sum4_bf16::<3>(pp, src.as_ptr(), offs, ap, 0),
+                64 => x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0, (pf.as_ptr(), ahead)),
+                96 => x86::weighted_sum4_bf16::<3>(pp, src.as_ptr(), offs, ap, 0, (pf.as_ptr(), ahead)),
                 _ => {
-                    x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0);
-                    x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 64);
+                    x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0, (pf.as_ptr(), ahead));
+                    x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 64, (pf.as_ptr(), ahead));
                 }
             }
         }
@@ -214,6 +243,8 @@ impl Generic {
 }
 
 impl Simd for Generic {
+    const FMA: bool = false;
+
     #[inline(always)]
     fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]) {
         let d = q.len();
@@ -243,6 +274,8 @@ pub(crate) struct Avx512;
 
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
+    const FMA: bool = true;
+
     #[inline(always)]
     fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]) {
         let d = q.len();
@@ -442,61 +475,6 @@ mod x86 {
         }
     }
 
-    /// Dot products of two bf16 queries (NV·32 values each, in registers) with the bf16 rows at
-    /// `src + offs[j]`, by `vdpbf16ps`: the products are exact, the sums f32.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F and AVX-512 BF16; the queries and every row hold NV·32 values.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn dots2_bf16<const NV: usize>(
-        q: [*const u16; 2],
-        src: *const u16,
-        offs: &[usize],
-        out: [&mut [f32]; 2],
-    ) {
-        // SAFETY: every access is inside the queries or one of the rows (contract); __m512bh and
-        // __m512i are both 512-bit vectors.
-        unsafe {
-            let load = |p: *const u16| -> __m512bh { std::mem::transmute(_mm512_loadu_si512(p as *const _)) };
-            let mut qv: [[__m512bh; NV]; 2] = std::mem::zeroed();
-            for (k, qk) in qv.iter_mut().enumerate() {
-                for (i, v) in qk.iter_mut().enumerate() {
-                    *v = load(q[k].add(32 * i));
-                }
-            }
-            let [o0, o1] = out;
-            let n = o0.len().min(o1.len()).min(offs.len());
-            // Four keys at a time: their sums are reduced together (a 4-way transpose-add), which
-            // costs a quarter of four separate horizontal reductions.
-            let mut j = 0;
-            while j + 4 <= n {
-                let mut acc = [[_mm512_setzero_ps(); 4]; 2];
-                for (kk, &at) in offs[j..j + 4].iter().enumerate() {
-                    let r = src.add(at);
-                    for i in 0..NV {
-                        let row = load(r.add(32 * i));
-                        acc[0][kk] = _mm512_dpbf16_ps(acc[0][kk], qv[0][i], row);
-                        acc[1][kk] = _mm512_dpbf16_ps(acc[1][kk], qv[1][i], row);
-                    }
-                }
-                _mm_storeu_ps(o0.as_mut_ptr().add(j), reduce4(acc[0]));
-                _mm_storeu_ps(o1.as_mut_ptr().add(j), reduce4(acc[1]));
-                j += 4;
-            }
-            for jj in j..n {
-                let r = src.add(offs[jj]);
-                let mut acc = [_mm512_setzero_ps(); 2];
-                for i in 0..NV {
-                    let row = load(r.add(32 * i));
-                    acc[0] = _mm512_dpbf16_ps(acc[0], qv[0][i], row);
-                    acc[1] = _mm512_dpbf16_ps(acc[1], qv[1][i], row);
-                }
-                o0[jj] = _mm512_reduce_add_ps(acc[0]);
-                o1[jj] = _mm512_reduce_add_ps(acc[1]);
-            }
-        }
-    }
-
     /// The sums of the 16 lanes of each of four vectors, as `[Σa, Σb, Σc, Σd]`.
     #[target_feature(enable = "avx512f")]
     #[inline]
@@ -515,6 +493,73 @@ mod x86 {
         _mm512_castps512_ps128(z)
     }
 
+    /// Scores of every query row against keys `offs` in token order: for each pair of tokens, every
+    /// KV head in turn, so the cache is read front to back (which the hardware prefetchers follow);
+    /// the value rows at the same offsets of `pf` are prefetched into L2 as the keys are read. Rows
+    /// are head-major, `per_head` (even) per KV head, `32·NV` bf16 values each at `q`; key `j` of head
+    /// `h` at `src + offs[j] + 32·NV·h`; `scale` times the score goes to `out + r·stride + j`.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16; every row, query and output position named exists.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn token_dots_bf16<const NV: usize>(
+        q: *const u16,
+        heads: usize,
+        per_head: usize,
+        src: *const u16,
+        pf: *const u16,
+        offs: &[usize],
+        scale: f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: every access is inside the queries, rows or outputs (contract).
+        unsafe {
+            let load = |p: *const u16| -> __m512bh { std::mem::transmute(_mm512_loadu_si512(p as *const _)) };
+            let scale = _mm_set1_ps(scale);
+            let d = 32 * NV;
+            let n = offs.len();
+            let mut j = 0;
+            while j < n {
+                // An odd last token is paired with itself (its second score is not stored).
+                let (ja, jb) = (offs[j], offs[(j + 1).min(n - 1)]);
+                for h in 0..heads {
+                    let (a, b) = (src.add(ja + h * d), src.add(jb + h * d));
+                    for l in 0..NV {
+                        _mm_prefetch::<_MM_HINT_T1>(pf.add(ja + h * d + 32 * l) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(pf.add(jb + h * d + 32 * l) as *const i8);
+                    }
+                    let ka: [__m512bh; NV] = std::array::from_fn(|i| load(a.add(32 * i)));
+                    let kb: [__m512bh; NV] = std::array::from_fn(|i| load(b.add(32 * i)));
+                    let mut r = h * per_head;
+                    while r < (h + 1) * per_head {
+                        let mut acc = [_mm512_setzero_ps(); 4];
+                        for i in 0..NV {
+                            let (q0, q1) = (load(q.add(r * d + 32 * i)), load(q.add((r + 1) * d + 32 * i)));
+                            acc[0] = _mm512_dpbf16_ps(acc[0], q0, ka[i]);
+                            acc[1] = _mm512_dpbf16_ps(acc[1], q0, kb[i]);
+                            acc[2] = _mm512_dpbf16_ps(acc[2], q1, ka[i]);
+                            acc[3] = _mm512_dpbf16_ps(acc[3], q1, kb[i]);
+                        }
+                        // [r·a, r·b, (r+1)·a, (r+1)·b], scaled
+                        let s = _mm_mul_ps(reduce4(acc), scale);
+                        let (o0, o1) = (out.add(r * stride + j), out.add((r + 1) * stride + j));
+                        if j + 1 < n {
+                            _mm_storel_pd(o0 as *mut f64, _mm_castps_pd(s));
+                            _mm_storeh_pd(o1 as *mut f64, _mm_castps_pd(s));
+                        } else {
+                            _mm_store_ss(o0, s);
+                            _mm_store_ss(o1, _mm_movehl_ps(s, s));
+                        }
+                        r += 2;
+                    }
+                }
+                j += 2;
+            }
+        }
+    }
+
     /// `acc[k] += Σⱼ p[k][j] · row j` for four weight vectors given as bf16 (`pb[k]`, kt values,
     /// padded to an even count) over bf16 rows, by `vdpbf16ps` on pairs of keys: two value rows are
     /// interleaved (`unpacklo/hi_epi16`) so each lane holds the same element of both, and the pair of
@@ -531,6 +576,7 @@ mod x86 {
         offs: &[usize],
         acc: [*mut f32; 4],
         d0: usize,
+        (pf, ahead): (*const u16, &[usize]),
     ) {
         // SAFETY: every access is inside the rows, the weights or the accumulators (contract);
         // __m512bh and __m512i are both 512-bit vectors.
@@ -544,6 +590,11 @@ mod x86 {
                 let ra = src.add(offs[j] + d0);
                 let rb = if j + 1 < n { Some(src.add(offs[j + 1] + d0)) } else { None };
                 let w = [0, 1, 2, 3].map(|k| bh(_mm512_set1_epi32((pb[k].add(j) as *const i32).read_unaligned())));
+                for &at in ahead.get(j..(j + 2).min(ahead.len())).unwrap_or_default() {
+                    for c in 0..NC {
+                        _mm_prefetch::<_MM_HINT_T1>(pf.add(at + d0 + 32 * c) as *const i8);
+                    }
+                }
                 for c in 0..NC {
                     let a = _mm512_loadu_si512(ra.add(32 * c) as *const _);
                     let b = match rb {
@@ -791,25 +842,47 @@ mod tests {
     }
 
     #[test]
-    fn bf16_pair_dots_are_exact_on_small_integers() {
+    fn bf16_token_dots_are_exact_on_small_integers() {
+        let bits = |v: f32| bf16::from_f32(v).to_bits();
+        let f = |b: u16| bf16::from_bits(b).to_f32();
         for d in [64, 96, 128] {
-            for keys in [1, 4, 7, 33] {
-                let stride = d + 16;
-                let bits = |v: f32| bf16::from_f32(v).to_bits();
-                let q0: Vec<u16> = (0..d).map(|i| bits((i % 3) as f32 - 1.0)).collect();
-                let q1: Vec<u16> = (0..d).map(|i| bits((i % 5) as f32 - 2.0)).collect();
-                let src: Vec<u16> = (0..keys * stride).map(|i| bits((i % 11) as f32 - 5.0)).collect();
-                let offs: Vec<usize> = (0..keys).map(|j| j * stride + 3).collect();
-                let (mut g0, mut g1) = (vec![0f32; keys], vec![0f32; keys]);
-                if !dots2_bf16([&q0, &q1], &src, &offs, [&mut g0, &mut g1]) {
-                    return; // no AVX-512 BF16 here
+            for (heads, per_head) in [(1, 2), (3, 4), (2, 8)] {
+                for keys in [1, 2, 7, 32] {
+                    let (rows, width, stride) = (heads * per_head, heads * d, 40);
+                    // Tokens spaced unevenly (as blocks of a paged cache are), heads adjacent.
+                    let offs: Vec<usize> = (0..keys).map(|j| (keys - 1 - j) * (width + 16) + 3).collect();
+                    let src: Vec<u16> = (0..keys * (width + 16) + 3).map(|i| bits((i % 11) as f32 - 5.0)).collect();
+                    let q: Vec<u16> = (0..rows * d).map(|i| bits((i % 7) as f32 - 3.0)).collect();
+                    let mut out = vec![f32::NAN; rows * stride];
+                    let ran = token_dots_bf16(&q, heads, per_head, &src, &src, &offs, 1.0, &mut out, stride);
+                    if crate::cpu::detected() < crate::cpu::Level::Avx512Bf16 {
+                        assert!(!ran, "runs only with AVX-512 BF16");
+                        return;
+                    }
+                    assert!(ran, "d {d} heads {heads}×{per_head} keys {keys} refused");
+                    for r in 0..rows {
+                        let h = r / per_head;
+                        for (j, &o) in offs.iter().enumerate() {
+                            let want: f32 = (0..d).map(|i| f(q[r * d + i]) * f(src[o + h * d + i])).sum();
+                            assert_eq!(
+                                out[r * stride + j],
+                                want,
+                                "d {d} heads {heads}×{per_head} keys {keys} row {r} key {j}"
+                            );
+                        }
+                        // Nothing written past the keys.
+                        assert!(out[r * stride + keys..(r + 1) * stride].iter().all(|x| x.is_nan()));
+                    }
                 }
-                let f = |b: u16| bf16::from_bits(b).to_f32();
-                let dot = |q: &[u16], j: usize| (0..d).map(|i| f(q[i]) * f(src[offs[j] + i])).sum::<f32>();
-                assert_eq!(g0, (0..keys).map(|j| dot(&q0, j)).collect::<Vec<_>>(), "d {d} keys {keys}");
-                assert_eq!(g1, (0..keys).map(|j| dot(&q1, j)).collect::<Vec<_>>(), "d {d} keys {keys}");
             }
         }
+        // An odd number of rows per head, an unsupported head size, or a row past the end: refused.
+        let q = vec![0u16; 3 * 64];
+        let src = vec![0u16; 64];
+        let mut out = vec![0f32; 3 * 8];
+        assert!(!token_dots_bf16(&q, 1, 3, &src, &src, &[0], 1.0, &mut out, 8));
+        assert!(!token_dots_bf16(&q[..2 * 80], 1, 2, &[0u16; 80], &[0u16; 80], &[0], 1.0, &mut out, 8));
+        assert!(!token_dots_bf16(&q[..128], 1, 2, &src, &src, &[1], 1.0, &mut out, 8));
     }
 
     #[test]
@@ -840,7 +913,7 @@ mod tests {
                     .collect();
                 {
                     let [a0, a1, a2, a3] = &mut acc;
-                    weighted_sum4_bf16([&p[0], &p[1], &p[2], &p[3]], &src, &offs, [a0, a1, a2, a3]);
+                    weighted_sum4_bf16([&p[0], &p[1], &p[2], &p[3]], &src, &offs, [a0, a1, a2, a3], (&[], &[]));
                 }
                 assert_eq!(acc.to_vec(), want, "d {d} keys {keys}");
             }

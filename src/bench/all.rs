@@ -25,7 +25,7 @@ fn param(f: &Figure, key: &str) -> f64 {
 /// Runs the sweep; `budget` is the target time of each measurement; `progress` hears each step.
 pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Figure>> {
     progress("limits (read, copy, FMA peak)");
-    let read = limits::read_bandwidth(budget);
+    let read = limits::read_bandwidth(budget)?;
     let copy = limits::copy_bandwidth(budget);
     let fma = limits::fma_peak(budget);
     // vdpbf16ps does two products per lane: bf16 peak is twice the f32 one where the CPU has it.

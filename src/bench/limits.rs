@@ -4,9 +4,11 @@
 //! per second, what copies and collectives move), and an FMA peak estimate (f32 GFLOPS of
 //! independent fused multiply-adds on every pool thread at the best SIMD level).
 
-use super::{per_iter, Figure};
+use super::{per_iter, try_per_iter, Figure};
 use ascend_rt::host::pool;
+use ascend_rt::{Context, DeviceBuffer, Result, Stream};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Buffer size for bandwidth probes: far larger than any last-level cache.
@@ -14,16 +16,22 @@ pub const PROBE_BYTES: usize = 256 << 20;
 /// Bytes each pool item reads (large enough that scheduling costs nothing, small enough to balance).
 const CHUNK: usize = 1 << 20;
 
-/// A buffer that stays allocated (and faulted in) between measurements.
+/// A device buffer that stays allocated (and faulted in) between measurements. It is device memory,
+/// read by a host kernel, like the caches and weights of the kernels whose figures it bounds (on the
+/// simulator device memory is advised onto huge pages; a `Vec` would not be, and would read slower).
 pub struct ReadProbe {
-    words: Vec<u64>,
+    stream: Arc<Stream>,
+    words: DeviceBuffer<u64>,
 }
 
 impl ReadProbe {
-    /// Allocates and touches `bytes` (rounded down to whole 8-byte words, at least one chunk).
-    pub fn new(bytes: usize) -> ReadProbe {
+    /// Allocates and fills `bytes` (rounded down to whole 8-byte words, at least one chunk) of
+    /// device 0's memory. Fails where device memory is not host memory (an NPU) or is too small.
+    pub fn new(bytes: usize) -> Result<ReadProbe> {
         let n = (bytes / 8).max(CHUNK / 8);
-        ReadProbe { words: (0..n as u64).collect() }
+        let stream = Stream::new(&Context::new(0)?)?;
+        let words = stream.clone_htod(&(0..n as u64).collect::<Vec<_>>())?;
+        Ok(ReadProbe { stream, words })
     }
 
     /// Bytes read per pass.
@@ -32,17 +40,24 @@ impl ReadProbe {
     }
 
     /// Time for `iters` full passes, every core of the compute pool reading its share.
-    pub fn time(&self, iters: u64) -> Duration {
-        let words = &self.words;
+    pub fn time(&self, iters: u64) -> Result<Duration> {
         let per_chunk = CHUNK / 8;
+        self.stream.synchronize()?;
         let t = Instant::now();
         for _ in 0..iters {
-            pool().parallel_for(words.len().div_ceil(per_chunk), &|i| {
-                let end = words.len().min((i + 1) * per_chunk);
-                std::hint::black_box(sum(&words[i * per_chunk..end]));
-            });
+            let mut l = self.stream.host_launch()?;
+            let words = l.read(&self.words)?;
+            l.launch(move || {
+                // SAFETY: inside the host kernel the view is live and nothing writes it.
+                let words = unsafe { words.as_slice() };
+                pool().parallel_for(words.len().div_ceil(per_chunk), &|i| {
+                    let end = words.len().min((i + 1) * per_chunk);
+                    std::hint::black_box(sum(&words[i * per_chunk..end]));
+                });
+            })?;
         }
-        t.elapsed()
+        self.stream.synchronize()?;
+        Ok(t.elapsed())
     }
 }
 
@@ -59,11 +74,12 @@ fn sum(words: &[u64]) -> u64 {
     lanes.iter().fold(tail, |a, &l| a.wrapping_add(l))
 }
 
-/// Measures streaming-read bandwidth (GB/s, bytes read) over [`PROBE_BYTES`] on every pool thread.
-pub fn read_bandwidth(budget: Duration) -> Figure {
-    let probe = ReadProbe::new(PROBE_BYTES);
-    let t = per_iter(budget, |n| probe.time(n));
-    Figure {
+/// Measures streaming-read bandwidth (GB/s, bytes read) of [`PROBE_BYTES`] of device memory on every
+/// pool thread. Fails as [`ReadProbe::new`] does.
+pub fn read_bandwidth(budget: Duration) -> Result<Figure> {
+    let probe = ReadProbe::new(PROBE_BYTES)?;
+    let t = try_per_iter(budget, |n| probe.time(n))?;
+    Ok(Figure {
         name: "limits.read".into(),
         params: vec![
             ("bytes".to_string(), Value::from(probe.bytes())),
@@ -71,7 +87,7 @@ pub fn read_bandwidth(budget: Duration) -> Figure {
         ],
         value: probe.bytes() as f64 / t.as_secs_f64() / 1e9,
         unit: "gbps",
-    }
+    })
 }
 
 /// Measures copy bandwidth (GB/s of bytes copied) over [`PROBE_BYTES`] on every pool thread: the

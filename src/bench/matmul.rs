@@ -121,7 +121,7 @@ pub fn sweep(
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<Figure>> {
     progress("limits.read");
-    let read = super::limits::read_bandwidth(budget);
+    let read = super::limits::read_bandwidth(budget)?;
     let read_gbps = read.value;
     let mut out = vec![read];
     for &shape in shapes {

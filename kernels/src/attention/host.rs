@@ -439,9 +439,14 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
     row[b.max(a)..].fill(f32::NEG_INFINITY);
 }
 
-/// Few rows (decode): each query row takes its scores against its head's keys and adds its head's
-/// values straight from the cache (converted in registers), with the query and the accumulator
-/// held in registers; the rows of one head reuse the same key rows from L1.
+/// Few rows (decode): scores of the item's rows against a tile of keys, the online-softmax update,
+/// then the value sums, straight from the cache (converted in registers).
+///
+/// bf16 with AVX-512 BF16 reads the cache in order: the scores of every head token by token (a
+/// token's heads are adjacent), prefetching the tile's values meanwhile, and the value sums of each
+/// head prefetch the next tile's keys, so memory is busy while the products run. Otherwise each head
+/// takes its scores and value sums in turn and the next tile is prefetched head by head. Prefetches
+/// go to L2: into L1 they would evict the rows being used.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn streaming<T: Element, S: Simd>(
@@ -453,96 +458,103 @@ fn streaming<T: Element, S: Simd>(
     pos: &[(usize, usize)],
     part: &mut Partial,
 ) {
-    let raw_k = raw_q.and_then(|_| bf16_bits(kv.kv().0));
-    // With raw bf16 queries (AVX-512 BF16) the value products also run on bf16 pairs.
-    let raw_v = raw_q.and_then(|_| bf16_bits(kv.kv().1));
+    let (kall, vall) = kv.kv();
+    let raw = raw_q.zip(bf16_bits(kall)).zip(bf16_bits(vall)).map(|((q, k), v)| (q, k, v));
     let d = g.head_dim;
     let rows = part.rows.len();
-    let (kall, vall) = kv.kv();
-    let per_head = rows / (it.h1 - it.h0);
     let heads = it.h1 - it.h0;
-    let mut scores = vec![0f32; per_head.max(2) * STREAM_KEYS];
-    let (mut offs, mut head_offs) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
-    let mut next = Vec::with_capacity(STREAM_KEYS);
-    let width = heads * d;
+    let per_head = rows / heads;
+    let mut scores = vec![0f32; rows * STREAM_KEYS];
+    let (mut offs, mut next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
+    let (mut head_offs, mut head_next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
     for j0 in (it.k0..it.k1).step_by(STREAM_KEYS) {
         let j1 = it.k1.min(j0 + STREAM_KEYS);
         let kt = j1 - j0;
         std::mem::swap(&mut offs, &mut next);
-        // The next tile's tokens (all heads) into L2 while this one is computed: the rows of one
-        // head are strided and paged, which the hardware prefetchers do not follow. Spread over
-        // the heads, so the prefetches do not all queue at once.
         kv.offsets(it.seq, it.h0, (j1, it.k1.min(j1 + STREAM_KEYS)), g, &mut next);
-        let per_step = next.len().div_ceil(heads).max(1);
-        let mut ahead = next.chunks(per_step);
+        let token_major = raw.is_some_and(|(q, k, v)| {
+            crate::simd::token_dots_bf16(q, heads, per_head, k, v, &offs, g.scale, &mut scores, STREAM_KEYS)
+        });
         for hh in 0..heads {
             let r0 = hh * per_head;
             head_offs.clear();
             head_offs.extend(offs.iter().map(|o| o + hh * d));
-            // Scores, two rows at a time (each key row is loaded once per pair).
-            let mut i = 0;
-            while i < per_head {
-                let r = r0 + i;
-                let (sc0, rest) = scores[i * STREAM_KEYS..].split_at_mut(STREAM_KEYS);
-                let sc0 = &mut sc0[..kt];
-                if i + 1 == per_head {
-                    S::dots(&qs[r * d..(r + 1) * d], kall, &head_offs, sc0);
-                    i += 1;
-                    continue;
-                }
-                let sc1 = &mut rest[..kt];
-                let (a, b) = (r * d..(r + 1) * d, (r + 1) * d..(r + 2) * d);
-                let raw = match (raw_q, raw_k) {
-                    (Some(q), Some(k)) => {
-                        crate::simd::dots2_bf16([&q[a.clone()], &q[b.clone()]], k, &head_offs, [&mut *sc0, &mut *sc1])
-                    }
-                    _ => false,
-                };
-                if raw {
-                    sc0.iter_mut().chain(sc1.iter_mut()).for_each(|x| *x *= g.scale);
-                } else {
-                    S::dots2([&qs[a], &qs[b]], kall, &head_offs, [sc0, sc1]);
-                }
-                i += 2;
+            head_next.clear();
+            head_next.extend(next.iter().map(|o| o + hh * d));
+            if !token_major {
+                head_scores::<T, S>(qs, kall, &head_offs, d, r0..r0 + per_head, &mut scores);
             }
-            for i in 0..per_head {
-                let (r, sc) = (r0 + i, &mut scores[i * STREAM_KEYS..i * STREAM_KEYS + kt]);
+            for r in r0..r0 + per_head {
+                let sc = &mut scores[r * STREAM_KEYS..r * STREAM_KEYS + kt];
                 mask(pos[r], j0, sc);
-                let alpha = part.rows[r].update(sc);
+                let alpha = part.rows[r].update(sc, S::FMA);
                 if alpha != 1.0 {
                     part.acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
                 }
             }
             // Value rows, four query rows at a time (each value row is loaded once per four).
+            let mut prefetched = false;
             let mut i = 0;
             while i < per_head {
-                let n = (per_head - i).min(4);
-                let n = if n == 3 { 2 } else { n };
-                let acc = &mut part.acc[(r0 + i) * d..(r0 + i + n) * d];
-                let p = |k: usize| &scores[(i + k) * STREAM_KEYS..(i + k) * STREAM_KEYS + kt];
-                let mut rows = acc.chunks_exact_mut(d);
-                let mut row = || rows.next().expect("n rows");
-                match n {
-                    4 if raw_v.is_some() && crate::simd::bf16_pairs_fit(d, kt) => {
-                        let v = raw_v.expect("checked");
-                        crate::simd::weighted_sum4_bf16(
-                            [p(0), p(1), p(2), p(3)],
-                            v,
-                            &head_offs,
-                            [row(), row(), row(), row()],
-                        );
+                let n = match per_head - i {
+                    4.. => 4,
+                    2 | 3 => 2,
+                    _ => 1,
+                };
+                let r = r0 + i;
+                let p = |k: usize| &scores[(r + k) * STREAM_KEYS..(r + k) * STREAM_KEYS + kt];
+                let mut acc = part.acc[r * d..(r + n) * d].chunks_exact_mut(d);
+                let mut row = || acc.next().expect("n rows");
+                match (n, raw) {
+                    (4, Some((_, k, v))) if crate::simd::bf16_pairs_fit(d, kt) => {
+                        let ahead = if prefetched { &[][..] } else { &head_next[..] };
+                        let acc = [row(), row(), row(), row()];
+                        crate::simd::weighted_sum4_bf16([p(0), p(1), p(2), p(3)], v, &head_offs, acc, (k, ahead));
+                        prefetched = true;
                     }
-                    4 => S::weighted_sum4([p(0), p(1), p(2), p(3)], vall, &head_offs, [row(), row(), row(), row()]),
-                    2 => S::weighted_sum2([p(0), p(1)], vall, &head_offs, [row(), row()]),
+                    (4, _) => {
+                        S::weighted_sum4([p(0), p(1), p(2), p(3)], vall, &head_offs, [row(), row(), row(), row()])
+                    }
+                    (2, _) => S::weighted_sum2([p(0), p(1)], vall, &head_offs, [row(), row()]),
                     _ => S::weighted_sum(p(0), vall, &head_offs, row()),
                 }
                 i += n;
             }
-            for &o in ahead.next().unwrap_or_default() {
-                prefetch_l2(&kall[o..o + width]);
-                prefetch_l2(&vall[o..o + width]);
+            if !prefetched {
+                for &o in &head_next {
+                    prefetch_l2(&kall[o..o + d]);
+                    if !token_major {
+                        prefetch_l2(&vall[o..o + d]);
+                    }
+                }
             }
+        }
+    }
+}
+
+/// Scores of rows `rows` (f32 queries in `qs`) against one head's keys at `offs`, two rows at a time
+/// (each key row loaded once per pair), into `scores` (`STREAM_KEYS` per row).
+#[inline(always)]
+fn head_scores<T: Element, S: Simd>(
+    qs: &[f32],
+    kall: &[T],
+    offs: &[usize],
+    d: usize,
+    rows: std::ops::Range<usize>,
+    scores: &mut [f32],
+) {
+    let kt = offs.len();
+    let mut r = rows.start;
+    while r < rows.end {
+        let (sc0, rest) = scores[r * STREAM_KEYS..].split_at_mut(STREAM_KEYS);
+        let q0 = &qs[r * d..(r + 1) * d];
+        if r + 1 == rows.end {
+            S::dots(q0, kall, offs, &mut sc0[..kt]);
+            r += 1;
+        } else {
+            S::dots2([q0, &qs[(r + 1) * d..(r + 2) * d]], kall, offs, [&mut sc0[..kt], &mut rest[..kt]]);
+            r += 2;
         }
     }
 }
