@@ -104,8 +104,12 @@ fn runner<T: Element>(
             let per_seq = context.div_ceil(block_size);
             let blocks = batch * per_seq;
             let row = h.kv_heads * h.head_dim;
-            let kc = stream.clone_htod(&fill(blocks * block_size * row))?;
-            let vc = stream.clone_htod(&fill(blocks * block_size * row))?;
+            // Each decode step reads another layer's caches: rotate through copies (see `rotation`).
+            let cache = fill(blocks * block_size * row);
+            let copies = super::rotation(2 * std::mem::size_of_val(&cache[..]));
+            let caches = (0..copies)
+                .map(|_| Ok((stream.clone_htod(&cache)?, stream.clone_htod(&cache)?)))
+                .collect::<Result<Vec<_>>>()?;
             let q = stream.clone_htod(&fill(batch * h.heads * h.head_dim))?;
             let mut out = stream.alloc_zeros::<T>(batch * h.heads * h.head_dim)?;
             // Blocks interleaved across sequences, as a long-running cache ends up.
@@ -115,9 +119,10 @@ fn runner<T: Element>(
             Ok(Box::new(move |iters| {
                 stream.synchronize()?;
                 let t = Instant::now();
-                for _ in 0..iters {
+                for i in 0..iters as usize {
                     let tables = BlockTables { table: &table, max_blocks: per_seq };
-                    op.decode(&stream, &q, &kc, &vc, tables, &ctx, &mut out)?;
+                    let (kc, vc) = &caches[i % copies];
+                    op.decode(&stream, &q, kc, vc, tables, &ctx, &mut out)?;
                 }
                 stream.synchronize()?;
                 Ok(t.elapsed())

@@ -8,9 +8,6 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Total weight bytes a decode-shaped case rotates through (well beyond any last-level cache).
-const ROTATE_BYTES: usize = 256 << 20;
-
 /// Inputs on a device, ready to be multiplied repeatedly.
 pub struct Case {
     run: Box<dyn FnMut(u64) -> Result<Duration>>,
@@ -50,10 +47,9 @@ fn runner<T: Element>(
     let fill = |n: usize| (0..n).map(|i| T::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5)).collect::<Vec<_>>();
     let a = stream.clone_htod(&fill(shape.batch * shape.m * shape.k))?;
     let b_len = if shape.shared_b { 1 } else { shape.batch } * shape.k * shape.n;
-    // Decode shapes stream their weights: rotate through copies that together exceed the last-level
-    // cache, so each product reads its weights from memory as a real model's layers do.
+    // Decode shapes stream their weights: rotate through copies (see `rotation`).
     let copies = if shape.m <= ascend_kernels::matmul::DECODE_MAX_M {
-        (ROTATE_BYTES / (b_len * std::mem::size_of::<T>())).clamp(1, 64)
+        super::rotation(b_len * std::mem::size_of::<T>())
     } else {
         1
     };

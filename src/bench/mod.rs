@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 /// Element types the kernel benchmarks accept.
 pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
+/// How many copies of `bytes` of streamed data (decode weights, KV caches) a case rotates through so
+/// that together they exceed any last-level cache (256 MiB, at most 64 copies): each run then reads
+/// its data from memory, as a model's layers do, instead of finding the previous run's in cache.
+pub fn rotation(bytes: usize) -> usize {
+    ((256 << 20) / bytes.max(1)).clamp(1, 64)
+}
+
 /// One reported figure: a benchmark name, its parameters, and a value with its unit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Figure {
