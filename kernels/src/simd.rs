@@ -178,38 +178,33 @@ pub(crate) fn bf16_pairs_fit(d: usize, n: usize) -> bool {
     matches!(d, 64 | 96 | 128) && n <= 64 && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16
 }
 
-/// `acc[k] += Σⱼ bf16(p[k][j]) · row j` for four weight vectors over bf16 rows, with AVX-512 BF16 dot
-/// products on pairs of keys; the weights are rounded to bf16 first (as reduced-precision attention
-/// does). Only where [`bf16_pairs_fit`] (panics otherwise).
+/// `acc[k] += Σⱼ p[k][j] · row j` for four weight vectors given in bf16 over bf16 rows, with AVX-512
+/// BF16 dot products on pairs of keys (`p[k]` holds a weight per row, then a zero when the count is
+/// odd). The rows at `ahead` of `pf` are prefetched into L2 meanwhile, two per pair of keys. Only
+/// where [`bf16_pairs_fit`] (panics otherwise).
 pub(crate) fn weighted_sum4_bf16(
-    p: [&[f32]; 4],
+    p: [&[u16]; 4],
     src: &[u16],
     offs: &[usize],
     acc: [&mut [f32]; 4],
     (pf, ahead): (&[u16], &[usize]),
 ) {
     let d = acc[0].len();
-    let n = p[0].len();
+    let n = offs.len();
     assert!(
         bf16_pairs_fit(d, n)
             && acc.iter().all(|a| a.len() == d)
-            && p.iter().all(|x| x.len() == n)
-            && offs.len() == n
+            && p.iter().all(|x| x.len() >= n.next_multiple_of(2))
             && offs.iter().all(|&o| o + d <= src.len())
             && ahead.iter().all(|&o| o + d <= pf.len()),
         "weighted_sum4_bf16 called outside what it supports"
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let mut pb = [[0u16; 64]; 4];
-        for (k, b) in pb.iter_mut().enumerate() {
-            // SAFETY: AVX-512 BF16 checked; `b` holds 64 ≥ n values.
-            unsafe { x86::to_bf16(p[k], &mut b[..n]) };
-        }
-        let pp = [0, 1, 2, 3].map(|k| pb[k].as_ptr());
+        let pp = p.map(|x| x.as_ptr());
         let ap = acc.map(|a| a.as_mut_ptr());
-        // SAFETY: checked above: rows and accumulators hold d values, the weights n (padded with
-        // zeros to 64); AVX-512 BF16 present. d = 128 goes in two halves of 64 (16 accumulators).
+        // SAFETY: checked above: rows and accumulators hold d values, the weights n rounded up to
+        // even; AVX-512 BF16 present. d = 128 goes in two halves of 64 (16 accumulators).
         unsafe {
             match d {
                 64 => x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0, (pf.as_ptr(), ahead)),
@@ -631,26 +626,6 @@ mod x86 {
         }
     }
 
-    /// `out[i] = bf16(x[i])`, rounding to nearest even, 16 at a time (the tail by `half`).
-    ///
-    /// # Safety
-    /// AVX-512F and AVX-512 BF16; `out` holds `x.len()` values.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn to_bf16(x: &[f32], out: &mut [u16]) {
-        let mut i = 0;
-        // SAFETY: 16 values at i < len − 15 of both slices.
-        unsafe {
-            while i + 16 <= x.len() {
-                let v: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i))));
-                _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, v);
-                i += 16;
-            }
-        }
-        for j in i..x.len() {
-            out[j] = half::bf16::from_f32(x[j]).to_bits();
-        }
-    }
-
     /// [`dots`] for two queries: each row is loaded (and converted) once for both.
     ///
     /// # Safety
@@ -905,6 +880,7 @@ mod tests {
                 let offs: Vec<usize> = (0..keys).map(|j| j * stride + 2).collect();
                 let p: Vec<Vec<f32>> =
                     (0..4).map(|k| (0..keys).map(|j| ((j + k) % 5) as f32 - 2.0).collect()).collect();
+                let pb: Vec<Vec<u16>> = p.iter().map(|w| w.iter().map(|&x| bits(x)).chain([0]).collect()).collect();
                 let mut acc: [Vec<f32>; 4] = [0, 1, 2, 3].map(|k| (0..d).map(|i| (i % 3) as f32 + k as f32).collect());
                 let want: Vec<Vec<f32>> = (0..4)
                     .map(|k| {
@@ -920,7 +896,7 @@ mod tests {
                     .collect();
                 {
                     let [a0, a1, a2, a3] = &mut acc;
-                    weighted_sum4_bf16([&p[0], &p[1], &p[2], &p[3]], &src, &offs, [a0, a1, a2, a3], (&[], &[]));
+                    weighted_sum4_bf16([&pb[0], &pb[1], &pb[2], &pb[3]], &src, &offs, [a0, a1, a2, a3], (&[], &[]));
                 }
                 assert_eq!(acc.to_vec(), want, "d {d} keys {keys}");
             }

@@ -465,6 +465,8 @@ fn streaming<T: Element, S: Simd>(
     let heads = it.h1 - it.h0;
     let per_head = rows / heads;
     let mut scores = vec![0f32; rows * STREAM_KEYS];
+    // One head's probabilities in bf16 (the value kernel's input on the bf16 path).
+    let mut probs = vec![0u16; per_head * STREAM_KEYS];
     let (mut offs, mut next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     let (mut head_offs, mut head_next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
@@ -485,10 +487,16 @@ fn streaming<T: Element, S: Simd>(
             if !token_major {
                 head_scores::<T, S>(qs, kall, &head_offs, d, r0..r0 + per_head, &mut scores);
             }
+            // bf16 values: probabilities also rounded to bf16 for the value kernel, in one pass.
+            let bf16_values = raw.is_some() && crate::simd::bf16_pairs_fit(d, kt);
             for r in r0..r0 + per_head {
                 let sc = &mut scores[r * STREAM_KEYS..r * STREAM_KEYS + kt];
                 mask(pos[r], j0, sc);
-                let alpha = part.rows[r].update(sc, S::FMA);
+                let pb = &mut probs[(r - r0) * STREAM_KEYS..(r - r0 + 1) * STREAM_KEYS];
+                let alpha = match bf16_values {
+                    true => part.rows[r].update_bf16(sc, pb).expect("AVX-512 BF16, at most 64 keys"),
+                    false => part.rows[r].update(sc, S::FMA),
+                };
                 if alpha != 1.0 {
                     part.acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
                 }
@@ -507,10 +515,11 @@ fn streaming<T: Element, S: Simd>(
                 let mut acc = part.acc[r * d..(r + n) * d].chunks_exact_mut(d);
                 let mut row = || acc.next().expect("n rows");
                 match (n, raw) {
-                    (4, Some((_, k, v))) if crate::simd::bf16_pairs_fit(d, kt) => {
+                    (4, Some((_, k, v))) if bf16_values => {
                         let ahead = if prefetched { &[][..] } else { &head_next[..] };
                         let acc = [row(), row(), row(), row()];
-                        crate::simd::weighted_sum4_bf16([p(0), p(1), p(2), p(3)], v, &head_offs, acc, (k, ahead));
+                        let pb = |k: usize| &probs[(i + k) * STREAM_KEYS..(i + k + 1) * STREAM_KEYS];
+                        crate::simd::weighted_sum4_bf16([pb(0), pb(1), pb(2), pb(3)], v, &head_offs, acc, (k, ahead));
                         prefetched = true;
                     }
                     (4, _) => {

@@ -28,6 +28,24 @@ impl RowState {
         alpha
     }
 
+    /// [`RowState::update`] (with fused multiply-adds) for value sums on bf16 pairs: also writes the
+    /// probabilities rounded to bf16 (nearest even) into `pb`, zeros after them up to a multiple of
+    /// 16. Needs AVX-512 BF16 and at most 64 scores; returns None (doing nothing) otherwise. `pb`
+    /// must hold the scores rounded up to 16.
+    #[inline(always)]
+    pub fn update_bf16(&mut self, scores: &mut [f32], pb: &mut [u16]) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if scores.len() <= 64
+            && pb.len() >= scores.len().next_multiple_of(16)
+            && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16
+        {
+            // SAFETY: AVX-512 BF16 present; at most 64 scores and room for them rounded up to 16.
+            return Some(unsafe { x86::update_bf16(self, scores, pb) });
+        }
+        let _ = (scores, pb);
+        None
+    }
+
     /// Merges another state for the same row (split keys); returns the factors that rescale the
     /// accumulators of (self, other) before they are added.
     pub fn merge(&mut self, other: RowState) -> (f32, f32) {
@@ -99,6 +117,81 @@ pub(crate) fn exp_with(x: f32, fma: bool) -> f32 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::RowState;
+    use std::arch::x86_64::*;
+
+    /// [`super::exp_with`]`(x, true)` on 16 lanes, the same operations in the same order (so the same
+    /// bits).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn exp16(x: __m512) -> __m512 {
+        let magic = _mm512_set1_ps(12_582_912.0);
+        let xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let t = _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E)), magic);
+        let n = _mm512_sub_ps(t, magic);
+        let r = _mm512_sub_ps(
+            _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(0.693_145_75))),
+            _mm512_mul_ps(n, _mm512_set1_ps(1.428_606_8e-6)),
+        );
+        let mut p = _mm512_set1_ps(1.0 / 5040.0);
+        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let bits = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(magic));
+        let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127))));
+        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(-87.0));
+        _mm512_maskz_mul_ps(keep, p, two_n)
+    }
+
+    /// See [`RowState::update_bf16`].
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16; at most 64 scores; `pb` holds their count rounded up to 16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn update_bf16(state: &mut RowState, scores: &mut [f32], pb: &mut [u16]) -> f32 {
+        let n = scores.len();
+        let chunks = n.div_ceil(16);
+        let mask = |c: usize| -> __mmask16 {
+            let left = n - 16 * c;
+            if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            }
+        };
+        // SAFETY: masked loads and stores stay inside `scores`; `pb` holds 16 per chunk (contract).
+        unsafe {
+            let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut x = [ninf; 4];
+            let mut top = ninf;
+            for (c, xc) in x.iter_mut().enumerate().take(chunks) {
+                *xc = _mm512_mask_loadu_ps(ninf, mask(c), scores.as_ptr().add(16 * c));
+                top = _mm512_max_ps(top, *xc);
+            }
+            let max = state.max.max(_mm512_reduce_max_ps(top));
+            if max == f32::NEG_INFINITY {
+                scores.fill(0.0);
+                pb[..16 * chunks].fill(0);
+                return 1.0;
+            }
+            let alpha = if state.max == max { 1.0 } else { super::exp_with(state.max - max, true) };
+            let (shift, mut sum) = (_mm512_set1_ps(max), _mm512_setzero_ps());
+            for (c, &xc) in x.iter().enumerate().take(chunks) {
+                let p = exp16(_mm512_sub_ps(xc, shift));
+                sum = _mm512_add_ps(sum, p);
+                _mm512_mask_storeu_ps(scores.as_mut_ptr().add(16 * c), mask(c), p);
+                let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(p));
+                _mm256_storeu_si256(pb.as_mut_ptr().add(16 * c) as *mut __m256i, b);
+            }
+            state.sum = state.sum * alpha + _mm512_reduce_add_ps(sum);
+            state.max = max;
+            alpha
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +222,36 @@ mod tests {
         a.merge(b);
         assert_eq!(a.max, whole.max);
         assert!((a.sum - whole.sum).abs() <= 1e-5 * whole.sum);
+    }
+
+    #[test]
+    fn bf16_update_matches_the_plain_update() {
+        for n in [1, 2, 15, 16, 17, 32, 33, 64] {
+            let scores: Vec<f32> = (0..n)
+                .map(|i| if i % 7 == 3 { f32::NEG_INFINITY } else { ((i * 37) % 23) as f32 * 0.77 - 9.0 })
+                .collect();
+            let start = RowState { max: 2.5, sum: 3.0 };
+            let (mut plain, mut fast) = (start, start);
+            let mut want = scores.clone();
+            let alpha = plain.update(&mut want, true);
+            let mut got = scores.clone();
+            let mut pb = [7u16; 64];
+            let Some(beta) = fast.update_bf16(&mut got, &mut pb) else {
+                return; // no AVX-512 BF16 here
+            };
+            assert_eq!((alpha.to_bits(), plain.max), (beta.to_bits(), fast.max), "n = {n}");
+            // The sums are added in another order: equal to a few ulps.
+            assert!((plain.sum - fast.sum).abs() <= 4.0 * f32::EPSILON * plain.sum, "n = {n}");
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            let rounded: Vec<u16> = want.iter().map(|&p| half::bf16::from_f32(p).to_bits()).collect();
+            assert_eq!(&pb[..n], &rounded[..], "n = {n}");
+            assert!(pb[n..n.next_multiple_of(16)].iter().all(|&b| b == 0), "padding, n = {n}");
+        }
+        let mut st = RowState::EMPTY;
+        assert_eq!(st.update_bf16(&mut [0.0; 65], &mut [0; 80]), None);
     }
 
     #[test]
