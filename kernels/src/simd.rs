@@ -43,6 +43,26 @@ pub(crate) trait Simd {
         Self::weighted_sum(p[1], src, offs, a1);
     }
 
+    /// Scores of every query row of an item against the keys at `offs`, token by token: see
+    /// [`token_dots_bf16`], here with f32 queries (`heads · per_head` rows, already scaled) and rows
+    /// of any source type. Returns false (doing nothing) where this level has no such kernel or the
+    /// shapes do not fit it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn token_dots<T: Lanes>(
+        q: &[f32],
+        heads: usize,
+        per_head: usize,
+        src: &[T],
+        prefetch: &[T],
+        offs: &[usize],
+        out: &mut [f32],
+        stride: usize,
+    ) -> bool {
+        let _ = (q, heads, per_head, src, prefetch, offs, out, stride);
+        false
+    }
+
     /// [`Simd::weighted_sum`] for four weight vectors over the same rows.
     #[inline(always)]
     fn weighted_sum4<T: Lanes>(p: [&[f32]; 4], src: &[T], offs: &[usize], acc: [&mut [f32]; 4]) {
@@ -143,19 +163,14 @@ pub(crate) fn token_dots_bf16(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let rows = heads * per_head;
-        if rows == 0 || !per_head.is_multiple_of(2) || !q.len().is_multiple_of(rows) {
+        let Some(d) = token_shape(q.len(), heads, per_head, (src.len(), prefetch.len()), offs, out.len(), stride)
+        else {
             return false;
-        }
-        let d = q.len() / rows;
-        let width = heads * d;
-        let fits = offs.len() <= stride
-            && out.len() >= (rows - 1) * stride + offs.len()
-            && offs.iter().all(|&o| o + width <= src.len() && o + width <= prefetch.len())
-            && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16;
+        };
+        let fits = crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16;
         let (qp, sp, pp, op) = (q.as_ptr(), src.as_ptr(), prefetch.as_ptr(), out.as_mut_ptr());
         // SAFETY: AVX-512 BF16 present; every query row holds d values, every token `heads · d` in
-        // both slices, and every output position is inside `out` (checked by `fits`).
+        // both slices, and every output position is inside `out` (checked by `token_shape`).
         unsafe {
             match d {
                 64 if fits => x86::token_dots_bf16::<2>(qp, heads, per_head, sp, pp, offs, scale, op, stride),
@@ -171,6 +186,30 @@ pub(crate) fn token_dots_bf16(
         let _ = (q, heads, per_head, src, prefetch, offs, scale, out, stride);
         false
     }
+}
+
+/// The head size of a token-by-token score call, if its arguments are consistent: `rows = heads ·
+/// per_head` query rows (per_head even) in `q_len` values, every token's `heads` rows inside both
+/// source slices (`lens`), and every output position inside `out_len`.
+fn token_shape(
+    q_len: usize,
+    heads: usize,
+    per_head: usize,
+    (src_len, prefetch_len): (usize, usize),
+    offs: &[usize],
+    out_len: usize,
+    stride: usize,
+) -> Option<usize> {
+    let rows = heads * per_head;
+    if rows == 0 || !per_head.is_multiple_of(2) || !q_len.is_multiple_of(rows) {
+        return None;
+    }
+    let d = q_len / rows;
+    let width = heads * d;
+    let fits = offs.len() <= stride
+        && out_len >= (rows - 1) * stride + offs.len()
+        && offs.iter().all(|&o| o + width <= src_len && o + width <= prefetch_len);
+    fits.then_some(d)
 }
 
 /// Whether [`weighted_sum4_bf16`] runs for head size `d` and `n` keys on this CPU.
@@ -270,6 +309,36 @@ pub(crate) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
     const FMA: bool = true;
+
+    #[inline(always)]
+    fn token_dots<T: Lanes>(
+        q: &[f32],
+        heads: usize,
+        per_head: usize,
+        src: &[T],
+        prefetch: &[T],
+        offs: &[usize],
+        out: &mut [f32],
+        stride: usize,
+    ) -> bool {
+        let Some(d) = token_shape(q.len(), heads, per_head, (src.len(), prefetch.len()), offs, out.len(), stride)
+        else {
+            return false;
+        };
+        let (qp, sp, pp, op) = (q.as_ptr(), src.as_ptr(), prefetch.as_ptr(), out.as_mut_ptr());
+        // SAFETY: this type is only used by code that checked the CPU for AVX-512F; the shapes were
+        // checked by `token_shape`.
+        unsafe {
+            match d {
+                64 => x86::token_dots::<T, 4>(qp, heads, per_head, sp, pp, offs, op, stride),
+                80 => x86::token_dots::<T, 5>(qp, heads, per_head, sp, pp, offs, op, stride),
+                96 => x86::token_dots::<T, 6>(qp, heads, per_head, sp, pp, offs, op, stride),
+                128 => x86::token_dots::<T, 8>(qp, heads, per_head, sp, pp, offs, op, stride),
+                _ => return false,
+            }
+        }
+        true
+    }
 
     #[inline(always)]
     fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]) {
@@ -470,6 +539,82 @@ mod x86 {
         }
     }
 
+    /// [`token_dots_bf16`] for f32 queries (`16·NV` values per row, already scaled) and rows of any
+    /// source type, converted in registers; the value rows of `pf` prefetched into L2 likewise.
+    ///
+    /// # Safety
+    /// AVX-512F; every row, query and output position named exists.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn token_dots<T: Lanes, const NV: usize>(
+        q: *const f32,
+        heads: usize,
+        per_head: usize,
+        src: *const T,
+        pf: *const T,
+        offs: &[usize],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: every access is inside the queries, rows or outputs (contract).
+        unsafe {
+            let d = 16 * NV;
+            let row_bytes = d * std::mem::size_of::<T>();
+            let n = offs.len();
+            let mut j = 0;
+            while j < n {
+                // An odd last token is paired with itself (its second score is not stored).
+                let (ja, jb) = (offs[j], offs[(j + 1).min(n - 1)]);
+                for h in 0..heads {
+                    for at in [ja, jb] {
+                        let v = pf.add(at + h * d) as *const i8;
+                        for off in (0..row_bytes).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T1>(v.add(off));
+                        }
+                    }
+                    let (a, b) = (src.add(ja + h * d), src.add(jb + h * d));
+                    let ka: [__m512; NV] = std::array::from_fn(|i| T::load16(a.add(16 * i)));
+                    let kb: [__m512; NV] = std::array::from_fn(|i| T::load16(b.add(16 * i)));
+                    let mut r = h * per_head;
+                    while r < (h + 1) * per_head {
+                        let mut acc = [_mm512_setzero_ps(); 4];
+                        for i in 0..NV {
+                            let (q0, q1) =
+                                (_mm512_loadu_ps(q.add(r * d + 16 * i)), _mm512_loadu_ps(q.add((r + 1) * d + 16 * i)));
+                            acc[0] = _mm512_fmadd_ps(q0, ka[i], acc[0]);
+                            acc[1] = _mm512_fmadd_ps(q0, kb[i], acc[1]);
+                            acc[2] = _mm512_fmadd_ps(q1, ka[i], acc[2]);
+                            acc[3] = _mm512_fmadd_ps(q1, kb[i], acc[3]);
+                        }
+                        store_pair(reduce4(acc), out.add(r * stride + j), stride, j + 1 < n);
+                        r += 2;
+                    }
+                }
+                j += 2;
+            }
+        }
+    }
+
+    /// Stores `[r·a, r·b, (r+1)·a, (r+1)·b]` (two rows' scores for two keys) at `out` (row r, key a)
+    /// and `out + stride`; only the `a` scores when `both` is false.
+    ///
+    /// # Safety
+    /// The positions written exist.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_pair(s: __m128, out: *mut f32, stride: usize, both: bool) {
+        // SAFETY: as the contract says.
+        unsafe {
+            if both {
+                _mm_storel_pd(out as *mut f64, _mm_castps_pd(s));
+                _mm_storeh_pd(out.add(stride) as *mut f64, _mm_castps_pd(s));
+            } else {
+                _mm_store_ss(out, s);
+                _mm_store_ss(out.add(stride), _mm_movehl_ps(s, s));
+            }
+        }
+    }
+
     /// The sums of the 16 lanes of each of four vectors, as `[Σa, Σb, Σc, Σd]`.
     #[target_feature(enable = "avx512f")]
     #[inline]
@@ -544,16 +689,7 @@ mod x86 {
                             acc[2] = _mm512_dpbf16_ps(acc[2], q1, ka[i]);
                             acc[3] = _mm512_dpbf16_ps(acc[3], q1, kb[i]);
                         }
-                        // [r·a, r·b, (r+1)·a, (r+1)·b], scaled
-                        let s = _mm_mul_ps(reduce4(acc), scale);
-                        let (o0, o1) = (out.add(r * stride + j), out.add((r + 1) * stride + j));
-                        if j + 1 < n {
-                            _mm_storel_pd(o0 as *mut f64, _mm_castps_pd(s));
-                            _mm_storeh_pd(o1 as *mut f64, _mm_castps_pd(s));
-                        } else {
-                            _mm_store_ss(o0, s);
-                            _mm_store_ss(o1, _mm_movehl_ps(s, s));
-                        }
+                        store_pair(_mm_mul_ps(reduce4(acc), scale), out.add(r * stride + j), stride, j + 1 < n);
                         r += 2;
                     }
                 }
@@ -812,6 +948,25 @@ mod tests {
                 S::weighted_sum(w, &src, &offs, b);
             }
             assert_eq!(a4, b4, "weighted_sum4 d = {d}");
+            // Token by token, two heads of two rows: the same sums where the level has the kernel
+            // (AVX-512, the level with FMA, must have it for these head sizes).
+            let (heads, per_head, stride) = (2, 2, 8);
+            let width = heads * d + 3;
+            let toks: Vec<usize> = (0..keys).map(|j| (keys - 1 - j) * width).collect();
+            let rows: Vec<f32> = (0..4 * d).map(|i| (i % 5) as f32 - 2.0).collect();
+            let tsrc: Vec<T> = (0..keys * width).map(|i| T::from_f32((i % 11) as f32 - 5.0)).collect();
+            let mut got = vec![f32::NAN; 4 * stride];
+            if S::token_dots(&rows, heads, per_head, &tsrc, &tsrc, &toks, &mut got, stride) {
+                for r in 0..4 {
+                    for (j, &o) in toks.iter().enumerate() {
+                        let k = |i: usize| tsrc[o + (r / per_head) * d + i].to_f32();
+                        let want: f32 = (0..d).map(|i| rows[r * d + i] * k(i)).sum();
+                        assert_eq!(got[r * stride + j], want, "token_dots d = {d} row {r} key {j}");
+                    }
+                }
+            } else {
+                assert!(!S::FMA || ![64, 80, 96, 128].contains(&d), "token_dots refused d = {d}");
+            }
             for m in [1, 3, 16] {
                 let a: Vec<f32> = (0..m * (d + 5)).map(|i| (i % 7) as f32 - 3.0).collect();
                 let w = &src[1..1 + d];

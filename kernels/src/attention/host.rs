@@ -477,7 +477,7 @@ fn streaming<T: Element, S: Simd>(
         kv.offsets(it.seq, it.h0, (j1, it.k1.min(j1 + STREAM_KEYS)), g, &mut next);
         let token_major = raw.is_some_and(|(q, k, v)| {
             crate::simd::token_dots_bf16(q, heads, per_head, k, v, &offs, g.scale, &mut scores, STREAM_KEYS)
-        });
+        }) || S::token_dots(qs, heads, per_head, kall, vall, &offs, &mut scores, STREAM_KEYS);
         for hh in 0..heads {
             let r0 = hh * per_head;
             head_offs.clear();
