@@ -1,7 +1,7 @@
 //! The one pool of compute threads that all host work shares, sized to the machine's cores whatever the
 //! number of simulated devices or streams: stream threads only order work, and hand the heavy part of a
 //! host kernel (or a large copy) to this pool, so eight simulated devices on two cores never
-//! oversubscribe them.
+//! oversubscribe them (a caller runs an index itself only while every worker is idle).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +16,8 @@ pub struct Pool {
 struct Shared {
     jobs: Mutex<Vec<Arc<Job>>>,
     work: Condvar,
+    /// Workers running a job now.
+    active: AtomicUsize,
 }
 
 struct Job {
@@ -53,7 +55,8 @@ impl Pool {
     }
 
     fn new(threads: usize) -> Pool {
-        let shared = Arc::new(Shared { jobs: Mutex::new(Vec::new()), work: Condvar::new() });
+        let shared =
+            Arc::new(Shared { jobs: Mutex::new(Vec::new()), work: Condvar::new(), active: AtomicUsize::new(0) });
         for i in 0..threads {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -70,7 +73,8 @@ impl Pool {
     }
 
     /// Runs `body(i)` for every `i` in `0..n` on the pool's threads and returns when all have finished.
-    /// The calling thread only waits, so the number of threads computing never exceeds the pool size.
+    /// The calling thread runs indices only while every worker is idle (waking one takes a while),
+    /// then waits: at most one index per caller runs beyond the pool size.
     /// Called from inside a pool job, it runs inline. A panic in `body` is re-raised here.
     pub fn parallel_for(&self, n: usize, body: &(dyn Fn(usize) + Sync)) {
         if n == 0 {
@@ -93,6 +97,19 @@ impl Pool {
         });
         self.shared.jobs.lock().unwrap().push(job.clone());
         self.shared.work.notify_all();
+        // Waking a worker takes several microseconds (tens on a busy VM): while every worker is
+        // idle, the caller runs indices itself, so a small job does not wait for the wake-up. Once
+        // any worker runs, the caller only waits: each caller runs at most one index beyond the
+        // pool's threads.
+        while self.shared.active.load(Ordering::Acquire) == 0 {
+            let i = job.next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            IN_POOL.with(|c| c.set(true));
+            run_index(&job, i);
+            IN_POOL.with(|c| c.set(false));
+        }
         let mut done = job.done.0.lock().unwrap();
         while !*done {
             done = job.done.1.wait(done).unwrap();
@@ -118,21 +135,28 @@ fn worker(shared: &Shared) {
                 jobs = shared.work.wait(jobs).unwrap();
             }
         };
+        shared.active.fetch_add(1, Ordering::AcqRel);
         loop {
             let i = job.next.fetch_add(1, Ordering::Relaxed);
             if i >= job.n {
                 break;
             }
-            // SAFETY: the submitter keeps the closure alive until `finished` reaches `n`.
-            let body = unsafe { &*job.body };
-            if catch_unwind(AssertUnwindSafe(|| body(i))).is_err() {
-                job.panicked.store(true, Ordering::Relaxed);
-            }
-            if job.finished.fetch_add(1, Ordering::AcqRel) + 1 == job.n {
-                *job.done.0.lock().unwrap() = true;
-                job.done.1.notify_all();
-            }
+            run_index(&job, i);
         }
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs index `i` of `job` and counts it finished (waking the submitter after the last one).
+fn run_index(job: &Job, i: usize) {
+    // SAFETY: the submitter keeps the closure alive until `finished` reaches `n`.
+    let body = unsafe { &*job.body };
+    if catch_unwind(AssertUnwindSafe(|| body(i))).is_err() {
+        job.panicked.store(true, Ordering::Relaxed);
+    }
+    if job.finished.fetch_add(1, Ordering::AcqRel) + 1 == job.n {
+        *job.done.0.lock().unwrap() = true;
+        job.done.1.notify_all();
     }
 }
 
