@@ -4,9 +4,10 @@
 //! query heads that share a KV head are packed together as the rows of one item (GQA), so each key
 //! and value row is read once for all of them. Items with enough rows run tiled: the scores of a
 //! key tile are one small GEMM (the matmul microkernels), the online-softmax update, then `O += P·V`
-//! as a second GEMM. Items with few rows (decode) stream keys one at a time through dot products; when
-//! there are fewer such items than threads, the keys of a sequence are split over several items
-//! (flash-decoding) and the partial results merged at the end.
+//! as a second GEMM. Items with few rows (decode) take every KV head of a sequence and stream its
+//! cache in tiles, in memory order where the level allows (see `streaming`); when there are fewer
+//! such items than threads, the keys of a sequence are split over several items (flash-decoding)
+//! and the partial results merged at the end.
 
 use super::softmax::{exp, RowState};
 use crate::cpu::Level;
@@ -442,11 +443,13 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 /// Few rows (decode): scores of the item's rows against a tile of keys, the online-softmax update,
 /// then the value sums, straight from the cache (converted in registers).
 ///
-/// bf16 with AVX-512 BF16 reads the cache in order: the scores of every head token by token (a
-/// token's heads are adjacent), prefetching the tile's values meanwhile, and the value sums of each
-/// head prefetch the next tile's keys, so memory is busy while the products run. Otherwise each head
-/// takes its scores and value sums in turn and the next tile is prefetched head by head. Prefetches
-/// go to L2: into L1 they would evict the rows being used.
+/// At the AVX-512 levels (head sizes 64–128, an even number of rows per head) the cache is read in
+/// order: the scores of every head token by token (a token's heads are adjacent), prefetching the
+/// tile's values meanwhile; then per head the softmax step and the value sums, which prefetch the
+/// next tile's keys, so memory is busy while the products run. bf16 with AVX-512 BF16 works on the
+/// raw bf16 values throughout. Otherwise each head takes its scores and value sums in turn and the
+/// next tile is prefetched head by head. Prefetches go to L2: into L1 they would evict the rows in
+/// use.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn streaming<T: Element, S: Simd>(
