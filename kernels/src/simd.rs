@@ -330,10 +330,10 @@ impl Simd for Avx512 {
         // checked by `token_shape`.
         unsafe {
             match d {
-                64 => x86::token_dots::<T, 4>(qp, heads, per_head, sp, pp, offs, op, stride),
-                80 => x86::token_dots::<T, 5>(qp, heads, per_head, sp, pp, offs, op, stride),
-                96 => x86::token_dots::<T, 6>(qp, heads, per_head, sp, pp, offs, op, stride),
-                128 => x86::token_dots::<T, 8>(qp, heads, per_head, sp, pp, offs, op, stride),
+                64 => x86::token_dots_widened::<T, 4>(qp, heads, per_head, sp, pp, offs, op, stride),
+                80 => x86::token_dots_widened::<T, 5>(qp, heads, per_head, sp, pp, offs, op, stride),
+                96 => x86::token_dots_widened::<T, 6>(qp, heads, per_head, sp, pp, offs, op, stride),
+                128 => x86::token_dots_widened::<T, 8>(qp, heads, per_head, sp, pp, offs, op, stride),
                 _ => return false,
             }
         }
@@ -539,62 +539,6 @@ mod x86 {
         }
     }
 
-    /// [`token_dots_bf16`] for f32 queries (`16·NV` values per row, already scaled) and rows of any
-    /// source type, converted in registers; the value rows of `pf` prefetched into L2 likewise.
-    ///
-    /// # Safety
-    /// AVX-512F; every row, query and output position named exists.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn token_dots<T: Lanes, const NV: usize>(
-        q: *const f32,
-        heads: usize,
-        per_head: usize,
-        src: *const T,
-        pf: *const T,
-        offs: &[usize],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        // SAFETY: every access is inside the queries, rows or outputs (contract).
-        unsafe {
-            let d = 16 * NV;
-            let row_bytes = d * std::mem::size_of::<T>();
-            let n = offs.len();
-            let mut j = 0;
-            while j < n {
-                // An odd last token is paired with itself (its second score is not stored).
-                let (ja, jb) = (offs[j], offs[(j + 1).min(n - 1)]);
-                for h in 0..heads {
-                    for at in [ja, jb] {
-                        let v = pf.add(at + h * d) as *const i8;
-                        for off in (0..row_bytes).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T1>(v.add(off));
-                        }
-                    }
-                    let (a, b) = (src.add(ja + h * d), src.add(jb + h * d));
-                    let ka: [__m512; NV] = std::array::from_fn(|i| T::load16(a.add(16 * i)));
-                    let kb: [__m512; NV] = std::array::from_fn(|i| T::load16(b.add(16 * i)));
-                    let mut r = h * per_head;
-                    while r < (h + 1) * per_head {
-                        let mut acc = [_mm512_setzero_ps(); 4];
-                        for i in 0..NV {
-                            let (q0, q1) =
-                                (_mm512_loadu_ps(q.add(r * d + 16 * i)), _mm512_loadu_ps(q.add((r + 1) * d + 16 * i)));
-                            acc[0] = _mm512_fmadd_ps(q0, ka[i], acc[0]);
-                            acc[1] = _mm512_fmadd_ps(q0, kb[i], acc[1]);
-                            acc[2] = _mm512_fmadd_ps(q1, ka[i], acc[2]);
-                            acc[3] = _mm512_fmadd_ps(q1, kb[i], acc[3]);
-                        }
-                        store_pair(reduce4(acc), out.add(r * stride + j), stride, j + 1 < n);
-                        r += 2;
-                    }
-                }
-                j += 2;
-            }
-        }
-    }
-
     /// Stores `[r·a, r·b, (r+1)·a, (r+1)·b]` (two rows' scores for two keys) at `out` (row r, key a)
     /// and `out + stride`; only the `a` scores when `both` is false.
     ///
@@ -633,14 +577,150 @@ mod x86 {
         _mm512_castps512_ps128(z)
     }
 
+    /// What differs between the score kernels: how a chunk of a query row and of a key row is
+    /// loaded, and how their products are accumulated.
+    pub trait Chunks {
+        /// Query and key element types.
+        type Q;
+        type K;
+        /// A chunk in a register.
+        type V: Copy;
+        /// Elements per chunk.
+        const LANES: usize;
+        /// # Safety
+        /// The CPU has what the kernel needs; `p` is valid for `LANES` reads.
+        unsafe fn query(p: *const Self::Q) -> Self::V;
+        /// # Safety
+        /// As [`Chunks::query`].
+        unsafe fn key(p: *const Self::K) -> Self::V;
+        /// # Safety
+        /// As [`Chunks::query`].
+        unsafe fn madd(acc: __m512, q: Self::V, k: Self::V) -> __m512;
+    }
+
+    /// Raw bf16 queries and keys, 32 per chunk, by `vdpbf16ps` (needs AVX-512 BF16).
+    pub struct Bf16Pairs;
+
+    impl Chunks for Bf16Pairs {
+        type Q = u16;
+        type K = u16;
+        type V = __m512bh;
+        const LANES: usize = 32;
+        #[inline(always)]
+        unsafe fn query(p: *const u16) -> __m512bh {
+            // SAFETY: 32 values at p (contract); __m512bh and __m512i are both 512-bit vectors.
+            unsafe { std::mem::transmute(_mm512_loadu_si512(p as *const _)) }
+        }
+        #[inline(always)]
+        unsafe fn key(p: *const u16) -> __m512bh {
+            // SAFETY: as above.
+            unsafe { Self::query(p) }
+        }
+        #[inline(always)]
+        unsafe fn madd(acc: __m512, q: __m512bh, k: __m512bh) -> __m512 {
+            // SAFETY: AVX-512 BF16 (contract).
+            unsafe { _mm512_dpbf16_ps(acc, q, k) }
+        }
+    }
+
+    /// f32 queries and keys of any source type converted in registers, 16 per chunk, by FMA.
+    pub struct Widened<T>(std::marker::PhantomData<T>);
+
+    impl<T: Lanes> Chunks for Widened<T> {
+        type Q = f32;
+        type K = T;
+        type V = __m512;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn query(p: *const f32) -> __m512 {
+            // SAFETY: 16 values at p (contract).
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn key(p: *const T) -> __m512 {
+            // SAFETY: as above.
+            unsafe { T::load16(p) }
+        }
+        #[inline(always)]
+        unsafe fn madd(acc: __m512, q: __m512, k: __m512) -> __m512 {
+            // SAFETY: AVX-512F (contract).
+            unsafe { _mm512_fmadd_ps(q, k, acc) }
+        }
+    }
+
     /// Scores of every query row against keys `offs` in token order: for each pair of tokens, every
-    /// KV head in turn, so the cache is read front to back (which the hardware prefetchers follow);
-    /// the value rows at the same offsets of `pf` are prefetched into L2 as the keys are read. Rows
-    /// are head-major, `per_head` (even) per KV head, `32·NV` bf16 values each at `q`; key `j` of head
-    /// `h` at `src + offs[j] + 32·NV·h`; `scale` times the score goes to `out + r·stride + j`.
+    /// KV head in turn, so the cache is read front to back; the value rows at the same offsets of
+    /// `pf` are prefetched into L2 as the keys are read, and the keys four tokens ahead once more.
+    /// Rows are head-major, `per_head` (even) per KV head, `LANES·NV` values each at `q`; key `j` of
+    /// head `h` at `src + offs[j] + LANES·NV·h`; `scale` times the score goes to
+    /// `out + r·stride + j`.
     ///
     /// # Safety
-    /// AVX-512F and AVX-512 BF16; every row, query and output position named exists.
+    /// Called from a function compiled for what `C` needs (AVX-512F, and BF16 for [`Bf16Pairs`]),
+    /// on a CPU that has it; every row, query and output position named exists.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn token_dots<C: Chunks, const NV: usize>(
+        q: *const C::Q,
+        heads: usize,
+        per_head: usize,
+        src: *const C::K,
+        pf: *const C::K,
+        offs: &[usize],
+        scale: f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: every access is inside the queries, rows or outputs (contract).
+        unsafe {
+            let scale = _mm_set1_ps(scale);
+            let d = C::LANES * NV;
+            let row_bytes = d * std::mem::size_of::<C::K>();
+            let prefetch = |p: *const C::K| {
+                for off in (0..row_bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T1>((p as *const i8).add(off));
+                }
+            };
+            let n = offs.len();
+            let mut j = 0;
+            while j < n {
+                // An odd last token is paired with itself (its second score is not stored).
+                let (ja, jb) = (offs[j], offs[(j + 1).min(n - 1)]);
+                for h in 0..heads {
+                    prefetch(pf.add(ja + h * d));
+                    prefetch(pf.add(jb + h * d));
+                    // Keys of a tile should be in L2 already (prefetched during the previous value
+                    // sums); a second prefetch four tokens ahead catches the ones that are not.
+                    for &at in offs.get(j + 4..(j + 6).min(n)).unwrap_or_default() {
+                        prefetch(src.add(at + h * d));
+                    }
+                    let (a, b) = (src.add(ja + h * d), src.add(jb + h * d));
+                    let ka: [C::V; NV] = std::array::from_fn(|i| C::key(a.add(C::LANES * i)));
+                    let kb: [C::V; NV] = std::array::from_fn(|i| C::key(b.add(C::LANES * i)));
+                    let mut r = h * per_head;
+                    while r < (h + 1) * per_head {
+                        let mut acc = [_mm512_setzero_ps(); 4];
+                        for i in 0..NV {
+                            let q0 = C::query(q.add(r * d + C::LANES * i));
+                            let q1 = C::query(q.add((r + 1) * d + C::LANES * i));
+                            acc[0] = C::madd(acc[0], q0, ka[i]);
+                            acc[1] = C::madd(acc[1], q0, kb[i]);
+                            acc[2] = C::madd(acc[2], q1, ka[i]);
+                            acc[3] = C::madd(acc[3], q1, kb[i]);
+                        }
+                        store_pair(_mm_mul_ps(reduce4(acc), scale), out.add(r * stride + j), stride, j + 1 < n);
+                        r += 2;
+                    }
+                }
+                j += 2;
+            }
+        }
+    }
+
+    /// [`token_dots`] on raw bf16 values.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16; as [`token_dots`].
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn token_dots_bf16<const NV: usize>(
@@ -654,48 +734,28 @@ mod x86 {
         out: *mut f32,
         stride: usize,
     ) {
-        // SAFETY: every access is inside the queries, rows or outputs (contract).
-        unsafe {
-            let load = |p: *const u16| -> __m512bh { std::mem::transmute(_mm512_loadu_si512(p as *const _)) };
-            let scale = _mm_set1_ps(scale);
-            let d = 32 * NV;
-            let n = offs.len();
-            let mut j = 0;
-            while j < n {
-                // An odd last token is paired with itself (its second score is not stored).
-                let (ja, jb) = (offs[j], offs[(j + 1).min(n - 1)]);
-                for h in 0..heads {
-                    let (a, b) = (src.add(ja + h * d), src.add(jb + h * d));
-                    for l in 0..NV {
-                        _mm_prefetch::<_MM_HINT_T1>(pf.add(ja + h * d + 32 * l) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T1>(pf.add(jb + h * d + 32 * l) as *const i8);
-                    }
-                    // Keys of a tile should be in L2 already (prefetched during the previous value
-                    // sums); a second prefetch four tokens ahead catches the ones that are not.
-                    for &at in offs.get(j + 4..(j + 6).min(n)).unwrap_or_default() {
-                        for l in 0..NV {
-                            _mm_prefetch::<_MM_HINT_T1>(src.add(at + h * d + 32 * l) as *const i8);
-                        }
-                    }
-                    let ka: [__m512bh; NV] = std::array::from_fn(|i| load(a.add(32 * i)));
-                    let kb: [__m512bh; NV] = std::array::from_fn(|i| load(b.add(32 * i)));
-                    let mut r = h * per_head;
-                    while r < (h + 1) * per_head {
-                        let mut acc = [_mm512_setzero_ps(); 4];
-                        for i in 0..NV {
-                            let (q0, q1) = (load(q.add(r * d + 32 * i)), load(q.add((r + 1) * d + 32 * i)));
-                            acc[0] = _mm512_dpbf16_ps(acc[0], q0, ka[i]);
-                            acc[1] = _mm512_dpbf16_ps(acc[1], q0, kb[i]);
-                            acc[2] = _mm512_dpbf16_ps(acc[2], q1, ka[i]);
-                            acc[3] = _mm512_dpbf16_ps(acc[3], q1, kb[i]);
-                        }
-                        store_pair(_mm_mul_ps(reduce4(acc), scale), out.add(r * stride + j), stride, j + 1 < n);
-                        r += 2;
-                    }
-                }
-                j += 2;
-            }
-        }
+        // SAFETY: compiled with what Bf16Pairs needs; the rest is the caller's contract.
+        unsafe { token_dots::<Bf16Pairs, NV>(q, heads, per_head, src, pf, offs, scale, out, stride) }
+    }
+
+    /// [`token_dots`] on f32 queries (already scaled) and keys of any source type.
+    ///
+    /// # Safety
+    /// AVX-512F; as [`token_dots`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn token_dots_widened<T: Lanes, const NV: usize>(
+        q: *const f32,
+        heads: usize,
+        per_head: usize,
+        src: *const T,
+        pf: *const T,
+        offs: &[usize],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: compiled with AVX-512F; the rest is the caller's contract.
+        unsafe { token_dots::<Widened<T>, NV>(q, heads, per_head, src, pf, offs, 1.0, out, stride) }
     }
 
     /// `acc[k] += Σⱼ p[k][j] · row j` for four weight vectors given as bf16 (`pb[k]`, kt values,
@@ -907,7 +967,8 @@ mod tests {
     use half::bf16;
 
     /// Small integers: every product and sum is exact in f32, so any correct order gives equal results.
-    fn check<S: Simd, T: Lanes + crate::Element>() {
+    /// `token_dots`: whether the level must have the token-by-token kernel (head sizes 64–128).
+    fn check<S: Simd, T: Lanes + crate::Element>(token_dots: bool) {
         for d in [16, 40, 64, 80, 96, 128, 256] {
             let keys = 5;
             let offs: Vec<usize> = (0..keys).map(|j| j * (d + 3) + 1).collect();
@@ -948,8 +1009,7 @@ mod tests {
                 S::weighted_sum(w, &src, &offs, b);
             }
             assert_eq!(a4, b4, "weighted_sum4 d = {d}");
-            // Token by token, two heads of two rows: the same sums where the level has the kernel
-            // (AVX-512, the level with FMA, must have it for these head sizes).
+            // Token by token, two heads of two rows: the same sums where the level has the kernel.
             let (heads, per_head, stride) = (2, 2, 8);
             let width = heads * d + 3;
             let toks: Vec<usize> = (0..keys).map(|j| (keys - 1 - j) * width).collect();
@@ -965,7 +1025,7 @@ mod tests {
                     }
                 }
             } else {
-                assert!(!S::FMA || ![64, 80, 96, 128].contains(&d), "token_dots refused d = {d}");
+                assert!(!token_dots || ![64, 80, 96, 128].contains(&d), "token_dots refused d = {d}");
             }
             for m in [1, 3, 16] {
                 let a: Vec<f32> = (0..m * (d + 5)).map(|i| (i % 7) as f32 - 3.0).collect();
@@ -1060,18 +1120,18 @@ mod tests {
 
     #[test]
     fn generic_is_exact_on_small_integers() {
-        check::<Generic, f32>();
-        check::<Generic, bf16>();
-        check::<Generic, half::f16>();
+        check::<Generic, f32>(false);
+        check::<Generic, bf16>(false);
+        check::<Generic, half::f16>(false);
     }
 
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn avx512_is_exact_on_small_integers() {
         if crate::cpu::detected() >= crate::cpu::Level::Avx512 {
-            check::<Avx512, f32>();
-            check::<Avx512, bf16>();
-            check::<Avx512, half::f16>();
+            check::<Avx512, f32>(true);
+            check::<Avx512, bf16>(true);
+            check::<Avx512, half::f16>(true);
         }
     }
 }
