@@ -8,7 +8,7 @@
 use crate::fail::{Fail, Result};
 use ascend_sys::*;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -38,7 +38,9 @@ pub struct StreamCore {
     work: Condvar,
     submitted: AtomicU64,
     completed: AtomicU64,
-    waiters: AtomicUsize,
+    /// The lowest task number a sleeping waiter waits for (`u64::MAX`: none), so the stream thread
+    /// wakes waiters once, when their task finishes, not after every task.
+    wake_at: AtomicU64,
     done_lock: Mutex<()>,
     done: Condvar,
     failed: AtomicBool,
@@ -58,7 +60,7 @@ impl StreamCore {
             work: Condvar::new(),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
-            waiters: AtomicUsize::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
             done_lock: Mutex::new(()),
             done: Condvar::new(),
             failed: AtomicBool::new(false),
@@ -124,9 +126,10 @@ impl StreamCore {
             std::hint::spin_loop();
             std::thread::yield_now();
         }
-        self.waiters.fetch_add(1, SeqCst);
         let mut guard = self.done_lock.lock().unwrap();
         let reached = loop {
+            // (Re-)register after every wake-up: the stream thread clears the mark when it notifies.
+            self.wake_at.fetch_min(seq, SeqCst);
             if self.completed() >= seq {
                 break true;
             }
@@ -142,7 +145,6 @@ impl StreamCore {
             }
         };
         drop(guard);
-        self.waiters.fetch_sub(1, SeqCst);
         reached
     }
 
@@ -217,9 +219,10 @@ impl StreamCore {
                     }
                 }
             }
-            self.completed.fetch_add(1, SeqCst);
-            if self.waiters.load(SeqCst) > 0 {
+            let completed = self.completed.fetch_add(1, SeqCst) + 1;
+            if completed >= self.wake_at.load(SeqCst) {
                 let _g = self.done_lock.lock().unwrap();
+                self.wake_at.store(u64::MAX, SeqCst);
                 self.done.notify_all();
             }
         }
@@ -266,6 +269,39 @@ mod tests {
         assert_eq!(s.synchronize(None).unwrap_err().code, 507053);
         assert_eq!(s.synchronize(None).unwrap_err().code, 507053, "sticky");
         assert_eq!(log.lock().unwrap().len(), 100, "device work after a failure is skipped");
+        s.shutdown();
+    }
+
+    #[test]
+    fn a_waiter_wakes_when_its_own_task_finishes() {
+        let s = StreamCore::start("t".into()).unwrap();
+        // Task 1 outlasts the waiters' spin, so they sleep; task 2 holds the stream until released.
+        let first = s
+            .enqueue(Kind::Host, || {
+                std::thread::sleep(Duration::from_millis(30));
+                Ok(())
+            })
+            .unwrap();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let second = s
+            .enqueue(Kind::Host, move || {
+                let _ = gate.recv_timeout(Duration::from_secs(30));
+                Ok(())
+            })
+            .unwrap();
+        let (early_tx, early) = std::sync::mpsc::channel();
+        let (late_tx, late) = std::sync::mpsc::channel();
+        for (seq, tx) in [(first, early_tx), (second, late_tx)] {
+            let s = s.clone();
+            std::thread::spawn(move || tx.send(s.wait_for(seq, Some(Duration::from_secs(20)))).unwrap());
+        }
+        // The waiter for task 1 returns while task 2 still runs; the other one is still waiting.
+        let woke = early.recv_timeout(Duration::from_secs(10));
+        let still_waiting = late.try_recv().is_err();
+        release.send(()).unwrap();
+        assert_eq!(woke, Ok(true), "the waiter for task 1 was not woken when it finished");
+        assert!(still_waiting, "the waiter for task 2 returned before task 2 finished");
+        assert_eq!(late.recv_timeout(Duration::from_secs(10)), Ok(true));
         s.shutdown();
     }
 

@@ -334,6 +334,20 @@ fn paged_decode_long_context_splits_keys() {
 }
 
 #[test]
+fn paged_decode_short_single_sequence_splits_heads() {
+    // One short sequence: too few keys to split, so (with two or more pool threads) its KV heads are
+    // split over items, evenly (8 heads) and unevenly (3 heads), each writing its own output rows.
+    for level in cpu::available() {
+        for heads in [Heads::new(16, 8, 128), Heads::new(12, 3, 64)] {
+            let c =
+                PagedCase { q_lens: vec![1], kv_lens: vec![100], heads, block_size: 16, window: None, magnitude: 1.0 };
+            check_paged::<f32>(level, &c, 9);
+            check_paged::<bf16>(level, &c, 10);
+        }
+    }
+}
+
+#[test]
 fn chunked_prefill_attends_to_prefix_and_chunk() {
     for level in cpu::available() {
         let c = PagedCase {

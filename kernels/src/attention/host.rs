@@ -7,7 +7,8 @@
 //! as a second GEMM. Items with few rows (decode) take every KV head of a sequence and stream its
 //! cache in tiles, in memory order where the level allows (see `streaming`); when there are fewer
 //! such items than threads, the keys of a sequence are split over several items (flash-decoding)
-//! and the partial results merged at the end.
+//! and the partial results merged at the end; a sequence too short for that has its KV heads
+//! split instead (nothing to merge).
 
 use super::softmax::{exp, RowState};
 use crate::cpu::Level;
@@ -137,7 +138,7 @@ pub(crate) fn attention<T: Element>(
     q: &[T],
     out: &mut [T],
 ) {
-    let (items, partials) = plan(g, seqs);
+    let (items, partials) = plan(g, seqs, ascend_rt::host::pool().threads());
     let out_addr = out.as_mut_ptr() as usize;
     let slots: Vec<std::sync::Mutex<Option<Partial>>> = (0..partials).map(|_| Default::default()).collect();
     ascend_rt::host::pool().parallel_for(items.len(), &|i| {
@@ -156,15 +157,15 @@ pub(crate) fn attention<T: Element>(
 }
 
 /// Splits the work into items: tiled blocks of query positions, or (few rows) whole key ranges,
-/// split further when there are fewer items than threads.
-fn plan(g: &Geometry, seqs: &[Seq]) -> (Vec<Item>, usize) {
+/// split further (by keys, else by KV heads) when there are fewer items than `threads`.
+fn plan(g: &Geometry, seqs: &[Seq], threads: usize) -> (Vec<Item>, usize) {
     let group = g.group();
     let block = (TILED_ROWS / group).max(1);
     let mut items = Vec::new();
     // Streaming items take every KV head of a sequence: a token's keys for all heads are one
     // contiguous row, read front to back.
     let streaming: usize = seqs.iter().filter(|s| s.q_len > 0 && s.q_len * group < TILED_MIN_ROWS).count();
-    let want = 4 * ascend_rt::host::pool().threads();
+    let want = 4 * threads;
     let mut partials = 0;
     for (si, s) in seqs.iter().enumerate() {
         if s.q_len == 0 {
@@ -184,7 +185,13 @@ fn plan(g: &Geometry, seqs: &[Seq]) -> (Vec<Item>, usize) {
         let whole = Item { seq: si, h0: 0, h1: g.kv_heads, q0: 0, q1: s.q_len, k0, k1, partial: None };
         let splits = if streaming >= want { 1 } else { want.div_ceil(streaming).min((k1 - k0) / MIN_SPLIT_KEYS) };
         if splits <= 1 {
-            items.push(whole);
+            // Too few keys to split: with fewer sequences than threads, split the KV heads instead
+            // (each item reads its heads' part of every token row; nothing to merge).
+            let parts = (threads / streaming).clamp(1, g.kv_heads);
+            let per = g.kv_heads.div_ceil(parts);
+            for h0 in (0..g.kv_heads).step_by(per) {
+                items.push(Item { h0, h1: g.kv_heads.min(h0 + per), ..whole });
+            }
             continue;
         }
         let per = (k1 - k0).div_ceil(splits);
@@ -473,6 +480,11 @@ fn streaming<T: Element, S: Simd>(
     let (mut offs, mut next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     let (mut head_offs, mut head_next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
+    // Nothing fetched the first tile's keys ahead: start them now (the item's heads of a token are
+    // adjacent).
+    for &o in &next {
+        prefetch_l2(&kall[o..o + heads * d]);
+    }
     for j0 in (it.k0..it.k1).step_by(STREAM_KEYS) {
         let j1 = it.k1.min(j0 + STREAM_KEYS);
         let kt = j1 - j0;
@@ -621,5 +633,48 @@ fn merge_splits<T: Element>(
         // SAFETY: merging is sequential, each group of rows written once; `out` as in `attention`.
         unsafe { write_rows(g, seqs, first, base, out) };
         i = j;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_geometry(kv_heads: usize) -> Geometry {
+        Geometry { heads: 4 * kv_heads, kv_heads, head_dim: 64, scale: 1.0, causal: true, window: None }
+    }
+
+    fn decode(kv_len: usize) -> Seq {
+        Seq { q_start: 0, q_len: 1, kv_len }
+    }
+
+    /// (KV heads, keys, partial) of an item.
+    type Shape = ((usize, usize), (usize, usize), Option<usize>);
+
+    fn shape(items: &[Item]) -> Vec<Shape> {
+        items.iter().map(|it| ((it.h0, it.h1), (it.k0, it.k1), it.partial)).collect()
+    }
+
+    #[test]
+    fn short_sequences_split_heads_long_ones_split_keys() {
+        let g = decode_geometry(8);
+        // One short sequence on two threads: two halves of the heads, nothing to merge.
+        let (items, partials) = plan(&g, &[decode(128)], 2);
+        assert_eq!(shape(&items), [((0, 4), (0, 128), None), ((4, 8), (0, 128), None)]);
+        assert_eq!(partials, 0);
+        // Uneven: three heads over two threads.
+        let (items, _) = plan(&decode_geometry(3), &[decode(100)], 2);
+        assert_eq!(shape(&items), [((0, 2), (0, 100), None), ((2, 3), (0, 100), None)]);
+        // As many sequences as threads: whole items.
+        let (items, _) = plan(&g, &[decode(128), decode(64)], 2);
+        assert_eq!(shape(&items), [((0, 8), (0, 128), None), ((0, 8), (0, 64), None)]);
+        // One thread: never split.
+        assert_eq!(plan(&g, &[decode(128)], 1).0.len(), 1);
+        // A long sequence: key splits (eight for two threads), merged afterwards.
+        let (items, partials) = plan(&g, &[decode(4096)], 2);
+        assert_eq!(partials, 8);
+        assert!(items.iter().all(|it| (it.h0, it.h1) == (0, 8)));
+        assert_eq!(items.first().map(|it| it.k0), Some(0));
+        assert_eq!(items.last().map(|it| it.k1), Some(4096));
     }
 }
