@@ -348,6 +348,26 @@ fn paged_decode_short_single_sequence_splits_heads() {
 }
 
 #[test]
+fn paged_decode_many_short_sequences_run_in_chained_lanes() {
+    // More sequences than lanes: a thread runs several in turn, each prefetching the next one's
+    // first keys. Lengths from 1 up, not multiples of a tile or block.
+    let mut rng = Lcg(11);
+    let kv_lens: Vec<usize> = (0..21).map(|i| if i % 7 == 0 { 1 } else { 1 + rng.below(150) }).collect();
+    for level in cpu::available() {
+        let c = PagedCase {
+            q_lens: vec![1; kv_lens.len()],
+            kv_lens: kv_lens.clone(),
+            heads: Heads::new(16, 4, 64),
+            block_size: 16,
+            window: None,
+            magnitude: 1.0,
+        };
+        check_paged::<f32>(level, &c, 12);
+        check_paged::<bf16>(level, &c, 13);
+    }
+}
+
+#[test]
 fn chunked_prefill_attends_to_prefix_and_chunk() {
     for level in cpu::available() {
         let c = PagedCase {

@@ -114,6 +114,11 @@ impl Item {
         (self.h1 - self.h0) * (self.q1 - self.q0) * group
     }
 
+    /// Whether it streams its cache (few rows, or several KV heads) rather than running tiled.
+    fn streams(&self, group: usize) -> bool {
+        self.h1 - self.h0 > 1 || self.rows(group) < TILED_MIN_ROWS
+    }
+
     /// (query index within the sequence, query head) of row `r`.
     #[inline(always)]
     fn row(&self, r: usize, group: usize) -> (usize, usize) {
@@ -138,17 +143,22 @@ pub(crate) fn attention<T: Element>(
     q: &[T],
     out: &mut [T],
 ) {
-    let (items, partials) = plan(g, seqs, ascend_rt::host::pool().threads());
+    let threads = ascend_rt::host::pool().threads();
+    let (items, partials) = plan(g, seqs, threads);
+    let lanes = lanes(g, &items, threads);
     let out_addr = out.as_mut_ptr() as usize;
     let slots: Vec<std::sync::Mutex<Option<Partial>>> = (0..partials).map(|_| Default::default()).collect();
-    ascend_rt::host::pool().parallel_for(items.len(), &|i| {
-        let it = items[i];
-        let p = run_item(level, g, seqs, kv, q, it);
-        match it.partial {
-            Some(slot) => *slots[slot].lock().unwrap() = Some(p),
-            // SAFETY: items without a split own their rows (positions × heads of one KV head) of `out`,
-            // which outlives the parallel_for; no other item writes them.
-            None => unsafe { write_rows(g, seqs, it, &p, out_addr as *mut T) },
+    ascend_rt::host::pool().parallel_for(lanes.len(), &|l| {
+        for i in lanes[l].clone() {
+            let it = items[i];
+            let then = (i + 1 < lanes[l].end).then(|| items[i + 1]);
+            let p = run_item(level, g, seqs, kv, q, it, then);
+            match it.partial {
+                Some(slot) => *slots[slot].lock().unwrap() = Some(p),
+                // SAFETY: items without a split own their rows (positions × heads of one KV head) of
+                // `out`, which outlives the parallel_for; no other item writes them.
+                None => unsafe { write_rows(g, seqs, it, &p, out_addr as *mut T) },
+            }
         }
     });
     if partials > 0 {
@@ -203,6 +213,22 @@ fn plan(g: &Geometry, seqs: &[Seq], threads: usize) -> (Vec<Item>, usize) {
     (items, partials)
 }
 
+/// Runs of consecutive items that one thread takes in turn: whole streaming items (decode of many
+/// short sequences) in about `4 × threads` runs, so that each one prefetches the next one's first
+/// keys while summing its own last values; every other item alone (they balance better that way).
+fn lanes(g: &Geometry, items: &[Item], threads: usize) -> Vec<std::ops::Range<usize>> {
+    let chained = |it: &Item| it.partial.is_none() && it.streams(g.group());
+    let per_lane = items.iter().filter(|it| chained(it)).count().div_ceil(4 * threads).max(1);
+    let mut lanes: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        match lanes.last_mut() {
+            Some(l) if chained(it) && chained(&items[l.start]) && l.len() < per_lane => l.end = i + 1,
+            _ => lanes.push(i..i + 1),
+        }
+    }
+    lanes
+}
+
 /// Keys that any of the queries `q0..q1` of `s` may see.
 fn key_range(g: &Geometry, s: &Seq, q0: usize, q1: usize) -> (usize, usize) {
     let pos = |i: usize| s.kv_len - s.q_len + i;
@@ -222,15 +248,24 @@ fn visible_keys(g: &Geometry, kv_len: usize, p: usize) -> (usize, usize) {
     (lo, hi)
 }
 
-fn run_item<T: Element>(level: Level, g: &Geometry, seqs: &[Seq], kv: &KvSource<'_, T>, q: &[T], it: Item) -> Partial {
+/// Runs one item; `then`, the item this thread runs next, is prefetched at the end.
+fn run_item<T: Element>(
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
+    it: Item,
+    then: Option<Item>,
+) -> Partial {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `level` was checked against the CPU by the caller.
-        Level::Avx512 | Level::Avx512Bf16 => unsafe { item_avx512(level, g, seqs, kv, q, it) },
+        Level::Avx512 | Level::Avx512Bf16 => unsafe { item_avx512(level, g, seqs, kv, q, it, then) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Level::Avx2 => unsafe { item_avx2(level, g, seqs, kv, q, it) },
-        _ => item_body::<T, Generic>(level, g, seqs, kv, q, it),
+        Level::Avx2 => unsafe { item_avx2(level, g, seqs, kv, q, it, then) },
+        _ => item_body::<T, Generic>(level, g, seqs, kv, q, it, then),
     }
 }
 
@@ -243,8 +278,9 @@ unsafe fn item_avx512<T: Element>(
     kv: &KvSource<'_, T>,
     q: &[T],
     it: Item,
+    then: Option<Item>,
 ) -> Partial {
-    item_body::<T, crate::simd::Avx512>(level, g, seqs, kv, q, it)
+    item_body::<T, crate::simd::Avx512>(level, g, seqs, kv, q, it, then)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -256,8 +292,9 @@ unsafe fn item_avx2<T: Element>(
     kv: &KvSource<'_, T>,
     q: &[T],
     it: Item,
+    then: Option<Item>,
 ) -> Partial {
-    item_body::<T, Generic>(level, g, seqs, kv, q, it)
+    item_body::<T, Generic>(level, g, seqs, kv, q, it, then)
 }
 
 /// One item: rows are (query position, head of the group), position-major; queries pre-scaled.
@@ -269,6 +306,7 @@ fn item_body<T: Element, S: Simd>(
     kv: &KvSource<'_, T>,
     q: &[T],
     it: Item,
+    then: Option<Item>,
 ) -> Partial {
     let (d, group) = (g.head_dim, g.group());
     let s = seqs[it.seq];
@@ -284,7 +322,7 @@ fn item_body<T: Element, S: Simd>(
         pos.push(visible_keys(g, s.kv_len, s.kv_len - s.q_len + i));
     }
     let mut part = Partial { rows: vec![RowState::EMPTY; rows], acc: vec![0f32; rows * d] };
-    if it.h1 - it.h0 == 1 && rows >= TILED_MIN_ROWS {
+    if !it.streams(group) {
         tiled(level, g, kv, it, &qs, &pos, &mut part);
     } else {
         // bf16 queries and keys with AVX-512 BF16: scores straight from the raw bf16 values.
@@ -297,7 +335,7 @@ fn item_body<T: Element, S: Simd>(
             }
             raw
         });
-        streaming::<T, S>(g, kv, it, &qs, raw.as_deref(), &pos, &mut part);
+        streaming::<T, S>(g, kv, it, then, &qs, raw.as_deref(), &pos, &mut part);
     }
     part
 }
@@ -453,7 +491,8 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 /// At the AVX-512 levels (head sizes 64–128, an even number of rows per head) the cache is read in
 /// order: the scores of every head token by token (a token's heads are adjacent), prefetching the
 /// tile's values meanwhile; then per head the softmax step and the value sums, which prefetch the
-/// next tile's keys, so memory is busy while the products run. bf16 with AVX-512 BF16 works on the
+/// next tile's keys (after the last tile, those of `then`, the item this thread runs next), so
+/// memory is busy while the products run. bf16 with AVX-512 BF16 works on the
 /// raw bf16 values throughout. Otherwise each head takes its scores and value sums in turn and the
 /// next tile is prefetched head by head. Prefetches go to L2: into L1 they would evict the rows in
 /// use.
@@ -463,6 +502,7 @@ fn streaming<T: Element, S: Simd>(
     g: &Geometry,
     kv: &KvSource<'_, T>,
     it: Item,
+    then: Option<Item>,
     qs: &[f32],
     raw_q: Option<&[u16]>,
     pos: &[(usize, usize)],
@@ -489,7 +529,12 @@ fn streaming<T: Element, S: Simd>(
         let j1 = it.k1.min(j0 + STREAM_KEYS);
         let kt = j1 - j0;
         std::mem::swap(&mut offs, &mut next);
-        kv.offsets(it.seq, it.h0, (j1, it.k1.min(j1 + STREAM_KEYS)), g, &mut next);
+        // The tile after this one: ours, or the first of the item this thread runs next (same heads).
+        let (seq, keys) = match then.filter(|n| (n.h0, n.h1) == (it.h0, it.h1)) {
+            Some(n) if j1 >= it.k1 => (n.seq, (n.k0, n.k1.min(n.k0 + STREAM_KEYS))),
+            _ => (it.seq, (j1, it.k1.min(j1 + STREAM_KEYS))),
+        };
+        kv.offsets(seq, it.h0, keys, g, &mut next);
         let token_major = raw.is_some_and(|(q, k, v)| {
             crate::simd::token_dots_bf16(q, heads, per_head, k, v, &offs, g.scale, &mut scores, STREAM_KEYS)
         }) || S::token_dots(qs, heads, per_head, kall, vall, &offs, &mut scores, STREAM_KEYS);
@@ -676,5 +721,21 @@ mod tests {
         assert!(items.iter().all(|it| (it.h0, it.h1) == (0, 8)));
         assert_eq!(items.first().map(|it| it.k0), Some(0));
         assert_eq!(items.last().map(|it| it.k1), Some(4096));
+    }
+
+    #[test]
+    fn lanes_chain_whole_streaming_items_only() {
+        let g = decode_geometry(8);
+        // 20 decode sequences on two threads: lanes of at most 20 / (4 · 2) → 3 consecutive items.
+        let (items, _) = plan(&g, &vec![decode(100); 20], 2);
+        let l = lanes(&g, &items, 2);
+        assert_eq!(l.iter().map(|r| r.len()).collect::<Vec<_>>(), [3, 3, 3, 3, 3, 3, 2]);
+        assert!(l.windows(2).all(|w| w[0].end == w[1].start) && l[0].start == 0 && l[6].end == 20);
+        // Key splits and tiled prefill items run alone.
+        let (items, _) = plan(&g, &[decode(4096)], 2);
+        assert!(lanes(&g, &items, 2).iter().all(|r| r.len() == 1));
+        let prefill = Seq { q_start: 0, q_len: 64, kv_len: 64 };
+        let (items, _) = plan(&g, &[prefill; 3], 2);
+        assert!(lanes(&g, &items, 2).iter().all(|r| r.len() == 1));
     }
 }
