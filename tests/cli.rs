@@ -116,6 +116,24 @@ fn bench_all_json_puts_each_figure_next_to_its_limit() {
     assert!(with_limit >= 6, "only {with_limit} figures carry a limit");
 }
 
+#[test]
+fn bench_attention_decode_is_compared_with_the_read_limit_around_it() {
+    let args = "bench attention decode --batch 3 --context 100 --block-size 16 --heads 8 --kv-heads 2 --head-dim 64 \
+                --dtype bf16 --json --budget-ms 2";
+    let (ok, out) = ascend(&args.split_whitespace().collect::<Vec<_>>());
+    assert!(ok, "{out}");
+    let figures = json_lines(&out);
+    let names: Vec<&str> = figures.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["limits.read", "kernels.attention.decode"]);
+    let d = &figures[1];
+    let (gbps, read, frac) =
+        (d["gbps"].as_f64().unwrap(), d["read_gbps"].as_f64().unwrap(), d["read_fraction"].as_f64().unwrap());
+    assert!(gbps > 0.0 && read > 0.0, "{d}");
+    assert!((frac - gbps / read).abs() <= 1e-9 * frac, "{d}");
+    let (ok, _) = ascend(&["bench", "attention", "decode", "--batch", "0", "--context", "8"]);
+    assert!(!ok, "a zero batch is refused");
+}
+
 /// The value of a figure: the one numeric field named by its unit.
 fn figure_value(f: &Value) -> f64 {
     ["gbps", "gflops", "us"].iter().find_map(|u| f[*u].as_f64()).unwrap()

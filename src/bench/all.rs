@@ -1,6 +1,6 @@
 //! `ascend bench all`: a quick sweep of every benchmark on the current backend, each figure next to
-//! the limit it is bound by, measured at the start of the same run (streaming-read and copy
-//! bandwidth, FMA peak), and the fraction of it reached.
+//! the limit it is bound by, measured in the same run (copy bandwidth and FMA peak at the start,
+//! streaming-read bandwidth around each figure it bounds), and the fraction of it reached.
 
 use super::attention::{self, Workload};
 use super::{collectives, limits, matmul, runtime, try_per_iter, Figure};
@@ -25,7 +25,7 @@ fn param(f: &Figure, key: &str) -> f64 {
 /// Runs the sweep; `budget` is the target time of each measurement; `progress` hears each step.
 pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Figure>> {
     progress("limits (read, copy, FMA peak)");
-    let read = limits::read_bandwidth(budget)?;
+    let (mut read_limit, read) = limits::ReadLimit::new(budget)?;
     let copy = limits::copy_bandwidth(budget);
     let fma = limits::fma_peak(budget);
     // vdpbf16ps does two products per lane: bf16 peak is twice the f32 one where the CPU has it.
@@ -72,18 +72,19 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
         let v = f.value;
         out.push(against(f, if dtype == "f32" { &fma } else { &bf16_peak }, v));
     }
-    let f = matmul::measure(Shape::new(1, 4096, 4096).transposed_b(), "bf16", None, budget)?;
+    let (f, r) =
+        read_limit.around(|| matmul::measure(Shape::new(1, 4096, 4096).transposed_b(), "bf16", None, budget))?;
     let w = param(&f, "weights_gbps");
-    out.push(against(f, &read, w));
+    out.push(against(f, &Figure { value: r, ..read.clone() }, w));
 
     progress("attention");
     let heads = Heads::new(32, 8, 128);
-    let f = attention::measure(Workload::Prefill { seq: 1024 }, heads, "f32", budget, None)?;
+    let f = attention::measure(Workload::Prefill { seq: 1024 }, heads, "f32", budget)?;
     let v = f.value;
     out.push(against(f, &fma, v));
-    let f =
-        attention::measure(Workload::Decode { batch: 8, context: 2048, block_size: 16 }, heads, "bf16", budget, None)?;
+    let decode = Workload::Decode { batch: 8, context: 2048, block_size: 16 };
+    let (f, r) = read_limit.around(|| attention::measure(decode, heads, "bf16", budget))?;
     let v = f.value;
-    out.push(against(f, &read, v));
+    out.push(against(f, &Figure { value: r, ..read }, v));
     Ok(out)
 }

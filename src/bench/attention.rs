@@ -3,6 +3,7 @@
 //! with the fraction of the streaming-read bandwidth measured first. The same code serves
 //! `ascend bench attention` and `benches/attention.rs`.
 
+use super::limits::{with_read, ReadLimit};
 use super::{try_per_iter, Figure, DTYPES};
 use ascend_kernels::{BlockTables, Element, Heads, PagedAttention, Prefill};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
@@ -131,8 +132,8 @@ fn runner<T: Element>(
     }
 }
 
-/// Measures one workload; `read_gbps` (the streaming-read limit) adds `read_fraction` to decode.
-pub fn measure(work: Workload, heads: Heads, dtype: &str, budget: Duration, read_gbps: Option<f64>) -> Result<Figure> {
+/// Measures one workload.
+pub fn measure(work: Workload, heads: Heads, dtype: &str, budget: Duration) -> Result<Figure> {
     let mut case = Case::new(work, heads, dtype)?;
     let t = try_per_iter(budget, |n| case.time(n))?;
     let secs = t.as_secs_f64();
@@ -160,9 +161,6 @@ pub fn measure(work: Workload, heads: Heads, dtype: &str, budget: Duration, read
         Workload::Decode { .. } => {
             let gbps = case.kv_bytes() / secs / 1e9;
             params.push(("us".to_string(), Value::from(secs * 1e6)));
-            if let Some(r) = read_gbps {
-                params.push(("read_fraction".to_string(), Value::from(gbps / r)));
-            }
             Figure { name: "kernels.attention.decode".into(), params, value: gbps, unit: "gbps" }
         }
     })
@@ -181,7 +179,8 @@ pub fn default_workloads() -> Vec<Workload> {
     prefill.into_iter().chain(decode).collect()
 }
 
-/// Measures the streaming-read limit, then every workload in every dtype.
+/// Measures the streaming-read limit, then every workload in every dtype; decode figures get
+/// `read_gbps` (the limit measured around them, see [`ReadLimit`]) and `read_fraction`.
 pub fn sweep(
     work: &[Workload],
     heads: Heads,
@@ -190,13 +189,19 @@ pub fn sweep(
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<Figure>> {
     progress("limits.read");
-    let read = super::limits::read_bandwidth(budget)?;
-    let read_gbps = read.value;
+    let (mut limit, read) = ReadLimit::new(budget)?;
     let mut out = vec![read];
     for &w in work {
         for &dtype in dtypes {
             progress(&format!("kernels.attention {w:?} {dtype}"));
-            out.push(measure(w, heads, dtype, budget, Some(read_gbps))?);
+            out.push(match w {
+                Workload::Prefill { .. } => measure(w, heads, dtype, budget)?,
+                Workload::Decode { .. } => {
+                    let (f, read_gbps) = limit.around(|| measure(w, heads, dtype, budget))?;
+                    let gbps = f.value;
+                    with_read(f, gbps, read_gbps)
+                }
+            });
         }
     }
     Ok(out)

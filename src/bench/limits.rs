@@ -74,20 +74,56 @@ fn sum(words: &[u64]) -> u64 {
     lanes.iter().fold(tail, |a, &l| a.wrapping_add(l))
 }
 
-/// Measures streaming-read bandwidth (GB/s, bytes read) of [`PROBE_BYTES`] of device memory on every
-/// pool thread. Fails as [`ReadProbe::new`] does.
-pub fn read_bandwidth(budget: Duration) -> Result<Figure> {
-    let probe = ReadProbe::new(PROBE_BYTES)?;
-    let t = try_per_iter(budget, |n| probe.time(n))?;
-    Ok(Figure {
-        name: "limits.read".into(),
-        params: vec![
-            ("bytes".to_string(), Value::from(probe.bytes())),
-            ("threads".to_string(), Value::from(pool().threads())),
-        ],
-        value: probe.bytes() as f64 / t.as_secs_f64() / 1e9,
-        unit: "gbps",
-    })
+/// The streaming-read limit measured next to each bandwidth-bound figure. Memory bandwidth on a
+/// shared host changes from minute to minute (here it flips between two levels, about 1.6× apart),
+/// so a limit measured once at the start of a sweep can flatter or wrong a figure measured later.
+/// Each figure is compared with the better of the probes just before and just after it.
+pub struct ReadLimit {
+    probe: ReadProbe,
+    budget: Duration,
+    last: f64,
+}
+
+impl ReadLimit {
+    /// Allocates the probe and measures it once; returns the limit and that first `limits.read`
+    /// figure. Fails as [`ReadProbe::new`] does.
+    pub fn new(budget: Duration) -> Result<(ReadLimit, Figure)> {
+        let probe = ReadProbe::new(PROBE_BYTES)?;
+        let mut limit = ReadLimit { probe, budget, last: 0.0 };
+        limit.last = limit.measure()?;
+        let figure = Figure {
+            name: "limits.read".into(),
+            params: vec![
+                ("bytes".to_string(), Value::from(limit.probe.bytes())),
+                ("threads".to_string(), Value::from(pool().threads())),
+            ],
+            value: limit.last,
+            unit: "gbps",
+        };
+        Ok((limit, figure))
+    }
+
+    fn measure(&self) -> Result<f64> {
+        let t = try_per_iter(self.budget, |n| self.probe.time(n))?;
+        Ok(self.probe.bytes() as f64 / t.as_secs_f64() / 1e9)
+    }
+
+    /// Runs `figure` and returns it with the read limit around it (GB/s): the better of the probe
+    /// before it (the previous one's after-probe) and one measured right after it.
+    pub fn around<T>(&mut self, figure: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+        let before = self.last;
+        let out = figure()?;
+        self.last = self.measure()?;
+        Ok((out, before.max(self.last)))
+    }
+}
+
+/// Adds the read limit measured around a bandwidth figure: `read_gbps` and `read_fraction` (`gbps`,
+/// the bytes the figure had to read per second, over it).
+pub fn with_read(mut f: Figure, gbps: f64, read_gbps: f64) -> Figure {
+    f.params.push(("read_gbps".to_string(), Value::from(read_gbps)));
+    f.params.push(("read_fraction".to_string(), Value::from(gbps / read_gbps)));
+    f
 }
 
 /// Measures copy bandwidth (GB/s of bytes copied) over [`PROBE_BYTES`] on every pool thread: the

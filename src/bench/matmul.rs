@@ -1,6 +1,7 @@
 //! Matmul throughput (GFLOPS = 2·m·n·k·batch / time) at any shape, dtype and SIMD level; the same
 //! code serves `ascend bench matmul` and `benches/matmul.rs`.
 
+use super::limits::{with_read, ReadLimit};
 use super::{try_per_iter, Figure, DTYPES};
 use ascend_kernels::{cpu::Level, Element, Matmul, Shape};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
@@ -108,7 +109,8 @@ pub fn default_shapes() -> Vec<Shape> {
 }
 
 /// Measures the streaming-read limit, then every shape in every dtype; decode figures get
-/// `read_fraction` = weights_gbps / the read bandwidth measured here. `progress` is told each step.
+/// `read_gbps` (the limit measured around them, see [`ReadLimit`]) and `read_fraction` =
+/// weights_gbps / read_gbps. `progress` is told each step.
 pub fn sweep(
     shapes: &[Shape],
     dtypes: &[&str],
@@ -117,17 +119,18 @@ pub fn sweep(
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<Figure>> {
     progress("limits.read");
-    let read = super::limits::read_bandwidth(budget)?;
-    let read_gbps = read.value;
+    let (mut limit, read) = ReadLimit::new(budget)?;
     let mut out = vec![read];
     for &shape in shapes {
         for &dtype in dtypes {
             progress(&format!("kernels.matmul {dtype} {}x{}x{}", shape.m, shape.n, shape.k));
-            let mut f = measure(shape, dtype, level, budget)?;
-            if let Some(w) = f.param("weights_gbps") {
-                f.params.push(("read_fraction".to_string(), Value::from(w / read_gbps)));
+            if shape.m > ascend_kernels::matmul::DECODE_MAX_M {
+                out.push(measure(shape, dtype, level, budget)?);
+                continue;
             }
-            out.push(f);
+            let (f, read_gbps) = limit.around(|| measure(shape, dtype, level, budget))?;
+            let w = f.param("weights_gbps").unwrap_or(f64::NAN);
+            out.push(with_read(f, w, read_gbps));
         }
     }
     Ok(out)
