@@ -71,12 +71,6 @@ pub struct View<'a, T> {
     pub cs: usize,
 }
 
-impl<T: Copy> View<'_, T> {
-    fn get(&self, r: usize, c: usize) -> T {
-        self.data[r * self.rs + c * self.cs]
-    }
-}
-
 /// Depth of one packed slice of k.
 const KC: usize = 1024;
 /// Largest microkernel tile (MR × NR).
@@ -214,33 +208,40 @@ pub fn gemm_bf16(m: usize, n: usize, k: usize, a: View<'_, bf16>, b: View<'_, bf
 /// A microkernel: `(kcp, A panel, B strip, tile)`.
 type Tile<'t, P> = dyn Fn(usize, &[P], &[P], &mut [f32; TILE]) + Sync + 't;
 
-/// A packing source: a matrix view and how to turn its elements into packed elements.
-type Source<'v, 'a, T, P> = (&'v View<'a, T>, fn(T) -> P);
+/// A packing source: a matrix view and how to turn its elements into packed elements (a function
+/// item, so each conversion is compiled into the packing loops rather than called through a pointer).
+type Source<'v, 'a, T, F> = (&'v View<'a, T>, F);
 
 /// The blocked driver: packs B per `KC` slice into `nr`-wide strips and A per item into `mr`-row
 /// panels (`ks` consecutive k values interleaved per row/column: 1 for f32, 2 for bf16 pairs), then
 /// runs `tile` on each (panel, strip) on the pool. `accumulate`: add to `c` instead of overwriting it.
 #[allow(clippy::too_many_arguments)]
-fn drive<P: Copy + Default + Send + Sync, A: Copy + Sync, B: Copy + Sync>(
+fn drive<P, A, B, FA, FB>(
     level: Level,
     (m, n, k): (usize, usize, usize),
     (mr, nr, ks): (usize, usize, usize),
-    (a, conv_a): Source<'_, '_, A, P>,
-    (b, conv_b): Source<'_, '_, B, P>,
+    (a, conv_a): Source<'_, '_, A, FA>,
+    (b, conv_b): Source<'_, '_, B, FB>,
     tile: &Tile<'_, P>,
     c: &mut [f32],
     accumulate: bool,
-) {
+) where
+    P: Packed,
+    A: Copy + Sync,
+    B: Copy + Sync,
+    FA: Fn(A) -> P + Sync,
+    FB: Fn(B) -> P + Sync,
+{
     assert!(c.len() >= m * n && level <= crate::cpu::detected());
     let mc = mr * 12;
     let strips = n.div_ceil(nr);
     let pool = ascend_rt::host::pool();
     let c_addr = c.as_mut_ptr() as usize;
-    let mut packed_b = Vec::new();
+    let mut packed_b = P::buffer().take();
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         let kcp = kc.div_ceil(ks) * ks;
-        pack_b(b, conv_b, pc, kc, kcp, n, nr, ks, &mut packed_b);
+        pack_b(b, &conv_b, pc, kc, kcp, n, nr, ks, &mut packed_b);
         let row_blocks = m.div_ceil(mc);
         // Enough row blocks keep every thread busy without splitting the columns (each split packs
         // the same rows of A again); otherwise split the strips into groups.
@@ -250,7 +251,7 @@ fn drive<P: Copy + Default + Send + Sync, A: Copy + Sync, B: Copy + Sync>(
         pool.parallel_for(row_blocks * groups, &|item| {
             let (ib, g) = (item / groups, item % groups);
             let (ic, rows) = (ib * mc, mc.min(m - ib * mc));
-            let a_panels = pack_a(a, conv_a, ic, rows, pc, kc, kcp, mr, ks);
+            let a_panels = pack_a(a, &conv_a, ic, rows, pc, kc, kcp, mr, ks);
             let mut t = [0f32; TILE];
             for s in g * per_item..strips.min((g + 1) * per_item) {
                 let cols = nr.min(n - s * nr);
@@ -269,6 +270,9 @@ fn drive<P: Copy + Default + Send + Sync, A: Copy + Sync, B: Copy + Sync>(
             }
         });
     }
+    if packed_b.capacity() * std::mem::size_of::<P>() <= KEEP_PACKED_BYTES {
+        P::buffer().set(packed_b);
+    }
 }
 
 /// Index of (k offset `p`, column or row `x`) in a packed strip or panel `width` wide, with `ks`
@@ -279,9 +283,9 @@ fn slot(p: usize, x: usize, width: usize, ks: usize) -> usize {
 
 /// B rows `pc..pc + kc` into strips of `nr` columns (zero beyond `n` and `kc`), in parallel.
 #[allow(clippy::too_many_arguments)]
-fn pack_b<B: Copy + Sync, P: Copy + Default + Send + Sync>(
+fn pack_b<B: Copy + Sync, P: Packed>(
     b: &View<'_, B>,
-    conv: fn(B) -> P,
+    conv: &(impl Fn(B) -> P + Sync),
     pc: usize,
     kc: usize,
     kcp: usize,
@@ -291,37 +295,75 @@ fn pack_b<B: Copy + Sync, P: Copy + Default + Send + Sync>(
     out: &mut Vec<P>,
 ) {
     let strips = n.div_ceil(nr);
-    out.clear();
-    out.resize(strips * kcp * nr, P::default());
+    // Grown, never cleared: packing writes every element, padding included.
+    if out.len() < strips * kcp * nr {
+        out.resize(strips * kcp * nr, P::default());
+    }
     let addr = out.as_mut_ptr() as usize;
     ascend_rt::host::pool().parallel_for(strips, &|s| {
         // SAFETY: strip `s` owns elements [s·kcp·nr, (s+1)·kcp·nr) of `out`, disjoint from the other
         // strips', and `out` outlives the parallel_for.
         let strip = unsafe { std::slice::from_raw_parts_mut((addr as *mut P).add(s * kcp * nr), kcp * nr) };
         let cols = nr.min(n - s * nr);
-        if b.cs == 1 {
-            // Row-major B: read along rows.
+        if b.cs == 1 && b.rs != 1 {
+            // Row-major B: each row's columns of the strip side by side.
             for p in 0..kc {
-                for j in 0..cols {
-                    strip[slot(p, j, nr, ks)] = conv(b.get(pc + p, s * nr + j));
+                let row = &b.data[(pc + p) * b.rs + s * nr..][..cols];
+                for (j, &v) in row.iter().enumerate() {
+                    strip[slot(p, j, nr, ks)] = conv(v);
                 }
             }
-        } else {
-            // Column-major B (transposed weights [N, K]): read along columns.
-            for j in 0..cols {
-                for p in 0..kc {
-                    strip[slot(p, j, nr, ks)] = conv(b.get(pc + p, s * nr + j));
-                }
-            }
+            zero_padding(strip, kc, kcp, cols, nr, ks);
+            return;
         }
+        for j in 0..cols {
+            // Column j of the strip: contiguous in B for transposed weights ([N, K], `rs == 1`).
+            pack_line(b, conv, (pc, s * nr + j), (1, 0), kc, strip, j, nr, ks);
+        }
+        zero_padding(strip, kc, kcp, cols, nr, ks);
     });
 }
+
+/// Zeroes the slots of a packed strip beyond its `kc` rows and `cols` columns (the microkernel reads
+/// all `kcp × nr`).
+fn zero_padding<P: Packed>(strip: &mut [P], kc: usize, kcp: usize, cols: usize, nr: usize, ks: usize) {
+    for p in 0..kcp {
+        let from = if p < kc { cols } else { 0 };
+        for j in from..nr {
+            strip[slot(p, j, nr, ks)] = P::default();
+        }
+    }
+}
+
+/// Packed element types (f32, and u16 for bf16 pairs), each with a per-thread buffer for packed B,
+/// reused across calls so that a GEMM does not fault in (and zero) megabytes of new pages each time.
+trait Packed: Copy + Default + Send + Sync + 'static {
+    fn buffer() -> &'static std::thread::LocalKey<std::cell::Cell<Vec<Self>>>;
+}
+
+macro_rules! packed {
+    ($t:ty, $key:ident) => {
+        thread_local! {
+            static $key: std::cell::Cell<Vec<$t>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        impl Packed for $t {
+            fn buffer() -> &'static std::thread::LocalKey<std::cell::Cell<Vec<$t>>> {
+                &$key
+            }
+        }
+    };
+}
+packed!(f32, PACKED_B_F32);
+packed!(u16, PACKED_B_U16);
+
+/// Largest packed-B buffer a thread keeps between calls.
+const KEEP_PACKED_BYTES: usize = 64 << 20;
 
 /// A rows `ic..ic + rows`, columns `pc..pc + kc` into panels of `mr` rows (zero-padded).
 #[allow(clippy::too_many_arguments)]
 fn pack_a<A: Copy, P: Copy + Default>(
     a: &View<'_, A>,
-    conv: fn(A) -> P,
+    conv: &impl Fn(A) -> P,
     ic: usize,
     rows: usize,
     pc: usize,
@@ -333,12 +375,49 @@ fn pack_a<A: Copy, P: Copy + Default>(
     let panels = rows.div_ceil(mr);
     let mut out = vec![P::default(); panels * kcp * mr];
     for r in 0..rows {
-        let base = (r / mr) * kcp * mr;
-        for p in 0..kc {
-            out[base + slot(p, r % mr, mr, ks)] = conv(a.get(ic + r, pc + p));
-        }
+        let panel = &mut out[(r / mr) * kcp * mr..(r / mr + 1) * kcp * mr];
+        pack_line(a, conv, (ic + r, pc), (0, 1), kc, panel, r % mr, mr, ks);
     }
     out
+}
+
+/// Packs `kc` elements of `src` from `(r, c)` along `(dr, dc)` (one row or column of a block) into
+/// position `x` of a panel or strip `width` wide (`dst`, indexed by [`slot`]). A contiguous line (the
+/// rows of A, the columns of transposed weights) is read as a slice: no index arithmetic per element.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pack_line<T: Copy, P: Copy>(
+    src: &View<'_, T>,
+    conv: &impl Fn(T) -> P,
+    (r, c): (usize, usize),
+    (dr, dc): (usize, usize),
+    kc: usize,
+    dst: &mut [P],
+    x: usize,
+    width: usize,
+    ks: usize,
+) {
+    let step = dr * src.rs + dc * src.cs;
+    let start = r * src.rs + c * src.cs;
+    if step == 1 {
+        let line = &src.data[start..start + kc];
+        if ks == 1 {
+            for (d, &v) in dst[x..].iter_mut().step_by(width).zip(line) {
+                *d = conv(v);
+            }
+        } else {
+            for (q, group) in line.chunks(ks).enumerate() {
+                let at = q * width * ks + x * ks;
+                for (d, &v) in dst[at..at + group.len()].iter_mut().zip(group) {
+                    *d = conv(v);
+                }
+            }
+        }
+    } else {
+        for p in 0..kc {
+            dst[slot(p, x, width, ks)] = conv(src.data[start + p * step]);
+        }
+    }
 }
 
 /// Writes (or adds, when `accumulate`) the valid `rows × cols` of an `nr`-wide tile into C.
@@ -475,6 +554,46 @@ mod x86 {
             unsafe {
                 _mm256_storeu_ps(tile.as_mut_ptr().add(r * 16), row[0]);
                 _mm256_storeu_ps(tile.as_mut_ptr().add(r * 16 + 8), row[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_packing_buffers_never_leak_into_results() {
+        // NaN left in this thread's packed-B buffers, then shapes whose packing has padding (n not a
+        // multiple of the strip width; odd k, so the last bf16 pair is half padding): small integers,
+        // so every result is exact.
+        let (m, n, k) = (5, 37, 9);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 - 2.0).collect(); // [n, k]
+        let want: Vec<f32> = (0..m * n).map(|x| (0..k).map(|p| a[x / n * k + p] * w[x % n * k + p]).sum()).collect();
+        let poison = || {
+            PACKED_B_F32.set(vec![f32::NAN; 1 << 16]);
+            PACKED_B_U16.set(vec![0x7fc0; 1 << 16]);
+        };
+        let av = View { data: &a[..], rs: k, cs: 1 };
+        for (rs, cs) in [(1, k), (n, 1)] {
+            // Weights [n, k] (transposed), then the same values stored [k, n].
+            let b: Vec<f32> = if rs == 1 { w.clone() } else { (0..k * n).map(|i| w[i % n * k + i / n]).collect() };
+            let bv = View { data: &b[..], rs, cs };
+            for level in crate::cpu::available() {
+                poison();
+                let mut c = vec![0f32; m * n];
+                gemm(level, m, n, k, av, bv, &mut c);
+                assert_eq!(c, want, "{} rs {rs}", level.name());
+            }
+            if crate::cpu::detected() == Level::Avx512Bf16 {
+                poison();
+                let (ab, bb): (Vec<bf16>, Vec<bf16>) =
+                    (a.iter().map(|&x| bf16::from_f32(x)).collect(), b.iter().map(|&x| bf16::from_f32(x)).collect());
+                let mut c = vec![0f32; m * n];
+                gemm_bf16(m, n, k, View { data: &ab[..], rs: k, cs: 1 }, View { data: &bb[..], rs, cs }, &mut c);
+                assert_eq!(c, want, "bf16 rs {rs}");
             }
         }
     }
