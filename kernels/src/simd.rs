@@ -20,11 +20,26 @@ pub(crate) trait Simd {
     #[inline(always)]
     fn rows_dot<T: Lanes>(a: &[f32], lda: usize, w: &[T], out: &mut [f32]) {
         let k = w.len();
+        if T::INLINE_CONVERT {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = Generic::dot::<T, 64>(w, &a[i * lda..i * lda + k]);
+            }
+            return;
+        }
         let mut row = vec![0f32; k];
         T::slice_to_f32(w, &mut row);
         for (i, o) in out.iter_mut().enumerate() {
-            *o = Generic::dot(&a[i * lda..i * lda + k], &row);
+            *o = Generic::dot::<f32, 64>(&row, &a[i * lda..i * lda + k]);
         }
+    }
+
+    /// [`Simd::rows_dot`] for two rows of weights: `out[r][i] = a row i · w[r]` (each activation
+    /// chunk loaded once for both).
+    #[inline(always)]
+    fn rows_dot2<T: Lanes>(a: &[f32], lda: usize, w: [&[T]; 2], out: [&mut [f32]; 2]) {
+        let [o0, o1] = out;
+        Self::rows_dot(a, lda, w[0], o0);
+        Self::rows_dot(a, lda, w[1], o1);
     }
 
     /// [`Simd::dots`] for two queries against the same rows (each row read once for both).
@@ -261,18 +276,29 @@ pub(crate) fn weighted_sum4_bf16(
 pub(crate) struct Generic;
 
 impl Generic {
+    /// `x · y` with `L` (a power of two) independent partial sums, so the loop vectorises, `x`
+    /// converted inline: 8 for short rows (head sizes), 64 for long ones (weight rows).
     #[inline(always)]
-    fn dot(x: &[f32], y: &[f32]) -> f32 {
-        const LANES: usize = 8;
-        let mut acc = [0f32; LANES];
-        let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-        let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    fn dot<X: ToF32, const L: usize>(x: &[X], y: &[f32]) -> f32 {
+        let mut acc = [0f32; L];
+        let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
+        let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a.to_f32() * b).sum();
         for (xs, ys) in xc.zip(yc) {
-            for l in 0..LANES {
-                acc[l] += xs[l] * ys[l];
+            // Fixed-size arrays: no bounds checks, so the lanes become vector operations.
+            let (xs, ys): (&[X; L], &[f32; L]) = (xs.try_into().unwrap(), ys.try_into().unwrap());
+            for l in 0..L {
+                acc[l] += xs[l].to_f32() * ys[l];
             }
         }
-        acc.iter().sum::<f32>() + tail
+        // Reduce by halves: a sequential sum of the lanes would be one long dependency chain.
+        let mut width = L;
+        while width > 1 {
+            width /= 2;
+            for l in 0..width {
+                acc[l] += acc[l + width];
+            }
+        }
+        acc[0] + tail
     }
 }
 
@@ -285,7 +311,7 @@ impl Simd for Generic {
         let mut row = vec![0f32; d];
         for (o, &at) in out.iter_mut().zip(offs) {
             T::slice_to_f32(&src[at..at + d], &mut row);
-            *o = Self::dot(q, &row);
+            *o = Self::dot::<f32, 8>(q, &row);
         }
     }
 
@@ -388,6 +414,25 @@ impl Simd for Avx512 {
             };
         }
         rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    }
+
+    #[inline(always)]
+    fn rows_dot2<T: Lanes>(a: &[f32], lda: usize, w: [&[T]; 2], out: [&mut [f32]; 2]) {
+        let (m, k) = (out[0].len(), w[0].len());
+        assert!(m <= 8 && out[1].len() == m && w[1].len() == k && (m == 0 || a.len() >= (m - 1) * lda + k));
+        let [o0, o1] = out;
+        let (wp, op) = ([w[0].as_ptr(), w[1].as_ptr()], [o0.as_mut_ptr(), o1.as_mut_ptr()]);
+        macro_rules! rows {
+            ($($n:literal)*) => {
+                match m {
+                    // SAFETY: AVX-512F as above; `a` holds m rows of k at stride lda, each `w` k values
+                    // and each `out` m (checked).
+                    $($n => unsafe { x86::rows_dot_j::<T, $n, 2>(a.as_ptr(), lda, wp, k, op) },)*
+                    _ => {}
+                }
+            };
+        }
+        rows!(1 2 3 4 5 6 7 8);
     }
 
     #[inline(always)]
@@ -517,24 +562,47 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     pub unsafe fn rows_dot<T: Lanes, const M: usize>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) {
-        let k = w.len();
-        // SAFETY: every access is inside `w` or one of the M rows of `a` (contract).
+        // SAFETY: forwarded contract (one row of weights).
+        unsafe { rows_dot_j::<T, M, 1>(a, lda, [w.as_ptr()], w.len(), [out.as_mut_ptr()]) }
+    }
+
+    /// `out[r][i] = a row i · w[r]` for M activation rows and J weight rows: each 16 weights are
+    /// loaded (and converted) once for all M rows, each 16 activations once for all J rows.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `a` holds M rows of `k` values at stride `lda`; each `w[r]`
+    /// holds k values and each `out[r]` M.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn rows_dot_j<T: Lanes, const M: usize, const J: usize>(
+        a: *const f32,
+        lda: usize,
+        w: [*const T; J],
+        k: usize,
+        out: [*mut f32; J],
+    ) {
+        // SAFETY: every access is inside a row of `w`, one of the M rows of `a`, or `out` (contract).
         unsafe {
-            let mut acc = [_mm512_setzero_ps(); M];
+            let mut acc = [[_mm512_setzero_ps(); M]; J];
             let mut p = 0;
             while p + 16 <= k {
-                let wv = T::load16(w.as_ptr().add(p));
+                let wv: [__m512; J] = std::array::from_fn(|r| T::load16(w[r].add(p)));
                 for i in 0..M {
-                    acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i * lda + p)), wv, acc[i]);
+                    let av = _mm512_loadu_ps(a.add(i * lda + p));
+                    for r in 0..J {
+                        acc[r][i] = _mm512_fmadd_ps(av, wv[r], acc[r][i]);
+                    }
                 }
                 p += 16;
             }
-            for i in 0..M {
-                let mut s = _mm512_reduce_add_ps(acc[i]);
-                for q in p..k {
-                    s += *a.add(i * lda + q) * w[q].to_f32();
+            for r in 0..J {
+                for i in 0..M {
+                    let mut s = _mm512_reduce_add_ps(acc[r][i]);
+                    for q in p..k {
+                        s += *a.add(i * lda + q) * (*w[r].add(q)).to_f32();
+                    }
+                    *out[r].add(i) = s;
                 }
-                out[i] = s;
             }
         }
     }
@@ -1032,8 +1100,16 @@ mod tests {
                 let w = &src[1..1 + d];
                 let mut got = vec![0f32; m];
                 S::rows_dot(&a, d + 5, w, &mut got);
-                let want: Vec<f32> = (0..m).map(|i| (0..d).map(|p| a[i * (d + 5) + p] * w[p].to_f32()).sum()).collect();
+                let dot = |w: &[T], i: usize| (0..d).map(|p| a[i * (d + 5) + p] * w[p].to_f32()).sum::<f32>();
+                let want: Vec<f32> = (0..m).map(|i| dot(w, i)).collect();
                 assert_eq!(got, want, "rows_dot m = {m}, d = {d}");
+                if m <= 8 {
+                    let w2 = &src[d + 3..2 * d + 3];
+                    let (mut g0, mut g1) = (vec![0f32; m], vec![0f32; m]);
+                    S::rows_dot2(&a, d + 5, [w, w2], [&mut g0, &mut g1]);
+                    assert_eq!(g0, want, "rows_dot2 first row, m = {m}, d = {d}");
+                    assert_eq!(g1, (0..m).map(|i| dot(w2, i)).collect::<Vec<_>>(), "rows_dot2 second row, m = {m}");
+                }
             }
         }
     }
