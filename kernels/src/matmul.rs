@@ -3,8 +3,8 @@
 //! input type or f32. Every argument is validated before anything is enqueued.
 //!
 //! Implemented here: the host path (simulator streams), with the SIMD level chosen at run time
-//! ([`crate::cpu`]); products with m ≤ 16 (decode) take a bandwidth-bound path that reads each weight
-//! once; bf16 products use native bf16 dot products where the CPU has AVX-512 BF16. On an NPU stream
+//! ([`crate::cpu`]); products with m ≤ 32 (decode, small batches) take a bandwidth-bound path that
+//! reads each weight once; bf16 products use native bf16 dot products where the CPU has AVX-512 BF16. On an NPU stream
 //! the same call runs aclnnMm / aclnnBatchMatMul ([`crate::npu`]).
 
 use crate::cpu::{self, Level};

@@ -66,7 +66,7 @@ fn check<T: Element, O: Element>(level: cpu::Level, s: Shape, bias: bool, seed: 
     }
 }
 
-const SHAPES: [(usize, usize, usize); 11] = [
+const SHAPES: [(usize, usize, usize); 12] = [
     (1, 1, 1),
     (7, 13, 5),
     (17, 33, 257),
@@ -77,8 +77,10 @@ const SHAPES: [(usize, usize, usize); 11] = [
     (129, 65, 1),
     (16, 96, 520),
     (11, 40, 1500),
-    // Decode-shaped with k beyond one activation block (4096 for m = 16): partial sums carried over.
+    // Decode-shaped with k beyond one activation block (4096 for m = 16, 2256 for m = 29): partial
+    // sums carried over.
     (16, 24, 4500),
+    (29, 10, 2300),
 ];
 
 #[test]

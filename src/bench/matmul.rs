@@ -72,7 +72,7 @@ fn runner<T: Element>(
     }))
 }
 
-/// Measures one shape; `budget` is the target time per measurement. Decode shapes (m ≤ 16) also
+/// Measures one shape; `budget` is the target time per measurement. Decode shapes (m ≤ 32) also
 /// report the weight bytes streamed per second (`weights_gbps`), the figure that bounds them.
 pub fn measure(shape: Shape, dtype: &str, level: Option<Level>, budget: Duration) -> Result<Figure> {
     let mut case = Case::new(shape, dtype, level)?;
