@@ -109,9 +109,11 @@ unsafe fn body<B: ToF32 + Lanes, S: Simd>(
         let kblock = (A_BLOCK_BYTES / 4 / m).max(16) / 16 * 16;
         for kb in (0..k).step_by(kblock) {
             let len = kblock.min(k - kb);
-            // Two weight rows at a time (each activation chunk loaded once for both), then a last one.
-            for j in (j0..j1).step_by(2) {
-                let pair = j + 1 < j1;
+            // Two weight rows at a time (each activation chunk loaded once for both), then a last one;
+            // one at a time for m = 1 (nothing to share, and one stream prefetches better).
+            let mut j = j0;
+            while j < j1 {
+                let pair = j + 1 < j1 && m > 1;
                 let w = |j: usize| &b.data[j * b.cs + kb..j * b.cs + kb + len];
                 // At most 8 rows per call: more accumulators and row addresses than registers spill.
                 for i0 in (0..m).step_by(8) {
@@ -132,6 +134,7 @@ unsafe fn body<B: ToF32 + Lanes, S: Simd>(
                         }
                     }
                 }
+                j += if pair { 2 } else { 1 };
             }
         }
     } else {
