@@ -585,7 +585,7 @@ mod x86 {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); M]; J];
             let mut p = 0;
-            while p + 16 <= k {
+            let step = |acc: &mut [[__m512; M]; J], p: usize| {
                 let wv: [__m512; J] = std::array::from_fn(|r| T::load16(w[r].add(p)));
                 for i in 0..M {
                     let av = _mm512_loadu_ps(a.add(i * lda + p));
@@ -593,6 +593,28 @@ mod x86 {
                         acc[r][i] = _mm512_fmadd_ps(av, wv[r], acc[r][i]);
                     }
                 }
+            };
+            if M * J <= 4 {
+                // Few dot products: four sets of accumulators over consecutive chunks, or the FMA
+                // latency of one chain per product bounds the loop (m = 1 is one chain).
+                let mut more = [[[_mm512_setzero_ps(); M]; J]; 3];
+                while p + 64 <= k {
+                    step(&mut acc, p);
+                    for (u, set) in more.iter_mut().enumerate() {
+                        step(set, p + 16 * (u + 1));
+                    }
+                    p += 64;
+                }
+                for set in &more {
+                    for r in 0..J {
+                        for i in 0..M {
+                            acc[r][i] = _mm512_add_ps(acc[r][i], set[r][i]);
+                        }
+                    }
+                }
+            }
+            while p + 16 <= k {
+                step(&mut acc, p);
                 p += 16;
             }
             for r in 0..J {
