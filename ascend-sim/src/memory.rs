@@ -24,6 +24,13 @@ pub const ALIGN: usize = 64;
 /// Freed blocks at least this large have their pages returned to the system.
 const RELEASE_THRESHOLD: usize = 1 << 20;
 
+/// The system's page size (the unit of `madvise`).
+fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1))
+}
+
 /// Bytes CANN reserves for a request of `size` bytes (`align32_only`: `aclrtMallocAlign32`).
 pub fn padded_size(size: usize, align32_only: bool) -> Option<usize> {
     let rounded = size.checked_add(31)? & !31;
@@ -174,9 +181,15 @@ impl DeviceMemory {
         };
         b.used -= block.usable;
         if block.carved >= RELEASE_THRESHOLD {
-            // SAFETY: the range lies inside our own mapping, belongs to no live block, and no access
-            // is in progress on it (it was unpinned).
-            unsafe { libc::madvise(addr as *mut libc::c_void, block.carved, libc::MADV_DONTNEED) };
+            // Only the whole pages inside the block: madvise rounds its length up to a page, and the
+            // bytes past the block's end belong to its neighbour (which DONTNEED would zero).
+            let page = page_size();
+            let (start, end) = ((addr + page - 1) / page * page, (addr + block.carved) / page * page);
+            if end > start {
+                // SAFETY: [start, end) lies inside this block of our own mapping, which belongs to no
+                // live allocation, and no access is in progress on it (it was unpinned).
+                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            }
         }
         // Insert the range back and coalesce with its neighbours.
         let (mut off, mut len) = (addr - region.base, block.carved);
@@ -423,6 +436,25 @@ mod tests {
         assert_eq!(padded_size(33, false), Some(96));
         assert_eq!(padded_size(100, true), Some(128));
         assert_eq!(padded_size(usize::MAX, false), None);
+    }
+
+    #[test]
+    fn freeing_a_large_block_leaves_its_neighbours_bytes_alone() {
+        // A large block whose end is not on a page boundary, then a live neighbour right after it:
+        // returning the large block's pages to the system must not zero the neighbour's first bytes.
+        let m = Memory::new(1, 8 << 20);
+        let size = (2 << 20) + 100;
+        let big = m.malloc(0, size, false).unwrap();
+        let next = m.malloc(0, 4096, false).unwrap();
+        let carved = padded_size(size, false).unwrap().div_ceil(ALIGN) * ALIGN;
+        assert_eq!(next, big + carved, "the neighbour follows directly");
+        assert_ne!(next % page_size(), 0, "the case needs a neighbour that starts inside a page");
+        // SAFETY: `next` is a live allocation of at least 4096 bytes in our own mapping.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(next as *mut u8, 4096) };
+        bytes.fill(0xab);
+        m.free(big).unwrap();
+        assert!(bytes.iter().all(|&b| b == 0xab), "the neighbour's bytes changed");
+        m.free(next).unwrap();
     }
 
     #[test]

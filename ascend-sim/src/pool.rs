@@ -234,7 +234,8 @@ fn run_index(job: &Job, i: usize) {
         job.panicked.store(true, Ordering::Relaxed);
     }
     if job.finished.fetch_add(1, Ordering::AcqRel) + 1 == job.n {
-        *job.done.0.lock().unwrap() = true;
+        let mut done = job.done.0.lock().unwrap();
+        *done = true;
         if job.sleeping.load(Ordering::Relaxed) {
             job.done.1.notify_all();
         }

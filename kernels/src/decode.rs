@@ -1,6 +1,7 @@
 //! Decode-shaped matmul (m ≤ 32): bandwidth-bound, so each weight is read from memory exactly once.
-//! Weights stored `[n, k]` (linear layers): rows of W, two at a time, are dotted with the m rows of
-//! A (which stay in cache), converted in registers as they stream (`Simd::rows_dot`). Weights
+//! Weights stored `[n, k]` (linear layers): rows of W, two at a time (one for m = 1), are dotted
+//! with the m rows of A (which stay in cache), converted in registers as they stream
+//! (`Simd::rows_dot`). Weights
 //! stored `[k, n]`: each row of B is converted once and added into the m output rows. Work is split
 //! over the compute pool by columns; the loops are compiled once per SIMD level.
 

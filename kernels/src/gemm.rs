@@ -313,12 +313,11 @@ fn pack_b<B: Copy + Sync, P: Packed>(
                     strip[slot(p, j, nr, ks)] = conv(v);
                 }
             }
-            zero_padding(strip, kc, kcp, cols, nr, ks);
-            return;
-        }
-        for j in 0..cols {
-            // Column j of the strip: contiguous in B for transposed weights ([N, K], `rs == 1`).
-            pack_line(b, conv, (pc, s * nr + j), (1, 0), kc, strip, j, nr, ks);
+        } else {
+            for j in 0..cols {
+                // Column j of the strip: contiguous in B for transposed weights ([N, K], `rs == 1`).
+                pack_line(b, conv, (pc, s * nr + j), (1, 0), kc, strip, j, nr, ks);
+            }
         }
         zero_padding(strip, kc, kcp, cols, nr, ks);
     });

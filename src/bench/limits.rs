@@ -81,23 +81,28 @@ fn sum(words: &[u64]) -> u64 {
 pub struct ReadLimit {
     probe: ReadProbe,
     budget: Duration,
-    last: f64,
+    /// The latest probe (GB/s) and when it ended.
+    last: (f64, Instant),
 }
+
+/// How old the latest probe may be to serve as the one before the next figure (between two figures
+/// of a sweep there is only the next case's setup).
+const FRESH: Duration = Duration::from_secs(2);
 
 impl ReadLimit {
     /// Allocates the probe and measures it once; returns the limit and that first `limits.read`
     /// figure. Fails as [`ReadProbe::new`] does.
     pub fn new(budget: Duration) -> Result<(ReadLimit, Figure)> {
         let probe = ReadProbe::new(PROBE_BYTES)?;
-        let mut limit = ReadLimit { probe, budget, last: 0.0 };
-        limit.last = limit.measure()?;
+        let mut limit = ReadLimit { probe, budget, last: (0.0, Instant::now()) };
+        limit.last = (limit.measure()?, Instant::now());
         let figure = Figure {
             name: "limits.read".into(),
             params: vec![
                 ("bytes".to_string(), Value::from(limit.probe.bytes())),
                 ("threads".to_string(), Value::from(pool().threads())),
             ],
-            value: limit.last,
+            value: limit.last.0,
             unit: "gbps",
         };
         Ok((limit, figure))
@@ -108,13 +113,14 @@ impl ReadLimit {
         Ok(self.probe.bytes() as f64 / t.as_secs_f64() / 1e9)
     }
 
-    /// Runs `figure` and returns it with the read limit around it (GB/s): the better of the probe
-    /// before it (the previous one's after-probe) and one measured right after it.
+    /// Runs `figure` and returns it with the read limit around it (GB/s): the better of a probe
+    /// just before it (the previous figure's after-probe when that is fresh, else a new one) and one
+    /// measured right after it.
     pub fn around<T>(&mut self, figure: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
-        let before = self.last;
+        let before = if self.last.1.elapsed() < FRESH { self.last.0 } else { self.measure()? };
         let out = figure()?;
-        self.last = self.measure()?;
-        Ok((out, before.max(self.last)))
+        self.last = (self.measure()?, Instant::now());
+        Ok((out, before.max(self.last.0)))
     }
 }
 
