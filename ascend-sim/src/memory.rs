@@ -184,7 +184,7 @@ impl DeviceMemory {
             // Only the whole pages inside the block: madvise rounds its length up to a page, and the
             // bytes past the block's end belong to its neighbour (which DONTNEED would zero).
             let page = page_size();
-            let (start, end) = ((addr + page - 1) / page * page, (addr + block.carved) / page * page);
+            let (start, end) = (addr.div_ceil(page) * page, (addr + block.carved) / page * page);
             if end > start {
                 // SAFETY: [start, end) lies inside this block of our own mapping, which belongs to no
                 // live allocation, and no access is in progress on it (it was unpinned).
