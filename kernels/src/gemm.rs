@@ -115,71 +115,112 @@ pub fn gemm_into<A: ToF32, B: ToF32>(
     drive(level, (m, n, k), (mr, nr, 1), (&a, ToF32::to_f32), (&b, ToF32::to_f32), &tile, c, accumulate);
 }
 
-/// Packing buffers reused across calls of [`gemm_rows`].
+/// Packing buffers reused across calls of [`gemm_rows`] (f32) or [`gemm_rows_bf16`] (u16).
 #[derive(Default)]
-pub(crate) struct Scratch {
-    a: Vec<f32>,
-    b: Vec<f32>,
+pub(crate) struct Scratch<P = f32> {
+    a: Vec<P>,
+    b: Vec<P>,
 }
 
 /// `c (+)= a · b` on the calling thread, for kernels that multiply small tiles inside a pool job:
 /// `a` is `m × k` row-major with row stride `lda` (or, `a_transposed`, stored `k × m` with row
 /// stride `lda`), `b` is `k × n` row-major with row stride `ldb`, `c` is `m × n` with row stride
-/// `ldc`. Both operands are read along their rows while packing.
+/// `ldc`. Both operands are read along their rows while packing. Panics if an operand is shorter
+/// than its shape or `level` is beyond the CPU.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn gemm_rows(
     level: Level,
-    (m, n, k): (usize, usize, usize),
-    (a, lda, a_transposed): (&[f32], usize, bool),
-    (b, ldb): (&[f32], usize),
-    (c, ldc): (&mut [f32], usize),
+    dims: (usize, usize, usize),
+    a: (&[f32], usize, bool),
+    b: (&[f32], usize),
+    c: (&mut [f32], usize),
     accumulate: bool,
     scratch: &mut Scratch,
 ) {
-    assert!(level <= crate::cpu::detected() && m > 0 && n > 0 && k > 0);
-    let a_extent = if a_transposed { (k - 1) * lda + m } else { (m - 1) * lda + k };
-    assert!(a.len() >= a_extent && b.len() >= k.saturating_sub(1) * ldb + n && c.len() >= (m - 1) * ldc + n);
+    assert!(level <= crate::cpu::detected());
     let (mr, nr) = shape(level);
+    let tile = |kc: usize, ap: &[f32], bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kc, ap, bp, t);
+    rows_with(dims, (mr, nr, 1), a, b, c, accumulate, scratch, &tile);
+}
+
+/// [`gemm_rows`] for bf16 operands (their raw bits), multiplied by `vdpbf16ps` with f32 sums.
+/// Panics as [`gemm_rows`] does, and if the CPU lacks AVX-512 BF16.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn gemm_rows_bf16(
+    dims: (usize, usize, usize),
+    a: (&[u16], usize, bool),
+    b: (&[u16], usize),
+    c: (&mut [f32], usize),
+    accumulate: bool,
+    scratch: &mut Scratch<u16>,
+) {
+    assert!(crate::cpu::detected() >= Level::Avx512Bf16);
+    let (mr, nr) = shape(Level::Avx512Bf16);
+    rows_with(dims, (mr, nr, 2), a, b, c, accumulate, scratch, &bf16_tile);
+}
+
+/// The body of [`gemm_rows`]: packs B per `KC` slice into `nr`-wide strips and A into `mr`-row
+/// panels (`ks` consecutive k values interleaved, zero-padded to `kcp`), then runs `tile` on each
+/// (panel, strip) pair.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows_with<P: Copy + Default>(
+    (m, n, k): (usize, usize, usize),
+    (mr, nr, ks): (usize, usize, usize),
+    (a, lda, a_transposed): (&[P], usize, bool),
+    (b, ldb): (&[P], usize),
+    (c, ldc): (&mut [f32], usize),
+    accumulate: bool,
+    scratch: &mut Scratch<P>,
+    tile: &Tile<'_, P>,
+) {
+    assert!(m > 0 && n > 0 && k > 0 && matches!(ks, 1 | 2));
+    let a_extent = if a_transposed { (k - 1) * lda + m } else { (m - 1) * lda + k };
+    assert!(a.len() >= a_extent && b.len() >= (k - 1) * ldb + n && c.len() >= (m - 1) * ldc + n);
     let strips = n.div_ceil(nr);
     let panels = m.div_ceil(mr);
     let mut t = [0f32; TILE];
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
+        let kcp = kc.div_ceil(ks) * ks;
+        // Cleared and refilled with zeros: the padding (columns beyond n, rows beyond m, k beyond kc)
+        // must be zero.
         scratch.b.clear();
-        scratch.b.resize(strips * kc * nr, 0.0);
-        for p in 0..kc {
-            let row = &b[(pc + p) * ldb..(pc + p) * ldb + n];
-            for (sidx, chunk) in row.chunks(nr).enumerate() {
-                let at = sidx * kc * nr + p * nr;
-                scratch.b[at..at + chunk.len()].copy_from_slice(chunk);
+        scratch.b.resize(strips * kcp * nr, P::default());
+        let b_row = |p: usize| &b[(pc + p) * ldb..(pc + p) * ldb + n];
+        for p in (0..kc).step_by(ks) {
+            for (sidx, chunk) in b_row(p).chunks(nr).enumerate() {
+                let next = (ks == 2 && p + 1 < kc).then(|| &b_row(p + 1)[sidx * nr..sidx * nr + chunk.len()]);
+                put(&mut scratch.b[sidx * kcp * nr + p * nr..], ks, chunk, next);
             }
         }
         scratch.a.clear();
-        scratch.a.resize(panels * kc * mr, 0.0);
+        scratch.a.resize(panels * kcp * mr, P::default());
         if a_transposed {
             // A stored k × m: each k gives `mr` consecutive values of a panel.
-            for p in 0..kc {
-                let src = &a[(pc + p) * lda..(pc + p) * lda + m];
-                for (pi, chunk) in src.chunks(mr).enumerate() {
-                    let at = pi * kc * mr + p * mr;
-                    scratch.a[at..at + chunk.len()].copy_from_slice(chunk);
+            let a_row = |p: usize| &a[(pc + p) * lda..(pc + p) * lda + m];
+            for p in (0..kc).step_by(ks) {
+                for (pi, chunk) in a_row(p).chunks(mr).enumerate() {
+                    let next = (ks == 2 && p + 1 < kc).then(|| &a_row(p + 1)[pi * mr..pi * mr + chunk.len()]);
+                    put(&mut scratch.a[pi * kcp * mr + p * mr..], ks, chunk, next);
                 }
             }
         } else {
             for r in 0..m {
-                let base = (r / mr) * kc * mr + r % mr;
+                let panel = &mut scratch.a[(r / mr) * kcp * mr..];
                 for (p, &x) in a[r * lda + pc..r * lda + pc + kc].iter().enumerate() {
-                    scratch.a[base + p * mr] = x;
+                    panel[slot(p, r % mr, mr, ks)] = x;
                 }
             }
         }
         for sidx in 0..strips {
             let cols = nr.min(n - sidx * nr);
-            let strip = &scratch.b[sidx * kc * nr..(sidx + 1) * kc * nr];
+            let strip = &scratch.b[sidx * kcp * nr..(sidx + 1) * kcp * nr];
             for pi in 0..panels {
                 let rows = mr.min(m - pi * mr);
-                microkernel(level, kc, &scratch.a[pi * kc * mr..(pi + 1) * kc * mr], strip, &mut t);
+                tile(kcp, &scratch.a[pi * kcp * mr..(pi + 1) * kcp * mr], strip, &mut t);
                 // SAFETY: the block (rows × cols at row pi·mr, column sidx·nr) is inside `c`, whose
                 // length was checked above.
                 unsafe {
@@ -191,18 +232,49 @@ pub(crate) fn gemm_rows(
     }
 }
 
+/// Writes the values at one depth `p` of consecutive columns (or rows) into a packed strip (or
+/// panel) from `dst`, its first slot at that depth: one contiguous copy when k values are not
+/// interleaved (`ks` 1), else `first` interleaved with the next depth's values (`second`, zeros
+/// when `p` is the last).
+#[inline(always)]
+fn put<P: Copy + Default>(dst: &mut [P], ks: usize, first: &[P], second: Option<&[P]>) {
+    let dst = &mut dst[..first.len() * ks];
+    match (ks, second) {
+        (1, _) => dst.copy_from_slice(first),
+        (_, Some(second)) => {
+            for ((pair, &x), &y) in dst.chunks_exact_mut(2).zip(first).zip(second) {
+                pair[0] = x;
+                pair[1] = y;
+            }
+        }
+        (_, None) => {
+            for (pair, &x) in dst.chunks_exact_mut(2).zip(first) {
+                pair[0] = x;
+            }
+        }
+    }
+}
+
 /// `c = a · b` for bf16 inputs with native bf16 dot products (`vdpbf16ps`: pairs of k per lane).
 pub fn gemm_bf16(m: usize, n: usize, k: usize, a: View<'_, bf16>, b: View<'_, bf16>, c: &mut [f32]) {
     let level = Level::Avx512Bf16;
     let (mr, nr) = shape(level);
+    drive(level, (m, n, k), (mr, nr, 2), (&a, bf16::to_bits), (&b, bf16::to_bits), &bf16_tile, c, false);
+}
+
+/// The bf16 microkernel on packed pairs: `tile[r * 32 + j] = Σ_p a[p][r] · b[p][j]` over `kcp` (even) k.
+fn bf16_tile(kcp: usize, ap: &[u16], bp: &[u16], t: &mut [f32; TILE]) {
+    assert!(ap.len() >= kcp * 12 && bp.len() >= kcp * 32 && kcp.is_multiple_of(2));
     #[cfg(target_arch = "x86_64")]
-    let tile = |kcp: usize, ap: &[u16], bp: &[u16], t: &mut [f32; TILE]| {
-        // SAFETY: `drive` checked that the CPU has AVX-512 BF16; panels hold kcp × 12 and kcp × 32.
-        unsafe { x86::tile_avx512_bf16(kcp, ap.as_ptr(), bp.as_ptr(), t) }
+    // SAFETY: callers checked that the CPU has AVX-512 BF16; the panels' lengths were just checked.
+    unsafe {
+        x86::tile_avx512_bf16(kcp, ap.as_ptr(), bp.as_ptr(), t)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let tile = |_: usize, _: &[u16], _: &[u16], _: &mut [f32; TILE]| unreachable!("AVX-512 BF16 is x86-64 only");
-    drive(level, (m, n, k), (mr, nr, 2), (&a, bf16::to_bits), (&b, bf16::to_bits), &tile, c, false);
+    {
+        let _ = t;
+        unreachable!("AVX-512 BF16 is x86-64 only")
+    }
 }
 
 /// A microkernel: `(kcp, A panel, B strip, tile)`.
@@ -561,6 +633,62 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_products_match_a_plain_sum_for_every_layout() {
+        // Small integers: every product and sum is exact in f32 and every input exact in bf16. Odd k
+        // (a half-padded last bf16 pair), k beyond one packed slice, strides wider than the rows, and
+        // C cells outside the block that must keep their value.
+        for (m, n, k) in [(5, 37, 9), (13, 33, KC + 7), (1, 1, 1)] {
+            for a_transposed in [false, true] {
+                let lda = if a_transposed { m + 3 } else { k + 2 };
+                let a_len = if a_transposed { k * lda } else { m * lda };
+                let a: Vec<f32> = (0..a_len).map(|i| (i % 9) as f32 - 4.0).collect();
+                let at = |i: usize, p: usize| if a_transposed { a[p * lda + i] } else { a[i * lda + p] };
+                let (ldb, ldc) = (n + 1, n + 5);
+                let b: Vec<f32> = (0..k * ldb).map(|i| (i % 7) as f32 - 3.0).collect();
+                for accumulate in [false, true] {
+                    let mut want = vec![1f32; m * ldc];
+                    for i in 0..m {
+                        for j in 0..n {
+                            let sum: f32 = (0..k).map(|p| at(i, p) * b[p * ldb + j]).sum();
+                            want[i * ldc + j] = if accumulate { 1.0 + sum } else { sum };
+                        }
+                    }
+                    let what = format!("{m}x{n}x{k} transposed {a_transposed} accumulate {accumulate}");
+                    for level in crate::cpu::available() {
+                        let mut c = vec![1f32; m * ldc];
+                        let mut scratch = Scratch::default();
+                        gemm_rows(
+                            level,
+                            (m, n, k),
+                            (&a, lda, a_transposed),
+                            (&b, ldb),
+                            (&mut c, ldc),
+                            accumulate,
+                            &mut scratch,
+                        );
+                        assert_eq!(c, want, "{} {what}", level.name());
+                    }
+                    if crate::cpu::detected() >= Level::Avx512Bf16 {
+                        let bits = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect::<Vec<u16>>();
+                        let (ab, bb) = (bits(&a), bits(&b));
+                        let mut c = vec![1f32; m * ldc];
+                        let mut scratch = Scratch::default();
+                        gemm_rows_bf16(
+                            (m, n, k),
+                            (&ab, lda, a_transposed),
+                            (&bb, ldb),
+                            (&mut c, ldc),
+                            accumulate,
+                            &mut scratch,
+                        );
+                        assert_eq!(c, want, "bf16 {what}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn stale_packing_buffers_never_leak_into_results() {

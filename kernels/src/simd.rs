@@ -272,6 +272,21 @@ pub(crate) fn weighted_sum4_bf16(
     }
 }
 
+/// Rounds `src` to bf16 (nearest, ties to even) into `dst` (their raw bits), 16 at a time with
+/// AVX-512 BF16 where the CPU has it. Panics if the lengths differ.
+pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "round_to_bf16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16 {
+        // SAFETY: the CPU has AVX-512 BF16; the lengths are equal.
+        unsafe { x86::round_to_bf16(src, dst) };
+        return;
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = half::bf16::from_f32(x).to_bits();
+    }
+}
+
 /// Plain loops (AVX2 and portable levels): rows converted to f32, then 8-lane partial sums.
 pub(crate) struct Generic;
 
@@ -848,6 +863,25 @@ mod x86 {
         unsafe { token_dots::<Widened<T>, NV>(q, heads, per_head, src, pf, offs, 1.0, out, stride) }
     }
 
+    /// [`super::round_to_bf16`].
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16; `dst` at least as long as `src`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+        let whole = src.len() / 16 * 16;
+        for i in (0..whole).step_by(16) {
+            // SAFETY: 16 values at i in both slices (contract); __m256bh and __m256i are 256-bit.
+            unsafe {
+                let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i))));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, b);
+            }
+        }
+        for (d, &x) in dst[whole..].iter_mut().zip(&src[whole..]) {
+            *d = half::bf16::from_f32(x).to_bits();
+        }
+    }
+
     /// `acc[k] += Σⱼ p[k][j] · row j` for four weight vectors given as bf16 (`pb[k]`, kt values,
     /// padded to an even count) over bf16 rows, by `vdpbf16ps` on pairs of keys: two value rows are
     /// interleaved (`unpacklo/hi_epi16`) so each lane holds the same element of both, and the pair of
@@ -1213,6 +1247,22 @@ mod tests {
                 }
                 assert_eq!(acc.to_vec(), want, "d {d} keys {keys}");
             }
+        }
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even_at_every_length() {
+        // Halfway cases both ways (1 + 2⁻⁸ rounds down to even, 1 + 3·2⁻⁸ up), values just off
+        // halfway, signs, magnitudes from 2⁻¹⁰⁰ to 2¹⁰⁰, zero; lengths around the 16-lane width.
+        let base = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f32.powi(-8) + 2f32.powi(-20), 0.0, 0.3];
+        let values: Vec<f32> = (0..40)
+            .map(|i| base[i % base.len()] * 2f32.powi(i as i32 * 5 - 100) * if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        for n in [0, 1, 15, 16, 17, 33, 40] {
+            let mut got = vec![0xdeadu16; n];
+            round_to_bf16(&values[..n], &mut got);
+            let want: Vec<u16> = values[..n].iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+            assert_eq!(got, want, "n = {n}");
         }
     }
 

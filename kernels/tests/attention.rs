@@ -7,9 +7,9 @@
 //! each score is an f32 dot product of D terms, off by at most γ = 2·D·u₃₂ times Σ|q·k|·scale (the
 //! standard γ_D bound, doubled for the pre-scaling of q); a score error δ moves the softmax output by
 //! at most 2δ·max|v|; the weighted sum of L values adds L·u₃₂·max|v|, exp adds 2 ulp; then the
-//! output is rounded to its type (u_out·|out|: 2⁻¹¹ f16, 2⁻⁸ bf16). With bf16 inputs the decode
-//! path also rounds the probabilities to bf16 before the value product (as reduced-precision attention
-//! does), which moves an output by at most u_bf16·Σⱼ pⱼ·|vⱼ|. So
+//! output is rounded to its type (u_out·|out|: 2⁻¹¹ f16, 2⁻⁸ bf16). With bf16 inputs at the AVX-512
+//! BF16 level both paths also round the probabilities to bf16 before the value product (as
+//! reduced-precision attention does), which moves an output by at most u_bf16·Σⱼ pⱼ·|vⱼ|. So
 //! |got − ref| ≤ max|v|·(4·D·u₃₂·max Σ|q·k|·scale + 2·L·u₃₂ + 8·u₃₂) + u_out·|ref| (+ 2·u_bf16·Σⱼ pⱼ|vⱼ|
 //! for bf16), with u₃₂ = 2⁻²⁴.
 
@@ -45,7 +45,7 @@ fn unit_roundoff<T: Element>() -> f64 {
 }
 
 /// Unit roundoff of the probabilities in the value product: with bf16 inputs at the AVX-512 BF16
-/// level the decode path rounds them to bf16 first (as reduced-precision attention does, torch's
+/// level both paths round them to bf16 first (as reduced-precision attention does, torch's
 /// included); everywhere else they stay f32.
 fn p_round<T: Element>(level: Level) -> f64 {
     if T::ACL_DTYPE == <bf16 as DeviceRepr>::ACL_DTYPE && level == Level::Avx512Bf16 {

@@ -3,8 +3,8 @@
 //! Work is split into items of (sequence, KV head, block of query positions[, slice of keys]). The
 //! query heads that share a KV head are packed together as the rows of one item (GQA), so each key
 //! and value row is read once for all of them. Items with enough rows run tiled: the scores of a
-//! key tile are one small GEMM (the matmul microkernels), the online-softmax update, then `O += P·V`
-//! as a second GEMM. Items with few rows (decode) take every KV head of a sequence and stream its
+//! key tile are one small GEMM (the matmul microkernels; bf16 ones for bf16 inputs where the CPU has
+//! AVX-512 BF16), the online-softmax update, then `O += P·V` as a second GEMM. Items with few rows (decode) take every KV head of a sequence and stream its
 //! cache in tiles, in memory order where the level allows (see `streaming`); when there are fewer
 //! such items than threads, the keys of a sequence are split over several items (flash-decoding)
 //! and the partial results merged at the end; a sequence too short for that has its KV heads
@@ -12,7 +12,7 @@
 
 use super::softmax::{exp, RowState};
 use crate::cpu::Level;
-use crate::gemm::{gemm_rows, Scratch};
+use crate::gemm::{gemm_rows, gemm_rows_bf16, Scratch};
 use crate::matmul::Element;
 use crate::simd::{Generic, Simd};
 
@@ -61,7 +61,7 @@ pub(crate) enum KvSource<'a, T> {
     Paged { k: &'a [T], v: &'a [T], tables: &'a [i32], max_blocks: usize, block_size: usize },
 }
 
-impl<T> KvSource<'_, T> {
+impl<'a, T> KvSource<'a, T> {
     /// Element offsets of the key/value rows of sequence `s`, positions `j0..j1`, KV head `h`, into
     /// `out` (one table lookup and division per block, not per row).
     #[inline(always)]
@@ -86,7 +86,7 @@ impl<T> KvSource<'_, T> {
         }
     }
 
-    fn kv(&self) -> (&[T], &[T]) {
+    fn kv(&self) -> (&'a [T], &'a [T]) {
         match self {
             KvSource::Contiguous { k, v, .. } | KvSource::Paged { k, v, .. } => (k, v),
         }
@@ -321,20 +321,20 @@ fn item_body<T: Element, S: Simd>(
         // The keys that row r (query position kv_len − q_len + i) sees, once per item.
         pos.push(visible_keys(g, s.kv_len, s.kv_len - s.q_len + i));
     }
+    // bf16 queries and keys with AVX-512 BF16: products straight from the raw bf16 values.
+    let raw = (level == Level::Avx512Bf16).then(|| bf16_bits(q)).flatten().map(|bits| {
+        let mut raw = vec![0u16; rows * d];
+        for (r, dst) in raw.chunks_exact_mut(d).enumerate() {
+            let (i, head) = it.row(r, group);
+            let src = ((s.q_start + i) * g.heads + head) * d;
+            dst.copy_from_slice(&bits[src..src + d]);
+        }
+        raw
+    });
     let mut part = Partial { rows: vec![RowState::EMPTY; rows], acc: vec![0f32; rows * d] };
     if !it.streams(group) {
-        tiled(level, g, kv, it, &qs, &pos, &mut part);
+        tiled(level, g, kv, it, &qs, raw.as_deref(), &pos, &mut part);
     } else {
-        // bf16 queries and keys with AVX-512 BF16: scores straight from the raw bf16 values.
-        let raw = (level == Level::Avx512Bf16).then(|| bf16_bits(q)).flatten().map(|bits| {
-            let mut raw = vec![0u16; rows * d];
-            for (r, dst) in raw.chunks_exact_mut(d).enumerate() {
-                let (i, head) = it.row(r, group);
-                let src = ((s.q_start + i) * g.heads + head) * d;
-                dst.copy_from_slice(&bits[src..src + d]);
-            }
-            raw
-        });
         streaming::<T, S>(g, kv, it, then, &qs, raw.as_deref(), &pos, &mut part);
     }
     part
@@ -342,38 +342,34 @@ fn item_body<T: Element, S: Simd>(
 
 /// Scores by GEMM per key tile, then `acc += P·V` by GEMM. The scores come out transposed
 /// (`Sᵀ = K-tile · Qᵀ`, keys × rows), so the online softmax runs across rows (vectorised, no
-/// horizontal reductions) and `Pᵀ` is packed for the second GEMM by contiguous copies.
+/// horizontal reductions) and `Pᵀ` is packed for the second GEMM by contiguous copies. With
+/// `raw_q` (bf16 queries, AVX-512 BF16) both products run on bf16 values (see [`Operands`]).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn tiled<T: Element>(
     level: Level,
     g: &Geometry,
     kv: &KvSource<'_, T>,
     it: Item,
     qs: &[f32],
+    raw_q: Option<&[u16]>,
     pos: &[(usize, usize)],
     part: &mut Partial,
 ) {
     let d = g.head_dim;
     let rows = part.rows.len();
-    let mut qt = vec![0f32; d * rows];
-    for (r, q) in qs.chunks_exact(d).enumerate() {
-        for (p, &x) in q.iter().enumerate() {
-            qt[p * rows + r] = x;
-        }
-    }
-    let (mut kf, mut vf) = (vec![0f32; TILED_KEYS * d], vec![0f32; TILED_KEYS * d]);
+    let mut ops = Operands::new(g, kv, rows, qs, raw_q);
     let mut st = vec![0f32; TILED_KEYS * rows];
     let (mut max, mut shift, mut alpha, mut sums) =
         (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows], vec![0f32; rows]);
     let (all_lo, all_hi) = (pos.iter().map(|p| p.0).max().unwrap_or(0), pos.iter().map(|p| p.1).min().unwrap_or(0));
-    let mut scratch = Scratch::default();
     let mut offs = Vec::with_capacity(TILED_KEYS);
     for j0 in (it.k0..it.k1).step_by(TILED_KEYS) {
         let j1 = it.k1.min(j0 + TILED_KEYS);
         let kt = j1 - j0;
-        gather(g, kv, it, j0, j1, &mut offs, &mut kf, &mut vf);
+        kv.offsets(it.seq, it.h0, (j0, j1), g, &mut offs);
         let st = &mut st[..kt * rows];
-        gemm_rows(level, (kt, rows, d), (&kf, d, false), (&qt, rows), (&mut *st, rows), false, &mut scratch);
+        ops.scores(level, g, kv, &offs, st);
         if j0 < all_lo || j1 > all_hi {
             for (j, srow) in (j0..j1).zip(st.chunks_exact_mut(rows)) {
                 for (x, &(lo, hi)) in srow.iter_mut().zip(pos) {
@@ -407,8 +403,100 @@ fn tiled<T: Element>(
             state.sum = state.sum * a + s;
             state.max = m;
         }
-        gemm_rows(level, (rows, d, kt), (st, rows, true), (&vf, d), (&mut part.acc, d), true, &mut scratch);
+        ops.values(level, kt, st, &mut part.acc);
     }
+}
+
+/// The operands of the tiled products, per key tile: f32 copies of the key and value rows for the
+/// f32 microkernels, or (bf16 inputs with AVX-512 BF16) their raw bits for the bf16 microkernel,
+/// which takes twice the products per instruction. On that path the probabilities are rounded to
+/// bf16 for `P·V` (their sums stay in f32), as the streaming path does, and the scale is applied to
+/// the scores rather than to the queries (rounding scaled queries to bf16 would add an error).
+struct Operands<'a> {
+    d: usize,
+    rows: usize,
+    tile: TileBuffers<'a>,
+}
+
+/// The per-tile buffers of [`Operands`]: queries transposed (`d × rows`), key and value rows.
+enum TileBuffers<'a> {
+    F32 { qt: Vec<f32>, k: Vec<f32>, v: Vec<f32>, scratch: Scratch },
+    Bf16 { qt: Vec<u16>, k: Vec<u16>, v: Vec<u16>, p: Vec<u16>, src: (&'a [u16], &'a [u16]), scratch: Scratch<u16> },
+}
+
+impl<'a> Operands<'a> {
+    /// Buffers for tiles of up to `TILED_KEYS` keys.
+    fn new<T: Element>(g: &Geometry, kv: &KvSource<'a, T>, rows: usize, qs: &[f32], raw_q: Option<&[u16]>) -> Self {
+        let d = g.head_dim;
+        let (kall, vall) = kv.kv();
+        let n = TILED_KEYS * d;
+        let tile = match raw_q.zip(bf16_bits(kall)).zip(bf16_bits(vall)) {
+            Some(((q, k), v)) => TileBuffers::Bf16 {
+                qt: transpose(q, d, rows),
+                k: vec![0; n],
+                v: vec![0; n],
+                p: vec![0; TILED_KEYS * rows],
+                src: (k, v),
+                scratch: Scratch::default(),
+            },
+            None => TileBuffers::F32 {
+                qt: transpose(qs, d, rows),
+                k: vec![0.0; n],
+                v: vec![0.0; n],
+                scratch: Scratch::default(),
+            },
+        };
+        Operands { d, rows, tile }
+    }
+
+    /// Gathers the key and value rows at `offs` and writes the scores `Sᵀ` (keys × rows), scaled.
+    fn scores<T: Element>(&mut self, level: Level, g: &Geometry, kv: &KvSource<'_, T>, offs: &[usize], st: &mut [f32]) {
+        let (d, rows, kt) = (self.d, self.rows, offs.len());
+        match &mut self.tile {
+            TileBuffers::F32 { qt, k, v, scratch } => {
+                gather(offs, d, kv.kv(), |i, kr, vr| {
+                    T::slice_to_f32(kr, &mut k[i * d..(i + 1) * d]);
+                    T::slice_to_f32(vr, &mut v[i * d..(i + 1) * d]);
+                });
+                gemm_rows(level, (kt, rows, d), (k, d, false), (qt, rows), (st, rows), false, scratch);
+            }
+            TileBuffers::Bf16 { qt, k, v, src, scratch, .. } => {
+                gather(offs, d, *src, |i, kr, vr| {
+                    k[i * d..(i + 1) * d].copy_from_slice(kr);
+                    v[i * d..(i + 1) * d].copy_from_slice(vr);
+                });
+                gemm_rows_bf16((kt, rows, d), (k, d, false), (qt, rows), (&mut *st, rows), false, scratch);
+                st.iter_mut().for_each(|x| *x *= g.scale);
+            }
+        }
+    }
+
+    /// `acc += P·V` for the probabilities `Pᵀ` in `st` (`kt` keys) and the value rows gathered by
+    /// [`Operands::scores`].
+    fn values(&mut self, level: Level, kt: usize, st: &[f32], acc: &mut [f32]) {
+        let (d, rows) = (self.d, self.rows);
+        match &mut self.tile {
+            TileBuffers::F32 { v, scratch, .. } => {
+                gemm_rows(level, (rows, d, kt), (st, rows, true), (v, d), (acc, d), true, scratch);
+            }
+            TileBuffers::Bf16 { v, p, scratch, .. } => {
+                let p = &mut p[..st.len()];
+                crate::simd::round_to_bf16(st, p);
+                gemm_rows_bf16((rows, d, kt), (p, rows, true), (v, d), (acc, d), true, scratch);
+            }
+        }
+    }
+}
+
+/// `m` (`rows × d`, row-major) transposed to `d × rows`.
+fn transpose<X: Copy + Default>(m: &[X], d: usize, rows: usize) -> Vec<X> {
+    let mut t = vec![X::default(); d * rows];
+    for (r, row) in m.chunks_exact(d).take(rows).enumerate() {
+        for (p, &x) in row.iter().enumerate() {
+            t[p * rows + r] = x;
+        }
+    }
+    t
 }
 
 /// The raw bits of a bf16 slice (None for other element types).
@@ -423,29 +511,16 @@ fn bf16_bits<T: Element>(v: &[T]) -> Option<&[u16]> {
 /// paged), which the hardware prefetchers do not follow.
 const PREFETCH_AHEAD: usize = 8;
 
-/// Copies key and value rows `j0..j1` of the item's head into `kf` and `vf` as f32, row-major.
+/// Hands `copy` the key and value rows (`d` values) at `offs` of `kall` and `vall`, in order, with
+/// their index, prefetching the rows `PREFETCH_AHEAD` keys ahead.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn gather<T: Element>(
-    g: &Geometry,
-    kv: &KvSource<'_, T>,
-    it: Item,
-    j0: usize,
-    j1: usize,
-    offs: &mut Vec<usize>,
-    kf: &mut [f32],
-    vf: &mut [f32],
-) {
-    let d = g.head_dim;
-    let (kall, vall) = kv.kv();
-    kv.offsets(it.seq, it.h0, (j0, j1), g, offs);
+fn gather<X>(offs: &[usize], d: usize, (kall, vall): (&[X], &[X]), mut copy: impl FnMut(usize, &[X], &[X])) {
     for (i, &o) in offs.iter().enumerate() {
         if let Some(&ahead) = offs.get(i + PREFETCH_AHEAD) {
             prefetch(&kall[ahead..ahead + d]);
             prefetch(&vall[ahead..ahead + d]);
         }
-        T::slice_to_f32(&kall[o..o + d], &mut kf[i * d..(i + 1) * d]);
-        T::slice_to_f32(&vall[o..o + d], &mut vf[i * d..(i + 1) * d]);
+        copy(i, &kall[o..o + d], &vall[o..o + d]);
     }
 }
 
