@@ -117,6 +117,18 @@ fn bench_all_json_puts_each_figure_next_to_its_limit() {
 }
 
 #[test]
+fn bench_attention_prefill_alone_skips_the_read_probe() {
+    let args =
+        "bench attention prefill --seq 40 --heads 4 --kv-heads 2 --head-dim 64 --dtype bf16 --json --budget-ms 2";
+    let (ok, out) = ascend(&args.split_whitespace().collect::<Vec<_>>());
+    assert!(ok, "{out}");
+    let figures = json_lines(&out);
+    let names: Vec<&str> = figures.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["kernels.attention.prefill"]);
+    assert!(figures[0]["gflops"].as_f64().unwrap() > 0.0, "{}", figures[0]);
+}
+
+#[test]
 fn bench_attention_decode_is_compared_with_the_read_limit_around_it() {
     let args = "bench attention decode --batch 3 --context 100 --block-size 16 --heads 8 --kv-heads 2 --head-dim 64 \
                 --dtype bf16 --json --budget-ms 2";

@@ -3,7 +3,7 @@
 //! with the fraction of the streaming-read bandwidth measured first. The same code serves
 //! `ascend bench attention` and `benches/attention.rs`.
 
-use super::limits::{with_read, ReadLimit};
+use super::limits::{read_limit_if, with_read};
 use super::{try_per_iter, Figure, DTYPES};
 use ascend_kernels::{BlockTables, Element, Heads, PagedAttention, Prefill};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
@@ -179,8 +179,9 @@ pub fn default_workloads() -> Vec<Workload> {
     prefill.into_iter().chain(decode).collect()
 }
 
-/// Measures the streaming-read limit, then every workload in every dtype; decode figures get
-/// `read_gbps` (the limit measured around them, see [`ReadLimit`]) and `read_fraction`.
+/// Measures the streaming-read limit (when there are decode workloads), then every workload in
+/// every dtype; decode figures get `read_gbps` (the limit measured around them, see
+/// [`ReadLimit`](super::limits::ReadLimit)) and `read_fraction`.
 pub fn sweep(
     work: &[Workload],
     heads: Heads,
@@ -188,15 +189,15 @@ pub fn sweep(
     budget: Duration,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<Figure>> {
-    progress("limits.read");
-    let (mut limit, read) = ReadLimit::new(budget)?;
-    let mut out = vec![read];
+    let decode = |w: &Workload| matches!(w, Workload::Decode { .. });
+    let mut out = Vec::new();
+    let mut limit = read_limit_if(work.iter().any(decode), budget, &mut progress, &mut out)?;
     for &w in work {
         for &dtype in dtypes {
             progress(&format!("kernels.attention {w:?} {dtype}"));
-            out.push(match w {
-                Workload::Prefill { .. } => measure(w, heads, dtype, budget)?,
-                Workload::Decode { .. } => {
+            out.push(match limit.as_mut().filter(|_| decode(&w)) {
+                None => measure(w, heads, dtype, budget)?,
+                Some(limit) => {
                     let (f, read_gbps) = limit.around(|| measure(w, heads, dtype, budget))?;
                     let gbps = f.value;
                     with_read(f, gbps, read_gbps)

@@ -124,6 +124,23 @@ impl ReadLimit {
     }
 }
 
+/// The read limit for a sweep, measured first (`limits.read`, pushed to `out`) only when `needed`:
+/// sweeps without a bandwidth-bound figure skip the probe (256 MiB and a few seconds).
+pub fn read_limit_if(
+    needed: bool,
+    budget: Duration,
+    progress: &mut impl FnMut(&str),
+    out: &mut Vec<Figure>,
+) -> Result<Option<ReadLimit>> {
+    if !needed {
+        return Ok(None);
+    }
+    progress("limits.read");
+    let (limit, figure) = ReadLimit::new(budget)?;
+    out.push(figure);
+    Ok(Some(limit))
+}
+
 /// Adds the read limit measured around a bandwidth figure: `read_gbps` and `read_fraction` (`gbps`,
 /// the bytes the figure had to read per second, over it).
 pub fn with_read(mut f: Figure, gbps: f64, read_gbps: f64) -> Figure {

@@ -1,7 +1,7 @@
 //! Matmul throughput (GFLOPS = 2·m·n·k·batch / time) at any shape, dtype and SIMD level; the same
 //! code serves `ascend bench matmul` and `benches/matmul.rs`.
 
-use super::limits::{with_read, ReadLimit};
+use super::limits::{read_limit_if, with_read};
 use super::{try_per_iter, Figure, DTYPES};
 use ascend_kernels::{cpu::Level, Element, Matmul, Shape};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
@@ -108,9 +108,10 @@ pub fn default_shapes() -> Vec<Shape> {
     square.into_iter().chain(decode).collect()
 }
 
-/// Measures the streaming-read limit, then every shape in every dtype; decode figures get
-/// `read_gbps` (the limit measured around them, see [`ReadLimit`]) and `read_fraction` =
-/// weights_gbps / read_gbps. `progress` is told each step.
+/// Measures the streaming-read limit (when there are decode shapes), then every shape in every
+/// dtype; decode figures get `read_gbps` (the limit measured around them, see
+/// [`ReadLimit`](super::limits::ReadLimit)) and `read_fraction` = weights_gbps / read_gbps.
+/// `progress` is told each step.
 pub fn sweep(
     shapes: &[Shape],
     dtypes: &[&str],
@@ -118,16 +119,16 @@ pub fn sweep(
     budget: Duration,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<Figure>> {
-    progress("limits.read");
-    let (mut limit, read) = ReadLimit::new(budget)?;
-    let mut out = vec![read];
+    let decode = |s: &Shape| s.m <= ascend_kernels::matmul::DECODE_MAX_M;
+    let mut out = Vec::new();
+    let mut limit = read_limit_if(shapes.iter().any(decode), budget, &mut progress, &mut out)?;
     for &shape in shapes {
         for &dtype in dtypes {
             progress(&format!("kernels.matmul {dtype} {}x{}x{}", shape.m, shape.n, shape.k));
-            if shape.m > ascend_kernels::matmul::DECODE_MAX_M {
+            let Some(limit) = limit.as_mut().filter(|_| decode(&shape)) else {
                 out.push(measure(shape, dtype, level, budget)?);
                 continue;
-            }
+            };
             let (f, read_gbps) = limit.around(|| measure(shape, dtype, level, budget))?;
             let w = f.param("weights_gbps").unwrap_or(f64::NAN);
             out.push(with_read(f, w, read_gbps));
