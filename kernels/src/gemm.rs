@@ -193,7 +193,7 @@ fn rows_with<P: Copy + Default>(
         for p in (0..kc).step_by(ks) {
             for (sidx, chunk) in b_row(p).chunks(nr).enumerate() {
                 let next = (ks == 2 && p + 1 < kc).then(|| &b_row(p + 1)[sidx * nr..sidx * nr + chunk.len()]);
-                put(&mut scratch.b[sidx * kcp * nr + p * nr..], ks, chunk, next);
+                put(&mut scratch.b[sidx * kcp * nr + p * nr..], ks, chunk, next, &|x| x);
             }
         }
         scratch.a.clear();
@@ -204,7 +204,7 @@ fn rows_with<P: Copy + Default>(
             for p in (0..kc).step_by(ks) {
                 for (pi, chunk) in a_row(p).chunks(mr).enumerate() {
                     let next = (ks == 2 && p + 1 < kc).then(|| &a_row(p + 1)[pi * mr..pi * mr + chunk.len()]);
-                    put(&mut scratch.a[pi * kcp * mr + p * mr..], ks, chunk, next);
+                    put(&mut scratch.a[pi * kcp * mr + p * mr..], ks, chunk, next, &|x| x);
                 }
             }
         } else {
@@ -233,23 +233,23 @@ fn rows_with<P: Copy + Default>(
 }
 
 /// Writes the values at one depth `p` of consecutive columns (or rows) into a packed strip (or
-/// panel) from `dst`, its first slot at that depth: one contiguous copy when k values are not
-/// interleaved (`ks` 1), else `first` interleaved with the next depth's values (`second`, zeros
-/// when `p` is the last).
+/// panel) from `dst`, its first slot at that depth, converted by `conv`: side by side when k values
+/// are not interleaved (`ks` 1), else `first` interleaved with the next depth's values (`second`;
+/// its slots are left alone when `p` is the last depth, for the padding).
 #[inline(always)]
-fn put<P: Copy + Default>(dst: &mut [P], ks: usize, first: &[P], second: Option<&[P]>) {
+fn put<T: Copy, P: Copy>(dst: &mut [P], ks: usize, first: &[T], second: Option<&[T]>, conv: &impl Fn(T) -> P) {
     let dst = &mut dst[..first.len() * ks];
     match (ks, second) {
-        (1, _) => dst.copy_from_slice(first),
+        (1, _) => dst.iter_mut().zip(first).for_each(|(d, &x)| *d = conv(x)),
         (_, Some(second)) => {
             for ((pair, &x), &y) in dst.chunks_exact_mut(2).zip(first).zip(second) {
-                pair[0] = x;
-                pair[1] = y;
+                pair[0] = conv(x);
+                pair[1] = conv(y);
             }
         }
         (_, None) => {
             for (pair, &x) in dst.chunks_exact_mut(2).zip(first) {
-                pair[0] = x;
+                pair[0] = conv(x);
             }
         }
     }
@@ -378,12 +378,10 @@ fn pack_b<B: Copy + Sync, P: Packed>(
         let strip = unsafe { std::slice::from_raw_parts_mut((addr as *mut P).add(s * kcp * nr), kcp * nr) };
         let cols = nr.min(n - s * nr);
         if b.cs == 1 && b.rs != 1 {
-            // Row-major B: each row's columns of the strip side by side.
-            for p in 0..kc {
-                let row = &b.data[(pc + p) * b.rs + s * nr..][..cols];
-                for (j, &v) in row.iter().enumerate() {
-                    strip[slot(p, j, nr, ks)] = conv(v);
-                }
+            // Row-major B: each row's columns of the strip side by side (rows paired for bf16).
+            let row = |p: usize| &b.data[(pc + p) * b.rs + s * nr..][..cols];
+            for p in (0..kc).step_by(ks) {
+                put(&mut strip[p * nr..], ks, row(p), (ks == 2 && p + 1 < kc).then(|| row(p + 1)), conv);
             }
         } else {
             for j in 0..cols {
