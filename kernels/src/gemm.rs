@@ -71,7 +71,7 @@ pub struct View<'a, T> {
     pub cs: usize,
 }
 
-/// Depth of one packed slice of k.
+/// Depth of one packed slice of k for f32; bf16 pairs take `2 · KC` (the same bytes).
 const KC: usize = 1024;
 /// Largest microkernel tile (MR × NR).
 const TILE: usize = 12 * 32;
@@ -182,8 +182,9 @@ fn rows_with<P: Copy + Default>(
     let strips = n.div_ceil(nr);
     let panels = m.div_ceil(mr);
     let mut t = [0f32; TILE];
-    for pc in (0..k).step_by(KC) {
-        let kc = KC.min(k - pc);
+    let depth = KC * ks;
+    for pc in (0..k).step_by(depth) {
+        let kc = depth.min(k - pc);
         let kcp = kc.div_ceil(ks) * ks;
         // Cleared and refilled with zeros: the padding (columns beyond n, rows beyond m, k beyond kc)
         // must be zero.
@@ -310,8 +311,9 @@ fn drive<P, A, B, FA, FB>(
     let pool = ascend_rt::host::pool();
     let c_addr = c.as_mut_ptr() as usize;
     let mut packed_b = P::buffer().take();
-    for pc in (0..k).step_by(KC) {
-        let kc = KC.min(k - pc);
+    let depth = KC * ks;
+    for pc in (0..k).step_by(depth) {
+        let kc = depth.min(k - pc);
         let kcp = kc.div_ceil(ks) * ks;
         pack_b(b, &conv_b, pc, kc, kcp, n, nr, ks, &mut packed_b);
         let row_blocks = m.div_ceil(mc);
@@ -637,7 +639,7 @@ mod tests {
         // Small integers: every product and sum is exact in f32 and every input exact in bf16. Odd k
         // (a half-padded last bf16 pair), k beyond one packed slice, strides wider than the rows, and
         // C cells outside the block that must keep their value.
-        for (m, n, k) in [(5, 37, 9), (13, 33, KC + 7), (1, 1, 1)] {
+        for (m, n, k) in [(5, 37, 9), (13, 33, 2 * KC + 7), (1, 1, 1)] {
             for a_transposed in [false, true] {
                 let lda = if a_transposed { m + 3 } else { k + 2 };
                 let a_len = if a_transposed { k * lda } else { m * lda };

@@ -66,7 +66,7 @@ fn check<T: Element, O: Element>(level: cpu::Level, s: Shape, bias: bool, seed: 
     }
 }
 
-const SHAPES: [(usize, usize, usize); 12] = [
+const SHAPES: [(usize, usize, usize); 13] = [
     (1, 1, 1),
     (7, 13, 5),
     (17, 33, 257),
@@ -81,6 +81,9 @@ const SHAPES: [(usize, usize, usize); 12] = [
     // sums carried over.
     (16, 24, 4500),
     (29, 10, 2300),
+    // The blocked GEMM (m above the decode path) over several packed slices of k (1024 for f32,
+    // 2048 for bf16), the last one odd.
+    (40, 36, 2101),
 ];
 
 #[test]
