@@ -186,10 +186,9 @@ fn rows_with<P: Copy + Default>(
     for pc in (0..k).step_by(depth) {
         let kc = depth.min(k - pc);
         let kcp = kc.div_ceil(ks) * ks;
-        // Cleared and refilled with zeros: the padding (columns beyond n, rows beyond m, k beyond kc)
-        // must be zero.
-        scratch.b.clear();
-        scratch.b.resize(strips * kcp * nr, P::default());
+        // Reused as they are: packing writes every slot below, and the padding (columns beyond n,
+        // rows beyond m, k beyond kc) is zeroed after it.
+        grow(&mut scratch.b, strips * kcp * nr);
         let b_row = |p: usize| &b[(pc + p) * ldb..(pc + p) * ldb + n];
         for p in (0..kc).step_by(ks) {
             for (sidx, chunk) in b_row(p).chunks(nr).enumerate() {
@@ -197,8 +196,7 @@ fn rows_with<P: Copy + Default>(
                 put(&mut scratch.b[sidx * kcp * nr + p * nr..], ks, chunk, next, &|x| x);
             }
         }
-        scratch.a.clear();
-        scratch.a.resize(panels * kcp * mr, P::default());
+        grow(&mut scratch.a, panels * kcp * mr);
         if a_transposed {
             // A stored k × m: each k gives `mr` consecutive values of a panel.
             let a_row = |p: usize| &a[(pc + p) * lda..(pc + p) * lda + m];
@@ -215,6 +213,12 @@ fn rows_with<P: Copy + Default>(
                     panel[slot(p, r % mr, mr, ks)] = x;
                 }
             }
+        }
+        for (sidx, strip) in scratch.b.chunks_exact_mut(kcp * nr).take(strips).enumerate() {
+            zero_padding(strip, kc, kcp, nr.min(n - sidx * nr), nr, ks);
+        }
+        for (pi, panel) in scratch.a.chunks_exact_mut(kcp * mr).take(panels).enumerate() {
+            zero_padding(panel, kc, kcp, mr.min(m - pi * mr), mr, ks);
         }
         for sidx in 0..strips {
             let cols = nr.min(n - sidx * nr);
@@ -370,9 +374,7 @@ fn pack_b<B: Copy + Sync, P: Packed>(
 ) {
     let strips = n.div_ceil(nr);
     // Grown, never cleared: packing writes every element, padding included.
-    if out.len() < strips * kcp * nr {
-        out.resize(strips * kcp * nr, P::default());
-    }
+    grow(out, strips * kcp * nr);
     let addr = out.as_mut_ptr() as usize;
     ascend_rt::host::pool().parallel_for(strips, &|s| {
         // SAFETY: strip `s` owns elements [s·kcp·nr, (s+1)·kcp·nr) of `out`, disjoint from the other
@@ -395,9 +397,16 @@ fn pack_b<B: Copy + Sync, P: Packed>(
     });
 }
 
-/// Zeroes the slots of a packed strip beyond its `kc` rows and `cols` columns (the microkernel reads
-/// all `kcp × nr`).
-fn zero_padding<P: Packed>(strip: &mut [P], kc: usize, kcp: usize, cols: usize, nr: usize, ks: usize) {
+/// Grows `v` to at least `len` elements; what it holds already is left as it is.
+fn grow<P: Copy + Default>(v: &mut Vec<P>, len: usize) {
+    if v.len() < len {
+        v.resize(len, P::default());
+    }
+}
+
+/// Zeroes the slots of a packed strip (or panel) beyond its `kc` depths and `cols` columns (or rows):
+/// the microkernel reads all `kcp × nr`.
+fn zero_padding<P: Copy + Default>(strip: &mut [P], kc: usize, kcp: usize, cols: usize, nr: usize, ks: usize) {
     for p in 0..kcp {
         let from = if p < kc { cols } else { 0 };
         for j in from..nr {
@@ -637,8 +646,9 @@ mod tests {
     #[test]
     fn row_products_match_a_plain_sum_for_every_layout() {
         // Small integers: every product and sum is exact in f32 and every input exact in bf16. Odd k
-        // (a half-padded last bf16 pair), k beyond one packed slice, strides wider than the rows, and
-        // C cells outside the block that must keep their value.
+        // (a half-padded last bf16 pair), k beyond one packed slice, strides wider than the rows, C
+        // cells outside the block that must keep their value, and packing buffers full of NaN (they
+        // are reused as they are: only their padding is zeroed).
         for (m, n, k) in [(5, 37, 9), (13, 33, 2 * KC + 7), (1, 1, 1)] {
             for a_transposed in [false, true] {
                 let lda = if a_transposed { m + 3 } else { k + 2 };
@@ -658,7 +668,7 @@ mod tests {
                     let what = format!("{m}x{n}x{k} transposed {a_transposed} accumulate {accumulate}");
                     for level in crate::cpu::available() {
                         let mut c = vec![1f32; m * ldc];
-                        let mut scratch = Scratch::default();
+                        let mut scratch = Scratch { a: vec![f32::NAN; 1 << 18], b: vec![f32::NAN; 1 << 18] };
                         gemm_rows(
                             level,
                             (m, n, k),
@@ -674,7 +684,7 @@ mod tests {
                         let bits = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect::<Vec<u16>>();
                         let (ab, bb) = (bits(&a), bits(&b));
                         let mut c = vec![1f32; m * ldc];
-                        let mut scratch = Scratch::default();
+                        let mut scratch = Scratch { a: vec![0x7fc0; 1 << 18], b: vec![0x7fc0; 1 << 18] };
                         gemm_rows_bf16(
                             (m, n, k),
                             (&ab, lda, a_transposed),
