@@ -7,8 +7,8 @@
 //! Sequence lengths, block tables and slot mappings are host slices (the scheduler's own data, as
 //! the NPU operators take them): every index is checked before anything is enqueued, and a bad call
 //! returns [`Error::InvalidArgument`] with nothing enqueued. Softmax and accumulation are f32 for
-//! every input type; with bf16 inputs on a CPU with AVX-512 BF16 the decode path computes scores from
-//! the raw bf16 values and rounds the probabilities to bf16 before the value product (as
+//! every input type; with bf16 inputs on a CPU with AVX-512 BF16, prefill and decode compute scores
+//! from the raw bf16 values and round the probabilities to bf16 before the value product (as
 //! reduced-precision attention, torch's included, does), which bounds its extra error by
 //! 2⁻⁸·Σⱼ pⱼ·|vⱼ|. On a simulator stream the host kernels run ([`host`]); on an NPU stream the
 //! same calls run aclnnFusedInferAttentionScoreV2 and aclnnScatterPaKvCache ([`npu`]).
