@@ -181,44 +181,22 @@ fn rows_with<P: Copy + Default>(
     assert!(a.len() >= a_extent && b.len() >= (k - 1) * ldb + n && c.len() >= (m - 1) * ldc + n);
     let strips = n.div_ceil(nr);
     let panels = m.div_ceil(mr);
+    // A's panels are packed as strips of Aᵀ (k × m).
+    let b_view = View { data: b, rs: ldb, cs: 1 };
+    let at_view = if a_transposed { View { data: a, rs: lda, cs: 1 } } else { View { data: a, rs: 1, cs: lda } };
     let mut t = [0f32; TILE];
     let depth = KC * ks;
     for pc in (0..k).step_by(depth) {
         let kc = depth.min(k - pc);
         let kcp = kc.div_ceil(ks) * ks;
-        // Reused as they are: packing writes every slot below, and the padding (columns beyond n,
-        // rows beyond m, k beyond kc) is zeroed after it.
+        // Reused as they are: packing writes every slot, padding included.
         grow(&mut scratch.b, strips * kcp * nr);
-        let b_row = |p: usize| &b[(pc + p) * ldb..(pc + p) * ldb + n];
-        for p in (0..kc).step_by(ks) {
-            for (sidx, chunk) in b_row(p).chunks(nr).enumerate() {
-                let next = (ks == 2 && p + 1 < kc).then(|| &b_row(p + 1)[sidx * nr..sidx * nr + chunk.len()]);
-                put(&mut scratch.b[sidx * kcp * nr + p * nr..], ks, chunk, next, &|x| x);
-            }
-        }
         grow(&mut scratch.a, panels * kcp * mr);
-        if a_transposed {
-            // A stored k × m: each k gives `mr` consecutive values of a panel.
-            let a_row = |p: usize| &a[(pc + p) * lda..(pc + p) * lda + m];
-            for p in (0..kc).step_by(ks) {
-                for (pi, chunk) in a_row(p).chunks(mr).enumerate() {
-                    let next = (ks == 2 && p + 1 < kc).then(|| &a_row(p + 1)[pi * mr..pi * mr + chunk.len()]);
-                    put(&mut scratch.a[pi * kcp * mr + p * mr..], ks, chunk, next, &|x| x);
-                }
-            }
-        } else {
-            for r in 0..m {
-                let panel = &mut scratch.a[(r / mr) * kcp * mr..];
-                for (p, &x) in a[r * lda + pc..r * lda + pc + kc].iter().enumerate() {
-                    panel[slot(p, r % mr, mr, ks)] = x;
-                }
-            }
-        }
         for (sidx, strip) in scratch.b.chunks_exact_mut(kcp * nr).take(strips).enumerate() {
-            zero_padding(strip, kc, kcp, nr.min(n - sidx * nr), nr, ks);
+            pack_strip(&b_view, &|x| x, (pc, kc, kcp), sidx, n, (nr, ks), strip);
         }
         for (pi, panel) in scratch.a.chunks_exact_mut(kcp * mr).take(panels).enumerate() {
-            zero_padding(panel, kc, kcp, mr.min(m - pi * mr), mr, ks);
+            pack_strip(&at_view, &|x| x, (pc, kc, kcp), pi, m, (mr, ks), panel);
         }
         for sidx in 0..strips {
             let cols = nr.min(n - sidx * nr);
@@ -380,21 +358,38 @@ fn pack_b<B: Copy + Sync, P: Packed>(
         // SAFETY: strip `s` owns elements [s·kcp·nr, (s+1)·kcp·nr) of `out`, disjoint from the other
         // strips', and `out` outlives the parallel_for.
         let strip = unsafe { std::slice::from_raw_parts_mut((addr as *mut P).add(s * kcp * nr), kcp * nr) };
-        let cols = nr.min(n - s * nr);
-        if b.cs == 1 && b.rs != 1 {
-            // Row-major B: each row's columns of the strip side by side (rows paired for bf16).
-            let row = |p: usize| &b.data[(pc + p) * b.rs + s * nr..][..cols];
-            for p in (0..kc).step_by(ks) {
-                put(&mut strip[p * nr..], ks, row(p), (ks == 2 && p + 1 < kc).then(|| row(p + 1)), conv);
-            }
-        } else {
-            for j in 0..cols {
-                // Column j of the strip: contiguous in B for transposed weights ([N, K], `rs == 1`).
-                pack_line(b, conv, (pc, s * nr + j), (1, 0), kc, strip, j, nr, ks);
-            }
-        }
-        zero_padding(strip, kc, kcp, cols, nr, ks);
+        pack_strip(b, conv, (pc, kc, kcp), s, n, (nr, ks), strip);
     });
+}
+
+/// Strip `s` of B (`n` columns; rows `pc..pc + kc`) into `strip`: `nr` columns side by side per depth
+/// (`ks` depths interleaved), zero beyond `n` and `kc` up to `kcp`. Also packs A panels, as strips
+/// of Aᵀ.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pack_strip<B: Copy, P: Copy + Default>(
+    b: &View<'_, B>,
+    conv: &impl Fn(B) -> P,
+    (pc, kc, kcp): (usize, usize, usize),
+    s: usize,
+    n: usize,
+    (nr, ks): (usize, usize),
+    strip: &mut [P],
+) {
+    let cols = nr.min(n - s * nr);
+    if b.cs == 1 && b.rs != 1 {
+        // Row-major B: each row's columns of the strip side by side (rows paired for bf16).
+        let row = |p: usize| &b.data[(pc + p) * b.rs + s * nr..][..cols];
+        for p in (0..kc).step_by(ks) {
+            put(&mut strip[p * nr..], ks, row(p), (ks == 2 && p + 1 < kc).then(|| row(p + 1)), conv);
+        }
+    } else {
+        for j in 0..cols {
+            // Column j of the strip: contiguous in B for transposed weights ([N, K], `rs == 1`).
+            pack_line(b, conv, (pc, s * nr + j), (1, 0), kc, strip, j, nr, ks);
+        }
+    }
+    zero_padding(strip, kc, kcp, cols, nr, ks);
 }
 
 /// Grows `v` to at least `len` elements; what it holds already is left as it is.
