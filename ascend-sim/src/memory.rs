@@ -302,9 +302,11 @@ impl Memory {
     /// `aclrtMalloc` / `aclrtMallocAlign32` on logical device `device`.
     pub fn malloc(&self, device: usize, size: usize, align32_only: bool) -> Result<usize> {
         let usable = match padded_size(size, align32_only) {
-            Some(n) if size > 0 && n <= self.devices[device].capacity => n,
             _ if size == 0 => return fail(ACL_ERROR_INVALID_PARAM, "size is 0"),
-            _ => {
+            // CANN refuses a size whose padding overflows as a bad parameter, not as a failed allocation.
+            None => return fail(ACL_ERROR_INVALID_PARAM, format!("size {size} overflows once padded")),
+            Some(n) if n <= self.devices[device].capacity => n,
+            Some(_) => {
                 return fail(
                     ACL_ERROR_RT_MEMORY_ALLOCATION,
                     format!("{size} bytes exceed the device's {} bytes", self.devices[device].capacity),

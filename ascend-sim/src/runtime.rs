@@ -91,6 +91,8 @@ pub struct Runtime {
     pub config: Config,
     /// `aclInit` count (0 = not initialised).
     pub init_count: Mutex<u32>,
+    /// Held by `aclFinalize` while queued work drains, so that finalisations do not overlap.
+    pub finalizing: Mutex<()>,
     /// Bumped by `aclFinalize`, invalidating every thread's current context.
     pub generation: AtomicU64,
     /// Logical devices.
@@ -128,6 +130,7 @@ pub fn runtime() -> &'static Runtime {
                 .collect(),
             config,
             init_count: Mutex::new(0),
+            finalizing: Mutex::new(()),
             generation: AtomicU64::new(0),
             contexts: Registry::new(0xC7, "context"),
             streams: Registry::new(0x57, "stream"),

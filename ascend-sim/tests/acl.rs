@@ -131,7 +131,8 @@ fn malloc_rules() {
     let mut p = null_mut();
     assert_code!(aclrtMalloc(&mut p, 0, 0), ACL_ERROR_INVALID_PARAM);
     assert_code!(aclrtMalloc(null_mut(), 16, 0), ACL_ERROR_INVALID_PARAM);
-    assert_code!(aclrtMalloc(&mut p, usize::MAX, 0), ACL_ERROR_RT_MEMORY_ALLOCATION);
+    assert_code!(aclrtMalloc(&mut p, usize::MAX, 0), ACL_ERROR_INVALID_PARAM); // overflows once padded
+    assert_code!(aclrtMalloc(&mut p, 1 << 50, 0), ACL_ERROR_RT_MEMORY_ALLOCATION); // more than the device has
     let p = malloc(100);
     assert_eq!(p as usize % 64, 0, "64-byte aligned");
     // round_up(100, 32) + 32 = 160 usable bytes.

@@ -444,6 +444,7 @@ fn worker() {
     match var("HCCL_TEST_SCENARIO").as_str() {
         "matrix" => with_rank(rank, n, &root, |r| r.run_matrix(n <= 4)),
         "big" => with_rank(rank, n, &root, |r| r.run_big()),
+        "drop" => with_rank(rank, n, &root, dropped_collective),
         "never-join" => {
             // Rank n-1 never arrives; the others must time out.
             if rank + 1 == n {
@@ -577,6 +578,16 @@ fn bad_arguments_are_rejected_at_once() {
             "misaligned"
         );
         assert_eq!(HcclAllReduce(null_mut(), p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s), HCCL_E_PTR);
+        // Only device memory: host memory, pinned host memory and wild pointers are refused.
+        let mut host = vec![0f32; 16];
+        let hp = host.as_mut_ptr().cast::<c_void>();
+        assert_eq!(HcclAllReduce(hp, p, 16, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s), HCCL_E_PARA, "host");
+        let mut pinned = null_mut();
+        assert_code!(aclrtMallocHost(&mut pinned, 64), ACL_SUCCESS);
+        assert_eq!(HcclBroadcast(pinned, 16, HCCL_DATA_TYPE_FP32, 0, comm, s), HCCL_E_PARA, "pinned host");
+        assert_code!(aclrtFreeHost(pinned), ACL_SUCCESS);
+        let wild = 0x40usize as *mut c_void;
+        assert_eq!(HcclAllReduce(p, wild, 16, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, comm, s), HCCL_E_PARA, "wild");
         assert_eq!(HcclAllReduce(p, p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, null_mut(), s), HCCL_E_PTR);
         assert_eq!(HcclAllReduce(p, p, 1, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, 0x77usize as HcclComm, s), HCCL_E_PARA);
         assert_eq!(HcclBroadcast(p, 1, HCCL_DATA_TYPE_FP32, 1, comm, s), HCCL_E_PARA, "root out of range");
@@ -638,6 +649,41 @@ fn mismatched_arguments_between_ranks_fail_every_rank() {
 }
 
 #[test]
+fn a_collective_one_rank_drops_fails_its_peers_at_once_and_poisons_the_communicator() {
+    // Processes with a finite HCCL_EXEC_TIMEOUT: if the drop went unnoticed, the peer would fail
+    // only after it, and the time check in `dropped_collective` would catch that.
+    let (st, _) = processes(2, "drop", &[("HCCL_EXEC_TIMEOUT", "60")]);
+    assert!(st.iter().all(|s| s.success()), "{st:?}");
+}
+
+/// Rank 1's stream fails before its collective runs, so the collective is dropped there.
+fn dropped_collective(r: &Rank) {
+    let p = r.upload(&[0u8; 4096]);
+    let all_reduce = |s| unsafe { HcclAllReduce(p, p, 1024, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, r.comm, s) };
+    let t = Instant::now();
+    if r.rank == 1 {
+        // A copy into memory freed while it was queued fails the stream first.
+        let gate = Gate::hold(r.stream);
+        let q = malloc(64);
+        assert_code!(aclrtMemcpyAsync(q, 64, p, 64, ACL_MEMCPY_DEVICE_TO_DEVICE, r.stream), ACL_SUCCESS);
+        assert_code!(aclrtFree(q), ACL_SUCCESS);
+        assert_eq!(all_reduce(r.stream), HCCL_SUCCESS);
+        gate.open();
+        assert_ne!(unsafe { aclrtSynchronizeStream(r.stream) }, ACL_SUCCESS);
+    } else {
+        assert_eq!(all_reduce(r.stream), HCCL_SUCCESS);
+        assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_TASK_TIMEOUT);
+    }
+    // Nothing pairs with the dropped collective later: every further one fails, on a fresh stream too.
+    let s2 = new_stream();
+    assert_eq!(all_reduce(s2), HCCL_SUCCESS);
+    assert_code!(aclrtSynchronizeStream(s2), ACL_ERROR_RT_TASK_TIMEOUT);
+    assert!(t.elapsed() < Duration::from_secs(10), "not after HCCL_EXEC_TIMEOUT: {:?}", t.elapsed());
+    assert_code!(aclrtDestroyStream(s2), ACL_SUCCESS);
+    assert_code!(aclrtFree(p), ACL_SUCCESS);
+}
+
+#[test]
 fn a_rank_that_never_joins_times_out_and_leaves_no_segment() {
     let t = Instant::now();
     let (st, segment) = processes(3, "never-join", &[("HCCL_CONNECT_TIMEOUT", "1")]);
@@ -648,11 +694,15 @@ fn a_rank_that_never_joins_times_out_and_leaves_no_segment() {
 
 #[test]
 fn a_rank_that_dies_fails_the_survivors_with_a_timeout() {
-    let t = Instant::now();
-    let (st, segment) = processes(3, "die", &[("HCCL_EXEC_TIMEOUT", "30")]);
-    assert!(st[..2].iter().all(|s| s.success()), "{st:?}");
-    assert!(t.elapsed() < Duration::from_secs(20), "dead peers are noticed quickly");
-    assert!(!segment.exists(), "{} left behind", segment.display());
+    // A death is noticed whatever the timeouts, even absurd ones (which must not overflow).
+    for timeouts in [[("HCCL_EXEC_TIMEOUT", "30")], [("HCCL_EXEC_TIMEOUT", "inf")], [("HCCL_CONNECT_TIMEOUT", "1e20")]]
+    {
+        let t = Instant::now();
+        let (st, segment) = processes(3, "die", &timeouts);
+        assert!(st[..2].iter().all(|s| s.success()), "{timeouts:?}: {st:?}");
+        assert!(t.elapsed() < Duration::from_secs(20), "dead peers are noticed quickly");
+        assert!(!segment.exists(), "{} left behind", segment.display());
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use ascend_sim::capi::acl::*;
 use ascend_sys::*;
 use std::ptr::null;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 #[test]
 fn init_is_counted_and_finalize_is_not_repeatable() {
@@ -32,6 +33,26 @@ fn init_is_counted_and_finalize_is_not_repeatable() {
         assert_eq!(aclrtSetDevice(0), ACL_SUCCESS);
         assert_eq!(aclrtGetDevice(&mut d), ACL_SUCCESS);
         assert_eq!(d, 0);
-        assert_eq!(aclFinalize(), ACL_SUCCESS);
+        // Finalising waits for queued work, which may itself call the runtime: no deadlock, and
+        // the runtime is still initialised for it.
+        let mut s = std::ptr::null_mut();
+        assert_eq!(aclrtCreateStream(&mut s), ACL_SUCCESS);
+        assert_eq!(aclrtLaunchHostFunc(s, Some(calls_the_runtime), std::ptr::null_mut()), ACL_SUCCESS);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(aclFinalize()).unwrap());
+        let finalized = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("aclFinalize returned");
+        assert_eq!(finalized, ACL_SUCCESS);
+        assert_eq!(SEEN_BY_HOST_FUNC.load(Ordering::Acquire), ACL_ERROR_INVALID_PARAM, "initialised while draining");
     }
+}
+
+/// What `aclrtFree(NULL)` returned inside the host function (`ACL_ERROR_INVALID_PARAM` while the
+/// runtime is initialised).
+static SEEN_BY_HOST_FUNC: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn calls_the_runtime(_: *mut std::ffi::c_void) {
+    // Late enough that aclFinalize is already waiting for this stream.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: a plain call; NULL is refused.
+    SEEN_BY_HOST_FUNC.store(unsafe { aclrtFree(std::ptr::null_mut()) }, Ordering::Release);
 }

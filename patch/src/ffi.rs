@@ -4,6 +4,7 @@
 
 use crate::comm::{Data, PatchComm};
 use crate::layout::{Kind, Sizes};
+use ascend_sim::hccl::DType;
 use ascend_sys::{HCCL_E_INTERNAL, HCCL_E_PARA, HCCL_E_PTR};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
@@ -119,6 +120,10 @@ pub unsafe extern "C" fn ascend_patch_comm_init(
         if root.is_null() || comm.is_null() {
             return Err((HCCL_E_PTR, "root and comm must not be null".into()));
         }
+        // Before the slice is made: a wild `len` must not reach from_raw_parts.
+        if len != crate::comm::ROOT_INFO_BYTES {
+            return Err(para(format!("root info is {len} bytes, not {}", crate::comm::ROOT_INFO_BYTES)));
+        }
         // SAFETY: `root` holds `len` bytes by the contract.
         let bytes = unsafe { std::slice::from_raw_parts(root, len) };
         let c = PatchComm::init(bytes, nranks as usize, rank as usize, device)?;
@@ -154,8 +159,15 @@ unsafe fn handle<'a>(comm: *mut c_void) -> Result<&'a PatchComm, (i32, String)> 
     Ok(unsafe { &*(comm as *const PatchComm) })
 }
 
-fn data(count: u64, dtype: i32) -> Data {
-    Data { count: count as usize, dtype }
+/// `count` elements of `dtype` on `comm`, refused when the largest buffer an operation may touch
+/// (every rank's `count`, gathered) has more bytes than an address space holds.
+fn data(comm: &PatchComm, count: u64, dtype: i32) -> Result<Data, (i32, String)> {
+    let elem = DType::from_hccl(dtype).map_or(1, DType::size); // an unknown type fails later, by name
+    let bytes = usize::try_from(count).ok().and_then(|c| c.checked_mul(elem)).and_then(|b| b.checked_mul(comm.size));
+    match bytes {
+        Some(b) if b <= isize::MAX as usize => Ok(Data { count: count as usize, dtype }),
+        _ => Err(para(format!("count {count} of data type {dtype} overflows a buffer's size"))),
+    }
 }
 
 fn index(what: &str, v: i32) -> Result<usize, (i32, String)> {
@@ -179,7 +191,8 @@ pub unsafe extern "C" fn ascend_patch_all_reduce(
 ) -> i32 {
     // SAFETY: forwarded contract.
     entry("ascend_patch_all_reduce", || unsafe {
-        handle(comm)?.all_reduce(send as usize, recv as usize, data(count, dtype), op, stream)
+        let c = handle(comm)?;
+        c.all_reduce(send as usize, recv as usize, data(c, count, dtype)?, op, stream)
     })
 }
 
@@ -198,7 +211,8 @@ pub unsafe extern "C" fn ascend_patch_all_gather(
 ) -> i32 {
     // SAFETY: forwarded contract.
     entry("ascend_patch_all_gather", || unsafe {
-        handle(comm)?.all_gather(send as usize, recv as usize, data(count, dtype), stream)
+        let c = handle(comm)?;
+        c.all_gather(send as usize, recv as usize, data(c, count, dtype)?, stream)
     })
 }
 
@@ -218,7 +232,8 @@ pub unsafe extern "C" fn ascend_patch_reduce_scatter(
 ) -> i32 {
     // SAFETY: forwarded contract.
     entry("ascend_patch_reduce_scatter", || unsafe {
-        handle(comm)?.reduce_scatter(send as usize, recv as usize, data(count, dtype), op, stream)
+        let c = handle(comm)?;
+        c.reduce_scatter(send as usize, recv as usize, data(c, count, dtype)?, op, stream)
     })
 }
 
@@ -239,7 +254,10 @@ pub unsafe extern "C" fn ascend_patch_gather(
     entry("ascend_patch_gather", || {
         let root = index("root", root)?;
         // SAFETY: forwarded contract.
-        unsafe { handle(comm)?.gather(send as usize, recv as usize, data(count, dtype), root, stream) }
+        unsafe {
+            let c = handle(comm)?;
+            c.gather(send as usize, recv as usize, data(c, count, dtype)?, root, stream)
+        }
     })
 }
 
@@ -259,7 +277,10 @@ pub unsafe extern "C" fn ascend_patch_broadcast(
     entry("ascend_patch_broadcast", || {
         let root = index("root", root)?;
         // SAFETY: forwarded contract.
-        unsafe { handle(comm)?.broadcast(buf as usize, data(count, dtype), root, stream) }
+        unsafe {
+            let c = handle(comm)?;
+            c.broadcast(buf as usize, data(c, count, dtype)?, root, stream)
+        }
     })
 }
 
@@ -279,7 +300,10 @@ pub unsafe extern "C" fn ascend_patch_send(
     entry("ascend_patch_send", || {
         let peer = index("peer", peer)?;
         // SAFETY: forwarded contract.
-        unsafe { handle(comm)?.send(buf as usize, data(count, dtype), peer, stream) }
+        unsafe {
+            let c = handle(comm)?;
+            c.send(buf as usize, data(c, count, dtype)?, peer, stream)
+        }
     })
 }
 
@@ -299,7 +323,10 @@ pub unsafe extern "C" fn ascend_patch_recv(
     entry("ascend_patch_recv", || {
         let peer = index("peer", peer)?;
         // SAFETY: forwarded contract.
-        unsafe { handle(comm)?.recv(buf as usize, data(count, dtype), peer, stream) }
+        unsafe {
+            let c = handle(comm)?;
+            c.recv(buf as usize, data(c, count, dtype)?, peer, stream)
+        }
     })
 }
 

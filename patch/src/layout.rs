@@ -64,6 +64,10 @@ pub struct Sizes {
     pub dcp: usize,
 }
 
+/// Most ranks a layout may have: far beyond any deployment, small enough that its rank lists fit
+/// in memory and its ranks in the C ABI's `i32`.
+pub const MAX_WORLD: usize = 1 << 20;
+
 /// Why sizes do not make a layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayoutError(pub String);
@@ -82,6 +86,9 @@ impl Sizes {
         let s = *self;
         if [s.world, s.tp, s.pp, s.dp, s.pcp, s.dcp].contains(&0) {
             return Err(LayoutError(format!("every size must be at least 1: {s:?}")));
+        }
+        if s.world > MAX_WORLD {
+            return Err(LayoutError(format!("world size {} is beyond {MAX_WORLD} ranks", s.world)));
         }
         let inner = s.dp.checked_mul(s.pp).and_then(|x| x.checked_mul(s.pcp)).and_then(|x| x.checked_mul(s.tp));
         match inner {

@@ -144,6 +144,9 @@ fn bad_arguments_return_codes_and_messages() {
     unsafe {
         assert_eq!(ascend_patch_comm_init(short.as_ptr(), short.len(), 2, 0, -1, &mut c), 1);
         assert!(last_error().contains("4108"), "{}", last_error());
+        // A wild length is refused before any slice of it is made.
+        assert_eq!(ascend_patch_comm_init(short.as_ptr(), usize::MAX, 2, 0, -1, &mut c), 1);
+        assert!(last_error().contains("4108"), "{}", last_error());
         let r = root(-1);
         assert_eq!(ascend_patch_comm_init(r.as_ptr(), r.len(), 2, 5, -1, &mut c), 1);
         assert!(last_error().contains("rank 5 of 2"), "{}", last_error());
@@ -171,6 +174,26 @@ fn bad_arguments_return_codes_and_messages() {
             ascend_patch_all_reduce(c.0, x.as_ptr() as _, x.as_mut_ptr() as _, 4, F32, 7, std::ptr::null_mut()),
             1
         );
+        // Counts whose bytes overflow: refused, nothing read (4 × 2^62 wraps to 0 bytes).
+        for count in [1u64 << 62, u64::MAX] {
+            assert_eq!(
+                ascend_patch_all_reduce(
+                    c.0,
+                    x.as_ptr() as _,
+                    x.as_mut_ptr() as _,
+                    count,
+                    F32,
+                    SUM,
+                    std::ptr::null_mut()
+                ),
+                1
+            );
+            assert!(last_error().contains("overflows"), "{}", last_error());
+            assert_eq!(
+                ascend_patch_all_gather(c.0, x.as_ptr() as _, x.as_mut_ptr() as _, count, F32, std::ptr::null_mut()),
+                1
+            );
+        }
         assert_eq!(ascend_patch_send(c.0, x.as_ptr() as _, 4, F32, 0, std::ptr::null_mut()), 1);
         assert_eq!(ascend_patch_broadcast(c.0, x.as_mut_ptr() as _, 4, F32, -1, std::ptr::null_mut()), 1);
         assert!(last_error().contains("negative"), "{}", last_error());
@@ -203,6 +226,11 @@ fn layout_registry_and_versions_through_the_abi() {
             1
         );
         assert!(last_error().contains("not a multiple"), "{}", last_error());
+        assert_eq!(
+            ascend_patch_layout(u32::MAX, 1, 1, 1, 1, 1, kind.as_ptr(), out.as_mut_ptr(), 8, &mut groups, &mut size),
+            1
+        );
+        assert!(last_error().contains("beyond"), "{}", last_error());
 
         let mut needed = 0usize;
         assert_eq!(ascend_patch_registry_json(std::ptr::null_mut(), 0, &mut needed), 0, "a size query");

@@ -49,12 +49,14 @@ pub unsafe extern "C" fn aclInit(configPath: *const c_char) -> aclError {
 pub unsafe extern "C" fn aclFinalize() -> aclError {
     entry("aclFinalize", || {
         let rt = runtime();
-        let mut count = rt.init_count.lock().unwrap();
-        if *count == 0 {
+        let _alone = rt.finalizing.lock().unwrap();
+        if *rt.init_count.lock().unwrap() == 0 {
             return fail(ACL_ERROR_REPEAT_FINALIZE, "aclFinalize without a matching aclInit");
         }
+        // Not under `init_count`: the queued work this waits for may call the runtime (a host
+        // function, or a report thread answering a blocking callback).
         rt.finalize();
-        *count = 0;
+        *rt.init_count.lock().unwrap() = 0;
         Ok(())
     })
 }

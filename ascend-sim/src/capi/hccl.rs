@@ -2,14 +2,17 @@
 //! `HcclResult` at once; collectives are enqueued on the stream and run when it reaches them. A
 //! collective that fails while running makes its stream's error sticky (`ACL_ERROR_RT_TASK_TIMEOUT`
 //! for timeouts and dead peers, `ACL_ERROR_RT_PARAM_INVALID` for arguments that differ between ranks)
-//! and is reported by `HcclGetCommAsyncError`.
+//! and is reported by `HcclGetCommAsyncError`. It also fails the communicator for every rank, as does
+//! a collective dropped unrun by a stream that had failed before it: such a rank has taken fewer
+//! steps than its peers, so its next collective would otherwise pair with their current one. Buffers
+//! must be device memory of the communicator's device.
 
 use crate::fail::{entry_with, fail, Fail};
 use crate::hccl::comm::{env_timeout, Comm, HFail};
 use crate::hccl::ops::P2p;
 use crate::hccl::root::Root;
 use crate::hccl::{DType, Op};
-use crate::memory::Span;
+use crate::memory::{Location, Span};
 use crate::runtime::{runtime, Registry};
 use crate::stream::{Kind, Stream};
 use ascend_sys::*;
@@ -313,6 +316,11 @@ impl Call {
         if !(p as usize).is_multiple_of(self.t.size()) {
             return para(format!("buffer {p:?} is not aligned to its {}-byte elements", self.t.size()));
         }
+        // HCCL moves device memory only; a host pointer would reach the copy loops unchecked.
+        let place = runtime().memory.locate(p as usize);
+        if !matches!(place, Location::Device(d) if d == self.comm.device) {
+            return para(format!("buffer {p:?} is not device memory of device {} (it is {place:?})", self.comm.device));
+        }
         self.spans.push(Span { addr: p as usize, len: bytes, write });
         Ok(p as usize)
     }
@@ -340,23 +348,37 @@ impl Call {
     ) -> Result<(), HFail> {
         let Call { comm, stream, spans, .. } = self;
         drop(runtime().memory.access(&spans).map_err(|f| (HCCL_E_PARA, f.message))?);
-        struct Inflight(Arc<Comm>);
+        /// Counts the collective in flight until its task has run or been dropped unrun.
+        struct Inflight {
+            comm: Arc<Comm>,
+            ran: bool,
+        }
         impl Drop for Inflight {
             fn drop(&mut self) {
-                self.0.inflight.fetch_sub(1, AcqRel);
+                if !self.ran {
+                    // Dropped unrun (its stream had failed): this rank will never take its part, so
+                    // the peers fail now instead of after HCCL_EXEC_TIMEOUT.
+                    self.comm.poison((HCCL_E_TIMEOUT, "a rank dropped a collective".into()));
+                }
+                self.comm.inflight.fetch_sub(1, AcqRel);
             }
         }
         comm.inflight.fetch_add(1, AcqRel);
-        let guard = Inflight(comm);
+        let mut guard = Inflight { comm, ran: false };
         stream
             .core
             .enqueue(Kind::Device, move || {
-                let c = &guard.0;
+                guard.ran = true;
+                let c = &guard.comm;
                 let result = match runtime().memory.access(&spans) {
                     Ok(_held) => c.poisoned().map_or_else(|| run(c), Err),
                     Err(f) => Err((HCCL_E_PARA, f.message)),
                 };
                 result.map_err(|(code, msg)| {
+                    // A rank that failed a collective may have taken fewer of its steps than the
+                    // others: its next collective would pair with their current one. Nothing on
+                    // this communicator may run any more.
+                    c.poison((code, msg.clone()));
                     c.async_error.store(code, Release);
                     let acl =
                         if code == HCCL_E_TIMEOUT { ACL_ERROR_RT_TASK_TIMEOUT } else { ACL_ERROR_RT_PARAM_INVALID };

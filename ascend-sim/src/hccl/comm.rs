@@ -206,10 +206,12 @@ unsafe impl Send for Comm {}
 // SAFETY: as above; mutable Rust-side state is behind a Mutex or atomics.
 unsafe impl Sync for Comm {}
 
-/// Reads a timeout in seconds from the environment.
+/// Reads a timeout in seconds from the environment: `default_s` when unset, unparsable or not
+/// positive; at most `i32::MAX` seconds (68 years), so that "inf" or 1e20 means "very long"
+/// rather than an overflowing deadline.
 pub fn env_timeout(var: &str, default_s: u64) -> Duration {
     let secs = std::env::var(var).ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|s| *s > 0.0);
-    Duration::from_secs_f64(secs.unwrap_or(default_s as f64))
+    Duration::from_secs_f64(secs.unwrap_or(default_s as f64).min(i32::MAX as f64))
 }
 
 fn map(fd: i32, len: usize) -> Result<usize, HFail> {
@@ -435,11 +437,15 @@ impl Comm {
     pub fn poisoned(&self) -> Option<HFail> {
         match self.seg.header().failed.load(Acquire) {
             0 => None,
-            c => Some((c, "the communicator failed earlier (a peer died or timed out)".into())),
+            c => Some((
+                c,
+                "the communicator failed earlier (a rank died, timed out, or failed or dropped a collective)".into(),
+            )),
         }
     }
 
-    fn poison(&self, f: HFail) -> HFail {
+    /// Marks the communicator failed for every rank (the first failure's code is kept); returns `f`.
+    pub fn poison(&self, f: HFail) -> HFail {
         let _ = self.seg.header().failed.compare_exchange(0, f.0, AcqRel, Acquire);
         f
     }

@@ -314,20 +314,28 @@ def apply(process: str) -> list[dict]:
         return [dict(_decided[p["id"]]) for p in patches]
 
 
+def _blockers(patch: dict, version: str | None, why_not: str | None, disabled: set[str]) -> list[str]:
+    """Why ``patch`` cannot apply, its targets aside: the process-wide version verdict
+    (``why_not``), its own supported versions, ``ASCEND_PATCH_DISABLE``."""
+    reasons = [why_not] if why_not is not None else []
+    if why_not is None:
+        try:
+            if not _lib.version_supported(version, patch["versions"]):
+                reasons.append(f"vLLM {version} is not among its versions ({', '.join(patch['versions'])})")
+        except _lib.AscendPatchError as e:
+            reasons.append(e.message)
+    if patch["id"] in disabled:
+        reasons.append("disabled by ASCEND_PATCH_DISABLE")
+    return reasons
+
+
 def _apply_one(patch: dict, version: str, disabled: set[str]) -> dict:
     pid = patch["id"]
-    if pid in disabled:
-        logger.info("skipped %s: disabled by ASCEND_PATCH_DISABLE", pid)
-        return _entry(patch, "skipped", "disabled by ASCEND_PATCH_DISABLE")
-    try:
-        ok = _lib.version_supported(version, patch["versions"])
-    except _lib.AscendPatchError as e:
-        ok, why = False, e.message
-    else:
-        why = f"vLLM {version} is not among its versions ({', '.join(patch['versions'])})"
-    if not ok:
-        logger.info("skipped %s: %s", pid, why)
-        return _entry(patch, "skipped", why)
+    blockers = _blockers(patch, version, None, disabled)
+    if blockers:
+        reason = "; ".join(blockers)
+        logger.info("skipped %s: %s", pid, reason)
+        return _entry(patch, "skipped", reason)
     problems, notes = drift(patch)
     if problems:
         reason = "drift: " + "; ".join(problems)
@@ -363,18 +371,8 @@ def describe() -> dict:
     disabled, unknown = disabled_ids([p["id"] for p in patches])
     out = []
     for p in patches:
-        reasons: list[str] = []
+        reasons = _blockers(p, version, why_not, disabled)
         targets = []
-        if why_not is not None:
-            reasons.append(why_not)
-        else:
-            try:
-                if not _lib.version_supported(version, p["versions"]):
-                    reasons.append(f"vLLM {version} is not among its versions")
-            except _lib.AscendPatchError as e:
-                reasons.append(e.message)
-        if p["id"] in disabled:
-            reasons.append("disabled by ASCEND_PATCH_DISABLE")
         check_drift = why_not is None
         for t in p["targets"]:
             if check_drift:

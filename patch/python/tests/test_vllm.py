@@ -271,6 +271,13 @@ DRIFT_SCRIPT = textwrap.dedent(
         except RuntimeError as e:
             out["mismatch"] = str(e)
         ps._PP.group_ranks = [[0]]
+    # Elastic EP: dp counts engines, not ranks of this torch world; tp/dcp/pcp/pp are checked alone.
+    elastic = VllmConfig()
+    object.__setattr__(elastic.parallel_config, "data_parallel_size", 2)
+    object.__setattr__(elastic.parallel_config, "enable_elastic_ep", True)
+    with set_current_vllm_config(elastic):
+        out["elastic"] = sorted(pps.check_layout(1, 1, 1, 1))
+    with set_current_vllm_config(VllmConfig()):
         ps.destroy_model_parallel()
         ps.destroy_distributed_environment()
     print("RESULT " + json.dumps(out))
@@ -295,6 +302,7 @@ def test_changed_signature_is_reported_and_skipped():
     assert len(lines) == 1 and "async_op" in lines[0], out.stderr
     assert data["checked"] == ["dcp", "dp", "ep", "pcp", "pp", "tp"]
     assert "pp groups [[1, 0]]" in data["mismatch"], data["mismatch"]
+    assert data["elastic"] == ["dcp", "pcp", "pp", "tp"]
 
 
 def test_list_cli():

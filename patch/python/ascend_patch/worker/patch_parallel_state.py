@@ -51,6 +51,10 @@ def check_layout(tp: int, pp: int, pcp: int, dcp: int | None) -> dict[str, list[
     config = get_current_vllm_config_or_none()
     dp = config.parallel_config.data_parallel_size if config is not None else 1
     elastic = bool(getattr(config.parallel_config, "enable_elastic_ep", False)) if config is not None else False
+    if elastic:
+        # Elastic EP builds tp/dcp/pcp/pp from one engine's own ranks (torch's world is not widened
+        # by dp there): check those as a world of tp·pp·pcp without dp.
+        world, dp = tp * pp * pcp, 1
     dcp = dcp or 1
     checked = {}
     for var, kind in GROUPS:
