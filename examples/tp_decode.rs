@@ -6,7 +6,13 @@
 use ascend::demo::{run, sample_requests, Config};
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("arguments are numbers")).collect();
+    let args: Vec<usize> = match std::env::args().skip(1).map(|a| a.parse()).collect() {
+        Ok(args) => args,
+        Err(_) => {
+            eprintln!("usage: tp_decode [TP] [BATCH] [TOKENS]   (positive numbers; defaults 2, 8, 32)");
+            std::process::exit(2);
+        }
+    };
     let (tp, batch, tokens) =
         (args.first().copied().unwrap_or(2), args.get(1).copied().unwrap_or(8), args.get(2).copied().unwrap_or(32));
     let cfg = Config::demo();

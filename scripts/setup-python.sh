@@ -58,7 +58,8 @@ command -v "$PYTHON_BIN" >/dev/null 2>&1 || die "$PYTHON_BIN not found"
 import sys
 sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 15) else 1)
 EOF
-PY_VER="$("$PYTHON_BIN" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
+# major.minor only: a patch update of the interpreter keeps the venv (its python links to it).
+PY_VER="$("$PYTHON_BIN" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 
 if [ "$FULL_DEPS" = "1" ]; then
     MODE="full"
@@ -89,11 +90,14 @@ rm -f "$MARKER"
 
 # ---------------------------------------------------------------- venv
 make_venv() { "$PYTHON_BIN" -m venv "$ENV_DIR"; }
-venv_py_ver() { "$VPY" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || true; }
+venv_py_ver() { "$VPY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true; }
+# Only a venv (or nothing) is ever deleted: ASCEND_PY_ENV may name a directory of the user's.
+removable() { [ ! -e "$ENV_DIR" ] || [ -f "$ENV_DIR/pyvenv.cfg" ] || [ -z "$(ls -A "$ENV_DIR" 2>/dev/null)" ]; }
 if [ -x "$VPY" ] && [ "$(venv_py_ver)" = "$PY_VER" ] \
     && "$VPY" -m pip --version >/dev/null 2>&1; then
     log "venv exists but is not marked complete: resuming install in $ENV_DIR"
 else
+    removable || die "$ENV_DIR exists and is not a Python venv; not deleting it (set ASCEND_PY_ENV to a new directory)"
     rm -rf "$ENV_DIR"
     log "creating venv at $ENV_DIR with $PYTHON_BIN ($PY_VER)"
     if ! make_venv >/dev/null 2>&1; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with the Rust toolchain and Python 3 lacks for ascend-rs:
 #   - libclang (the test that regenerates ascend-sys/src/bindings.rs runs bindgen against it);
-#   - a C compiler (the C ABI test compiles a C program against the simulator's shared library).
+#   - a C compiler (the C ABI test compiles a C program against the simulator's shared library);
+#   - python3-venv (the Python tests build their vLLM environment with `python3 -m venv`, which
+#     Debian's python3 cannot do without it).
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -10,6 +12,7 @@ need=()
 compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/*-linux-gnu/libclang-[0-9]*.so*" >/dev/null ||
     need+=(libclang-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if ((${#need[@]})); then
     echo "setup: installing ${need[*]}"

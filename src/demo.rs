@@ -426,6 +426,14 @@ pub fn run(cfg: Config, tp: usize, requests: &[Request], keep_logits: bool) -> R
     if let Some((i, _)) = requests.iter().enumerate().find(|(_, r)| r.prompt.is_empty() || r.max_new_tokens == 0) {
         return Err(Error::InvalidArgument(format!("request {i} needs a prompt and at least one token to generate")));
     }
+    let need = peak_blocks(requests, cfg.block_size);
+    if need > cfg.blocks {
+        return Err(Error::InvalidArgument(format!(
+            "out of KV cache blocks: these requests need {need} blocks of {} tokens at their peak, the cache \
+             holds {} (ask for fewer tokens or a smaller batch)",
+            cfg.block_size, cfg.blocks
+        )));
+    }
     let contexts: Vec<Arc<Context>> = (0..tp).map(Context::new).collect::<Result<_>>()?;
     let root = if tp > 1 { Some(RootInfo::new()?) } else { None };
     let results: Vec<Result<Output>> = std::thread::scope(|scope| {
@@ -452,6 +460,21 @@ pub fn run(cfg: Config, tp: usize, requests: &[Request], keep_logits: bool) -> R
         first.get_or_insert(r);
     }
     Ok(first.expect("tp >= 1"))
+}
+
+/// The most cache blocks `requests` hold at once under [`generate`]'s schedule: at step k (0 is the
+/// prefill) every request with k < max_new_tokens holds the blocks of its prompt + k tokens, and a
+/// finished one has returned its blocks. The total only grows between two finishes, so the peak is
+/// at some request's last step.
+fn peak_blocks(requests: &[Request], bs: usize) -> usize {
+    let held = |k: usize| -> usize {
+        requests
+            .iter()
+            .filter(|r| k < r.max_new_tokens)
+            .map(|r| r.prompt.len().saturating_add(k).div_ceil(bs))
+            .fold(0, usize::saturating_add)
+    };
+    requests.iter().map(|r| held(r.max_new_tokens - 1)).max().unwrap_or(0)
 }
 
 /// The scheduler loop of one rank.

@@ -66,7 +66,8 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchKind {
     /// A quick sweep of every benchmark (limits, runtime, collectives, matmul, attention), each figure
-    /// next to the limit measured at the start of the run and the fraction of it reached.
+    /// next to the limit that bounds it and the fraction of it reached (the read limit is measured
+    /// around each bandwidth-bound figure, the others at the start).
     All {
         /// One JSON object per line instead of a table.
         #[arg(long)]
@@ -102,7 +103,8 @@ enum BenchKind {
         budget_ms: u64,
     },
     /// Attention: causal prefill GFLOPS and paged decode GB/s of K/V read, at one shape or (with no
-    /// shape) the default sweep, next to the streaming-read bandwidth measured first.
+    /// shape) the default sweep; decode figures next to the streaming-read bandwidth measured around
+    /// each of them.
     Attention {
         #[command(subcommand)]
         shape: Option<AttentionShape>,
@@ -320,11 +322,13 @@ fn main() -> ExitCode {
         Command::Bench { kind: BenchKind::Collectives { ranks, bytes, processes, dtype, json, budget_ms } } => {
             let sizes = if bytes.is_empty() { vec![4 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20] } else { bytes };
             let dtypes = ascend::bench::collectives::DTYPES;
+            let elem = ascend::bench::collectives::element_bytes(&dtype);
             if !(1..=64).contains(&ranks)
-                || sizes.iter().any(|&b| b == 0 || b > 1 << 32)
-                || !dtypes.contains(&dtype.as_str())
+                || elem.is_none_or(|e| sizes.iter().any(|&b| b == 0 || b > 1 << 32 || b % e != 0))
             {
-                eprintln!("error: --ranks must be 1..=64, --bytes 1..=4 GiB, --dtype one of {dtypes:?}");
+                eprintln!(
+                    "error: --ranks must be 1..=64, --dtype one of {dtypes:?}, --bytes 1..=4 GiB in whole elements"
+                );
                 return ExitCode::from(2);
             }
             let budget = Duration::from_millis(budget_ms.max(1));

@@ -59,4 +59,11 @@ fn bad_setups_are_refused() {
     let small = Config { blocks: 2, ..cfg };
     let e = run(small, 1, &requests(), false).unwrap_err();
     assert!(e.to_string().contains("out of KV cache blocks"), "{e}");
+    // Refused before any work when decode would run out, and exactly then: 4 blocks of 16 tokens
+    // hold a 10-token prompt and 54 more cached tokens (55 generated, the last never cached).
+    let four = Config { blocks: 4, ..cfg };
+    let one = |new| vec![Request { prompt: (0..10).collect(), max_new_tokens: new }];
+    assert!(run(four, 1, &one(55), false).is_ok());
+    let e = run(four, 1, &one(56), false).unwrap_err();
+    assert!(e.to_string().contains("at their peak"), "{e}");
 }

@@ -70,6 +70,19 @@ impl Stream {
         self.check_host_panic()
     }
 
+    /// Waits until the work enqueued so far has run, because it uses host memory borrowed for this
+    /// call only. If the event wait fails, the whole stream is synchronized before the error is
+    /// returned: returning earlier would let the caller free memory a queued copy still uses.
+    fn wait_for_borrowed(&self) -> Result<()> {
+        if let Err(e) = self.record_event().and_then(|ev| ev.synchronize()) {
+            let _ = self.ctx.bind();
+            // SAFETY: live handle; its result adds nothing to `e`.
+            let _ = unsafe { acl!(self.ctx.runtime(), aclrtSynchronizeStream(self.raw())) };
+            return Err(e);
+        }
+        self.check_host_panic()
+    }
+
     fn check_host_panic(&self) -> Result<()> {
         match self.panicked.lock().unwrap().clone() {
             Some(m) => Err(Error::HostTaskPanicked(m)),
@@ -159,8 +172,7 @@ impl Stream {
                 )
             }
         })?;
-        self.record_event()?.synchronize()?;
-        self.check_host_panic()
+        self.wait_for_borrowed()
     }
 
     /// Copies `src` (pinned) into `dst` without waiting.
@@ -237,8 +249,7 @@ impl Stream {
                 )
             }
         })?;
-        self.record_event()?.synchronize()?;
-        self.check_host_panic()
+        self.wait_for_borrowed()
     }
 
     /// Copies `src` to a new `Vec` (waits).

@@ -3,8 +3,9 @@
 //! Each buffer remembers, per stream, an event recorded after its latest use there and whether that
 //! use (or an earlier one on the same stream) wrote. Before a use on stream S, S waits for the events of
 //! other streams that conflict with it (any write before a read; any use before a write). This is
-//! only done while the context has more than one stream: with a single stream, the stream order
-//! already orders everything, and the bookkeeping costs nothing (cudarc's lesson, cudarc#386).
+//! only done while the context has more than one stream, or once a stream of another context used the
+//! buffer: with a single stream, the stream order already orders everything, and the bookkeeping
+//! costs nothing (cudarc's lesson, cudarc#386).
 
 use crate::error::Result;
 use crate::event::Event;
@@ -24,12 +25,20 @@ pub(crate) struct Tracker {
     home: Option<Arc<Stream>>,
     /// Set when the home stream used the memory without recording an event (single-stream mode).
     home_untracked: AtomicBool,
+    /// Set once a stream other than the home one used the memory (another context's, or another
+    /// device's): the home context's stream count then says nothing about its uses.
+    foreign: AtomicBool,
     uses: Mutex<Vec<Use>>,
 }
 
 impl Tracker {
     pub(crate) fn new(home: Option<Arc<Stream>>) -> Tracker {
-        Tracker { home, home_untracked: AtomicBool::new(false), uses: Mutex::default() }
+        Tracker {
+            home,
+            home_untracked: AtomicBool::new(false),
+            foreign: AtomicBool::new(false),
+            uses: Mutex::default(),
+        }
     }
 
     pub(crate) fn home(&self) -> Option<&Arc<Stream>> {
@@ -37,7 +46,7 @@ impl Tracker {
     }
 
     fn fast_path(&self, s: &Stream) -> bool {
-        matches!(&self.home, Some(h) if **h == *s && !s.context().multi_stream())
+        matches!(&self.home, Some(h) if **h == *s && !s.context().multi_stream() && !self.foreign.load(Ordering::Acquire))
     }
 
     /// Orders `s` after conflicting earlier uses on other streams.
@@ -67,6 +76,9 @@ impl Tracker {
         if self.fast_path(s) {
             self.home_untracked.store(true, Ordering::Release);
             return Ok(());
+        }
+        if !matches!(&self.home, Some(h) if **h == *s) {
+            self.foreign.store(true, Ordering::Release);
         }
         let event = s.record_event()?;
         let key = s.raw() as usize;

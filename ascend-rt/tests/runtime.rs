@@ -78,6 +78,27 @@ fn two_streams_never_observe_an_unordered_value() {
     a.synchronize().unwrap();
 }
 
+/// Streams of two `Context`s of one device (each with a single stream of its own): a write on the
+/// other context's stream must still order a later read on the buffer's home stream.
+#[test]
+fn a_stream_of_another_context_is_ordered_too() {
+    let (ca, cb) = (Context::new(3).unwrap(), Context::new(3).unwrap());
+    let (home, other) = (Stream::new(&ca).unwrap(), Stream::new(&cb).unwrap());
+    let mut buf: DeviceBuffer<u32> = home.alloc_zeros(1 << 16).unwrap();
+    for i in 1..=3u32 {
+        let mut l = other.host_launch().unwrap();
+        let mut w = l.write(&mut buf).unwrap();
+        l.launch(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: inside the kernel the view is live and exclusively ours.
+            unsafe { w.as_mut_slice() }.fill(i);
+        })
+        .unwrap();
+        let seen = home.clone_dtoh(&buf).unwrap();
+        assert!(seen.iter().all(|&x| x == i), "round {i}: saw {} and {}", seen[0], seen[seen.len() - 1]);
+    }
+}
+
 #[test]
 fn explicit_events_order_streams_and_time_work() {
     let ctx = Context::new(2).unwrap();

@@ -435,6 +435,8 @@ fn bad_arguments_are_refused_and_nothing_runs() {
     };
     invalid(Prefill::new(Heads::new(6, 4, 16)).run(&st, &q, &kv, &kv, &[0, 6], &mut out), "not a multiple");
     invalid(Prefill::new(h).run(&st, &q, &kv, &kv, &[0, 4, 3, 6], &mut out), "decreases");
+    // Differences beyond i32 (an overflow, not a panic).
+    invalid(Prefill::new(h).run(&st, &q, &kv, &kv, &[0, i32::MAX, i32::MIN], &mut out), "decreases");
     invalid(Prefill::new(h).run(&st, &q, &kv, &kv, &[0, 5], &mut out), "holds");
     invalid(Prefill::new(h).window(0).run(&st, &q, &kv, &kv, &[0, 6], &mut out), "window");
     let pa = PagedAttention::new(h, bs);
@@ -465,5 +467,15 @@ fn bad_arguments_are_refused_and_nothing_runs() {
         "blocks",
     );
     invalid(pa.chunked_prefill(&st, &q, &cache, &cache, ok_tables, &[0, 3, 6], &[3], &mut out), "context lengths");
+    // Sizes whose products overflow are refused, not wrapped: a block table of usize::MAX columns,
+    // and blocks of 2^62 + 1 tokens (× 2 heads × 16 wraps around to a small block).
+    let huge = BlockTables { table: &table[..4], max_blocks: usize::MAX };
+    invalid(pa.chunked_prefill(&st, &q, &cache, &cache, huge, &[0, 3, 6], &[3, 3], &mut out), "block table");
+    let wrapping = PagedAttention::new(h, (1 << 62) + 1);
+    invalid(wrapping.decode(&st, &q, &cache, &cache, ok_tables, &[1, 1], &mut out), "blocks");
+    let mut kc = st.alloc_zeros::<f32>(cache.len()).unwrap();
+    let mut vc = st.alloc_zeros::<f32>(cache.len()).unwrap();
+    let kv1 = st.alloc_zeros::<f32>(2 * 16).unwrap();
+    invalid(reshape_and_cache(&st, h, (1 << 62) + 1, &kv1, &kv1, &mut kc, &mut vc, &[1]), "blocks");
     assert_eq!(st.clone_dtoh(&out).unwrap(), sentinel, "a refused call wrote its output");
 }

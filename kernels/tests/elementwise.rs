@@ -125,6 +125,9 @@ fn bad_arguments_are_refused_and_nothing_runs() {
     invalid(embedding(&st, &table, 4, &[-1, 2], &mut out), "outside the vocabulary");
     invalid(rotary(&st, &mut out, &[0, -3], 4, 10000.0), "negative");
     invalid(rotary(&st, &mut out, &[0, 1], 3, 10000.0), "even");
+    // Products that overflow are refused, not wrapped.
+    invalid(rotary(&st, &mut out, &[0, 1], usize::MAX - 1, 10000.0), "even");
+    invalid(silu_mul(&st, &table, usize::MAX, &mut out), "rows of 2");
     let w = st.clone_htod(&[1.0f32; 3]).unwrap();
     invalid(rms_norm(&st, &table, &w, 1e-5, &mut out), "rows of 3");
     let mut ids = st.alloc_zeros::<i64>(3).unwrap();

@@ -6,16 +6,27 @@ use super::attention::{self, Workload};
 use super::{collectives, limits, matmul, runtime, try_per_iter, Figure};
 use ascend_kernels::cpu::{active, Level};
 use ascend_kernels::{Heads, Shape};
-use ascend_rt::{Context, Result, Stream};
+use ascend_rt::{Context, Device, Result, Runtime, Stream};
 use serde_json::Value;
 use std::time::Duration;
 
-/// Adds the limit a figure is bound by (`limit`, `limit_value`, `fraction` parameters).
-fn against(mut f: Figure, limit: &Figure, value: f64) -> Figure {
-    f.params.push(("limit".into(), Value::from(limit.name.clone())));
-    f.params.push(("limit_value".into(), Value::from(limit.value)));
-    f.params.push(("fraction".into(), Value::from(value / limit.value)));
+/// Adds the limit a figure is bound by (`limit`, `limit_value`, `fraction` parameters), when there
+/// is one (the host limits are not measured for an NPU, whose memory the host cannot read).
+fn against(mut f: Figure, limit: Option<&Figure>, value: f64) -> Figure {
+    if let Some(limit) = limit {
+        f.params.push(("limit".into(), Value::from(limit.name.clone())));
+        f.params.push(("limit_value".into(), Value::from(limit.value)));
+        f.params.push(("fraction".into(), Value::from(value / limit.value)));
+    }
     f
+}
+
+/// Runs `figure` with the read limit around it, when there is one.
+fn around<T>(limit: &mut Option<limits::ReadLimit>, figure: impl FnOnce() -> Result<T>) -> Result<(T, Option<f64>)> {
+    match limit {
+        Some(l) => l.around(figure).map(|(f, r)| (f, Some(r))),
+        None => figure().map(|f| (f, None)),
+    }
 }
 
 fn param(f: &Figure, key: &str) -> f64 {
@@ -24,16 +35,28 @@ fn param(f: &Figure, key: &str) -> f64 {
 
 /// Runs the sweep; `budget` is the target time of each measurement; `progress` hears each step.
 pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Figure>> {
-    progress("limits (read, copy, FMA peak)");
-    let (mut read_limit, read) = limits::ReadLimit::new(budget)?;
-    let copy = limits::copy_bandwidth(budget);
-    let fma = limits::fma_peak(budget);
+    // The limits are this host's: they bound the simulator's kernels, not an NPU's.
+    let host = Runtime::get()?.host_addressable();
+    let (mut read_limit, read) = match host {
+        true => {
+            progress("limits (read, copy, FMA peak)");
+            let (l, f) = limits::ReadLimit::new(budget)?;
+            (Some(l), Some(f))
+        }
+        false => (None, None),
+    };
+    let copy = host.then(|| limits::copy_bandwidth(budget));
+    let fma = host.then(|| limits::fma_peak(budget));
     // vdpbf16ps does two products per lane: bf16 peak is twice the f32 one where the CPU has it.
     let bf16_factor = if active() == Level::Avx512Bf16 { 2.0 } else { 1.0 };
-    let mut bf16_peak = fma.clone();
-    bf16_peak.name = "limits.fma_peak(bf16)".into();
-    bf16_peak.value *= bf16_factor;
-    let mut out = vec![read.clone(), copy.clone(), fma.clone()];
+    let bf16_peak = fma.clone().map(|mut f| {
+        f.name = "limits.fma_peak(bf16)".into();
+        f.value *= bf16_factor;
+        f
+    });
+    let mut out: Vec<Figure> = [&read, &copy, &fma].into_iter().flatten().cloned().collect();
+    // The read limit around a figure, as a `limits.read` figure of that value.
+    let read_at = |r: Option<f64>| read.clone().zip(r).map(|(f, value)| Figure { value, ..f });
 
     progress("runtime (round trip, device copy)");
     let stream = Stream::new(&Context::new(0)?)?;
@@ -50,41 +73,43 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
         value: gbps,
         unit: "gbps",
     };
-    out.push(against(f, &copy, gbps));
+    out.push(against(f, copy.as_ref(), gbps));
 
-    progress("collectives (2 ranks)");
-    let mut world = collectives::World::threads(2)?;
-    for f in collectives::sweep(&mut world, &[4 << 10, 16 << 20], "f32", budget, |_| {})? {
-        let keep = (f.name.ends_with("latency") && param(&f, "bytes") == 4096.0)
-            || (f.name.ends_with("busbw") && param(&f, "bytes") == (16 << 20) as f64);
-        if keep && f.unit == "gbps" {
-            let v = f.value;
-            out.push(against(f, &copy, v));
-        } else if keep {
-            out.push(f);
+    // Two ranks need two devices; with one, the other figures still stand.
+    if Device::count()? >= 2 {
+        progress("collectives (2 ranks)");
+        let mut world = collectives::World::threads(2)?;
+        for f in collectives::sweep(&mut world, &[4 << 10, 16 << 20], "f32", budget, |_| {})? {
+            let keep = (f.name.ends_with("latency") && param(&f, "bytes") == 4096.0)
+                || (f.name.ends_with("busbw") && param(&f, "bytes") == (16 << 20) as f64);
+            if keep && f.unit == "gbps" {
+                let v = f.value;
+                out.push(against(f, copy.as_ref(), v));
+            } else if keep {
+                out.push(f);
+            }
         }
     }
-    drop(world);
 
     progress("matmul");
     for (shape, dtype) in [(Shape::new(1024, 1024, 1024), "f32"), (Shape::new(1024, 1024, 1024), "bf16")] {
         let f = matmul::measure(shape, dtype, None, budget)?;
         let v = f.value;
-        out.push(against(f, if dtype == "f32" { &fma } else { &bf16_peak }, v));
+        out.push(against(f, if dtype == "f32" { fma.as_ref() } else { bf16_peak.as_ref() }, v));
     }
     let (f, r) =
-        read_limit.around(|| matmul::measure(Shape::new(1, 4096, 4096).transposed_b(), "bf16", None, budget))?;
+        around(&mut read_limit, || matmul::measure(Shape::new(1, 4096, 4096).transposed_b(), "bf16", None, budget))?;
     let w = param(&f, "weights_gbps");
-    out.push(against(f, &Figure { value: r, ..read.clone() }, w));
+    out.push(against(f, read_at(r).as_ref(), w));
 
     progress("attention");
     let heads = Heads::new(32, 8, 128);
     let f = attention::measure(Workload::Prefill { seq: 1024 }, heads, "f32", budget)?;
     let v = f.value;
-    out.push(against(f, &fma, v));
+    out.push(against(f, fma.as_ref(), v));
     let decode = Workload::Decode { batch: 8, context: 2048, block_size: 16 };
-    let (f, r) = read_limit.around(|| attention::measure(decode, heads, "bf16", budget))?;
+    let (f, r) = around(&mut read_limit, || attention::measure(decode, heads, "bf16", budget))?;
     let v = f.value;
-    out.push(against(f, &Figure { value: r, ..read }, v));
+    out.push(against(f, read_at(r).as_ref(), v));
     Ok(out)
 }

@@ -6,7 +6,7 @@
 //! reports its time; the slowest rank's time is the result. busbw = algbw · 2(n−1)/n (nccl-tests).
 
 use super::{try_per_iter, Figure};
-use ascend_rt::{bf16, f16, Communicator, Context, DeviceRepr, Error, ReduceOp, Result, RootInfo, Stream};
+use ascend_rt::{bf16, f16, Communicator, Context, Device, DeviceRepr, Error, ReduceOp, Result, RootInfo, Stream};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 
 /// Element types the benchmark can reduce.
 pub const DTYPES: [&str; 4] = ["f32", "bf16", "f16", "i32"];
+
+/// Bytes per element of a [`DTYPES`] entry.
+pub fn element_bytes(dtype: &str) -> Option<usize> {
+    match dtype {
+        "f32" | "i32" => Some(4),
+        "bf16" | "f16" => Some(2),
+        _ => None,
+    }
+}
 
 /// One rank: its device, stream and communicator.
 pub struct Rank {
@@ -70,9 +79,22 @@ pub struct World {
     members: Vec<Member>,
 }
 
+/// Rank r runs on device r: refused up front when there are fewer devices, rather than after the
+/// other ranks have waited out HCCL_CONNECT_TIMEOUT for the one that could not start.
+fn enough_devices(ranks: usize) -> Result<()> {
+    let n = Device::count()?;
+    if ranks > n {
+        return Err(Error::InvalidArgument(format!(
+            "{ranks} ranks need {ranks} devices, {n} are visible (ASCEND_SIM_DEVICES sets the simulator's)"
+        )));
+    }
+    Ok(())
+}
+
 impl World {
     /// `ranks` ranks as threads of this process.
     pub fn threads(ranks: usize) -> Result<World> {
+        enough_devices(ranks)?;
         let root = RootInfo::new()?;
         let mut members = Vec::new();
         let (ready_tx, ready_rx) = channel();
@@ -102,6 +124,7 @@ impl World {
 
     /// `ranks` ranks as processes running `exe bench-worker` (the `ascend` tool).
     pub fn processes(ranks: usize, exe: &std::path::Path) -> Result<World> {
+        enough_devices(ranks)?;
         let root = RootInfo::new()?;
         let hex: String = root.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
         let mut members = Vec::new();

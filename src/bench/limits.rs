@@ -125,14 +125,15 @@ impl ReadLimit {
 }
 
 /// The read limit for a sweep, measured first (`limits.read`, pushed to `out`) only when `needed`:
-/// sweeps without a bandwidth-bound figure skip the probe (256 MiB and a few seconds).
+/// sweeps without a bandwidth-bound figure skip the probe (256 MiB and a few seconds), and so do
+/// backends whose device memory the host cannot read (an NPU: the probe would measure this CPU).
 pub fn read_limit_if(
     needed: bool,
     budget: Duration,
     progress: &mut impl FnMut(&str),
     out: &mut Vec<Figure>,
 ) -> Result<Option<ReadLimit>> {
-    if !needed {
+    if !needed || !ascend_rt::Runtime::get()?.host_addressable() {
         return Ok(None);
     }
     progress("limits.read");
@@ -186,14 +187,16 @@ pub fn copy_bandwidth(budget: Duration) -> Figure {
     }
 }
 
-/// Independent FMA chains: 8 accumulators of 16 lanes, so the loop is bound by FMA throughput.
+/// Independent multiply-add chains: 8 accumulators of 16 lanes, so the loop is bound by throughput.
+/// `FUSED` only where the FMA feature is enabled: elsewhere `mul_add` is a library call per element,
+/// and the portable kernels multiply and add separately, as the unfused chains do.
 #[inline(always)]
-fn fma_chains(iters: u64, x: f32, y: f32) -> f32 {
+fn fma_chains<const FUSED: bool>(iters: u64, x: f32, y: f32) -> f32 {
     let mut acc = [[1.0f32; 16]; 8];
     for _ in 0..iters {
         for a in acc.iter_mut() {
             for v in a.iter_mut() {
-                *v = v.mul_add(x, y);
+                *v = if FUSED { v.mul_add(x, y) } else { *v * x + y };
             }
         }
     }
@@ -219,7 +222,7 @@ unsafe fn fma_avx512(iters: u64, x: f32, y: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_avx2(iters: u64, x: f32, y: f32) -> f32 {
-    fma_chains(iters, x, y)
+    fma_chains::<true>(iters, x, y)
 }
 
 /// Estimates the f32 FMA peak (GFLOPS, 2 per FMA) of all pool threads at the active SIMD level.
@@ -236,7 +239,7 @@ pub fn fma_peak(budget: Duration) -> Figure {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Level::Avx2 => unsafe { fma_avx2(iters, x, y) },
-            _ => fma_chains(iters, x, y),
+            _ => fma_chains::<false>(iters, x, y),
         }
     };
     let threads = pool().threads();

@@ -249,11 +249,10 @@ impl PagedAttention {
             )));
         }
         let mb = block_tables.max_blocks;
-        if block_tables.table.len() != batch * mb {
+        if batch.checked_mul(mb) != Some(block_tables.table.len()) {
             return Err(Error::InvalidArgument(format!(
-                "block table holds {} entries; {batch} sequences × {mb} blocks needs {}",
+                "block table holds {} entries, not {batch} sequences × {mb} blocks",
                 block_tables.table.len(),
-                batch * mb
             )));
         }
         let mut seqs = Vec::with_capacity(batch);
@@ -266,7 +265,7 @@ impl PagedAttention {
                     "sequence {b}: context length {kv_len} is shorter than its {q_len} queries"
                 )));
             }
-            if kv_len > mb * self.block_size {
+            if kv_len > mb.saturating_mul(self.block_size) {
                 return Err(Error::InvalidArgument(format!(
                     "sequence {b}: context length {kv_len} is beyond its {mb} blocks of {}",
                     self.block_size
@@ -379,7 +378,7 @@ fn lengths(what: &str, cu: &[i32]) -> Result<Vec<usize>> {
     cu.windows(2)
         .enumerate()
         .map(|(b, w)| {
-            usize::try_from(w[1] - w[0]).map_err(|_| {
+            usize::try_from(i64::from(w[1]) - i64::from(w[0])).map_err(|_| {
                 Error::InvalidArgument(format!("{what} decreases at sequence {b}: {} then {}", w[0], w[1]))
             })
         })
@@ -388,7 +387,7 @@ fn lengths(what: &str, cu: &[i32]) -> Result<Vec<usize>> {
 
 /// Blocks in a cache of `len` elements, which must be whole `[block_size, kv_heads, D]` blocks.
 fn cache_blocks(h: Heads, block_size: usize, len: usize, other: usize) -> Result<usize> {
-    let block = block_size * h.kv_heads * h.head_dim;
+    let block = block_size.checked_mul(h.kv_heads).and_then(|b| b.checked_mul(h.head_dim)).unwrap_or(0);
     if block == 0 || len != other || !len.is_multiple_of(block) || len == 0 {
         return Err(Error::InvalidArgument(format!(
             "caches of {len} and {other} elements are not the same whole number of [{block_size}, {}, {}] blocks",

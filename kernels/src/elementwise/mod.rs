@@ -79,7 +79,8 @@ pub fn rotary<T: Element>(
     theta: f32,
 ) -> Result<()> {
     let tokens = positions.len();
-    if head_dim == 0 || !head_dim.is_multiple_of(2) || tokens == 0 || !x.len().is_multiple_of(tokens * head_dim) {
+    let row = tokens.checked_mul(head_dim);
+    if head_dim == 0 || !head_dim.is_multiple_of(2) || tokens == 0 || row.is_none_or(|n| !x.len().is_multiple_of(n)) {
         return Err(Error::InvalidArgument(format!(
             "rotary: {} elements are not {tokens} tokens of heads of {head_dim} (even) elements",
             x.len()
@@ -132,7 +133,7 @@ pub fn silu_mul<T: Element>(
     inter: usize,
     out: &mut DeviceBuffer<T>,
 ) -> Result<()> {
-    if inter == 0 || !gate_up.len().is_multiple_of(2 * inter) {
+    if inter.checked_mul(2).is_none_or(|n| n == 0 || !gate_up.len().is_multiple_of(n)) {
         return Err(Error::InvalidArgument(format!(
             "silu_mul: {} elements are not rows of 2 × {inter}",
             gate_up.len()
