@@ -34,6 +34,9 @@ size_t ascend_patch_last_error(char *buf, size_t cap);
 int32_t ascend_patch_root_info(int32_t device, uint8_t *out, size_t cap);
 int32_t ascend_patch_comm_init(const uint8_t *root, size_t len, uint32_t nranks, uint32_t rank, int32_t device,
                                AscendPatchComm *comm);
+/* As above; timeout_s > 0 replaces HCCL_CONNECT_TIMEOUT and HCCL_EXEC_TIMEOUT (host transport). */
+int32_t ascend_patch_comm_init_timeout(const uint8_t *root, size_t len, uint32_t nranks, uint32_t rank,
+                                       int32_t device, double timeout_s, AscendPatchComm *comm);
 /* Shared memory is released when every rank has destroyed its handle. */
 int32_t ascend_patch_comm_destroy(AscendPatchComm comm);
 

@@ -12,6 +12,7 @@ use ascend_sim::hccl::{root::Root, Comm, DType, Op};
 use ascend_sys::{HcclRootInfo, HCCL_E_NOT_SUPPORT, HCCL_E_PARA, HCCL_E_PTR};
 use std::ffi::c_void;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An error: an HCCL result code and a message.
 pub type Fail = (i32, String);
@@ -65,8 +66,16 @@ pub struct Data {
 
 impl PatchComm {
     /// Joins the communicator of `root` as `rank` of `size`; `device < 0` selects the host transport.
-    /// Waits up to `HCCL_CONNECT_TIMEOUT` for the other ranks.
-    pub fn init(root: &[u8], size: usize, rank: usize, device: i32) -> Result<PatchComm, Fail> {
+    /// Waits up to `HCCL_CONNECT_TIMEOUT` for the other ranks. `timeout`, when given, replaces
+    /// `HCCL_CONNECT_TIMEOUT` and `HCCL_EXEC_TIMEOUT` for the host transport (the engine's own
+    /// distributed timeout); the device transport keeps HCCL's.
+    pub fn init(
+        root: &[u8],
+        size: usize,
+        rank: usize,
+        device: i32,
+        timeout: Option<Duration>,
+    ) -> Result<PatchComm, Fail> {
         if size == 0 || rank >= size {
             return Err((HCCL_E_PARA, format!("rank {rank} of {size} ranks")));
         }
@@ -77,7 +86,7 @@ impl PatchComm {
             let mut info = HcclRootInfo { internal: [0; ROOT_INFO_BYTES] };
             info.internal.iter_mut().zip(root).for_each(|(d, &s)| *d = s as _);
             let root = Root::decode(&info)?;
-            let timeout = |var, default| ascend_sim::hccl::comm::env_timeout(var, default);
+            let timeout = |var, default| timeout.unwrap_or_else(|| ascend_sim::hccl::comm::env_timeout(var, default));
             let comm = Comm::join(
                 &root,
                 size,

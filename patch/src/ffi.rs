@@ -104,6 +104,7 @@ pub unsafe extern "C" fn ascend_patch_root_info(device: i32, out: *mut u8, cap: 
 
 /// Joins the communicator of `root` (`len` bytes) as `rank` of `nranks`; `device < 0` selects the
 /// host transport (collectives on host memory, no stream). On success `*comm` is the handle.
+/// Timeouts come from `HCCL_CONNECT_TIMEOUT` and `HCCL_EXEC_TIMEOUT`.
 ///
 /// # Safety
 /// `root` holds `len` bytes; `comm` is writable.
@@ -116,6 +117,26 @@ pub unsafe extern "C" fn ascend_patch_comm_init(
     device: i32,
     comm: *mut *mut c_void,
 ) -> i32 {
+    // SAFETY: forwarded contract.
+    unsafe { ascend_patch_comm_init_timeout(root, len, nranks, rank, device, 0.0, comm) }
+}
+
+/// As `ascend_patch_comm_init`, with `timeout_s` seconds (when positive and finite) instead of
+/// `HCCL_CONNECT_TIMEOUT` and `HCCL_EXEC_TIMEOUT` for the host transport: the engine's own
+/// distributed timeout, so that a peer that is alive but stuck fails a collective in that time.
+///
+/// # Safety
+/// As `ascend_patch_comm_init`.
+#[no_mangle]
+pub unsafe extern "C" fn ascend_patch_comm_init_timeout(
+    root: *const u8,
+    len: usize,
+    nranks: u32,
+    rank: u32,
+    device: i32,
+    timeout_s: f64,
+    comm: *mut *mut c_void,
+) -> i32 {
     entry("ascend_patch_comm_init", || {
         if root.is_null() || comm.is_null() {
             return Err((HCCL_E_PTR, "root and comm must not be null".into()));
@@ -126,7 +147,9 @@ pub unsafe extern "C" fn ascend_patch_comm_init(
         }
         // SAFETY: `root` holds `len` bytes by the contract.
         let bytes = unsafe { std::slice::from_raw_parts(root, len) };
-        let c = PatchComm::init(bytes, nranks as usize, rank as usize, device)?;
+        let timeout = (timeout_s.is_finite() && timeout_s > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(timeout_s.min(i32::MAX as f64)));
+        let c = PatchComm::init(bytes, nranks as usize, rank as usize, device, timeout)?;
         // SAFETY: writable by the contract.
         unsafe { *comm = Box::into_raw(Box::new(c)) as *mut c_void };
         Ok(())

@@ -62,12 +62,16 @@ def _cpu(t: torch.Tensor, op: str) -> None:
 
 class HostComm:
     """Joins the host communicator of ``root`` (from :func:`ascend_patch._lib.root_info`) as
-    ``rank`` of ``nranks``; returns once every rank has joined (``HCCL_CONNECT_TIMEOUT``)."""
+    ``rank`` of ``nranks``; returns once every rank has joined. ``timeout`` (seconds) bounds the
+    join and every collective; None takes ``HCCL_CONNECT_TIMEOUT`` and ``HCCL_EXEC_TIMEOUT``."""
 
-    def __init__(self, root: bytes, nranks: int, rank: int):
+    def __init__(self, root: bytes, nranks: int, rank: int, timeout: float | None = None):
         self._lib = lib = _lib.load()
         handle = ctypes.c_void_p()
-        _lib.check(lib.ascend_patch_comm_init(root, len(root), nranks, rank, -1, ctypes.byref(handle)))
+        seconds = float(timeout) if timeout else 0.0
+        _lib.check(
+            lib.ascend_patch_comm_init_timeout(root, len(root), nranks, rank, -1, seconds, ctypes.byref(handle))
+        )
         self._h = handle
         self.nranks = nranks
         self.rank = rank

@@ -222,6 +222,13 @@ def check_target(target: dict) -> tuple[list[str], list[str]]:
         return [f"{name} is missing ({e})"], notes
     except _Unimportable as e:
         return [f"{name} cannot be imported ({e})"], notes
+    wrapper = getattr(obj, "__wrapped__", None) is not None and getattr(obj, "__ascend_patch__", None) is None
+    if wrapper:
+        # Something else (another plugin) already rebound it: stacking on it would hide that.
+        # functools.wraps copies the original's names: the wrapper's own code says where it is from.
+        code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+        where = code.co_filename if code is not None else type(obj).__name__
+        problems.append(f"{name} is already wrapped (by {where}), not vLLM's own; ascend-patch does not stack on it")
     try:
         found = signature_of(obj)
     except (TypeError, ValueError) as e:

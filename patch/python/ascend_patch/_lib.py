@@ -18,7 +18,7 @@ import ctypes
 import json
 import os
 import threading
-from ctypes import POINTER, c_char_p, c_int32, c_size_t, c_uint8, c_uint32, c_uint64, c_void_p
+from ctypes import POINTER, c_char_p, c_double, c_int32, c_size_t, c_uint8, c_uint32, c_uint64, c_void_p
 from pathlib import Path
 
 LIB_NAME = "libascend_patch.so"
@@ -91,6 +91,11 @@ _FUNCTIONS = [
     ("ascend_patch_last_error", c_size_t, [c_char_p, c_size_t]),
     ("ascend_patch_root_info", c_int32, [c_int32, POINTER(c_uint8), c_size_t]),
     ("ascend_patch_comm_init", c_int32, [c_void_p, c_size_t, c_uint32, c_uint32, c_int32, POINTER(c_void_p)]),
+    (
+        "ascend_patch_comm_init_timeout",
+        c_int32,
+        [c_void_p, c_size_t, c_uint32, c_uint32, c_int32, c_double, POINTER(c_void_p)],
+    ),
     ("ascend_patch_comm_destroy", c_int32, [c_void_p]),
     ("ascend_patch_all_reduce", c_int32, [c_void_p, c_void_p, c_void_p, c_uint64, c_int32, c_int32, c_void_p]),
     ("ascend_patch_all_gather", c_int32, [c_void_p, c_void_p, c_void_p, c_uint64, c_int32, c_void_p]),

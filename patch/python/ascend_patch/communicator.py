@@ -109,6 +109,16 @@ def _exchange_root_info(comm: "AscendCommunicator", info: bytes | None) -> bytes
     return everyone[0][1]
 
 
+def distributed_timeout() -> float | None:
+    """vLLM's ``--distributed-timeout-seconds`` (its own process groups' timeout), which the host
+    communicator honours too; None when unset (HCCL's timeouts then apply)."""
+    from vllm.config import get_current_vllm_config_or_none
+
+    config = get_current_vllm_config_or_none()
+    seconds = getattr(config.parallel_config, "distributed_timeout_seconds", None) if config is not None else None
+    return float(seconds) if seconds else None
+
+
 def _acquire(comm: "AscendCommunicator") -> _Shared:
     key = tuple(int(r) for r in comm.ranks)
     with _table_lock:
@@ -118,7 +128,7 @@ def _acquire(comm: "AscendCommunicator") -> _Shared:
             # same order, so they all find the entry or none of them does.
             info = _lib.root_info(-1) if comm.rank_in_group == 0 else None
             info = _exchange_root_info(comm, info)
-            shared = _Shared(key, HostComm(info, comm.world_size, comm.rank_in_group))
+            shared = _Shared(key, HostComm(info, comm.world_size, comm.rank_in_group, distributed_timeout()))
             _table[key] = shared
         shared.refs += 1
         shared.owners.append(comm.unique_name)

@@ -161,6 +161,11 @@ def fakepkg(tmp_path, monkeypatch):
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "sub" / "needs_dep.py").write_text("import a_dependency_that_is_not_installed\nfrom ..core import f\n")
     (pkg / "sub" / "other.py").write_text("def f(a, b=1, *args, c=(1, 2), d='x,y', **kw):\n    pass\n")
+    # Another plugin's wrapper around the definition (functools.wraps keeps the signature).
+    (pkg / "wrapped.py").write_text(
+        "import functools\nfrom .core import f as _f\n"
+        "@functools.wraps(_f)\ndef f(*a, **k):\n    return _f(*a, **k)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "fakevllm"
     for name in [m for m in sys.modules if m.startswith("fakevllm")]:
@@ -191,6 +196,7 @@ def test_drift_none(fakepkg):
         ("fakevllm.core.C.m", "(self, y=None, x)", [], "parameter order changed"),
         ("fakevllm.core.f", SIG_F, ["fakevllm.sub.other.f"], "alias fakevllm.sub.other.f is not the same object"),
         ("fakevllm.core.f", SIG_F, ["fakevllm.core.nothere"], "alias fakevllm.core.nothere of fakevllm.core.f is missing"),
+        ("fakevllm.wrapped.f", SIG_F, [], "wrapped.py), not vLLM's own"),
     ],
 )
 def test_drift_found(fakepkg, name, signature, aliases, expected):
@@ -254,7 +260,7 @@ def test_layout_through_the_abi():
 # Host communicator (two ranks as two threads; ctypes releases the GIL during calls)
 
 
-def _two_ranks(body):
+def _two_ranks(body, timeout=None):
     from ascend_patch._comm import HostComm
 
     root = _lib.root_info(-1)
@@ -262,7 +268,7 @@ def _two_ranks(body):
 
     def run(rank):
         try:
-            comm = HostComm(root, 2, rank)
+            comm = HostComm(root, 2, rank, timeout)
             try:
                 out[rank] = body(comm, rank)
             finally:
@@ -371,3 +377,32 @@ def test_host_comm_errors():
     assert _two_ranks(destroyed) == [True, True]
     with open("/proc/self/maps") as f:
         assert "ascend-hccl-" not in f.read(), "a destroyed communicator's shared memory is still mapped"
+
+
+def test_host_comm_timeout_bounds_a_collective_a_live_peer_never_joins():
+    import time
+
+    import torch
+
+    def body(comm, rank):
+        if rank == 1:
+            time.sleep(4)  # alive, but never takes part
+            return True
+        t = time.monotonic()
+        with pytest.raises(_lib.AscendPatchError, match="TIMEOUT"):
+            comm.all_reduce(torch.ones(4))
+        return time.monotonic() - t
+
+    waited, _ = _two_ranks(body, timeout=1.0)
+    assert 0.9 < waited < 3.5, waited
+
+
+def test_distributed_timeout_comes_from_the_vllm_config():
+    from vllm.config import ParallelConfig, VllmConfig, set_current_vllm_config
+
+    from ascend_patch.communicator import distributed_timeout
+
+    with set_current_vllm_config(VllmConfig(parallel_config=ParallelConfig(distributed_timeout_seconds=7))):
+        assert distributed_timeout() == 7.0
+    with set_current_vllm_config(VllmConfig()):
+        assert distributed_timeout() is None
