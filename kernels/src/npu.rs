@@ -240,6 +240,38 @@ pub(crate) fn status(call: &'static str, code: i32) -> Result<()> {
     }
 }
 
+/// Enqueues the copy of `src` into `dst` without waiting for the stream (a synchronous copy would
+/// wait for all the work queued before it): staged in pinned memory, whose release the stream orders
+/// after the copy. Called once phase 1 has accepted the operator, which only needed `dst`'s address,
+/// so that a refused call enqueues nothing.
+pub(crate) fn upload<T: ascend_rt::DeviceRepr>(
+    stream: &Arc<Stream>,
+    src: &[T],
+    dst: &mut DeviceBuffer<T>,
+) -> Result<()> {
+    let staged = ascend_rt::PinnedHostBuffer::from_slice(stream.context(), src)?;
+    stream.memcpy_htod_async(&staged, dst)
+}
+
+/// Runs `f` on another thread while `stream` is held by a host task, and returns its result: the
+/// proof (in tests) that `f` does not wait for the work queued before it. Panics after 20 s.
+#[cfg(test)]
+pub(crate) fn returns_while_held<R: Send + 'static>(stream: &Arc<Stream>, f: impl FnOnce() -> R + Send + 'static) -> R {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+    let (open, gate) = channel::<()>();
+    stream
+        .launch_host(move || {
+            let _ = gate.recv_timeout(Duration::from_secs(60));
+        })
+        .unwrap();
+    let (done, returned) = channel();
+    std::thread::spawn(move || done.send(f()).unwrap());
+    let got = returned.recv_timeout(Duration::from_secs(20));
+    open.send(()).unwrap();
+    got.expect("it waited for the work queued before it")
+}
+
 /// The operator's workspace, taken from the stream (its release is ordered after the operator).
 pub(crate) fn workspace(stream: &Arc<Stream>, bytes: u64) -> Result<Option<DeviceBuffer<u8>>> {
     (bytes > 0).then(|| stream.alloc::<u8>(bytes as usize)).transpose()

@@ -13,7 +13,7 @@
 use super::host::Geometry;
 use super::BlockTables;
 use crate::matmul::Element;
-use crate::npu::{finish, prepare, workspace, TensorDesc};
+use crate::npu::{finish, prepare, upload, workspace, TensorDesc};
 use ascend_rt::{DeviceBuffer, Error, Result, Stream};
 use ascend_sys::{aclDataType, ACL_BOOL, ACL_INT32, ACL_INT64};
 use std::ffi::{c_char, CString};
@@ -216,7 +216,7 @@ fn run_fia<T: Element>(
     q: &DeviceBuffer<T>,
     k: &DeviceBuffer<T>,
     v: &DeviceBuffer<T>,
-    block_table: Option<&DeviceBuffer<i32>>,
+    block_table: Option<&[i32]>,
     out: &mut DeviceBuffer<T>,
 ) -> Result<()> {
     let api = stream.context().runtime().api();
@@ -224,15 +224,14 @@ fn run_fia<T: Element>(
     let phase1 = api
         .aclnnFusedInferAttentionScoreV2GetWorkspaceSize
         .ok_or(missing("aclnnFusedInferAttentionScoreV2GetWorkspaceSize"))?;
-    let mask = match &call.mask {
-        Some(_) => {
-            // Upper triangle (keys after the diagonal) masked.
-            let side = MASK_SIDE as usize;
-            let m: Vec<u8> = (0..side * side).map(|i| u8::from(i % side > i / side)).collect();
-            Some(stream.clone_htod(&m)?)
-        }
-        None => None,
-    };
+    // Host inputs get their device buffers now and their contents once phase 1 has accepted the call.
+    let mask_host: Option<Vec<u8>> = call.mask.as_ref().map(|_| {
+        // Upper triangle (keys after the diagonal) masked.
+        let side = MASK_SIDE as usize;
+        (0..side * side).map(|i| u8::from(i % side > i / side)).collect()
+    });
+    let mut mask = mask_host.as_ref().map(|m| stream.alloc::<u8>(m.len())).transpose()?;
+    let mut table = block_table.map(|t| stream.alloc::<i32>(t.len())).transpose()?;
     let layout = CString::new("TND").expect("no NUL");
     let p = prepare(stream, "aclnnFusedInferAttentionScoreV2GetWorkspaceSize", |set, ws, exec| {
         let tq = set.tensor(&call.query, q.raw())?;
@@ -243,7 +242,7 @@ fn run_fia<T: Element>(
             (Some(d), Some(b)) => set.tensor(d, b.raw())?,
             _ => std::ptr::null_mut(),
         };
-        let tb = match (&call.block_table, block_table) {
+        let tb = match (&call.block_table, &table) {
             (Some(d), Some(b)) => set.tensor(d, b.raw())?,
             _ => std::ptr::null_mut(),
         };
@@ -298,6 +297,12 @@ fn run_fia<T: Element>(
             )
         })
     })?;
+    if let (Some(host), Some(dev)) = (&mask_host, &mut mask) {
+        upload(stream, host, dev)?;
+    }
+    if let (Some(host), Some(dev)) = (block_table, &mut table) {
+        upload(stream, host, dev)?;
+    }
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(q)?;
@@ -306,7 +311,7 @@ fn run_fia<T: Element>(
     if let Some(m) = &mask {
         l.read(m)?;
     }
-    if let Some(b) = block_table {
+    if let Some(b) = &table {
         l.read(b)?;
     }
     l.write(out)?;
@@ -326,7 +331,7 @@ pub(crate) fn prefill<T: Element>(
     run_fia(stream, &fia_prefill(g, cu_seqlens, T::ACL_DTYPE), q, k, v, None, out)
 }
 
-/// Paged attention on an NPU stream; the block table is uploaded (stream-ordered) first.
+/// Paged attention on an NPU stream; the block table is uploaded without waiting, after phase 1.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn paged<T: Element>(
     stream: &Arc<Stream>,
@@ -342,11 +347,10 @@ pub(crate) fn paged<T: Element>(
 ) -> Result<()> {
     let blocks = key_cache.len() / (block_size * g.kv_heads * g.head_dim);
     let call = fia_paged(g, block_size, blocks, tables, cu_query_lens, context_lens, T::ACL_DTYPE);
-    let table = stream.clone_htod(tables.table)?;
-    run_fia(stream, &call, q, key_cache, value_cache, Some(&table), out)
+    run_fia(stream, &call, q, key_cache, value_cache, Some(tables.table), out)
 }
 
-/// reshape_and_cache on an NPU stream; the slot mapping is uploaded (stream-ordered) first.
+/// reshape_and_cache on an NPU stream; the slot mapping is uploaded without waiting, after phase 1.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reshape_and_cache<T: Element>(
     stream: &Arc<Stream>,
@@ -364,7 +368,7 @@ pub(crate) fn reshape_and_cache<T: Element>(
         .ok_or(Error::MissingSymbol("aclnnScatterPaKvCacheGetWorkspaceSize"))?;
     let blocks = key_cache.len() / (block_size * kv_heads * head_dim);
     let descs = scatter(slot_mapping.len(), kv_heads, head_dim, block_size, blocks, T::ACL_DTYPE);
-    let slots = stream.clone_htod(slot_mapping)?;
+    let mut slots = stream.alloc::<i64>(slot_mapping.len())?;
     let ptrs = [key.raw(), key_cache.raw(), slots.raw(), value.raw(), value_cache.raw()];
     let mode = CString::new("Norm").expect("no NUL");
     let p = prepare(stream, "aclnnScatterPaKvCacheGetWorkspaceSize", |set, ws, exec| {
@@ -390,6 +394,7 @@ pub(crate) fn reshape_and_cache<T: Element>(
             )
         })
     })?;
+    upload(stream, slot_mapping, &mut slots)?;
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(key)?;
@@ -407,29 +412,37 @@ mod tests {
     use ascend_sys::ACLNN_ERR_INNER_FIND_KERNEL_ERROR;
 
     /// The simulator creates the tensors but has no aclnn kernels: each path must stop at phase 1
-    /// with the operator's error, having enqueued nothing (the output stays as it was).
+    /// with the operator's error, having enqueued nothing (the output stays as it was), and without
+    /// waiting for the work queued before it (its host inputs are uploaded only after phase 1).
     #[test]
-    fn the_npu_paths_stop_at_the_operator_on_the_simulator() {
+    fn the_npu_paths_stop_at_the_operator_without_waiting_for_earlier_work() {
         let st = Stream::new(&Context::new(0).unwrap()).unwrap();
         let g = Geometry { heads: 4, kv_heads: 2, head_dim: 16, scale: 0.25, causal: true, window: None };
         let q = st.alloc_zeros::<f32>(3 * 4 * 16).unwrap();
         let kv = st.alloc_zeros::<f32>(3 * 2 * 16).unwrap();
         let mut out = st.clone_htod(&vec![1.0f32; 3 * 4 * 16]).unwrap();
-        let refused = |r: Result<()>, call: &str| match r {
-            Err(Error::Acl { call: c, code, .. }) => {
-                assert_eq!((c, code), (call, ACLNN_ERR_INNER_FIND_KERNEL_ERROR))
-            }
-            other => panic!("expected {call} to fail on the simulator, got {other:?}"),
-        };
-        let fia = "aclnnFusedInferAttentionScoreV2GetWorkspaceSize";
-        refused(prefill(&st, &g, &q, &kv, &kv, &[0, 3], &mut out), fia);
-        let cache = st.alloc_zeros::<f32>(2 * 16 * 2 * 16).unwrap();
-        let tables = BlockTables { table: &[0, 1], max_blocks: 2 };
-        refused(paged(&st, &g, 16, &q, &cache, &cache, tables, &[0, 3], &[20], &mut out), fia);
         let mut kc = st.alloc_zeros::<f32>(2 * 16 * 2 * 16).unwrap();
         let mut vc = st.alloc_zeros::<f32>(2 * 16 * 2 * 16).unwrap();
-        let scatter = "aclnnScatterPaKvCacheGetWorkspaceSize";
-        refused(reshape_and_cache(&st, 16, &kv, &kv, &mut kc, &mut vc, &[0, 1, 2], (2, 16)), scatter);
+        st.synchronize().unwrap();
+        let s = st.clone();
+        let (results, out) = crate::npu::returns_while_held(&st, move || {
+            let tables = BlockTables { table: &[0, 1], max_blocks: 2 };
+            let results = [
+                prefill(&s, &g, &q, &kv, &kv, &[0, 3], &mut out),
+                paged(&s, &g, 16, &q, &kc, &vc, tables, &[0, 3], &[20], &mut out),
+                reshape_and_cache(&s, 16, &kv, &kv, &mut kc, &mut vc, &[0, 1, 2], (2, 16)),
+            ];
+            (results, out)
+        });
+        let fia = "aclnnFusedInferAttentionScoreV2GetWorkspaceSize";
+        for (r, call) in results.into_iter().zip([fia, fia, "aclnnScatterPaKvCacheGetWorkspaceSize"]) {
+            match r {
+                Err(Error::Acl { call: c, code, .. }) => {
+                    assert_eq!((c, code), (call, ACLNN_ERR_INNER_FIND_KERNEL_ERROR))
+                }
+                other => panic!("expected {call} to fail on the simulator, got {other:?}"),
+            }
+        }
         assert_eq!(st.clone_dtoh(&out).unwrap(), vec![1.0f32; 3 * 4 * 16]);
     }
 }

@@ -5,7 +5,7 @@
 //! `[1, tokens, heads, head_dim]` with `[1, tokens, 1, head_dim]` cos/sin tables (mode 0 = halves).
 
 use crate::matmul::Element;
-use crate::npu::{finish, prepare, workspace, TensorDesc};
+use crate::npu::{finish, prepare, upload, workspace, TensorDesc};
 use ascend_rt::{DeviceBuffer, Error, Result, Stream};
 use ascend_sys::{aclDataType, ACL_FLOAT, ACL_INT32, ACL_INT64};
 use std::ffi::c_void;
@@ -97,7 +97,8 @@ pub(crate) fn rotary<T: Element>(
             sin.push(T::from_f32(a.sin() as f32));
         }
     }
-    let (cos, sin) = (stream.clone_htod(&cos)?, stream.clone_htod(&sin)?);
+    let (cos_host, sin_host) = (cos, sin);
+    let (mut cos, mut sin) = (stream.alloc::<T>(cos_host.len())?, stream.alloc::<T>(sin_host.len())?);
     let api = stream.context().runtime().api();
     let f = api
         .aclnnRotaryPositionEmbeddingGetWorkspaceSize
@@ -109,6 +110,8 @@ pub(crate) fn rotary<T: Element>(
         // SAFETY: valid tensors and out-pointers; phase 1 only inspects them.
         Ok(unsafe { f(t[0], t[1], t[2], 0, t[3], ws, ex) })
     })?;
+    upload(stream, &cos_host, &mut cos)?;
+    upload(stream, &sin_host, &mut sin)?;
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(&cos)?;
@@ -168,7 +171,7 @@ pub(crate) fn add_assign<T: Element>(stream: &Arc<Stream>, x: &mut DeviceBuffer<
     finish(l, w.as_mut(), &p, "aclnnInplaceAdd", api.aclnnInplaceAdd)
 }
 
-/// Embedding lookup on an NPU stream (ids uploaded first).
+/// Embedding lookup on an NPU stream (ids uploaded without waiting, after phase 1).
 pub(crate) fn embedding<T: Element>(
     stream: &Arc<Stream>,
     table: &DeviceBuffer<T>,
@@ -176,7 +179,7 @@ pub(crate) fn embedding<T: Element>(
     ids: &[i32],
     out: &mut DeviceBuffer<T>,
 ) -> Result<()> {
-    let idx = stream.clone_htod(ids)?;
+    let mut idx = stream.alloc::<i32>(ids.len())?;
     let api = stream.context().runtime().api();
     let f = api.aclnnEmbeddingGetWorkspaceSize.ok_or(Error::MissingSymbol("aclnnEmbeddingGetWorkspaceSize"))?;
     let descs = embedding_descs(table.len() / dim, dim, ids.len(), T::ACL_DTYPE);
@@ -185,6 +188,7 @@ pub(crate) fn embedding<T: Element>(
         // SAFETY: valid tensors and out-pointers; phase 1 only inspects them.
         Ok(unsafe { f(t[0], t[1], t[2], ws, ex) })
     })?;
+    upload(stream, ids, &mut idx)?;
     let mut w = workspace(stream, p.ws)?;
     let mut l = stream.device_launch();
     l.read(table)?;
@@ -263,5 +267,19 @@ mod tests {
         let mut ids = st.alloc_zeros::<i64>(4).unwrap();
         refused(argmax(&st, &x, 8, &mut ids), "aclnnArgMaxGetWorkspaceSize");
         assert_eq!(st.clone_dtoh(&out).unwrap(), vec![2.0f32; 32]);
+    }
+
+    /// The rotary tables and the token ids are uploaded without waiting for earlier work.
+    #[test]
+    fn the_npu_paths_do_not_wait_for_earlier_work() {
+        let st = Stream::new(&Context::new(0).unwrap()).unwrap();
+        let (mut x, w, mut out) =
+            (st.alloc_zeros::<f32>(32).unwrap(), st.alloc_zeros::<f32>(8).unwrap(), st.alloc_zeros::<f32>(8).unwrap());
+        st.synchronize().unwrap();
+        let s = st.clone();
+        let refused = crate::npu::returns_while_held(&st, move || {
+            [rotary(&s, &mut x, &[0, 1], 8, 10000.0).is_err(), embedding(&s, &w, 4, &[1, 0], &mut out).is_err()]
+        });
+        assert_eq!(refused, [true; 2]);
     }
 }
