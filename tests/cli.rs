@@ -159,3 +159,25 @@ fn demo_runs_the_tp_decoder_and_reports_throughput() {
     let (ok, _) = ascend(&["demo", "--tp", "3", "--tiny"]);
     assert!(!ok, "TP 3 cannot shard the tiny model");
 }
+
+/// Cases that cannot run are refused at once, with the reason, before anything is allocated or
+/// any rank waits for another.
+#[test]
+fn bench_refuses_what_cannot_run() {
+    let refused = |args: &str, why: &str| {
+        let t = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_ascend"))
+            .args(args.split(' '))
+            .env("ASCEND_BACKEND", "sim")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{args}: {err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "{args} took {:?}", t.elapsed());
+    };
+    refused("bench matmul --m 100000 --n 100000 --k 100000", "GiB of memory");
+    refused("bench matmul --m 18446744073709551615 --n 2 --k 2", "overflow");
+    refused("bench attention decode --batch 100000 --context 100000 --block-size 16", "GiB of memory");
+    refused("bench collectives --ranks 9 --processes", "9 ranks need 9 devices");
+    refused("bench collectives --bytes 6 --dtype f32", "whole elements");
+}

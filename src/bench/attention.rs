@@ -82,6 +82,15 @@ fn runner<T: Element>(
     h: Heads,
 ) -> Result<Box<dyn FnMut(u64) -> Result<Duration>>> {
     let fill = |n: usize| (0..n).map(|i| T::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5)).collect::<Vec<_>>();
+    let elem = std::mem::size_of::<T>();
+    // Queries (and as many outputs) and the K and V tokens; the rotation adds at most 256 MiB.
+    let (queries, [seqs, blocks, block]) = match work {
+        Workload::Prefill { seq } => (seq, [seq, 1, 1]),
+        Workload::Decode { batch, context, block_size } => (batch, [batch, context.div_ceil(block_size), block_size]),
+    };
+    let q_dims = [queries, h.heads, h.head_dim];
+    let kv_dims = [seqs, blocks, block, h.kv_heads, h.head_dim];
+    super::ensure_fits(stream, elem, &[(&q_dims, 2), (&kv_dims, 2)])?;
     let stream = stream.clone();
     match work {
         Workload::Prefill { seq } => {

@@ -46,9 +46,20 @@ fn runner<T: Element>(
     level: Option<Level>,
 ) -> Result<Box<dyn FnMut(u64) -> Result<Duration>>> {
     let fill = |n: usize| (0..n).map(|i| T::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5)).collect::<Vec<_>>();
+    let b_batch = if shape.shared_b { 1 } else { shape.batch };
+    super::ensure_fits(
+        stream,
+        std::mem::size_of::<T>(),
+        &[
+            (&[shape.batch, shape.m, shape.k], 1),
+            (&[b_batch, shape.k, shape.n], 1),
+            (&[shape.batch, shape.m, shape.n], 1),
+        ],
+    )?;
     let a = stream.clone_htod(&fill(shape.batch * shape.m * shape.k))?;
-    let b_len = if shape.shared_b { 1 } else { shape.batch } * shape.k * shape.n;
-    // Decode shapes stream their weights: rotate through copies (see `rotation`).
+    let b_len = b_batch * shape.k * shape.n;
+    // Decode shapes stream their weights: rotate through copies (see `rotation`; they add at most
+    // 256 MiB, which the check above leaves to the allocation).
     let copies = if shape.m <= ascend_kernels::matmul::DECODE_MAX_M {
         super::rotation(b_len * std::mem::size_of::<T>())
     } else {

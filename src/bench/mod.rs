@@ -15,6 +15,45 @@ use std::time::{Duration, Instant};
 /// Element types the kernel benchmarks accept.
 pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
+/// Refuses a case before it allocates anything when its buffers cannot fit: `buffers` lists each
+/// device buffer as (elements as a product of sizes, copies); the host also holds the largest one
+/// while uploading it. On the simulator device memory is host memory, so the host's available
+/// memory bounds both. A size whose product overflows is refused the same way.
+pub(crate) fn ensure_fits(
+    stream: &ascend_rt::Stream,
+    elem: usize,
+    buffers: &[(&[usize], usize)],
+) -> ascend_rt::Result<()> {
+    let bytes = |dims: &[usize]| dims.iter().try_fold(elem, |a, &d| a.checked_mul(d));
+    let sizes: Option<Vec<(usize, usize)>> = buffers.iter().map(|&(d, n)| bytes(d).map(|b| (b, n))).collect();
+    let needed = sizes.and_then(|s| {
+        let largest = s.iter().map(|&(b, _)| b).max().unwrap_or(0);
+        s.iter().try_fold(largest, |a, &(b, n)| b.checked_mul(n).and_then(|x| a.checked_add(x)))
+    });
+    let (free, _) = stream.context().memory_info()?;
+    let limit = match stream.context().runtime().host_addressable() {
+        true => host_available().map_or(free, |h| h.min(free)),
+        false => free,
+    };
+    match needed {
+        Some(n) if n <= limit => Ok(()),
+        Some(n) => Err(ascend_rt::Error::InvalidArgument(format!(
+            "this case needs {:.2} GiB of memory, {:.2} GiB is available",
+            n as f64 / (1u64 << 30) as f64,
+            limit as f64 / (1u64 << 30) as f64
+        ))),
+        None => Err(ascend_rt::Error::InvalidArgument("this case's sizes overflow".into())),
+    }
+}
+
+/// The host's available memory (`MemAvailable`), where the system says.
+fn host_available() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize =
+        info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// How many copies of `bytes` of streamed data (decode weights, KV caches) a case rotates through so
 /// that together they exceed any last-level cache (256 MiB, at most 64 copies): each run then reads
 /// its data from memory, as a model's layers do, instead of finding the previous run's in cache.
