@@ -61,13 +61,19 @@ fn chunks(count: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 impl Comm {
-    fn lock(&self) -> std::sync::MutexGuard<'_, OpState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// This rank's operation state, once the communicator is known not to have failed: nothing
+    /// runs on a poisoned communicator, whichever path (stream task or host call) starts it.
+    fn begin(&self) -> Result<std::sync::MutexGuard<'_, OpState>, HFail> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match self.poisoned() {
+            Some(f) => Err(f),
+            None => Ok(st),
+        }
     }
 
     /// `HcclAllReduce`: `recv = op(send of every rank)`; `send == recv` is allowed.
     pub fn all_reduce(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::AllReduce, Some(t), count, Some(op), 0);
         if count * es <= ONE_SHOT_BYTES {
@@ -117,7 +123,7 @@ impl Comm {
 
     /// `HcclBroadcast`: every rank's `buf` becomes the root's.
     pub fn broadcast(&self, buf: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         let es = t.size();
         let d = desc(Kind::Broadcast, Some(t), count, None, root);
         for (i, (off, len)) in chunks(count, CHUNK / es).enumerate() {
@@ -135,7 +141,7 @@ impl Comm {
 
     /// `HcclAllGather`: `recv[r * count ..]` = rank r's `send`.
     pub fn all_gather(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         let es = t.size();
         let d = desc(Kind::AllGather, Some(t), count, None, 0);
         for (i, (off, len)) in chunks(count, CHUNK / es).enumerate() {
@@ -151,7 +157,7 @@ impl Comm {
 
     /// `HcclReduceScatter`: `recv` = op over ranks of their `send[rank * count ..]`.
     pub fn reduce_scatter(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::ReduceScatter, Some(t), count, Some(op), 0);
         let area = CHUNK / n / es;
@@ -171,7 +177,7 @@ impl Comm {
 
     /// `HcclReduce`: the root's `recv` = op(send of every rank); other ranks' `recv` is untouched.
     pub fn reduce(&self, send: usize, recv: usize, count: usize, t: DType, op: Op, root: usize) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         let es = t.size();
         let d = desc(Kind::Reduce, Some(t), count, Some(op), root);
         for (i, (off, len)) in chunks(count, CHUNK / es).enumerate() {
@@ -189,7 +195,7 @@ impl Comm {
 
     /// `HcclScatter`: `recv` = the root's `send[rank * count ..]`.
     pub fn scatter(&self, send: usize, recv: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         let (es, n) = (t.size(), self.n);
         let d = desc(Kind::Scatter, Some(t), count, None, root);
         let area = CHUNK / n / es;
@@ -208,7 +214,7 @@ impl Comm {
 
     /// `HcclAlltoAll`: `recv[r * count ..]` = rank r's `send[rank * count ..]`.
     pub fn all_to_all(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::AllToAll, Some(t), count, None, 0);
         let area = CHUNK / n / es;
@@ -238,7 +244,7 @@ impl Comm {
         rdispls: &[u64],
         t: DType,
     ) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
         // Step 1: exchange the count rows; each rank checks its column.
         let s1 = st.step + 1;
@@ -285,14 +291,14 @@ impl Comm {
 
     /// `HcclBarrier`.
     pub fn barrier(&self) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         self.step(st, Some(&desc(Kind::Barrier, None, 0, None, 0)), "HcclBarrier").map(drop)
     }
 
     /// Point-to-point transfers, all progressing together (`HcclBatchSendRecv`; `HcclSend`/`HcclRecv`
     /// are batches of one). Transfers with the same peer and direction run in order.
     pub fn send_recv(&self, items: &mut [P2p]) -> Result<(), HFail> {
-        let st = &mut *self.lock();
+        let st = &mut *self.begin()?;
         loop {
             // Snapshot before polling, so that a change made while we poll is never missed.
             let before: Vec<(u64, u64)> = items.iter().map(|it| self.p2p_counters(it)).collect();
@@ -330,7 +336,8 @@ impl Comm {
         if it.send {
             let p = self.pair(self.rank, it.peer);
             if p.error.load(Acquire) != 0 {
-                return Err((HCCL_E_PARA, format!("HcclSend: rank {} expected a different number of bytes", it.peer)));
+                let f = (HCCL_E_PARA, format!("HcclSend: rank {} expected a different number of bytes", it.peer));
+                return Err(self.poison(f));
             }
             if it.all_sent {
                 // A send completes when the receiver has taken the last chunk (synchronous pairing).
@@ -359,11 +366,14 @@ impl Comm {
             let h = (c % 2) as usize;
             let (len, total) = (p.len[h][0].load(Relaxed) as usize, p.len[h][1].load(Relaxed) as usize);
             if total != it.bytes {
+                // The pair's counters now disagree (the chunk stays unacknowledged): the communicator
+                // cannot pair later transfers correctly, so it fails for every rank.
                 p.error.store(1, Release);
-                return Err((
+                let f = (
                     HCCL_E_PARA,
                     format!("HcclRecv: rank {} sends {total} bytes, this rank expects {}", it.peer, it.bytes),
-                ));
+                );
+                return Err(self.poison(f));
             }
             copy(it.ptr + it.done, self.mailbox(it.peer, self.rank, c) as usize, len);
             p.acked.store(c, Release);

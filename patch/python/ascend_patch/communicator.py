@@ -29,7 +29,7 @@ import torch.distributed as dist
 from vllm.distributed.device_communicators.base_device_communicator import DeviceCommunicatorBase
 
 from . import _lib
-from ._comm import HostComm
+from ._comm import HostComm, _cpu
 
 logger = logging.getLogger("ascend_patch")
 
@@ -42,6 +42,8 @@ class _Shared:
 
     def __init__(self, key: tuple[int, ...], comm: HostComm):
         self.key = key
+        #: How the custom ops name it (they take strings, not Python objects).
+        self.name = ",".join(map(str, key))
         self.comm = comm
         self.refs = 0
         self.owners: list[str] = []
@@ -148,6 +150,59 @@ def _release(shared: _Shared, owner: str) -> None:
     shared.comm.destroy()
 
 
+def _host_comm(name: str) -> HostComm:
+    with _table_lock:
+        shared = _table.get(tuple(int(r) for r in name.split(",")))
+    if shared is None:
+        raise RuntimeError(f"ascend_patch: the communicator of ranks {name} was destroyed")
+    return shared.comm
+
+
+@torch.library.custom_op("ascend_patch::all_reduce", mutates_args=())
+def _all_reduce_op(x: torch.Tensor, comm: str) -> torch.Tensor:
+    AscendCommunicator.calls["all_reduce"] += 1
+    return _host_comm(comm).all_reduce(x.clone())
+
+
+@_all_reduce_op.register_fake
+def _(x: torch.Tensor, comm: str) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _gathered_shape(x: torch.Tensor, dim: int, n: int) -> tuple[int, ...]:
+    return tuple(x.shape[:dim]) + (n * x.shape[dim],) + tuple(x.shape[dim + 1 :])
+
+
+@torch.library.custom_op("ascend_patch::all_gather", mutates_args=())
+def _all_gather_op(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
+    AscendCommunicator.calls["all_gather"] += 1
+    out = torch.empty((world_size,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+    _host_comm(comm).all_gather_into(out, x)
+    return out.movedim(0, dim).reshape(_gathered_shape(x, dim, world_size))
+
+
+@_all_gather_op.register_fake
+def _(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
+    return x.new_empty(_gathered_shape(x, dim, world_size))
+
+
+@torch.library.custom_op("ascend_patch::reduce_scatter", mutates_args=())
+def _reduce_scatter_op(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
+    AscendCommunicator.calls["reduce_scatter"] += 1
+    # Cut as vLLM's communicators do: dimension `dim` is brought to the front with movedim(0, dim).
+    inp = x.movedim(0, dim).contiguous()
+    out = torch.empty((inp.shape[0] // world_size,) + tuple(inp.shape[1:]), dtype=inp.dtype, device=inp.device)
+    _host_comm(comm).reduce_scatter_into(out, inp)
+    return out.movedim(0, dim).contiguous()
+
+
+@_reduce_scatter_op.register_fake
+def _(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
+    shape = list(x.shape)
+    shape[dim] //= world_size
+    return x.new_empty(shape)
+
+
 class AscendCommunicator(DeviceCommunicatorBase):
     """A vLLM device communicator whose collectives run on ascend-rs (host transport, CPU tensors)."""
 
@@ -189,24 +244,19 @@ class AscendCommunicator(DeviceCommunicatorBase):
             self.all2all_manager = AgRsAll2AllManager(self.cpu_group)
 
     # -- collectives ----------------------------------------------------------------------------
+    # all_reduce, all_gather and reduce_scatter sit in the model's forward, which vLLM compiles with
+    # torch.compile(fullgraph=True): they go through opaque custom ops (below) so that Dynamo never
+    # traces into ctypes. Each returns a new tensor, as the ops declare.
 
     def all_reduce(self, input_: torch.Tensor) -> torch.Tensor:
-        AscendCommunicator.calls["all_reduce"] += 1
-        self._comm.all_reduce(input_)
-        return input_
+        return torch.ops.ascend_patch.all_reduce(input_, self._shared.name)
 
     def all_gather(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        AscendCommunicator.calls["all_gather"] += 1
         if dim < 0:
             dim += input_.dim()
-        size = input_.size()
-        out = torch.empty((self.world_size,) + tuple(size), dtype=input_.dtype, device=input_.device)
-        self._comm.all_gather_into(out, input_)
-        out = out.movedim(0, dim)
-        return out.reshape(size[:dim] + (self.world_size * size[dim],) + size[dim + 1 :])
+        return torch.ops.ascend_patch.all_gather(input_, dim, self.world_size, self._shared.name)
 
     def reduce_scatter(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        AscendCommunicator.calls["reduce_scatter"] += 1
         world_size = self.world_size
         if world_size == 1:
             return input_
@@ -215,12 +265,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
         )
         if dim < 0:
             dim += input_.dim()
-        # Cut as vLLM's communicators do: dimension `dim` is brought to the front with movedim(0, dim).
-        inp = input_.movedim(0, dim).contiguous()
-        assert inp.shape[0] % world_size == 0
-        out = torch.empty((inp.shape[0] // world_size,) + tuple(inp.shape[1:]), dtype=inp.dtype, device=inp.device)
-        self._comm.reduce_scatter_into(out, inp)
-        return out.movedim(0, dim).contiguous()
+        assert input_.shape[dim] % world_size == 0
+        return torch.ops.ascend_patch.reduce_scatter(input_, dim, world_size, self._shared.name)
 
     def gather(self, input_: torch.Tensor, dst: int = 0, dim: int = -1) -> torch.Tensor | None:
         AscendCommunicator.calls["gather"] += 1
@@ -264,6 +310,9 @@ class AscendCommunicator(DeviceCommunicatorBase):
         header), then each non-empty tensor's bytes."""
         AscendCommunicator.calls["send_tensor_dict"] += 1
         metadata, tensors = split_tensor_dict(tensor_dict)
+        # Refuse before anything is sent: a receiver given the metadata would wait for the tensors.
+        for t in tensors:
+            _cpu(t, "send_tensor_dict")
         self._comm.send_bytes(pickle.dumps(metadata, protocol=pickle.HIGHEST_PROTOCOL), dst)
         for t in tensors:
             if t.numel():

@@ -406,3 +406,20 @@ def test_distributed_timeout_comes_from_the_vllm_config():
         assert distributed_timeout() == 7.0
     with set_current_vllm_config(VllmConfig()):
         assert distributed_timeout() is None
+
+
+def test_host_comm_p2p_size_mismatch_fails_the_communicator():
+    import torch
+
+    def body(comm, rank):
+        # 16 bytes sent, 32 expected: both ranks fail, and since the pair's counters now disagree,
+        # nothing may run on the communicator any more (a later receive would get the stale bytes).
+        with pytest.raises(_lib.AscendPatchError):
+            comm.send(torch.zeros(4), 1) if rank == 0 else comm.recv(torch.empty(8), 0)
+        with pytest.raises(_lib.AscendPatchError, match="failed earlier"):
+            comm.all_reduce(torch.ones(2))
+        with pytest.raises(_lib.AscendPatchError, match="failed earlier"):
+            comm.send(torch.zeros(4), 1) if rank == 0 else comm.recv(torch.empty(4), 0)
+        return True
+
+    assert _two_ranks(body) == [True, True]

@@ -10,7 +10,10 @@ pipeline parallelism uses, enabled by ``supports_tensor_dict``) call the ascend-
 tensors' memory. ``GroupCoordinator.broadcast`` and ``GroupCoordinator.broadcast_tensor_dict`` call
 torch.distributed directly; they are wrapped so that, when the group's communicator is ours, the
 tensors go through it (the tensor dict's metadata keeps vLLM's object path). Groups with identical
-ranks share one ascend-rs communicator (reference-counted).
+ranks share one ascend-rs communicator (reference-counted). all_reduce, all_gather and
+reduce_scatter run as custom torch ops (``torch.ops.ascend_patch.*``, returning new tensors), so a
+model forward that vLLM compiles with ``torch.compile(fullgraph=True)`` traces them as opaque calls
+instead of failing on ctypes.
 
 Upstream: none yet. vLLM selects the communicator per platform, and an out-of-tree platform plugin
 would replace the whole CPU platform to change one class. A hook to choose the device communicator
