@@ -55,6 +55,15 @@ impl Event {
         Ok(())
     }
 
+    /// Fails for an event made by `aclrtCreateEventWithFlag` without `ACL_EVENT_SYNC`, which CANN
+    /// cannot wait on (from the host or from a stream).
+    pub fn check_waitable(&self) -> Result<()> {
+        if self.with_flag && self.flags & ACL_EVENT_SYNC as u32 == 0 {
+            return fail(ACL_ERROR_RT_PARAM_INVALID, "an event created without ACL_EVENT_SYNC cannot be waited on");
+        }
+        Ok(())
+    }
+
     /// The latest record, if any.
     pub fn latest(&self) -> Option<Record> {
         self.record.lock().unwrap().clone()
@@ -90,6 +99,9 @@ impl Event {
 
 /// `aclrtEventElapsedTime`: milliseconds from `start`'s record to `end`'s.
 pub fn elapsed_ms(start: &Event, end: &Event) -> Result<f32> {
+    if [start, end].iter().any(|e| e.flags & ACL_EVENT_TIME_LINE as u32 == 0) {
+        return fail(ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID, "both events must be created with ACL_EVENT_TIME_LINE");
+    }
     let (Some(a), Some(b)) = (start.latest(), end.latest()) else {
         return fail(ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID, "both events must be recorded");
     };

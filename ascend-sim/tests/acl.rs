@@ -386,6 +386,20 @@ fn event_rules() {
     assert_eq!(st, ACL_EVENT_RECORDED_STATUS_COMPLETE);
     assert_code!(aclrtResetEvent(e, s), ACL_SUCCESS);
     assert_code!(aclrtResetEvent(plain, s), ACL_ERROR_RT_PARAM_INVALID);
+    // Without ACL_EVENT_SYNC an event cannot be waited on; without ACL_EVENT_TIME_LINE it has no
+    // timestamps (e has SYNC only).
+    let mut marker = null_mut();
+    assert_code!(aclrtCreateEventWithFlag(&mut marker, ACL_EVENT_TIME_LINE as u32), ACL_SUCCESS);
+    assert_code!(aclrtRecordEvent(marker, s), ACL_SUCCESS);
+    assert_code!(aclrtSynchronizeEvent(marker), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtSynchronizeEventWithTimeout(marker, 10), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtStreamWaitEvent(s, marker), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtRecordEvent(e, s), ACL_SUCCESS);
+    assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
+    let mut ms = 0f32;
+    assert_code!(aclrtEventElapsedTime(&mut ms, marker, e), ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID);
+    assert_code!(aclrtEventElapsedTime(&mut ms, marker, marker), ACL_SUCCESS);
+    assert_code!(aclrtDestroyEvent(marker), ACL_SUCCESS);
     assert_code!(aclrtQueryEventStatus(e, null_mut()), ACL_ERROR_INVALID_PARAM);
     for h in [e, ex, plain] {
         assert_code!(aclrtDestroyEvent(h), ACL_SUCCESS);

@@ -364,6 +364,7 @@ pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtE
         let rt = runtime();
         let s = rt.stream(stream as usize)?;
         let e = rt.events.get(handle(event)?)?;
+        e.check_waitable()?;
         if let Some(r) = e.latest() {
             if !Arc::ptr_eq(&r.core, &s.core) {
                 s.core.enqueue(Kind::Order, move || {
@@ -450,14 +451,20 @@ pub unsafe extern "C" fn aclrtQueryEventStatus(event: aclrtEvent, status: *mut a
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
-    entry("aclrtSynchronizeEvent", || runtime().events.get(handle(event)?)?.synchronize(None))
+    entry("aclrtSynchronizeEvent", || {
+        let e = runtime().events.get(handle(event)?)?;
+        e.check_waitable()?;
+        e.synchronize(None)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(event: aclrtEvent, timeout: i32) -> aclError {
     entry("aclrtSynchronizeEventWithTimeout", || {
         let timeout = duration_ms(timeout, ACL_ERROR_RT_PARAM_INVALID, true)?;
-        runtime().events.get(handle(event)?)?.synchronize(timeout)
+        let e = runtime().events.get(handle(event)?)?;
+        e.check_waitable()?;
+        e.synchronize(timeout)
     })
 }
 

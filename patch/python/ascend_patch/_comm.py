@@ -53,10 +53,17 @@ def hccl_dtype(dtype: torch.dtype) -> int:
 
 
 def _cpu(t: torch.Tensor, op: str) -> None:
+    """Refuses what the host transport cannot move as bytes: a tensor off the CPU, or a lazy
+    conjugate / negative view (its memory holds the values before the conjugation or negation)."""
     if not t.is_cpu:
         raise TypeError(
             f"ascend_patch: {op} takes CPU tensors on the host transport, not a tensor on {t.device} "
             "(the NPU path goes through the device C ABI with a stream)"
+        )
+    if t.is_conj() or t.is_neg():
+        raise TypeError(
+            f"ascend_patch: {op} got a lazy conjugate or negative view; resolve it first "
+            "(t.resolve_conj() / t.resolve_neg())"
         )
 
 

@@ -358,6 +358,9 @@ def test_host_comm_errors():
     def body(comm, rank):
         with pytest.raises(TypeError, match="CPU tensors"):
             comm.all_reduce(torch.empty(2, device="meta"))
+        # A lazy conjugate's memory holds the unconjugated values: refused, not sent wrong.
+        with pytest.raises(TypeError, match="conjugate"):
+            comm.send(torch.tensor([1 + 2j]).conj(), 1 - rank)
         with pytest.raises(_lib.AscendPatchError, match="itself"):
             comm.send(torch.ones(2), rank)
         with pytest.raises(ValueError):
