@@ -3,7 +3,7 @@
 //! Search order for each library: `$ASCEND_TOOLKIT_HOME/lib64`, `$ASCEND_HOME_PATH/lib64`, the
 //! well-known install prefixes, then the dynamic loader's own path (`LD_LIBRARY_PATH`, ld.so.cache).
 //! `libascendcl` is required; the other three are optional (an HCCL-less install still runs the
-//! runtime). Symbols are resolved one by one: a symbol the installed CANN lacks stays `None`.
+//! runtime) and are looked for in `libascendcl`'s directory first, so that one release is loaded. Symbols are resolved one by one: a symbol the installed CANN lacks stays `None`.
 //! Nothing here panics.
 
 use crate::{AscendApi, Library, API_SYMBOLS};
@@ -115,9 +115,18 @@ pub fn load_from(dirs: &[PathBuf]) -> Result<Loaded, LoadError> {
     let mut opened: HashMap<Library, usize> = HashMap::new();
     let mut handles = Vec::new();
     let mut libraries = Vec::new();
+    let mut dirs = dirs.to_vec();
     for library in Library::ALL {
-        match open(library, dirs) {
+        match open(library, &dirs) {
             Ok((lib, path)) => {
+                if library == Library::AscendCl {
+                    // The other libraries come from libascendcl's own directory first: one CANN
+                    // release, not pieces of several found along the search path.
+                    if let Some(home) = path.parent().filter(|p| p.is_absolute()).map(PathBuf::from) {
+                        dirs.retain(|d| *d != home);
+                        dirs.insert(0, home);
+                    }
+                }
                 opened.insert(library, handles.len());
                 handles.push(lib);
                 libraries.push((library, Ok(path)));
@@ -154,6 +163,30 @@ mod tests {
         assert!(err.attempts.iter().any(|(p, _)| p.starts_with(dir.to_str().unwrap())));
         assert!(err.attempts.iter().any(|(p, _)| p.contains("dynamic loader path")));
         assert!(err.to_string().contains("libhccl.so"), "{err}");
+    }
+
+    /// Stub libraries built with the C compiler: `libhccl` comes from `libascendcl`'s directory even
+    /// when another directory holding one is searched first.
+    #[test]
+    fn companions_come_from_libascendcl_s_directory() {
+        let root = std::env::temp_dir().join(format!("ascend-sys-loader-{}", std::process::id()));
+        let (first, cann) = (root.join("first"), root.join("cann"));
+        for (dir, name) in [(&first, "libhccl.so"), (&cann, "libascendcl.so"), (&cann, "libhccl.so")] {
+            std::fs::create_dir_all(dir).unwrap();
+            let built = std::process::Command::new("cc")
+                .args(["-shared", "-fPIC", "-x", "c", "-o"])
+                .arg(dir.join(name))
+                .arg("/dev/null")
+                .status()
+                .expect("a C compiler (scripts/setup.sh installs one)");
+            assert!(built.success());
+        }
+        let loaded = load_from(&[first.clone(), cann.clone()]).expect("the stub libascendcl loads");
+        let from = |l: Library| loaded.libraries.iter().find(|(x, _)| *x == l).unwrap().1.clone().unwrap();
+        assert_eq!(from(Library::AscendCl), cann.join("libascendcl.so"));
+        assert_eq!(from(Library::Hccl), cann.join("libhccl.so"), "not the one in {}", first.display());
+        drop(loaded);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
