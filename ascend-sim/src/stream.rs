@@ -111,6 +111,19 @@ impl StreamCore {
         }
     }
 
+    /// Fails when the calling thread is this stream's own (a host function or callback) and task
+    /// `seq` has not finished: it would wait for itself forever. CANN forbids synchronizing there.
+    pub fn check_not_waiting_on_itself(&self, seq: u64) -> Result<()> {
+        let own = matches!(&*self.thread.lock().unwrap(), Some((id, _)) if *id == std::thread::current().id());
+        if own && self.completed() < seq {
+            return Err(Fail::new(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "a host function or callback cannot wait for its own stream's later work (it would wait for itself)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Waits until task `seq` has finished. `timeout` None waits forever. Returns false on expiry.
     pub fn wait_for(&self, seq: u64, timeout: Option<Duration>) -> bool {
         if self.completed() >= seq {
@@ -151,6 +164,7 @@ impl StreamCore {
     /// Waits for everything submitted so far; returns the sticky error if there is one, or
     /// `ACL_ERROR_RT_STREAM_SYNC_TIMEOUT` when `timeout` expires first.
     pub fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
+        self.check_not_waiting_on_itself(self.submitted())?;
         if !self.wait_for(self.submitted(), timeout) {
             return Err(Fail::new(
                 ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,

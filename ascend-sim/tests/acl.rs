@@ -14,7 +14,7 @@ use ascend_sys::*;
 use common::*;
 use std::ffi::{c_void, CStr};
 use std::ptr::{null, null_mut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------------
@@ -559,4 +559,38 @@ fn aclnn_descriptors_work_and_operators_need_an_npu() {
         assert!(aclCreateTensor(null(), 2, ACL_FLOAT, null(), 0, ACL_FORMAT_ND, null(), 0, null_mut()).is_null());
         assert_eq!(aclnnMm(null_mut(), 0, null_mut(), null_mut()), ACLNN_ERR_INNER_FIND_KERNEL_ERROR);
     }
+}
+
+/// What the host function below got from synchronizing its own stream, then an event recorded on
+/// that stream after it.
+static SELF_WAIT: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+
+extern "C" fn waits_for_own_stream(arg: *mut c_void) {
+    // SAFETY: `arg` is the (stream, event) pair the test keeps alive until the stream is idle.
+    let (s, e) = unsafe { *(arg as *const (aclrtStream, aclrtEvent)) };
+    // SAFETY: plain calls with live handles.
+    SELF_WAIT[0].store(unsafe { aclrtSynchronizeStream(s) }, Ordering::SeqCst);
+    // SAFETY: as above.
+    SELF_WAIT[1].store(unsafe { aclrtSynchronizeEvent(e) }, Ordering::SeqCst);
+}
+
+#[test]
+fn a_host_function_waiting_for_its_own_stream_fails_instead_of_hanging() {
+    setup(0);
+    let s = new_stream();
+    let mut e = null_mut();
+    assert_code!(aclrtCreateEvent(&mut e), ACL_SUCCESS);
+    let mut pair = (s, e);
+    let arg = &mut pair as *mut (aclrtStream, aclrtEvent) as *mut c_void;
+    // Held until the event's record is queued behind the host function.
+    let gate = Gate::hold(s);
+    assert_code!(aclrtLaunchHostFunc(s, Some(waits_for_own_stream), arg), ACL_SUCCESS);
+    assert_code!(aclrtRecordEvent(e, s), ACL_SUCCESS);
+    gate.open();
+    // With a limit: a host function that waited for itself would hold the stream forever.
+    assert_code!(aclrtSynchronizeStreamWithTimeout(s, 10_000), ACL_SUCCESS);
+    assert_eq!(SELF_WAIT[0].load(Ordering::SeqCst), ACL_ERROR_RT_PARAM_INVALID, "stream");
+    assert_eq!(SELF_WAIT[1].load(Ordering::SeqCst), ACL_ERROR_RT_PARAM_INVALID, "event recorded after it");
+    assert_code!(aclrtDestroyEvent(e), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
 }
