@@ -87,16 +87,15 @@ impl Event {
     /// `aclrtSynchronizeEvent(WithTimeout)`: waits for the captured work (an un-recorded event returns
     /// at once). `ACL_ERROR_RT_EVENT_SYNC_TIMEOUT` on expiry.
     pub fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
-        if let Some(r) = self.latest() {
-            r.core.check_not_waiting_on_itself(r.seq)?;
-        }
-        match self.latest() {
-            Some(r) if !r.core.wait_for(r.seq, timeout) => fail(
+        let Some(r) = self.latest() else { return Ok(()) };
+        r.core.check_not_waiting_on_itself(r.seq)?;
+        if !r.core.wait_for(r.seq, timeout) {
+            return fail(
                 ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
                 format!("event synchronize timed out after {} ms", timeout.unwrap_or_default().as_millis()),
-            ),
-            _ => Ok(()),
+            );
         }
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@ use super::attention::{self, Workload};
 use super::{collectives, limits, matmul, runtime, try_per_iter, Figure};
 use ascend_kernels::cpu::{active, Level};
 use ascend_kernels::{Heads, Shape};
-use ascend_rt::{Context, Device, Result, Runtime, Stream};
+use ascend_rt::{Context, Device, Result, Stream};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -21,30 +21,21 @@ fn against(mut f: Figure, limit: Option<&Figure>, value: f64) -> Figure {
     f
 }
 
-/// Runs `figure` with the read limit around it, when there is one.
-fn around<T>(limit: &mut Option<limits::ReadLimit>, figure: impl FnOnce() -> Result<T>) -> Result<(T, Option<f64>)> {
-    match limit {
-        Some(l) => l.around(figure).map(|(f, r)| (f, Some(r))),
-        None => figure().map(|f| (f, None)),
-    }
-}
-
 fn param(f: &Figure, key: &str) -> f64 {
     f.param(key).unwrap_or(f64::NAN)
 }
 
 /// Runs the sweep; `budget` is the target time of each measurement; `progress` hears each step.
 pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Figure>> {
-    // The limits are this host's: they bound the simulator's kernels, not an NPU's.
-    let host = Runtime::get()?.host_addressable();
-    let (mut read_limit, read) = match host {
-        true => {
-            progress("limits (read, copy, FMA peak)");
-            let (l, f) = limits::ReadLimit::new(budget)?;
-            (Some(l), Some(f))
-        }
-        false => (None, None),
-    };
+    // The limits are this host's: they bound the simulator's kernels, not an NPU's, and are
+    // skipped there (no read limit means device memory is not host memory).
+    let mut out = Vec::new();
+    let mut read_limit = limits::read_limit_if(true, budget, &mut progress, &mut out)?;
+    let read = out.first().cloned();
+    let host = read_limit.is_some();
+    if host {
+        progress("limits (copy, FMA peak)");
+    }
     let copy = host.then(|| limits::copy_bandwidth(budget));
     let fma = host.then(|| limits::fma_peak(budget));
     // vdpbf16ps does two products per lane: bf16 peak is twice the f32 one where the CPU has it.
@@ -54,7 +45,7 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
         f.value *= bf16_factor;
         f
     });
-    let mut out: Vec<Figure> = [&read, &copy, &fma].into_iter().flatten().cloned().collect();
+    out.extend([&copy, &fma].into_iter().flatten().cloned());
     // The read limit around a figure, as a `limits.read` figure of that value.
     let read_at = |r: Option<f64>| read.clone().zip(r).map(|(f, value)| Figure { value, ..f });
 
@@ -97,8 +88,9 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
         let v = f.value;
         out.push(against(f, if dtype == "f32" { fma.as_ref() } else { bf16_peak.as_ref() }, v));
     }
-    let (f, r) =
-        around(&mut read_limit, || matmul::measure(Shape::new(1, 4096, 4096).transposed_b(), "bf16", None, budget))?;
+    let (f, r) = limits::around_if(read_limit.as_mut(), || {
+        matmul::measure(Shape::new(1, 4096, 4096).transposed_b(), "bf16", None, budget)
+    })?;
     let w = param(&f, "weights_gbps");
     out.push(against(f, read_at(r).as_ref(), w));
 
@@ -108,7 +100,7 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
     let v = f.value;
     out.push(against(f, fma.as_ref(), v));
     let decode = Workload::Decode { batch: 8, context: 2048, block_size: 16 };
-    let (f, r) = around(&mut read_limit, || attention::measure(decode, heads, "bf16", budget))?;
+    let (f, r) = limits::around_if(read_limit.as_mut(), || attention::measure(decode, heads, "bf16", budget))?;
     let v = f.value;
     out.push(against(f, read_at(r).as_ref(), v));
     Ok(out)

@@ -3,7 +3,7 @@
 //! with the fraction of the streaming-read bandwidth measured first. The same code serves
 //! `ascend bench attention` and `benches/attention.rs`.
 
-use super::limits::{read_limit_if, with_read};
+use super::limits::{around_if, read_limit_if, with_read};
 use super::{try_per_iter, Figure, DTYPES};
 use ascend_kernels::{BlockTables, Element, Heads, PagedAttention, Prefill};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
@@ -204,13 +204,13 @@ pub fn sweep(
     for &w in work {
         for &dtype in dtypes {
             progress(&format!("kernels.attention {w:?} {dtype}"));
-            out.push(match limit.as_mut().filter(|_| decode(&w)) {
-                None => measure(w, heads, dtype, budget)?,
-                Some(limit) => {
-                    let (f, read_gbps) = limit.around(|| measure(w, heads, dtype, budget))?;
+            let (f, read_gbps) = around_if(limit.as_mut().filter(|_| decode(&w)), || measure(w, heads, dtype, budget))?;
+            out.push(match read_gbps {
+                Some(r) => {
                     let gbps = f.value;
-                    with_read(f, gbps, read_gbps)
+                    with_read(f, gbps, r)
                 }
+                None => f,
             });
         }
     }

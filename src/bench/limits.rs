@@ -142,6 +142,14 @@ pub fn read_limit_if(
     Ok(Some(limit))
 }
 
+/// Runs `figure` with the read limit around it when there is one (see [`ReadLimit::around`]).
+pub fn around_if<T>(limit: Option<&mut ReadLimit>, figure: impl FnOnce() -> Result<T>) -> Result<(T, Option<f64>)> {
+    match limit {
+        Some(l) => l.around(figure).map(|(f, r)| (f, Some(r))),
+        None => figure().map(|f| (f, None)),
+    }
+}
+
 /// Adds the read limit measured around a bandwidth figure: `read_gbps` and `read_fraction` (`gbps`,
 /// the bytes the figure had to read per second, over it).
 pub fn with_read(mut f: Figure, gbps: f64, read_gbps: f64) -> Figure {

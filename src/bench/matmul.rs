@@ -1,7 +1,7 @@
 //! Matmul throughput (GFLOPS = 2·m·n·k·batch / time) at any shape, dtype and SIMD level; the same
 //! code serves `ascend bench matmul` and `benches/matmul.rs`.
 
-use super::limits::{read_limit_if, with_read};
+use super::limits::{around_if, read_limit_if, with_read};
 use super::{try_per_iter, Figure, DTYPES};
 use ascend_kernels::{cpu::Level, Element, Matmul, Shape};
 use ascend_rt::{bf16, f16, Context, Error, Result, Stream};
@@ -136,13 +136,15 @@ pub fn sweep(
     for &shape in shapes {
         for &dtype in dtypes {
             progress(&format!("kernels.matmul {dtype} {}x{}x{}", shape.m, shape.n, shape.k));
-            let Some(limit) = limit.as_mut().filter(|_| decode(&shape)) else {
-                out.push(measure(shape, dtype, level, budget)?);
-                continue;
-            };
-            let (f, read_gbps) = limit.around(|| measure(shape, dtype, level, budget))?;
-            let w = f.param("weights_gbps").unwrap_or(f64::NAN);
-            out.push(with_read(f, w, read_gbps));
+            let decode_limit = limit.as_mut().filter(|_| decode(&shape));
+            let (f, read_gbps) = around_if(decode_limit, || measure(shape, dtype, level, budget))?;
+            out.push(match read_gbps {
+                Some(r) => {
+                    let w = f.param("weights_gbps").unwrap_or(f64::NAN);
+                    with_read(f, w, r)
+                }
+                None => f,
+            });
         }
     }
     Ok(out)

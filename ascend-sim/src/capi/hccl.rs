@@ -371,7 +371,8 @@ impl Call {
                 guard.ran = true;
                 let c = &guard.comm;
                 let result = match runtime().memory.access(&spans) {
-                    Ok(_held) => c.poisoned().map_or_else(|| run(c), Err),
+                    // The operations themselves refuse to start on a failed communicator.
+                    Ok(_held) => run(c),
                     Err(f) => Err((HCCL_E_PARA, f.message)),
                 };
                 result.map_err(|(code, msg)| {

@@ -245,7 +245,7 @@ class AscendCommunicator(DeviceCommunicatorBase):
 
     # -- collectives ----------------------------------------------------------------------------
     # all_reduce, all_gather and reduce_scatter sit in the model's forward, which vLLM compiles with
-    # torch.compile(fullgraph=True): they go through opaque custom ops (below) so that Dynamo never
+    # torch.compile(fullgraph=True): they go through the opaque custom ops defined above, so Dynamo never
     # traces into ctypes. Each returns a new tensor, as the ops declare.
 
     def all_reduce(self, input_: torch.Tensor) -> torch.Tensor:
