@@ -113,7 +113,13 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
 
 impl<T: DeviceRepr> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
-        let after = self.tracker.take_events(false);
+        let (ptr, len, tracker) = (self.ptr, self.len, &mut self.tracker);
+        let take =
+            || DeviceBuffer::<T> { ptr, len, tracker: std::mem::replace(tracker, Tracker::new(None)), _t: PhantomData };
+        if crate::host_task::defer_drop(take) {
+            return;
+        }
+        let after = self.tracker.take_events();
         self.stream().release(self.ptr, false, after);
     }
 }

@@ -4,6 +4,11 @@
 //! usual deployment), or for several devices of one process with [`Communicator::init_all`]. Every
 //! collective is enqueued on the given stream and returns at once; buffer uses are ordered like any
 //! other stream work (a buffer written by a collective on one stream is not read on another before it).
+//!
+//! A collective whose stream or buffers are on another device, whose lengths break its rule, or whose
+//! root or peer is not a rank fails with [`Error::InvalidArgument`] and enqueues nothing. Failures
+//! seen while it runs (a peer that died or timed out, mismatched calls across ranks) surface at the
+//! stream's next synchronize and in [`Communicator::async_error`], and the communicator stays failed.
 
 use crate::buffer::{DeviceBuffer, DeviceRepr};
 use crate::context::Context;
@@ -108,7 +113,7 @@ impl Communicator {
     /// Joins the communicator of `root` as `rank` of `size`, on `ctx`'s device. Blocks until every rank
     /// has joined (`HCCL_CONNECT_TIMEOUT`, default 120 s, then `HCCL_E_TIMEOUT`).
     pub fn from_root_info(ctx: &Arc<Context>, root: &RootInfo, size: usize, rank: usize) -> Result<Communicator> {
-        if rank >= size {
+        if rank >= size || u32::try_from(size).is_err() {
             return Err(Error::invalid(format!("rank {rank} of a {size}-rank communicator")));
         }
         ctx.bind()?;
@@ -161,6 +166,19 @@ impl Communicator {
             )));
         }
         Ok(())
+    }
+
+    /// `r` as HCCL's rank argument, if it is a rank of this communicator.
+    fn rank_arg(&self, what: &str, r: usize) -> Result<u32> {
+        match u32::try_from(r) {
+            Ok(v) if r < self.size => Ok(v),
+            _ => Err(Error::invalid(format!("{what} {r} is not a rank of this {}-rank communicator", self.size))),
+        }
+    }
+
+    /// True when `n` is `self.size × per` (without overflowing).
+    fn is_size_times(&self, n: usize, per: usize) -> bool {
+        per.checked_mul(self.size) == Some(n)
     }
 
     fn rt(&self) -> &'static Runtime {
@@ -235,7 +253,7 @@ impl Communicator {
         stream: &Stream,
     ) -> Result<()> {
         let n = send.len() as u64;
-        let rule = (recv.len() == send.len() * self.size, "all_gather: recv must hold size × send elements");
+        let rule = (self.is_size_times(recv.len(), send.len()), "all_gather: recv must hold size × send elements");
         // SAFETY: as above.
         self.two(send, recv, stream, rule, |x, y, s| unsafe {
             hccl!(self.rt(), HcclAllGather(x, y, n, T::HCCL_DTYPE, self.raw(), s))
@@ -251,7 +269,7 @@ impl Communicator {
         stream: &Stream,
     ) -> Result<()> {
         let n = recv.len() as u64;
-        let rule = (send.len() == recv.len() * self.size, "reduce_scatter: send must hold size × recv elements");
+        let rule = (self.is_size_times(send.len(), recv.len()), "reduce_scatter: send must hold size × recv elements");
         // SAFETY: as above.
         self.two(send, recv, stream, rule, |x, y, s| unsafe {
             hccl!(self.rt(), HcclReduceScatter(x, y, n, T::HCCL_DTYPE, op.raw(), self.raw(), s))
@@ -260,10 +278,10 @@ impl Communicator {
 
     /// Every rank's `buf` becomes the root's.
     pub fn broadcast<T: DeviceRepr>(&self, buf: &mut DeviceBuffer<T>, root: usize, stream: &Stream) -> Result<()> {
-        let n = buf.len() as u64;
+        let (n, root) = (buf.len() as u64, self.rank_arg("root", root)?);
         // SAFETY: as above.
         self.one(buf, true, stream, |b, s| unsafe {
-            hccl!(self.rt(), HcclBroadcast(b, n, T::HCCL_DTYPE, root as u32, self.raw(), s))
+            hccl!(self.rt(), HcclBroadcast(b, n, T::HCCL_DTYPE, root, self.raw(), s))
         })
     }
 
@@ -276,11 +294,11 @@ impl Communicator {
         root: usize,
         stream: &Stream,
     ) -> Result<()> {
-        let n = send.len() as u64;
+        let (n, root) = (send.len() as u64, self.rank_arg("root", root)?);
         let rule = (send.len() == recv.len(), "reduce: send and recv lengths differ");
         // SAFETY: as above.
         self.two(send, recv, stream, rule, |x, y, s| unsafe {
-            hccl!(self.rt(), HcclReduce(x, y, n, T::HCCL_DTYPE, op.raw(), root as u32, self.raw(), s))
+            hccl!(self.rt(), HcclReduce(x, y, n, T::HCCL_DTYPE, op.raw(), root, self.raw(), s))
         })
     }
 
@@ -293,13 +311,14 @@ impl Communicator {
         stream: &Stream,
     ) -> Result<()> {
         let n = recv.len() as u64;
+        let root32 = self.rank_arg("root", root)?;
         let rule = (
-            self.rank != root || send.len() == recv.len() * self.size,
+            self.rank != root || self.is_size_times(send.len(), recv.len()),
             "scatter: the root's send must hold size × recv elements",
         );
         // SAFETY: as above.
         self.two(send, recv, stream, rule, |x, y, s| unsafe {
-            hccl!(self.rt(), HcclScatter(x, y, n, T::HCCL_DTYPE, root as u32, self.raw(), s))
+            hccl!(self.rt(), HcclScatter(x, y, n, T::HCCL_DTYPE, root32, self.raw(), s))
         })
     }
 
@@ -323,19 +342,19 @@ impl Communicator {
 
     /// Sends `buf` to rank `peer` (which must call [`Communicator::recv`] with the same length).
     pub fn send<T: DeviceRepr>(&self, buf: &DeviceBuffer<T>, peer: usize, stream: &Stream) -> Result<()> {
-        let n = buf.len() as u64;
+        let (n, peer) = (buf.len() as u64, self.rank_arg("peer", peer)?);
         // SAFETY: as above.
         self.one(buf, false, stream, |b, s| unsafe {
-            hccl!(self.rt(), HcclSend(b, n, T::HCCL_DTYPE, peer as u32, self.raw(), s))
+            hccl!(self.rt(), HcclSend(b, n, T::HCCL_DTYPE, peer, self.raw(), s))
         })
     }
 
     /// Receives `buf` from rank `peer`.
     pub fn recv<T: DeviceRepr>(&self, buf: &mut DeviceBuffer<T>, peer: usize, stream: &Stream) -> Result<()> {
-        let n = buf.len() as u64;
+        let (n, peer) = (buf.len() as u64, self.rank_arg("peer", peer)?);
         // SAFETY: as above.
         self.one(buf, true, stream, |b, s| unsafe {
-            hccl!(self.rt(), HcclRecv(b, n, T::HCCL_DTYPE, peer as u32, self.raw(), s))
+            hccl!(self.rt(), HcclRecv(b, n, T::HCCL_DTYPE, peer, self.raw(), s))
         })
     }
 
@@ -357,6 +376,10 @@ impl Communicator {
 
 impl Drop for Communicator {
     fn drop(&mut self) {
+        let (ctx, handle, rank, size) = (self.ctx.clone(), self.handle, self.rank, self.size);
+        if crate::host_task::defer_drop(|| Communicator { ctx, handle, rank, size }) {
+            return;
+        }
         // Queued collectives make destroy answer HCCL_E_AGAIN: give them a bounded time to finish.
         for _ in 0..3000 {
             // SAFETY: the handle is owned by this value; destroyed at most once (loop exits on success).

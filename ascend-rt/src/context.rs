@@ -22,7 +22,7 @@ thread_local! {
 pub(crate) struct PendingFree {
     pub(crate) ptr: usize,
     pub(crate) host: bool,
-    pub(crate) after: Vec<Event>,
+    pub(crate) after: Vec<Arc<Event>>,
 }
 
 /// A device opened by this process (its default context). Streams, buffers and events keep it alive;
@@ -45,6 +45,7 @@ impl Context {
     /// Opens device `ordinal` (`aclrtSetDevice`) and binds its default context to this thread.
     /// Fails with `ACL_ERROR_RT_INVALID_DEVICEID` for a device that does not exist.
     pub fn new(ordinal: usize) -> Result<Arc<Context>> {
+        crate::host_task::refuse_inside()?;
         let rt = Runtime::get()?;
         let id =
             i32::try_from(ordinal).map_err(|_| Error::invalid(format!("device ordinal {ordinal} is too large")))?;
@@ -155,6 +156,7 @@ impl Context {
 
 /// Makes the context `handle` current on the calling thread unless it already is.
 pub(crate) fn bind_handle(rt: &Runtime, handle: usize) -> Result<()> {
+    crate::host_task::refuse_inside()?;
     if BOUND.with(|b| b.get()) != handle {
         // SAFETY: callers pass the handle of a context they keep alive.
         unsafe { acl!(rt, aclrtSetCurrentContext(handle as *mut c_void))? };
@@ -166,6 +168,20 @@ pub(crate) fn bind_handle(rt: &Runtime, handle: usize) -> Result<()> {
 impl Drop for Context {
     fn drop(&mut self) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap());
+        // Inside a host task, waiting for the work queued behind it would wait for the task itself.
+        let (rt, ordinal, handle, streams) = (self.rt, self.ordinal, self.handle, self.streams.load(Ordering::Acquire));
+        let mut pending = Some(pending);
+        let take = || Context {
+            rt,
+            ordinal,
+            handle,
+            streams: AtomicUsize::new(streams),
+            pending: Mutex::new(pending.take().unwrap_or_default()),
+        };
+        if crate::host_task::defer_drop(take) {
+            return;
+        }
+        let pending = pending.unwrap_or_default();
         for p in pending {
             if p.after.iter().all(|e| e.synchronize_timeout(DROP_WAIT_MS).is_ok()) {
                 self.free_now(&p);

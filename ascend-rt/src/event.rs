@@ -77,6 +77,10 @@ impl Event {
 
 impl Drop for Event {
     fn drop(&mut self) {
+        let (rt, ctx, handle) = (self.rt, self.ctx, self.handle);
+        if crate::host_task::defer_drop(|| Event { rt, ctx, handle }) {
+            return;
+        }
         let _ = bind_handle(self.rt, self.ctx);
         // SAFETY: the handle is owned by this value and destroyed once; destroying does not block.
         if let Err(e) = unsafe { acl!(self.rt, aclrtDestroyEvent(self.handle as *mut c_void)) } {

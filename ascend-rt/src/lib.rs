@@ -9,8 +9,14 @@
 //!   message. Nothing panics on a runtime error.
 //!
 //! Guarantees in safe code: memory is never released while queued work uses it (release is ordered
-//! after that work, and `Drop` never blocks on it), and a buffer written on one stream is never read
-//! on another before the write is ordered before the read.
+//! after that work; dropping a buffer does not wait for it), and a buffer written on one stream is
+//! never read on another before the write is ordered before the read. Dropping the last reference
+//! to a stream lets its queued work finish first, and to a context waits (up to 30 s) for the work
+//! its released memory waits on.
+//!
+//! Host tasks ([`Stream::launch_host`], host kernels) may not call the runtime: as CANN requires,
+//! such calls fail with [`Error::Unsupported`] before anything is enqueued, and what a task drops
+//! is torn down on a separate thread once the task no longer holds its stream.
 //!
 //! ```no_run
 //! use ascend_rt::{Context, Stream};
@@ -28,6 +34,7 @@ mod device;
 mod error;
 mod event;
 pub mod host;
+mod host_task;
 mod launch;
 mod pinned;
 mod runtime;

@@ -20,7 +20,8 @@ pub struct PinnedHostBuffer<T: DeviceRepr> {
 }
 
 impl<T: DeviceRepr> PinnedHostBuffer<T> {
-    /// Allocates `len` zeroed elements.
+    /// Allocates `len` zeroed elements. Fails with `InvalidArgument` for zero elements or a size that
+    /// overflows, and with the runtime's error when memory runs out.
     pub fn new(ctx: &Arc<Context>, len: usize) -> Result<Self> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
@@ -78,7 +79,18 @@ impl<T: DeviceRepr> PinnedHostBuffer<T> {
 
 impl<T: DeviceRepr> Drop for PinnedHostBuffer<T> {
     fn drop(&mut self) {
-        let after = self.tracker.take_events(false);
+        let (ctx, ptr, len, tracker) = (self.ctx.clone(), self.ptr, self.len, &mut self.tracker);
+        let take = || PinnedHostBuffer::<T> {
+            ctx,
+            ptr,
+            len,
+            tracker: std::mem::replace(tracker, Tracker::new(None)),
+            _t: PhantomData,
+        };
+        if crate::host_task::defer_drop(take) {
+            return;
+        }
+        let after = self.tracker.take_events();
         self.ctx.release_later(PendingFree { ptr: self.ptr, host: true, after });
     }
 }

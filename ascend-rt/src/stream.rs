@@ -75,12 +75,20 @@ impl Stream {
     /// returned: returning earlier would let the caller free memory a queued copy still uses.
     fn wait_for_borrowed(&self) -> Result<()> {
         if let Err(e) = self.record_event().and_then(|ev| ev.synchronize()) {
-            let _ = self.ctx.bind();
-            // SAFETY: live handle; its result adds nothing to `e`.
-            let _ = unsafe { acl!(self.ctx.runtime(), aclrtSynchronizeStream(self.raw())) };
+            self.drain();
             return Err(e);
         }
         self.check_host_panic()
+    }
+
+    /// Waits for everything queued here, on an error path: the caller is about to return an error
+    /// while queued work may still use memory it no longer orders (the error being returned says
+    /// more than this wait's own result would).
+    fn drain(&self) {
+        if self.ctx.bind().is_ok() {
+            // SAFETY: live handle.
+            let _ = unsafe { acl!(self.ctx.runtime(), aclrtSynchronizeStream(self.raw())) };
+        }
     }
 
     fn check_host_panic(&self) -> Result<()> {
@@ -113,7 +121,8 @@ impl Stream {
     }
 
     /// Allocates `len` elements of device memory, ordered on this stream. The contents are whatever the
-    /// memory held (every `DeviceRepr` type accepts any bit pattern).
+    /// memory held (every `DeviceRepr` type accepts any bit pattern). Fails with `InvalidArgument` for
+    /// zero elements or a size that overflows, and with the runtime's error when memory runs out.
     pub fn alloc<T: DeviceRepr>(self: &Arc<Self>, len: usize) -> Result<DeviceBuffer<T>> {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).filter(|&b| b > 0).ok_or_else(|| {
             Error::invalid(format!("cannot allocate {len} elements of {} bytes", std::mem::size_of::<T>()))
@@ -305,6 +314,10 @@ impl Stream {
 
     /// Runs `f` on the host when the stream reaches this point (it may not touch device memory; see
     /// [`crate::HostLaunch`] for host kernels). A panic in `f` is reported by the next synchronize.
+    ///
+    /// `f` may not call the runtime (CANN forbids host functions to allocate, free, synchronize or
+    /// launch): such calls return [`Error::Unsupported`] and enqueue nothing. Buffers, streams and
+    /// contexts whose last reference `f` drops are torn down on another thread.
     pub fn launch_host<F: FnOnce() + Send + 'static>(&self, f: F) -> Result<()> {
         self.ctx.bind()?;
         let panicked = self.panicked.clone();
@@ -345,15 +358,20 @@ impl Stream {
         }
         op(self)?;
         for (t, write) in uses {
-            t.after(self, *write)?;
+            if let Err(e) = t.after(self, *write) {
+                // The work is queued but not recorded as a use, so nothing would order a later use
+                // or the release after it: wait for it instead.
+                self.drain();
+                return Err(e);
+            }
         }
         Ok(())
     }
 
     /// Frees `ptr` once the work using it (the tracker's uses, and everything queued here) is done.
-    pub(crate) fn release(&self, ptr: usize, host: bool, mut after: Vec<Event>) {
+    pub(crate) fn release(&self, ptr: usize, host: bool, mut after: Vec<Arc<Event>>) {
         match self.record_event() {
-            Ok(e) => after.push(e),
+            Ok(e) => after.push(Arc::new(e)),
             Err(e) => {
                 // Without an ordering point we cannot know when the memory is unused: wait here.
                 eprintln!("ascend-rt: cannot record a release event ({e}); synchronizing instead");
@@ -368,7 +386,7 @@ extern "C" fn trampoline(arg: *mut c_void) {
     // SAFETY: `arg` is the `Box<Box<dyn FnOnce>>` leaked by `launch_host`; the runtime calls each
     // host function exactly once.
     let f = unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce() + Send>) };
-    f();
+    crate::host_task::run(f);
 }
 
 fn same_len(a: usize, b: usize) -> Result<()> {
@@ -380,6 +398,11 @@ fn same_len(a: usize, b: usize) -> Result<()> {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        // Inside a host task of this stream, destroying it would wait for the task itself.
+        let (ctx, handle, panicked) = (self.ctx.clone(), self.handle, self.panicked.clone());
+        if crate::host_task::defer_drop(|| Stream { ctx, handle, panicked }) {
+            return;
+        }
         let _ = self.ctx.bind();
         // SAFETY: the handle is owned by this value and destroyed once; queued work finishes first.
         if let Err(e) = unsafe { acl!(self.ctx.runtime(), aclrtDestroyStream(self.raw())) } {

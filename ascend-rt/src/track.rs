@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 
 struct Use {
     stream: usize,
-    event: Event,
+    /// Shared, so that a host-side wait can hold it without removing it from the list.
+    event: Arc<Event>,
     wrote: bool,
 }
 
@@ -57,8 +58,10 @@ impl Tracker {
         let mut uses = self.uses.lock().unwrap();
         if let Some(home) = &self.home {
             if **home != *s && self.home_untracked.swap(false, Ordering::AcqRel) {
-                // Work queued on the home stream before tracking began: capture it now.
-                let e = home.record_event()?;
+                // Work queued on the home stream before tracking began: capture it now (or leave it
+                // to be captured later if that fails).
+                let e = home.record_event().inspect_err(|_| self.home_untracked.store(true, Ordering::Release))?;
+                let e = Arc::new(e);
                 uses.retain(|u| u.stream != home.raw() as usize);
                 uses.push(Use { stream: home.raw() as usize, event: e, wrote: true });
             }
@@ -80,7 +83,7 @@ impl Tracker {
         if !matches!(&self.home, Some(h) if **h == *s) {
             self.foreign.store(true, Ordering::Release);
         }
-        let event = s.record_event()?;
+        let event = Arc::new(s.record_event()?);
         let key = s.raw() as usize;
         let mut uses = self.uses.lock().unwrap();
         let wrote_here = uses.iter().any(|u| u.stream == key && u.wrote);
@@ -95,17 +98,21 @@ impl Tracker {
     }
 
     /// Events that must complete before the memory may be released or read by the host.
-    pub(crate) fn take_events(&self, writes_only: bool) -> Vec<Event> {
-        let mut uses = self.uses.lock().unwrap();
-        let (taken, kept): (Vec<Use>, Vec<Use>) = uses.drain(..).partition(|u| !writes_only || u.wrote);
-        *uses = kept;
-        taken.into_iter().map(|u| u.event).collect()
+    /// Events that must complete before the memory may be released: every use's (the tracker is
+    /// left empty, as the memory is about to go).
+    pub(crate) fn take_events(&self) -> Vec<Arc<Event>> {
+        self.uses.lock().unwrap().drain(..).map(|u| u.event).collect()
     }
 
     /// Blocks until host code may access the memory: every write (and, for `write`, every use) done.
+    /// The uses stay listed until their wait has succeeded, so that a concurrent reader waits too and
+    /// a failed wait leaves the rest to be waited for later.
     pub(crate) fn wait_host(&self, write: bool) -> Result<()> {
-        for e in self.take_events(!write) {
+        let waits: Vec<Arc<Event>> =
+            self.uses.lock().unwrap().iter().filter(|u| write || u.wrote).map(|u| u.event.clone()).collect();
+        for e in &waits {
             e.synchronize()?;
+            self.uses.lock().unwrap().retain(|u| !Arc::ptr_eq(&u.event, e));
         }
         Ok(())
     }

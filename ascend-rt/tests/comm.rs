@@ -104,3 +104,23 @@ fn root_info_round_trips_through_bytes_across_threads() {
     assert_eq!(e.name(), Some("HCCL_E_PARA"), "{e}");
     assert!(e.to_string().contains("HcclCommInitRootInfo"), "{e}");
 }
+
+#[test]
+fn roots_and_peers_outside_the_communicator_are_refused() {
+    let ctx = Context::new(5).unwrap();
+    let comm = Communicator::init_all(std::slice::from_ref(&ctx)).unwrap();
+    let comm = &comm[0];
+    let st = Stream::new(&ctx).unwrap();
+    let mut buf = st.clone_htod(&[1u32, 2, 3]).unwrap();
+    let invalid =
+        |r: ascend_rt::Result<()>| matches!(r, Err(Error::InvalidArgument(ref m)) if m.contains("not a rank"));
+    // 2^32 would truncate to rank 0, this communicator's only rank.
+    assert!(invalid(comm.broadcast(&mut buf, 1 << 32, &st)));
+    let send = st.clone_htod(&[1u32, 2, 3]).unwrap();
+    assert!(invalid(comm.reduce(&send, &mut buf, ReduceOp::Sum, 1 << 32, &st)));
+    assert!(invalid(comm.scatter(&send, &mut buf, 1, &st)));
+    assert!(invalid(comm.send(&send, 1, &st)));
+    assert!(invalid(comm.recv(&mut buf, 1 << 32, &st)));
+    st.synchronize().unwrap();
+    assert_eq!(st.clone_dtoh(&buf).unwrap(), vec![1, 2, 3]);
+}

@@ -217,3 +217,72 @@ fn host_kernels_are_checked_for_the_device() {
     let mut l = b.host_launch().unwrap();
     assert!(matches!(l.read(&buf), Err(Error::InvalidArgument(_))));
 }
+
+#[test]
+fn runtime_calls_inside_a_host_task_are_refused_before_anything_is_enqueued() {
+    let s = stream(0);
+    let zeros = s.alloc_zeros::<u8>(1 << 16).unwrap();
+    let out = Arc::new(Mutex::new(vec![7u8; 1 << 16]));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (s2, o) = (s.clone(), out.clone());
+    s.launch_host(move || {
+        let mut o = o.lock().unwrap();
+        // A blocking copy here would wait for this very task; if it were enqueued anyway, it would
+        // write into `o` after the borrow (and the lock) ended.
+        let copy = s2.memcpy_dtoh(&zeros, &mut o[..]);
+        let sync = s2.synchronize();
+        let other = Context::new(1).map(|_| ());
+        tx.send([copy, sync, other]).unwrap();
+    })
+    .unwrap();
+    s.synchronize().unwrap();
+    for r in rx.recv().unwrap() {
+        assert!(matches!(r, Err(Error::Unsupported(ref m)) if m.contains("host task")), "{r:?}");
+    }
+    assert!(out.lock().unwrap().iter().all(|&x| x == 7), "a refused copy still ran");
+}
+
+#[test]
+fn the_last_references_dropped_inside_a_host_task_are_released_after_it() {
+    // Device 4 is used by no other test of this binary, so its free memory is ours to watch.
+    let watch = Context::new(4).unwrap();
+    let (free0, _) = watch.memory_info().unwrap();
+    let ctx = Context::new(4).unwrap();
+    let s = Stream::new(&ctx).unwrap();
+    let buf = s.alloc::<f32>(1 << 20).unwrap();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (s2, b2) = (s.clone(), s.alloc::<f32>(1 << 20).unwrap());
+    s.launch_host(move || {
+        let _ = wait.recv();
+        // The last buffer, stream and (through them) context: tearing them down here would wait
+        // for work queued behind this task.
+        drop((b2, s2));
+    })
+    .unwrap();
+    drop((buf, s, ctx));
+    go.send(()).unwrap();
+    let t = std::time::Instant::now();
+    while watch.memory_info().unwrap().0 != free0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "memory not released 10 s after the task");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn concurrent_host_reads_of_pinned_memory_both_wait_for_the_copy() {
+    let s = stream(0);
+    let n = 1 << 16;
+    let ones = s.clone_htod(&vec![1f32; n]).unwrap();
+    let mut pinned = PinnedHostBuffer::<f32>::new(s.context(), n).unwrap();
+    s.launch_host(|| std::thread::sleep(Duration::from_millis(200))).unwrap();
+    s.memcpy_dtoh_async(&ones, &mut pinned).unwrap();
+    let pinned = &pinned;
+    std::thread::scope(|sc| {
+        let read = || sc.spawn(move || pinned.as_slice().unwrap().iter().all(|&x| x == 1.0));
+        let first = read();
+        std::thread::sleep(Duration::from_millis(20));
+        let second = read();
+        assert!(first.join().unwrap(), "the first reader saw the copy unfinished");
+        assert!(second.join().unwrap(), "the second reader saw the copy unfinished");
+    });
+}

@@ -21,6 +21,8 @@ pub const MAX_M: usize = 32;
 
 /// `c (m × n, f32) = a (m × k, f32, row-major) · b`.
 pub fn decode<B: ToF32 + Lanes>(level: Level, m: usize, n: usize, k: usize, a: &[f32], b: View<'_, B>, c: &mut [f32]) {
+    // `run`'s SIMD code is sound only where the CPU has the level.
+    assert!(level <= crate::cpu::detected());
     let c_addr = c.as_mut_ptr() as usize;
     let cols_per_item = if b.rs == 1 { 16 } else { 256 };
     ascend_rt::host::pool().parallel_for(n.div_ceil(cols_per_item), &|item| {
@@ -47,7 +49,7 @@ unsafe fn run<B: ToF32 + Lanes>(
 ) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller checked the CPU; forwarded contract.
+        // SAFETY: `decode` asserted the CPU has the level; forwarded contract.
         Level::Avx512 | Level::Avx512Bf16 => unsafe { x86_avx512(m, n, k, a, b, c, j0, j1) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.

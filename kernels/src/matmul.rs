@@ -87,6 +87,31 @@ pub struct Matmul {
     level: Option<Level>,
 }
 
+/// Checks the operands of a matmul of shape `s`: non-empty, lengths matching the shape, the
+/// output of the input's type or f32.
+pub(crate) fn check_operands<T: Element, O: Element>(
+    s: &Shape,
+    a: &DeviceBuffer<T>,
+    b: &DeviceBuffer<T>,
+    bias: Option<&DeviceBuffer<T>>,
+    c: &DeviceBuffer<O>,
+) -> Result<()> {
+    if O::ACL_DTYPE != T::ACL_DTYPE && O::ACL_DTYPE != ascend_sys_dtype_f32() {
+        return Err(Error::InvalidArgument("the output must have the input's type or be f32".into()));
+    }
+    if [s.batch, s.m, s.n, s.k].contains(&0) {
+        return Err(Error::InvalidArgument(format!("empty matmul {s:?}")));
+    }
+    let want = crate::args::expect_len;
+    want("A", a.len(), &[s.batch, s.m, s.k])?;
+    want("B", b.len(), &[if s.shared_b { 1 } else { s.batch }, s.k, s.n])?;
+    want("C", c.len(), &[s.batch, s.m, s.n])?;
+    if let Some(bias) = bias {
+        want("bias", bias.len(), &[s.n])?;
+    }
+    Ok(())
+}
+
 impl Matmul {
     /// A matmul of `shape` at the active SIMD level.
     pub fn new(shape: Shape) -> Matmul {
@@ -109,20 +134,7 @@ impl Matmul {
         c: &mut DeviceBuffer<O>,
     ) -> Result<()> {
         let s = self.shape;
-        if O::ACL_DTYPE != T::ACL_DTYPE && O::ACL_DTYPE != ascend_sys_dtype_f32() {
-            return Err(Error::InvalidArgument("the output must have the input's type or be f32".into()));
-        }
-        let dims = [s.batch, s.m, s.n, s.k];
-        if dims.contains(&0) {
-            return Err(Error::InvalidArgument(format!("empty matmul {s:?}")));
-        }
-        let want = crate::args::expect_len;
-        want("A", a.len(), &[s.batch, s.m, s.k])?;
-        want("B", b.len(), &[if s.shared_b { 1 } else { s.batch }, s.k, s.n])?;
-        want("C", c.len(), &[s.batch, s.m, s.n])?;
-        if let Some(bias) = bias {
-            want("bias", bias.len(), &[s.n])?;
-        }
+        check_operands(&s, a, b, bias, c)?;
         if !stream.context().runtime().host_addressable() {
             return crate::npu::run(stream, &s, a, b, bias, c);
         }

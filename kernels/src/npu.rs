@@ -90,7 +90,9 @@ pub fn descriptors(s: &Shape, dtype: aclDataType) -> (Op, [TensorDesc; 3]) {
     }
 }
 
-/// Enqueues the matmul on an NPU stream.
+/// Enqueues the matmul on an NPU stream. Fails with `InvalidArgument` for operands that do not
+/// match `s` (as [`crate::Matmul::run`] does), `Unsupported` for a bias or an output type other
+/// than the input's.
 pub fn run<T: Element, O: Element>(
     stream: &Arc<Stream>,
     s: &Shape,
@@ -99,6 +101,7 @@ pub fn run<T: Element, O: Element>(
     bias: Option<&DeviceBuffer<T>>,
     c: &mut DeviceBuffer<O>,
 ) -> Result<()> {
+    crate::matmul::check_operands(s, a, b, bias, c)?;
     if bias.is_some() || T::ACL_DTYPE != O::ACL_DTYPE {
         return Err(Error::Unsupported("the NPU matmul path takes no bias and writes the input type".into()));
     }

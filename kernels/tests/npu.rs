@@ -71,6 +71,12 @@ fn the_npu_path_stops_at_the_operator_on_the_simulator() {
         }
         other => panic!("expected the simulator's missing-kernel error, got {other:?}"),
     }
+    // Operands that do not match the shape are refused before the operator sees them.
+    let mut short = st.alloc_zeros::<f16>(3).unwrap();
+    assert!(matches!(
+        ascend_kernels::npu::run(&st, &Shape::new(2, 2, 3), &a, &b, None, &mut short),
+        Err(Error::InvalidArgument(_))
+    ));
     let mut c32 = st.alloc_zeros::<f32>(4).unwrap();
     assert!(matches!(
         ascend_kernels::npu::run(&st, &Shape::new(2, 2, 3), &a, &b, None, &mut c32),

@@ -143,6 +143,8 @@ pub(crate) fn attention<T: Element>(
     q: &[T],
     out: &mut [T],
 ) {
+    // `run_item`'s SIMD code is sound only where the CPU has the level.
+    assert!(level <= crate::cpu::detected());
     let threads = ascend_rt::host::pool().threads();
     let (items, partials) = plan(g, seqs, threads);
     let lanes = lanes(g, &items, threads);
@@ -260,7 +262,7 @@ fn run_item<T: Element>(
 ) -> Partial {
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level` was checked against the CPU by the caller.
+        // SAFETY: `attention`, the only caller, asserted the CPU has the level.
         Level::Avx512 | Level::Avx512Bf16 => unsafe { item_avx512(level, g, seqs, kv, q, it, then) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
