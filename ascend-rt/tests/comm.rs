@@ -43,8 +43,8 @@ fn init_all_collectives_are_correct_and_ordered() {
                 let mine: Vec<u16> = (0..4).map(|d| (r * 10 + d) as u16).collect();
                 comm.all_to_all(&st.clone_htod(&mine).unwrap(), &mut a2a, &st).unwrap();
                 assert_eq!(st.clone_dtoh(&a2a).unwrap(), (0..4).map(|src| (src * 10 + r) as u16).collect::<Vec<_>>());
-                let mut red = st.alloc_zeros::<f64>(2).unwrap();
-                comm.reduce(&st.clone_htod(&[r as f64, 1.0]).unwrap(), &mut red, ReduceOp::Sum, 0, &st).unwrap();
+                let mut red = st.alloc_zeros::<f32>(2).unwrap();
+                comm.reduce(&st.clone_htod(&[r as f32, 1.0]).unwrap(), &mut red, ReduceOp::Sum, 0, &st).unwrap();
                 let got = st.clone_dtoh(&red).unwrap();
                 assert_eq!(got, if r == 0 { vec![6.0, 4.0] } else { vec![0.0, 0.0] });
                 // point to point: a ring

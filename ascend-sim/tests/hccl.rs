@@ -66,6 +66,11 @@ fn encode_f(t: HcclDataType, v: f64, out: &mut Vec<u8>) {
     }
 }
 
+/// The types CANN reduces (cann-api.md: int8/16/32/64, fp16, fp32, bf16).
+fn reducible(t: HcclDataType) -> bool {
+    !unsigned(t) && t != HCCL_DATA_TYPE_FP64
+}
+
 fn float(t: HcclDataType) -> bool {
     matches!(t, HCCL_DATA_TYPE_FP16 | HCCL_DATA_TYPE_BFP16 | HCCL_DATA_TYPE_FP32 | HCCL_DATA_TYPE_FP64)
 }
@@ -160,6 +165,19 @@ impl Rank {
             let send = self.upload(&data(t, me, count, 0));
             let recv = self.upload(&vec![0u8; count * es]);
             let r = unsafe { HcclAllReduce(send, recv, count as u64, t, op, c, s) };
+            if !reducible(t) {
+                // As in CANN: no reduction of unsigned types or fp64, whatever the operation.
+                assert_eq!(r, HCCL_E_NOT_SUPPORT, "{}", what("all_reduce"));
+                let root = (n - 1) as u32;
+                assert_eq!(unsafe { HcclReduce(send, recv, count as u64, t, op, root, c, s) }, HCCL_E_NOT_SUPPORT);
+                let all = self.upload(&vec![0u8; n * count * es]);
+                let rs = unsafe { HcclReduceScatter(all, recv, count as u64, t, op, c, s) };
+                assert_eq!(rs, HCCL_E_NOT_SUPPORT, "{}", what("reduce_scatter"));
+                self.download(all, 0);
+                self.download(send, 0);
+                self.download(recv, 0);
+                continue;
+            }
             if op == HCCL_REDUCE_PROD && matches!(t, HCCL_DATA_TYPE_INT16 | HCCL_DATA_TYPE_BFP16) {
                 assert_eq!(r, HCCL_E_NOT_SUPPORT, "{}", what("prod"));
                 self.download(send, 0);
@@ -190,14 +208,16 @@ impl Rank {
             self.download(send, 0);
         }
         // in-place all-reduce
-        let buf = self.upload(&data(t, me, count, 2));
-        assert_eq!(unsafe { HcclAllReduce(buf, buf, count as u64, t, HCCL_REDUCE_SUM, c, s) }, HCCL_SUCCESS);
-        same(
-            &self.download(buf, count * es),
-            &reduced(t, HCCL_REDUCE_SUM, n, count, 2),
-            es,
-            &what("in-place all_reduce"),
-        );
+        if reducible(t) {
+            let buf = self.upload(&data(t, me, count, 2));
+            assert_eq!(unsafe { HcclAllReduce(buf, buf, count as u64, t, HCCL_REDUCE_SUM, c, s) }, HCCL_SUCCESS);
+            same(
+                &self.download(buf, count * es),
+                &reduced(t, HCCL_REDUCE_SUM, n, count, 2),
+                es,
+                &what("in-place all_reduce"),
+            );
+        }
         // broadcast from a rank that depends on the count
         let root = count % n;
         let buf = self.upload(&data(t, me, count, 3));
@@ -473,6 +493,35 @@ fn worker() {
             assert_eq!(e, HCCL_E_TIMEOUT);
             std::process::exit(0); // skip the orderly teardown: the communicator is dead
         }),
+        "late-join" => {
+            // Rank 0 gives up (connect timeout 2 s) before rank 2 arrives at 2.5 s: nobody may
+            // succeed with a rank that failed.
+            std::thread::sleep(Duration::from_millis([0, 1000, 2500][rank]));
+            setup(0);
+            let mut comm = null_mut();
+            let t = Instant::now();
+            assert_eq!(unsafe { HcclCommInitRootInfo(n as u32, &root, rank as u32, &mut comm) }, HCCL_E_TIMEOUT);
+            assert!(t.elapsed() < Duration::from_secs(10));
+            if rank == 0 {
+                std::thread::sleep(Duration::from_secs(3)); // alive while the others decide
+            }
+        }
+        "p2p-after-exit" => with_rank(rank, n, &root, |r| {
+            // Rank 2 leaves at once; ranks 0 and 1 exchange afterwards, and must not care.
+            let buf = r.upload(&[rank as u8; 64]);
+            match rank {
+                0 => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    assert_eq!(unsafe { HcclSend(buf, 64, HCCL_DATA_TYPE_INT8, 1, r.comm, r.stream) }, HCCL_SUCCESS);
+                    r.download(buf, 64);
+                }
+                1 => {
+                    assert_eq!(unsafe { HcclRecv(buf, 64, HCCL_DATA_TYPE_INT8, 0, r.comm, r.stream) }, HCCL_SUCCESS);
+                    assert_eq!(r.download(buf, 64), vec![0u8; 64]);
+                }
+                _ => {}
+            }
+        }),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -597,6 +646,19 @@ fn bad_arguments_are_rejected_at_once() {
             HCCL_E_PARA,
             "overflow"
         );
+        // Count arrays from C need no 8-byte alignment: each u64 here starts at an odd address.
+        let words = [4u64, 0, 4, 0];
+        let mut odd = [0u8; 33];
+        for (i, w) in words.iter().enumerate() {
+            odd[1 + 8 * i..9 + 8 * i].copy_from_slice(&w.to_ne_bytes());
+        }
+        let c = odd.as_ptr().add(1).cast::<c_void>();
+        let (d, half) = (c.byte_add(8), (p as usize + 32) as *mut c_void);
+        assert_eq!(
+            HcclAlltoAllV(p, c, d, HCCL_DATA_TYPE_FP32, half, c.byte_add(16), d, HCCL_DATA_TYPE_FP32, comm, s),
+            HCCL_SUCCESS
+        );
+        assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
         let mut n = 0;
         assert_eq!(HcclGetRankSize(comm, &mut n), HCCL_SUCCESS);
         assert_eq!(n, 1);
@@ -690,6 +752,20 @@ fn a_rank_that_never_joins_times_out_and_leaves_no_segment() {
     assert!(st.iter().all(|s| s.success()), "{st:?}");
     assert!(t.elapsed() < Duration::from_secs(20));
     assert!(!segment.exists(), "{} left behind", segment.display());
+}
+
+#[test]
+fn a_rank_that_gives_up_joining_fails_the_rendezvous_for_every_rank() {
+    let env = [("HCCL_CONNECT_TIMEOUT", "2"), ("HCCL_EXEC_TIMEOUT", "60")];
+    let (st, segment) = processes(3, "late-join", &env);
+    assert!(st.iter().all(|s| s.success()), "{st:?}");
+    assert!(!segment.exists(), "{} left behind", segment.display());
+}
+
+#[test]
+fn point_to_point_ignores_a_rank_that_left() {
+    let (st, _) = processes(3, "p2p-after-exit", &[("HCCL_EXEC_TIMEOUT", "30")]);
+    assert!(st.iter().all(|s| s.success()), "{st:?}");
 }
 
 #[test]

@@ -327,6 +327,10 @@ impl Call {
 
     fn op(&self, op: HcclReduceOp) -> Result<Op, HFail> {
         let o = Op::from_hccl(op).map_err(|c| (c, format!("reduce op {op} is unknown")))?;
+        // cann-api.md: reductions take int8/16/32/64, fp16, fp32 and bf16 only (A2/A3).
+        if matches!(self.t, DType::U8 | DType::U16 | DType::U32 | DType::U64 | DType::F64) {
+            return Err((HCCL_E_NOT_SUPPORT, format!("reductions do not support {:?} (as in CANN)", self.t)));
+        }
         if !o.supported_for(self.t) {
             return Err((HCCL_E_NOT_SUPPORT, format!("{o:?} is not supported for {:?} (as in CANN)", self.t)));
         }
@@ -368,13 +372,15 @@ impl Call {
         stream
             .core
             .enqueue(Kind::Device, move || {
-                guard.ran = true;
                 let c = &guard.comm;
                 let result = match runtime().memory.access(&spans) {
                     // The operations themselves refuse to start on a failed communicator.
                     Ok(_held) => run(c),
                     Err(f) => Err((HCCL_E_PARA, f.message)),
                 };
+                // Only now: a panic in `run` leaves this rank out of step, as a dropped collective does.
+                guard.ran = true;
+                let c = &guard.comm;
                 result.map_err(|(code, msg)| {
                     // A rank that failed a collective may have taken fewer of its steps than the
                     // others: its next collective would pair with their current one. Nothing on
@@ -533,7 +539,7 @@ pub unsafe extern "C" fn HcclAlltoAll(
     })
 }
 
-/// Reads a per-rank `uint64_t` array.
+/// Reads a per-rank `uint64_t` array (C callers need not align it to 8 bytes).
 ///
 /// # Safety
 /// A non-null `p` points to `n` values.
@@ -541,8 +547,8 @@ unsafe fn u64s(p: *const c_void, n: usize, what: &str) -> Result<Vec<u64>, HFail
     if p.is_null() {
         return Err((HCCL_E_PTR, format!("{what} is NULL")));
     }
-    // SAFETY: by the contract.
-    Ok(unsafe { std::slice::from_raw_parts(p as *const u64, n) }.to_vec())
+    // SAFETY: by the contract, each of the n values is readable; read_unaligned needs no alignment.
+    Ok((0..n).map(|i| unsafe { (p as *const u64).add(i).read_unaligned() }).collect())
 }
 
 #[no_mangle]

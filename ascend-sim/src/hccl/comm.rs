@@ -295,6 +295,11 @@ impl Comm {
         let base = map(fd, layout.total);
         // SAFETY: the mapping keeps the object alive; the descriptor is no longer needed.
         unsafe { libc::close(fd) };
+        if base.is_err() && created {
+            // Nobody else can have mapped it yet through us: do not leave it in /dev/shm.
+            // SAFETY: plain syscall on a NUL-terminated name.
+            unsafe { libc::shm_unlink(path.as_ptr()) };
+        }
         let seg = Segment { base: base?, len: layout.total, name: root.segment.clone() };
         if created {
             // SAFETY: we created the segment and nobody reads these plain fields before `magic`.
@@ -337,6 +342,9 @@ impl Comm {
                 format!("the root info was used with {} ranks elsewhere and {n} here", h.nranks),
             ));
         }
+        if let Some(f) = comm.poisoned() {
+            return Err((f.0, "a rank's rendezvous on this root info already failed: use a new root info".into()));
+        }
         let pid = std::process::id();
         if comm.ctl(rank).pid.compare_exchange(0, pid, AcqRel, Acquire).is_err() {
             return Err((HCCL_E_PARA, format!("rank {rank} has already joined this communicator")));
@@ -369,19 +377,28 @@ impl Comm {
         joined.into_iter().collect()
     }
 
+    /// Waits until every rank has joined. A rank that gives up withdraws its join, unless the last
+    /// rank arrived meanwhile (one atomic decision on `joined`, so no rank can succeed with a peer that
+    /// failed), and fails the rendezvous for every other rank.
     fn wait_joined(&self, deadline: Instant, timeout: Duration) -> Result<(), HFail> {
         let h = self.seg.header();
         loop {
-            let j = h.joined.load(Acquire) as usize;
-            if j == self.n {
+            if h.joined.load(Acquire) as usize == self.n {
                 return Ok(());
             }
+            if let Some(f) = self.poisoned() {
+                return Err((f.0, "another rank's rendezvous failed (it timed out)".into()));
+            }
             if Instant::now() > deadline {
+                let n = self.n as u32;
+                if h.joined.fetch_update(AcqRel, Acquire, |j| (j < n).then(|| j - 1)).is_err() {
+                    return Ok(()); // everyone arrived at the last moment
+                }
                 let missing: Vec<usize> = (0..self.n).filter(|&r| self.ctl(r).pid.load(Acquire) == 0).collect();
-                return Err((
+                return Err(self.poison((
                     HCCL_E_TIMEOUT,
                     format!("ranks {missing:?} did not join within HCCL_CONNECT_TIMEOUT ({} s)", timeout.as_secs_f64()),
-                ));
+                )));
             }
             std::thread::sleep(Duration::from_micros(100));
         }
@@ -462,7 +479,7 @@ impl Comm {
             }
         }
         me.step.store(s, Release);
-        self.wait(what, || (0..self.n).all(|r| self.ctl(r).step.load(Acquire) >= s))?;
+        self.wait(what, |_| true, || (0..self.n).all(|r| self.ctl(r).step.load(Acquire) >= s))?;
         if let Some(d) = desc {
             for r in 0..self.n {
                 let theirs: Vec<u64> = self.ctl(r).desc[(s % 2) as usize].iter().map(|w| w.load(Relaxed)).collect();
@@ -482,8 +499,15 @@ impl Comm {
         self.ctl(r).desc[(s % 2) as usize][w].load(Relaxed)
     }
 
-    /// Waits until `ready()`; fails on the communicator's exec timeout, a dead peer or poison.
-    pub fn wait(&self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), HFail> {
+    /// Waits until `ready()`; fails on the communicator's exec timeout, poison, or the death of a
+    /// rank it waits for (`awaited`: every rank for a collective, the peers for point-to-point; a
+    /// rank that left after its part is no reason to fail).
+    pub fn wait(
+        &self,
+        what: &str,
+        awaited: impl Fn(usize) -> bool,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), HFail> {
         for _ in 0..256 {
             if ready() {
                 return Ok(());
@@ -507,7 +531,12 @@ impl Comm {
                 if let Some(f) = self.poisoned() {
                     return Err(f);
                 }
-                if let Some((r, pid)) = self.pids.iter().enumerate().find(|(r, p)| *r != self.rank && pid_dead(**p)) {
+                let dead = self.pids.iter().enumerate().find(|&(r, &p)| r != self.rank && awaited(r) && pid_dead(p));
+                if let Some((r, pid)) = dead {
+                    // It may have posted what we wait for just before it exited.
+                    if ready() {
+                        return Ok(());
+                    }
                     return Err(self.poison((HCCL_E_TIMEOUT, format!("{what}: rank {r} (pid {pid}) died"))));
                 }
                 if now - start > self.exec_timeout {

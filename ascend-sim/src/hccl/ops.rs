@@ -319,9 +319,12 @@ impl Comm {
                 return Ok(());
             }
             if !progressed {
-                self.wait("HcclSend/HcclRecv", || {
-                    items.iter().zip(&before).any(|(it, b)| self.p2p_counters(it) != *b)
-                })?;
+                let peers: Vec<usize> = items.iter().filter(|it| !it.finished).map(|it| it.peer).collect();
+                self.wait(
+                    "HcclSend/HcclRecv",
+                    |r| peers.contains(&r),
+                    || items.iter().zip(&before).any(|(it, b)| self.p2p_counters(it) != *b),
+                )?;
             }
         }
     }

@@ -20,6 +20,9 @@ pub struct Root {
 /// Prefix of every segment the simulator creates (stale ones are found by it).
 pub const SEGMENT_PREFIX: &str = "ascend-hccl-";
 
+/// N bytes from the kernel's random source: `getrandom`, or `/dev/urandom` where that call is
+/// unavailable (old kernels, seccomp filters). Panics (an internal error at the C ABI) if neither
+/// works: a guessable root info would let strangers join.
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     let mut filled = 0;
@@ -28,6 +31,12 @@ fn random_bytes<const N: usize>() -> [u8; N] {
         let r = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), N - filled, 0) };
         if r > 0 {
             filled += r as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            use std::io::Read;
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut b))
+                .expect("no random source: getrandom failed and /dev/urandom is unreadable");
+            break;
         }
     }
     b
