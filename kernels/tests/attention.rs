@@ -222,6 +222,7 @@ fn prefill_large_scores_stay_finite_and_exact() {
 
 /// A paged cache holding `kv_lens[b]` tokens per sequence in shuffled blocks, plus queries for the
 /// last `q_lens[b]` positions.
+#[derive(Clone)]
 struct PagedCase {
     q_lens: Vec<usize>,
     kv_lens: Vec<usize>,
@@ -316,7 +317,8 @@ fn paged_decode_block_sizes_gqa_and_levels() {
 
 #[test]
 fn paged_decode_long_context_splits_keys() {
-    // One sequence, two KV heads: fewer items than threads, so the keys are split and merged.
+    // One sequence, two KV heads: fewer items than threads, so the keys are split and merged, at
+    // every level.
     let c = PagedCase {
         q_lens: vec![1],
         kv_lens: vec![3001],
@@ -325,12 +327,61 @@ fn paged_decode_long_context_splits_keys() {
         window: None,
         magnitude: 1.0,
     };
-    check_paged::<f32>(cpu::active(), &c, 5);
-    check_paged::<bf16>(cpu::active(), &c, 6);
-    let windowed = PagedCase { window: Some(100), ..c };
-    check_paged::<f32>(cpu::active(), &windowed, 7);
-    let large = PagedCase { kv_lens: vec![1500], magnitude: 6.0, ..windowed };
-    check_paged::<f32>(cpu::active(), &large, 8);
+    for level in cpu::available() {
+        check_paged::<f32>(level, &c, 5);
+        check_paged::<bf16>(level, &c, 6);
+        // A window long enough that its keys are still split.
+        let windowed = PagedCase { window: Some(1000), ..c.clone() };
+        check_paged::<f32>(level, &windowed, 7);
+        let large = PagedCase { kv_lens: vec![1500], magnitude: 6.0, ..windowed };
+        check_paged::<f32>(level, &large, 8);
+        // Two streaming rows per head with different visible ranges, keys split.
+        let chunk = PagedCase { q_lens: vec![2], window: Some(700), heads: Heads::new(8, 2, 64), ..c.clone() };
+        check_paged::<bf16>(level, &chunk, 14);
+        // Sixteen query heads per KV head: a tiled decode item, keys split over the threads.
+        let mqa = PagedCase { heads: Heads::new(16, 1, 128), ..c.clone() };
+        check_paged::<f32>(level, &mqa, 15);
+        check_paged::<bf16>(level, &mqa, 16);
+    }
+}
+
+/// One NaN in a query makes that head's output NaN (as in torch), on every path and level; the other
+/// heads are untouched.
+#[test]
+fn a_nan_query_gives_a_nan_head() {
+    let st = stream();
+    for level in cpu::available() {
+        for (heads, kv_len) in
+            [(Heads::new(8, 2, 64), 40usize), (Heads::new(8, 2, 128), 3001), (Heads::new(16, 1, 64), 40)]
+        {
+            let (hd, row) = (heads.head_dim, heads.kv_heads * heads.head_dim);
+            let mut q = vec![bf16::from_f32(0.5); heads.heads * hd];
+            q[3 * hd + 7] = bf16::NAN;
+            let cache = st.clone_htod(&vec![bf16::from_f32(0.25); kv_len.div_ceil(16) * 16 * row]).unwrap();
+            let table: Vec<i32> = (0..kv_len.div_ceil(16) as i32).collect();
+            let tables = BlockTables { table: &table, max_blocks: table.len() };
+            let mut out = st.alloc_zeros::<bf16>(q.len()).unwrap();
+            let op = PagedAttention::new(heads, 16).level(level);
+            op.decode(&st, &st.clone_htod(&q).unwrap(), &cache, &cache, tables, &[kv_len as i32], &mut out).unwrap();
+            let got = st.clone_dtoh(&out).unwrap();
+            for (h, o) in got.chunks_exact(hd).enumerate() {
+                let what = format!("decode {} {heads:?} head {h}", level.name());
+                assert!(o.iter().all(|x| x.is_nan() == (h == 3)), "{what}: {o:?}");
+            }
+        }
+        // Prefill: the NaN query row (token 1, head 3) only.
+        let heads = Heads::new(8, 2, 64);
+        let (tokens, hd) = (5, 64);
+        let mut q = vec![0.5f32; tokens * heads.heads * hd];
+        q[(heads.heads + 3) * hd] = f32::NAN;
+        let kv = st.clone_htod(&vec![0.25f32; tokens * heads.kv_heads * hd]).unwrap();
+        let mut out = st.alloc_zeros::<f32>(q.len()).unwrap();
+        let cu = [0, tokens as i32];
+        Prefill::new(heads).level(level).run(&st, &st.clone_htod(&q).unwrap(), &kv, &kv, &cu, &mut out).unwrap();
+        for (r, o) in st.clone_dtoh(&out).unwrap().chunks_exact(hd).enumerate() {
+            assert!(o.iter().all(|x| x.is_nan() == (r == heads.heads + 3)), "prefill {} row {r}", level.name());
+        }
+    }
 }
 
 #[test]

@@ -177,6 +177,8 @@ fn plan(g: &Geometry, seqs: &[Seq], threads: usize) -> (Vec<Item>, usize) {
     // Streaming items take every KV head of a sequence: a token's keys for all heads are one
     // contiguous row, read front to back.
     let streaming: usize = seqs.iter().filter(|s| s.q_len > 0 && s.q_len * group < TILED_MIN_ROWS).count();
+    let tiled: usize = seqs.iter().filter(|s| s.q_len * group >= TILED_MIN_ROWS).map(|s| s.q_len.div_ceil(block)).sum();
+    let tiled = tiled * g.kv_heads;
     let want = 4 * threads;
     let mut partials = 0;
     for (si, s) in seqs.iter().enumerate() {
@@ -188,7 +190,23 @@ fn plan(g: &Geometry, seqs: &[Seq], threads: usize) -> (Vec<Item>, usize) {
                 for q0 in (0..s.q_len).step_by(block) {
                     let q1 = s.q_len.min(q0 + block);
                     let (k0, k1) = key_range(g, s, q0, q1);
-                    items.push(Item { seq: si, h0: h, h1: h + 1, q0, q1, k0, k1, partial: None });
+                    let whole = Item { seq: si, h0: h, h1: h + 1, q0, q1, k0, k1, partial: None };
+                    // Too few items for the threads (a long decode of many query heads per KV
+                    // head, a short chunk over a long prefix): split the keys too.
+                    let splits = if tiled + streaming >= want {
+                        1
+                    } else {
+                        want.div_ceil(tiled + streaming).min((k1 - k0) / MIN_SPLIT_KEYS)
+                    };
+                    if splits <= 1 {
+                        items.push(whole);
+                        continue;
+                    }
+                    let per = (k1 - k0).div_ceil(splits);
+                    for a in (k0..k1).step_by(per) {
+                        items.push(Item { k0: a, k1: k1.min(a + per), partial: Some(partials), ..whole });
+                        partials += 1;
+                    }
                 }
             }
             continue;
@@ -715,7 +733,7 @@ unsafe fn write_rows<T: Element>(g: &Geometry, seqs: &[Seq], it: Item, p: &Parti
     let s = seqs[it.seq];
     for (r, (st, acc)) in p.rows.iter().zip(p.acc.chunks_exact(d)).enumerate() {
         let (i, head) = it.row(r, group);
-        let inv = if st.sum > 0.0 { 1.0 / st.sum } else { 0.0 };
+        let inv = if st.sum == 0.0 { 0.0 } else { 1.0 / st.sum };
         let o = ((s.q_start + i) * g.heads + head) * d;
         // SAFETY: the row lies inside `out` and is ours (contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(out.add(o), d) };
@@ -738,7 +756,7 @@ fn merge_splits<T: Element>(
     while i < split.len() {
         let first = split[i];
         let mut j = i + 1;
-        while j < split.len() && split[j].seq == first.seq && split[j].h0 == first.h0 {
+        while j < split.len() && (split[j].seq, split[j].h0, split[j].q0) == (first.seq, first.h0, first.q0) {
             j += 1;
         }
         let (head, tail) = parts.split_at_mut(i + 1);
@@ -798,6 +816,26 @@ mod tests {
         assert!(items.iter().all(|it| (it.h0, it.h1) == (0, 8)));
         assert_eq!(items.first().map(|it| it.k0), Some(0));
         assert_eq!(items.last().map(|it| it.k1), Some(4096));
+    }
+
+    #[test]
+    fn long_tiled_decodes_and_chunks_split_keys_too() {
+        // Sixteen query heads per KV head (MQA): a decode row block is tiled, and a long one must
+        // still use every thread.
+        let mqa = Geometry { heads: 16, kv_heads: 1, ..decode_geometry(1) };
+        let (items, partials) = plan(&mqa, &[decode(32768)], 8);
+        assert_eq!(partials, 32);
+        assert!(items.iter().all(|it| !it.streams(16) && it.partial.is_some()));
+        assert!(items.windows(2).all(|w| w[0].k1 == w[1].k0));
+        assert_eq!((items[0].k0, items[31].k1), (0, 32768));
+        // A short chunk over a long prefix: its row blocks are split the same way.
+        let chunk = Seq { q_start: 0, q_len: 8, kv_len: 4096 };
+        let (items, partials) = plan(&decode_geometry(2), &[chunk], 2);
+        assert_eq!(partials, 8);
+        assert_eq!(items.iter().filter(|it| it.h0 == 1).count(), 4);
+        // Enough work already: nothing split.
+        let prefill = Seq { q_start: 0, q_len: 2048, kv_len: 2048 };
+        assert_eq!(plan(&decode_geometry(8), &[prefill], 2).1, 0);
     }
 
     #[test]

@@ -110,7 +110,8 @@ impl Prefill {
         self
     }
 
-    /// Sliding window: query at position p sees keys in `(p − window, p]`.
+    /// Sliding window: query at position p sees keys in `(p − window, p]`. It bounds only how far
+    /// back a query looks: with `causal(false)` the query sees keys in `(p − window, end)`.
     pub fn window(mut self, window: usize) -> Prefill {
         self.opts.window = Some(window);
         self

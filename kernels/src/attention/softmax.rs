@@ -13,12 +13,12 @@ impl RowState {
     /// Folds a tile of scores (masked ones are −∞) into the state: the scores become probabilities
     /// relative to the new max, and the returned factor rescales what was accumulated before
     /// (1 when nothing changes; the caller may skip the rescale then). `fma`: see [`exp_with`].
+    /// A NaN score makes the row NaN (its probability and the sum are NaN), as in torch.
     #[inline(always)]
     pub fn update(&mut self, scores: &mut [f32], fma: bool) -> f32 {
         let max = self.max.max(lanes(scores, f32::NEG_INFINITY, f32::max));
         if max == f32::NEG_INFINITY {
-            // Every key so far is masked for this row: nothing to add.
-            scores.fill(0.0);
+            self.nothing_seen(scores);
             return 1.0;
         }
         let alpha = if self.max == max { 1.0 } else { exp(self.max - max) };
@@ -44,6 +44,18 @@ impl RowState {
         }
         let _ = (scores, pb);
         None
+    }
+
+    /// A tile in which no key is visible (every score −∞, or NaN): nothing to add, unless a score
+    /// is NaN (the max ignores NaN), which makes the row NaN.
+    #[cold]
+    fn nothing_seen(&mut self, scores: &mut [f32]) {
+        if scores.iter().any(|s| s.is_nan()) {
+            self.sum = f32::NAN;
+            scores.fill(f32::NAN);
+        } else {
+            scores.fill(0.0);
+        }
     }
 
     /// Merges another state for the same row (split keys); returns the factors that rescale the
@@ -128,7 +140,8 @@ mod x86 {
     #[inline]
     fn exp16(x: __m512) -> __m512 {
         let magic = _mm512_set1_ps(12_582_912.0);
-        let xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        // The constants first: min/max return their second operand when one is NaN, so NaN stays.
+        let xc = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
         let t = _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E)), magic);
         let n = _mm512_sub_ps(t, magic);
         let r = _mm512_sub_ps(
@@ -168,12 +181,15 @@ mod x86 {
             let mut top = ninf;
             for (c, xc) in x.iter_mut().enumerate().take(chunks) {
                 *xc = _mm512_mask_loadu_ps(ninf, mask(c), scores.as_ptr().add(16 * c));
-                top = _mm512_max_ps(top, *xc);
+                // NaN second: the max ignores NaN, as the scalar one does (exp16 makes it NaN later).
+                top = _mm512_max_ps(*xc, top);
             }
             let max = state.max.max(_mm512_reduce_max_ps(top));
             if max == f32::NEG_INFINITY {
-                scores.fill(0.0);
+                state.nothing_seen(scores);
+                let p = if state.sum.is_nan() { half::bf16::NAN.to_bits() } else { 0 };
                 pb[..16 * chunks].fill(0);
+                pb[..n].fill(p);
                 return 1.0;
             }
             let alpha = if state.max == max { 1.0 } else { super::exp_with(state.max - max, true) };
