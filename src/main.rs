@@ -37,10 +37,10 @@ enum Command {
         #[command(subcommand)]
         kind: BenchKind,
     },
-    /// Run a tensor-parallel Llama-style decoder on the simulated devices and show tokens/s and where
+    /// Run a tensor-parallel Llama-style decoder on the backend's devices and show tokens/s and where
     /// the time goes (the same code as examples/tp_decode.rs).
     Demo {
-        /// Tensor-parallel size (devices, one thread each).
+        /// Tensor-parallel size: 1, 2 or 4 (devices, one thread each).
         #[arg(long, default_value_t = 2)]
         tp: usize,
         /// Sequences in the batch (prompts of 5..64 tokens).
@@ -77,22 +77,27 @@ enum BenchKind {
         budget_ms: u64,
     },
     /// Matmul GFLOPS at one shape (C = A·B, or A·Bᵀ with --transpose-b), or with no shape the default
-    /// sweep (square 512..4096 and decode m = 1, 16 at n = k = 4096, each dtype) next to the
-    /// streaming-read bandwidth measured first.
+    /// sweep (square 512..4096 and decode m = 1, 16 at n = k = 4096, each dtype), decode figures next
+    /// to the streaming-read bandwidth measured around each of them.
     Matmul {
+        /// Rows of A and C (with --n and --k: one shape instead of the sweep).
         #[arg(long, requires_all = ["n", "k"])]
         m: Option<usize>,
+        /// Columns of B and C.
         #[arg(long, requires_all = ["m", "k"])]
         n: Option<usize>,
+        /// Columns of A, rows of B (the reduced dimension).
         #[arg(long, requires_all = ["m", "n"])]
         k: Option<usize>,
         /// f32, f16 or bf16 (default: f32 for one shape, every dtype for the sweep).
         #[arg(long)]
         dtype: Option<String>,
-        /// B is stored [n, k] (linear-layer weights).
-        #[arg(long)]
+        /// B is stored [n, k] (linear-layer weights); needs --m/--n/--k (the sweep's decode shapes
+        /// already use it).
+        #[arg(long, requires = "m")]
         transpose_b: bool,
-        /// Force a SIMD level: portable, avx2, avx512 or avx512bf16 (default: the best this CPU has).
+        /// Force a SIMD level: portable, avx2, avx512 or avx512bf16 (default: ASCEND_KERNELS_LEVEL if
+        /// set, else the best this CPU has).
         #[arg(long)]
         level: Option<String>,
         /// One JSON object per line instead of a table.
@@ -160,27 +165,37 @@ enum BenchKind {
 enum AttentionShape {
     /// Causal prefill of one sequence.
     Prefill {
+        /// Tokens in the sequence.
         #[arg(long)]
         seq: usize,
+        /// Query heads.
         #[arg(long, default_value_t = 32)]
         heads: usize,
+        /// Key/value heads (must divide --heads).
         #[arg(long, default_value_t = 8)]
         kv_heads: usize,
+        /// Elements per head.
         #[arg(long, default_value_t = 128)]
         head_dim: usize,
     },
     /// One paged decode step.
     Decode {
+        /// Sequences, one query token each.
         #[arg(long)]
         batch: usize,
+        /// Tokens already cached per sequence.
         #[arg(long)]
         context: usize,
+        /// Query heads.
         #[arg(long, default_value_t = 32)]
         heads: usize,
+        /// Key/value heads (must divide --heads).
         #[arg(long, default_value_t = 8)]
         kv_heads: usize,
+        /// Elements per head.
         #[arg(long, default_value_t = 128)]
         head_dim: usize,
+        /// Tokens per cache block.
         #[arg(long, default_value_t = 16)]
         block_size: usize,
     },
@@ -282,10 +297,11 @@ fn main() -> ExitCode {
                     (vec![Workload::Decode { batch, context, block_size }], Heads::new(heads, kv_heads, head_dim))
                 }
             };
-            let zero = work.iter().any(|w| match *w {
-                Workload::Prefill { seq } => seq == 0,
-                Workload::Decode { batch, context, block_size } => batch == 0 || context == 0 || block_size == 0,
-            });
+            let zero = [heads.heads, heads.kv_heads, heads.head_dim].contains(&0)
+                || work.iter().any(|w| match *w {
+                    Workload::Prefill { seq } => seq == 0,
+                    Workload::Decode { batch, context, block_size } => batch == 0 || context == 0 || block_size == 0,
+                });
             if zero {
                 eprintln!("error: every size must be at least 1");
                 return ExitCode::from(2);
@@ -295,8 +311,8 @@ fn main() -> ExitCode {
         }
         Command::Demo { tp, batch, tokens, tiny } => {
             use ascend::demo::{run, sample_requests, Config};
-            if batch == 0 || tokens == 0 {
-                eprintln!("error: --batch and --tokens must be at least 1");
+            if batch == 0 || tokens == 0 || tp == 0 {
+                eprintln!("error: --tp, --batch and --tokens must be at least 1");
                 return ExitCode::from(2);
             }
             let cfg = if tiny { Config::tiny() } else { Config::demo() };
@@ -323,12 +339,18 @@ fn main() -> ExitCode {
             let sizes = if bytes.is_empty() { vec![4 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20] } else { bytes };
             let dtypes = ascend::bench::collectives::DTYPES;
             let elem = ascend::bench::collectives::element_bytes(&dtype);
-            if !(1..=64).contains(&ranks)
-                || elem.is_none_or(|e| sizes.iter().any(|&b| b == 0 || b > 1 << 32 || b % e != 0))
-            {
-                eprintln!(
-                    "error: --ranks must be 1..=64, --dtype one of {dtypes:?}, --bytes 1..=4 GiB in whole elements"
-                );
+            let bad = if !(1..=64).contains(&ranks) {
+                Some(format!("--ranks {ranks} is outside 1..=64"))
+            } else if let Some(e) = elem {
+                sizes
+                    .iter()
+                    .find(|&&b| b == 0 || b > 1 << 32 || b % e != 0)
+                    .map(|b| format!("--bytes {b} is not 1..=4 GiB in whole {dtype} elements ({e} bytes each)"))
+            } else {
+                Some(format!("--dtype {dtype:?} is not one of {dtypes:?}"))
+            };
+            if let Some(m) = bad {
+                eprintln!("error: {m}");
                 return ExitCode::from(2);
             }
             let budget = Duration::from_millis(budget_ms.max(1));

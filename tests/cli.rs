@@ -179,5 +179,10 @@ fn bench_refuses_what_cannot_run() {
     refused("bench matmul --m 18446744073709551615 --n 2 --k 2", "overflow");
     refused("bench attention decode --batch 100000 --context 100000 --block-size 16", "GiB of memory");
     refused("bench collectives --ranks 9 --processes", "9 ranks need 9 devices");
-    refused("bench collectives --bytes 6 --dtype f32", "whole elements");
+    refused("bench collectives --bytes 6 --dtype f32", "--bytes 6 is not 1..=4 GiB in whole f32 elements");
+    refused("bench collectives --ranks 65", "--ranks 65 is outside 1..=64");
+    refused("bench collectives --dtype u8", "--dtype \"u8\" is not one of");
+    refused("bench attention decode --batch 1 --context 16 --heads 0", "every size must be at least 1");
+    refused("bench matmul --transpose-b", "required arguments were not provided");
+    refused("demo --tp 0 --tiny", "--tp, --batch and --tokens must be at least 1");
 }

@@ -7,7 +7,8 @@ pub struct Config {
     pub physical_devices: u32,
     /// Logical device i is physical device `visible[i]` (`ASCEND_RT_VISIBLE_DEVICES`; default all).
     pub visible: Vec<u32>,
-    /// Device memory per device in bytes (`ASCEND_SIM_HBM_BYTES`, default 32 GiB; suffixes K, M, G).
+    /// Device memory per device in bytes (`ASCEND_SIM_HBM_BYTES`, default 32 GiB; suffixes K, M, G, T;
+    /// 1 MiB ..= 16 TiB, else the default with a warning).
     pub hbm_bytes: usize,
     /// SoC name reported by `aclrtGetSocName` (`ASCEND_SIM_SOC`, default `Ascend910B3`).
     pub soc_name: String,

@@ -21,7 +21,7 @@ impl Level {
     /// Every level, lowest first.
     pub const ALL: [Level; 4] = [Level::Portable, Level::Avx2, Level::Avx512, Level::Avx512Bf16];
 
-    /// `portable`, `avx2` or `avx512`.
+    /// `portable`, `avx2`, `avx512` or `avx512bf16`.
     pub fn name(self) -> &'static str {
         match self {
             Level::Portable => "portable",
@@ -68,7 +68,7 @@ pub fn active() -> Level {
             Some(Some(forced)) => forced.min(best),
             Some(None) => {
                 eprintln!(
-                    "ascend-kernels: ASCEND_KERNELS_LEVEL must be portable, avx2 or avx512; using {}",
+                    "ascend-kernels: ASCEND_KERNELS_LEVEL must be portable, avx2, avx512 or avx512bf16; using {}",
                     best.name()
                 );
                 best

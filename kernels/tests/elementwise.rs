@@ -71,7 +71,7 @@ fn check_all<T: Element>(seed: u64) {
         }
     }
     // The angles and their sin/cos are computed in f64 and rounded to f32 once; the rotation adds
-    // two products and a sum in f32: a few rounding errors of |x0| + |x1| ≤ 2 each.
+    // two products and a sum in f32: a few rounding errors of |x0| + |x1| ≤ 4 each.
     close("rotary", &st.clone_dtoh(&q).unwrap(), &want, 16);
 
     // SiLU·mul.

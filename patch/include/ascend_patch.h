@@ -30,7 +30,8 @@ typedef void *AscendPatchComm;
  * the bytes needed, NUL included. */
 size_t ascend_patch_last_error(char *buf, size_t cap);
 
-/* A new root info for nranks ranks to join (made by one rank, sent to the others). */
+/* A new root info (made by one rank, sent to the others), in out (cap >= ASCEND_PATCH_ROOT_INFO_BYTES): for a
+ * communicator on device `device`, or a host-only one when device < 0. */
 int32_t ascend_patch_root_info(int32_t device, uint8_t *out, size_t cap);
 int32_t ascend_patch_comm_init(const uint8_t *root, size_t len, uint32_t nranks, uint32_t rank, int32_t device,
                                AscendPatchComm *comm);

@@ -36,6 +36,8 @@ fn rt_fail(e: ascend_rt::Error) -> Fail {
     let code = match &e {
         ascend_rt::Error::Hccl { code, .. } => *code,
         ascend_rt::Error::InvalidArgument(_) => HCCL_E_PARA,
+        // A device that does not exist is a bad argument too.
+        ascend_rt::Error::Acl { code: ascend_sys::ACL_ERROR_RT_INVALID_DEVICEID, .. } => HCCL_E_PARA,
         _ => ascend_sys::HCCL_E_INTERNAL,
     };
     (code, e.to_string())

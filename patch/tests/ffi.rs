@@ -150,6 +150,8 @@ fn bad_arguments_return_codes_and_messages() {
         let r = root(-1);
         assert_eq!(ascend_patch_comm_init(r.as_ptr(), r.len(), 2, 5, -1, &mut c), 1);
         assert!(last_error().contains("rank 5 of 2"), "{}", last_error());
+        let mut out = [0u8; 4108];
+        assert_eq!(ascend_patch_root_info(4096, out.as_mut_ptr(), out.len()), 1, "no device 4096: HCCL_E_PARA");
         assert_eq!(
             ascend_patch_all_reduce(
                 std::ptr::null_mut(),

@@ -1,7 +1,7 @@
 //! Attention throughput at any shape: causal prefill in GFLOPS (4·H·S²·D/2 for the causal half, as
 //! peers count it) and paged decode in GB/s of keys and values read (the bound of a decode step),
-//! with the fraction of the streaming-read bandwidth measured first. The same code serves
-//! `ascend bench attention` and `benches/attention.rs`.
+//! with the fraction of the streaming-read bandwidth measured around each decode figure. The same
+//! code serves `ascend bench attention` and `benches/attention.rs`.
 
 use super::limits::{around_if, read_limit_if, with_read};
 use super::{try_per_iter, Figure, DTYPES};

@@ -26,7 +26,8 @@ pub struct ReadProbe {
 
 impl ReadProbe {
     /// Allocates and fills `bytes` (rounded down to whole 8-byte words, at least one chunk) of
-    /// device 0's memory. Fails where device memory is not host memory (an NPU) or is too small.
+    /// device 0's memory. Fails when that memory is too small; on an NPU, where device memory is not
+    /// host memory, [`ReadProbe::time`] fails instead (`Unsupported`).
     pub fn new(bytes: usize) -> Result<ReadProbe> {
         let n = (bytes / 8).max(CHUNK / 8);
         let stream = Stream::new(&Context::new(0)?)?;

@@ -54,7 +54,7 @@ pub fn print_text(v: &Value) {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     println!("ascend-rs {}", s("version"));
     if let Some(e) = v["error"].as_str() {
-        println!("backend: unavailable: {e}");
+        println!("backend: {e}");
         return;
     }
     println!("backend: {} ({})", s("backend"), s("reason"));

@@ -208,7 +208,8 @@ impl PagedAttention {
     }
 
     /// Decode: `q` and `out` are `[batch, heads, D]`, one new token per sequence, which sees the
-    /// `context_lens[b]` tokens of its sequence (itself included, already in the cache).
+    /// `context_lens[b]` tokens of its sequence (itself included, already in the cache). Errors as
+    /// [`PagedAttention::chunked_prefill`].
     #[allow(clippy::too_many_arguments)]
     pub fn decode<T: Element>(
         &self,
@@ -226,6 +227,11 @@ impl PagedAttention {
 
     /// Chunked prefill: sequence `b` has queries `cu_query_lens[b]..cu_query_lens[b + 1]` of `q`
     /// (`[T, heads, D]`), the last ones of its `context_lens[b]` tokens, causally masked.
+    ///
+    /// Fails with `InvalidArgument`, enqueuing nothing, when a length does not match the shapes,
+    /// `cu_query_lens` is not a non-decreasing list from 0, a context is shorter than its queries or
+    /// longer than its block-table row, or a block id is outside the caches; with `Unsupported` for
+    /// a forced level this CPU lacks.
     #[allow(clippy::too_many_arguments)]
     pub fn chunked_prefill<T: Element>(
         &self,

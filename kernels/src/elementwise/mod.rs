@@ -3,6 +3,10 @@
 //! split over the compute pool; f16/bf16 are computed in f32. Host index data (token ids,
 //! positions) are slices checked before anything is enqueued.
 //!
+//! Every function fails with `InvalidArgument`, enqueuing nothing, when a buffer's length does not
+//! match the shape its doc gives (or a size is zero or overflows), and returns the runtime's error
+//! when the stream cannot take the work.
+//!
 //! On an NPU stream the same calls run aclnnRmsNorm, aclnnRotaryPositionEmbedding, aclnnSwiGlu,
 //! aclnnInplaceAdd, aclnnEmbedding and aclnnArgMax ([`npu`]).
 
@@ -190,7 +194,7 @@ pub fn embedding<T: Element>(
             "embedding: token {t} has id {id}, outside the vocabulary of {vocab}"
         )));
     }
-    expect_len("embedding out", out.len(), &[ids.len() * dim])?;
+    expect_len("embedding out", out.len(), &[ids.len(), dim])?;
     if !on_host(stream) {
         return npu::embedding(stream, table, dim, ids, out);
     }
