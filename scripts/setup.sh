@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian machine with the Rust toolchain and Python 3 lacks for ascend-rs:
+# Installs what a fresh Debian machine with the Rust toolchain (rustfmt and clippy included, checked
+# at the end) and Python 3 lacks for ascend-rs:
 #   - libclang (the test that regenerates ascend-sys/src/bindings.rs runs bindgen against it);
 #   - a C compiler (the C ABI test compiles a C program against the simulator's shared library);
 #   - python3-venv (the Python tests build their vLLM environment with `python3 -m venv`, which
@@ -22,4 +23,12 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: the Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
+# scripts/test.sh runs `cargo fmt` and `cargo clippy`: components rustup does not always install.
+missing=()
+cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+if ((${#missing[@]})); then
+    echo "setup: missing Rust component(s) ${missing[*]} (scripts/test.sh needs them): rustup component add rustfmt clippy" >&2
+    exit 1
+fi
 echo "setup: ok"

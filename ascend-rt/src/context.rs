@@ -23,6 +23,11 @@ pub(crate) struct PendingFree {
     pub(crate) ptr: usize,
     pub(crate) host: bool,
     pub(crate) after: Vec<Arc<Event>>,
+    /// Other contexts whose events are in `after` (declared after it: dropped after the events).
+    /// Only pinned memory needs them (device memory orders its release on its own stream instead),
+    /// so two contexts can hold each other alive only through pinned buffers each used on the
+    /// other's streams and dropped with the copies still queued.
+    pub(crate) _keep: Vec<Arc<Context>>,
 }
 
 /// A device opened by this process (its default context). Streams, buffers and events keep it alive;

@@ -8,6 +8,10 @@ use std::ffi::c_void;
 
 /// An event. Recording captures the work submitted to the stream so far; the event completes when
 /// that work has finished. Dropping it never blocks.
+///
+/// It belongs to its context: resetting the device (dropping the context's last reference)
+/// destroys it, after which its calls fail. Keep the context alive as long as the event is used
+/// (the safe layer does so for the events it records for buffers).
 pub struct Event {
     rt: &'static Runtime,
     ctx: usize,

@@ -90,7 +90,8 @@ impl<T: DeviceRepr> Drop for PinnedHostBuffer<T> {
         if crate::host_task::defer_drop(take) {
             return;
         }
-        let after = self.tracker.take_events();
-        self.ctx.release_later(PendingFree { ptr: self.ptr, host: true, after });
+        let (after, keep) = self.tracker.take_events().into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
+        let keep = keep.into_iter().flatten().collect();
+        self.ctx.release_later(PendingFree { ptr: self.ptr, host: true, after, _keep: keep });
     }
 }

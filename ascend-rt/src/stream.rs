@@ -369,7 +369,20 @@ impl Stream {
     }
 
     /// Frees `ptr` once the work using it (the tracker's uses, and everything queued here) is done.
-    pub(crate) fn release(&self, ptr: usize, host: bool, mut after: Vec<Arc<Event>>) {
+    /// Uses on streams of other contexts are ordered before this stream's release point, so the
+    /// pending free holds only this context's events (and no other context alive).
+    pub(crate) fn release(&self, ptr: usize, host: bool, uses: Vec<crate::track::Pending>) {
+        let (mut after, mut keep) = (Vec::new(), Vec::new());
+        for (event, context) in uses {
+            match context {
+                Some(c) if self.wait(&event).is_err() => {
+                    after.push(event);
+                    keep.push(c);
+                }
+                Some(_) => {}
+                None => after.push(event),
+            }
+        }
         match self.record_event() {
             Ok(e) => after.push(Arc::new(e)),
             Err(e) => {
@@ -378,7 +391,7 @@ impl Stream {
                 let _ = self.synchronize();
             }
         }
-        self.ctx.release_later(PendingFree { ptr, host, after });
+        self.ctx.release_later(PendingFree { ptr, host, after, _keep: keep });
     }
 }
 

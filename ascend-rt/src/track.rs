@@ -7,6 +7,7 @@
 //! buffer: with a single stream, the stream order already orders everything, and the bookkeeping
 //! costs nothing (cudarc's lesson, cudarc#386).
 
+use crate::context::Context;
 use crate::error::Result;
 use crate::event::Event;
 use crate::stream::Stream;
@@ -18,7 +19,13 @@ struct Use {
     /// Shared, so that a host-side wait can hold it without removing it from the list.
     event: Arc<Event>,
     wrote: bool,
+    /// The stream's context when it is not the memory's own: kept alive while its event may be
+    /// used (dropping the context resets the device, which destroys its events).
+    context: Option<Arc<Context>>,
 }
+
+/// An event to wait for before the memory is released, and its context when that is another one.
+pub(crate) type Pending = (Arc<Event>, Option<Arc<Context>>);
 
 /// The use history of one allocation.
 pub(crate) struct Tracker {
@@ -63,7 +70,7 @@ impl Tracker {
                 let e = home.record_event().inspect_err(|_| self.home_untracked.store(true, Ordering::Release))?;
                 let e = Arc::new(e);
                 uses.retain(|u| u.stream != home.raw() as usize);
-                uses.push(Use { stream: home.raw() as usize, event: e, wrote: true });
+                uses.push(Use { stream: home.raw() as usize, event: e, wrote: true, context: None });
             }
         }
         for u in uses.iter() {
@@ -83,6 +90,8 @@ impl Tracker {
         if !matches!(&self.home, Some(h) if **h == *s) {
             self.foreign.store(true, Ordering::Release);
         }
+        let own = matches!(&self.home, Some(h) if Arc::ptr_eq(h.context(), s.context()));
+        let context = (!own).then(|| s.context().clone());
         let event = Arc::new(s.record_event()?);
         let key = s.raw() as usize;
         let mut uses = self.uses.lock().unwrap();
@@ -93,15 +102,15 @@ impl Tracker {
         } else {
             uses.retain(|u| u.stream != key);
         }
-        uses.push(Use { stream: key, event, wrote: write || wrote_here });
+        uses.push(Use { stream: key, event, wrote: write || wrote_here, context });
         Ok(())
     }
 
     /// Events that must complete before the memory may be released or read by the host.
     /// Events that must complete before the memory may be released: every use's (the tracker is
     /// left empty, as the memory is about to go).
-    pub(crate) fn take_events(&self) -> Vec<Arc<Event>> {
-        self.uses.lock().unwrap().drain(..).map(|u| u.event).collect()
+    pub(crate) fn take_events(&self) -> Vec<Pending> {
+        self.uses.lock().unwrap().drain(..).map(|u| (u.event, u.context)).collect()
     }
 
     /// Blocks until host code may access the memory: every write (and, for `write`, every use) done.

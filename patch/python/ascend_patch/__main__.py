@@ -30,6 +30,9 @@ def _print_text(info: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line (``argv``, default ``sys.argv[1:]``); returns the exit code: 0, or 2
+    when the library cannot be loaded (the places tried go to stderr). Bad arguments exit through
+    argparse (SystemExit 2); other failures (e.g. importing vLLM) propagate."""
     parser = argparse.ArgumentParser(prog="python -m ascend_patch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     lst = sub.add_parser("list", help="every patch and whether it applies to the installed vLLM")

@@ -70,7 +70,16 @@ def _cpu(t: torch.Tensor, op: str) -> None:
 class HostComm:
     """Joins the host communicator of ``root`` (from :func:`ascend_patch._lib.root_info`) as
     ``rank`` of ``nranks``; returns once every rank has joined. ``timeout`` (seconds) bounds the
-    join and every collective; None takes ``HCCL_CONNECT_TIMEOUT`` and ``HCCL_EXEC_TIMEOUT``."""
+    join and every collective; None takes ``HCCL_CONNECT_TIMEOUT`` and ``HCCL_EXEC_TIMEOUT``.
+
+    Errors: the constructor and every operation raise :class:`ascend_patch.AscendPatchError` when
+    the library fails (``HCCL_E_TIMEOUT`` when a peer does not join or take part in time, or died;
+    ``HCCL_E_PARA`` when the ranks disagree on an operation's size, type, op or root); operations
+    raise TypeError for a tensor off the CPU or a lazy conjugate / negative view, and RuntimeError
+    once :meth:`destroy` was called. A timeout, a dead peer or a send/recv size mismatch fails the
+    communicator for every rank: later operations raise AscendPatchError ("failed earlier").
+    :meth:`destroy` waits for operations in progress on other threads before freeing the handle.
+    """
 
     def __init__(self, root: bytes, nranks: int, rank: int, timeout: float | None = None):
         self._lib = lib = _lib.load()
@@ -83,6 +92,8 @@ class HostComm:
         self.nranks = nranks
         self.rank = rank
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when no call uses the handle
+        self._busy = 0  # calls using the handle now
         self._all_reduce = lib.ascend_patch_all_reduce
         self._all_gather = lib.ascend_patch_all_gather
         self._reduce_scatter = lib.ascend_patch_reduce_scatter
@@ -91,16 +102,29 @@ class HostComm:
         self._send = lib.ascend_patch_send
         self._recv = lib.ascend_patch_recv
 
-    def _handle(self) -> ctypes.c_void_p:
-        h = self._h
-        if h is None:
-            raise RuntimeError("ascend_patch: this communicator was destroyed")
-        return h
+    def _call(self, fn, *args) -> None:
+        """``fn(handle, *args)``, checked; the handle cannot be freed by :meth:`destroy` meanwhile."""
+        with self._lock:
+            h = self._h
+            if h is None:
+                raise RuntimeError("ascend_patch: this communicator was destroyed")
+            self._busy += 1
+        try:
+            _lib.check(fn(h, *args))
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.notify_all()
 
     def destroy(self) -> None:
-        """Leaves the communicator; its shared memory is released when every rank has left."""
+        """Leaves the communicator (idempotent); its shared memory is released when every rank has
+        left. Operations started on other threads finish first (at worst by their timeout); later
+        ones raise RuntimeError. AscendPatchError when the library fails to destroy it."""
         with self._lock:
             h, self._h = self._h, None
+            while self._busy:
+                self._idle.wait()
         if h is not None:
             _lib.check(self._lib.ascend_patch_comm_destroy(h))
 
@@ -120,11 +144,11 @@ class HostComm:
             return t
         if t.is_contiguous():
             p = t.data_ptr()
-            _lib.check(self._all_reduce(self._handle(), p, p, n, code, op, None))
+            self._call(self._all_reduce, p, p, n, code, op, None)
         else:
             work = t.contiguous()
             p = work.data_ptr()
-            _lib.check(self._all_reduce(self._handle(), p, p, n, code, op, None))
+            self._call(self._all_reduce, p, p, n, code, op, None)
             t.copy_(work)
         return t
 
@@ -137,7 +161,7 @@ class HostComm:
         if out.numel() * out.element_size() != nbytes * self.nranks or not out.is_contiguous():
             raise ValueError("ascend_patch: all_gather output must be contiguous with nranks × the input")
         if nbytes:
-            _lib.check(self._all_gather(self._handle(), inp.data_ptr(), out.data_ptr(), nbytes, _BYTES, None))
+            self._call(self._all_gather, inp.data_ptr(), out.data_ptr(), nbytes, _BYTES, None)
 
     def reduce_scatter_into(self, out: torch.Tensor, inp: torch.Tensor, op: int = SUM) -> None:
         """``out`` (count elements) = this rank's block of the reduction over every rank's ``inp``
@@ -152,7 +176,7 @@ class HostComm:
         if inp.numel() != n * self.nranks or out.dtype != inp.dtype or not out.is_contiguous():
             raise ValueError("ascend_patch: reduce_scatter input must hold nranks × the output's elements")
         if n:
-            _lib.check(self._reduce_scatter(self._handle(), inp.data_ptr(), out.data_ptr(), n, code, op, None))
+            self._call(self._reduce_scatter, inp.data_ptr(), out.data_ptr(), n, code, op, None)
 
     def gather_into(self, out: torch.Tensor | None, inp: torch.Tensor, root: int) -> None:
         """On ``root``, ``out`` (contiguous, nranks × inp) = every rank's ``inp``; ``out`` is unused
@@ -167,7 +191,7 @@ class HostComm:
             _cpu(out, "gather")
             recv = out.data_ptr()
         if nbytes:
-            _lib.check(self._gather(self._handle(), inp.data_ptr(), recv or None, nbytes, _BYTES, root, None))
+            self._call(self._gather, inp.data_ptr(), recv or None, nbytes, _BYTES, root, None)
 
     def broadcast(self, t: torch.Tensor, root: int) -> torch.Tensor:
         """In place: every rank's ``t`` becomes root's."""
@@ -176,10 +200,10 @@ class HostComm:
         if nbytes == 0:
             return t
         if t.is_contiguous():
-            _lib.check(self._broadcast(self._handle(), t.data_ptr(), nbytes, _BYTES, root, None))
+            self._call(self._broadcast, t.data_ptr(), nbytes, _BYTES, root, None)
         else:
             work = t.contiguous()
-            _lib.check(self._broadcast(self._handle(), work.data_ptr(), nbytes, _BYTES, root, None))
+            self._call(self._broadcast, work.data_ptr(), nbytes, _BYTES, root, None)
             if self.rank != root:
                 t.copy_(work)
         return t
@@ -190,39 +214,42 @@ class HostComm:
         t = t.contiguous()
         nbytes = t.numel() * t.element_size()
         if nbytes:
-            _lib.check(self._send(self._handle(), t.data_ptr(), nbytes, _BYTES, peer, None))
+            self._call(self._send, t.data_ptr(), nbytes, _BYTES, peer, None)
 
     def recv(self, t: torch.Tensor, peer: int) -> torch.Tensor:
-        """Fills ``t`` with the bytes ``peer`` sends (same size as sent)."""
+        """Fills ``t`` with the bytes ``peer`` sends and returns it. ``t`` must have the size sent:
+        otherwise both ranks raise AscendPatchError (HCCL_E_PARA) and the communicator fails for
+        good, for every rank."""
         _cpu(t, "recv")
         nbytes = t.numel() * t.element_size()
         if nbytes == 0:
             return t
         if t.is_contiguous():
-            _lib.check(self._recv(self._handle(), t.data_ptr(), nbytes, _BYTES, peer, None))
+            self._call(self._recv, t.data_ptr(), nbytes, _BYTES, peer, None)
         else:
             work = torch.empty_like(t, memory_format=torch.contiguous_format)
-            _lib.check(self._recv(self._handle(), work.data_ptr(), nbytes, _BYTES, peer, None))
+            self._call(self._recv, work.data_ptr(), nbytes, _BYTES, peer, None)
             t.copy_(work)
         return t
 
     def send_bytes(self, data: bytes, peer: int) -> None:
         """Sends a length header, then ``data``."""
         header = struct.pack("<Q", len(data))
-        _lib.check(self._send(self._handle(), header, 8, _BYTES, peer, None))
+        self._call(self._send, header, 8, _BYTES, peer, None)
         if data:
-            _lib.check(self._send(self._handle(), data, len(data), _BYTES, peer, None))
+            self._call(self._send, data, len(data), _BYTES, peer, None)
 
     def recv_bytes(self, peer: int) -> bytes:
         """What ``send_bytes`` on ``peer`` sent."""
         header = ctypes.create_string_buffer(8)
-        _lib.check(self._recv(self._handle(), header, 8, _BYTES, peer, None))
+        self._call(self._recv, header, 8, _BYTES, peer, None)
         (n,) = struct.unpack("<Q", header.raw)
         if n == 0:
             return b""
         buf = ctypes.create_string_buffer(n)
-        _lib.check(self._recv(self._handle(), buf, n, _BYTES, peer, None))
+        self._call(self._recv, buf, n, _BYTES, peer, None)
         return buf.raw
 
     def barrier(self) -> None:
-        _lib.check(self._lib.ascend_patch_barrier(self._handle(), None))
+        """Returns once every rank called it; AscendPatchError on a timeout or a dead peer."""
+        self._call(self._lib.ascend_patch_barrier, None)

@@ -29,13 +29,23 @@ _disable_warned = False
 
 
 def _ensure_log_handler() -> None:
-    """Makes the INFO lines visible when nobody configured logging (vLLM configures only "vllm")."""
+    """Makes the INFO lines visible when nobody configured logging (vLLM configures only "vllm"):
+    when the logger has no level, sets ``ASCEND_PATCH_LOG_LEVEL`` (INFO, also when that is not a
+    level name, with a warning); adds a stderr handler when neither it nor the root logger has one."""
+    bad = None
     if logger.level == logging.NOTSET:
-        logger.setLevel(os.environ.get("ASCEND_PATCH_LOG_LEVEL", "INFO").upper())
+        name = os.environ.get("ASCEND_PATCH_LOG_LEVEL", "").strip() or "INFO"
+        try:
+            logger.setLevel(name.upper())
+        except ValueError:
+            logger.setLevel(logging.INFO)
+            bad = name
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [ascend_patch] %(message)s"))
         logger.addHandler(handler)
+    if bad is not None:
+        logger.warning("ASCEND_PATCH_LOG_LEVEL=%r is not a logging level; using INFO", bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,6 +309,15 @@ def apply(process: str) -> list[dict]:
         patches = [p for p in all_patches if p["process"] == process]
         pending = [p for p in patches if p["id"] not in _decided]
         if pending:
+            # Before the version gate: a misspelt id is worth knowing whatever the vLLM version.
+            disabled, unknown = disabled_ids([p["id"] for p in all_patches])
+            if unknown and not _disable_warned:
+                _disable_warned = True
+                logger.warning(
+                    "ASCEND_PATCH_DISABLE names unknown patch id(s): %s (known: %s)",
+                    ", ".join(unknown),
+                    ", ".join(p["id"] for p in all_patches),
+                )
             version, why_not = version_verdict(all_patches)
             if why_not is not None:
                 # One line for the whole process, whatever the number of patches.
@@ -308,14 +327,6 @@ def apply(process: str) -> list[dict]:
                 for p in pending:
                     _decided[p["id"]] = _entry(p, "skipped", why_not)
             else:
-                disabled, unknown = disabled_ids([p["id"] for p in all_patches])
-                if unknown and not _disable_warned:
-                    _disable_warned = True
-                    logger.warning(
-                        "ASCEND_PATCH_DISABLE names unknown patch id(s): %s (known: %s)",
-                        ", ".join(unknown),
-                        ", ".join(p["id"] for p in all_patches),
-                    )
                 for p in pending:
                     _decided[p["id"]] = _apply_one(p, version, disabled)
         return [dict(_decided[p["id"]]) for p in patches]

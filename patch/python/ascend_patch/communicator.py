@@ -9,9 +9,11 @@ one. The root info is made by group rank 0 and handed to the others over the gro
 ``cpu_group`` once, when the communicator is created (with a check that every rank shares the
 machine and /dev/shm: the host transport is shared memory).
 
-Tensor semantics follow vLLM's ``CpuCommunicator`` / ``DeviceCommunicatorBase`` exactly
-(``all_reduce`` in place, concat-style ``all_gather``, ``reduce_scatter`` along ``dim`` as vLLM cuts
-it, ``gather`` returning None off ``dst``). ``AscendCommunicator.calls`` counts calls per operation.
+Results follow vLLM's ``CpuCommunicator`` / ``DeviceCommunicatorBase`` (concat-style
+``all_gather``, ``reduce_scatter`` along ``dim`` as vLLM cuts it, ``gather`` returning None off
+``dst``, ``broadcast`` in place), with one difference: ``all_reduce`` returns the reduction as a new
+tensor and leaves its input unchanged, where ``CpuCommunicator`` reduces in place and returns its
+input (vLLM's callers use the returned tensor). ``AscendCommunicator.calls`` counts calls per operation.
 """
 
 from __future__ import annotations
@@ -204,7 +206,8 @@ def _(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
 
 
 class AscendCommunicator(DeviceCommunicatorBase):
-    """A vLLM device communicator whose collectives run on ascend-rs (host transport, CPU tensors)."""
+    """A vLLM device communicator whose collectives run on ascend-rs (host transport, CPU tensors).
+    Every collective raises RuntimeError once the group's ascend-rs communicator was destroyed."""
 
     #: Calls per operation in this process (all_reduce, all_gather, ...), for tests and benchmarks.
     calls: collections.Counter = collections.Counter()
@@ -249,14 +252,21 @@ class AscendCommunicator(DeviceCommunicatorBase):
     # traces into ctypes. Each returns a new tensor, as the ops declare.
 
     def all_reduce(self, input_: torch.Tensor) -> torch.Tensor:
+        """A new tensor, the sum of every rank's ``input_`` (left unchanged); TypeError for a tensor off
+        the CPU or a dtype HCCL cannot reduce, AscendPatchError on a timeout or a dead peer."""
         return torch.ops.ascend_patch.all_reduce(input_, self._shared.name)
 
     def all_gather(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Every rank's ``input_`` concatenated along ``dim`` in rank order (a new tensor); TypeError
+        for a tensor off the CPU, AscendPatchError on a timeout or a dead peer."""
         if dim < 0:
             dim += input_.dim()
         return torch.ops.ascend_patch.all_gather(input_, dim, self.world_size, self._shared.name)
 
     def reduce_scatter(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """This rank's slice along ``dim`` of the sum of every rank's ``input_`` (a new tensor; the input
+        itself with one rank); AssertionError when ``dim`` is out of range or its size is not a multiple
+        of the world size, otherwise as :meth:`all_reduce`."""
         world_size = self.world_size
         if world_size == 1:
             return input_
@@ -269,6 +279,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
         return torch.ops.ascend_patch.reduce_scatter(input_, dim, world_size, self._shared.name)
 
     def gather(self, input_: torch.Tensor, dst: int = 0, dim: int = -1) -> torch.Tensor | None:
+        """On group rank ``dst``, every rank's ``input_`` concatenated along ``dim``; None elsewhere.
+        AssertionError for a ``dim`` out of range, otherwise as :meth:`all_gather`."""
         AscendCommunicator.calls["gather"] += 1
         assert -input_.dim() <= dim < input_.dim(), (
             f"Invalid dim ({dim}) for input tensor with shape {input_.size()}"
@@ -283,6 +295,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
         return None
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """In place: ``tensor`` becomes group rank ``src``'s, and is returned; TypeError for a tensor
+        off the CPU, AscendPatchError on a timeout or a dead peer."""
         AscendCommunicator.calls["broadcast"] += 1
         if self.world_size == 1:
             return tensor
@@ -292,12 +306,18 @@ class AscendCommunicator(DeviceCommunicatorBase):
     # -- point to point -------------------------------------------------------------------------
 
     def send(self, tensor: torch.Tensor, dst: int | None = None) -> None:
+        """Sends ``tensor`` to group rank ``dst`` (default: the next rank), returning once it was taken;
+        TypeError for a tensor off the CPU, AscendPatchError on a timeout, a dead peer or a size the
+        receiver does not expect."""
         AscendCommunicator.calls["send"] += 1
         if dst is None:
             dst = (self.rank_in_group + 1) % self.world_size
         self._comm.send(tensor, dst)
 
     def recv(self, size: torch.Size, dtype: torch.dtype, src: int | None = None) -> torch.Tensor:
+        """A new tensor of ``size`` and ``dtype`` holding what group rank ``src`` (default: the previous
+        rank) sent; AscendPatchError on a timeout, a dead peer or a size mismatch (which fails the
+        communicator for good, see :meth:`HostComm.recv`)."""
         AscendCommunicator.calls["recv"] += 1
         if src is None:
             src = (self.rank_in_group - 1) % self.world_size
@@ -307,7 +327,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
 
     def send_tensor_dict(self, tensor_dict: dict[str, torch.Tensor | Any], dst: int) -> None:
         """Sends the metadata (keys, dtypes, shapes and the non-tensor values, pickled after a length
-        header), then each non-empty tensor's bytes."""
+        header), then each non-empty tensor's bytes; TypeError, before anything is sent, when a tensor
+        is off the CPU; AscendPatchError on a timeout or a dead peer."""
         AscendCommunicator.calls["send_tensor_dict"] += 1
         metadata, tensors = split_tensor_dict(tensor_dict)
         # Refuse before anything is sent: a receiver given the metadata would wait for the tensors.
@@ -319,6 +340,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
                 self._comm.send(t, dst)
 
     def recv_tensor_dict(self, src: int) -> dict[str, torch.Tensor | Any]:
+        """What :meth:`send_tensor_dict` on group rank ``src`` sent, the tensors new CPU tensors;
+        AscendPatchError on a timeout or a dead peer."""
         AscendCommunicator.calls["recv_tensor_dict"] += 1
         metadata = pickle.loads(self._comm.recv_bytes(src))
         out: dict[str, Any] = {}
@@ -335,6 +358,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
     # -- MoE (as vLLM's CpuCommunicator: through the all2all manager when there is one) ----------
 
     def dispatch_router_logits(self, hidden_states, router_logits, is_sequence_parallel=False, extra_tensors=None):
+        """MoE: the all2all manager's ``dispatch_router_logits`` (``use_all2all``); without one,
+        NotImplementedError from vLLM's base class."""
         if self.all2all_manager is None:
             return super().dispatch_router_logits(hidden_states, router_logits, is_sequence_parallel, extra_tensors)
         return self.all2all_manager.dispatch_router_logits(
@@ -342,6 +367,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
         )
 
     def dispatch(self, hidden_states, topk_weights, topk_ids, is_sequence_parallel=False, extra_tensors=None):
+        """MoE: the all2all manager's ``dispatch`` (``use_all2all``); without one, NotImplementedError
+        from vLLM's base class."""
         if self.all2all_manager is None:
             return super().dispatch(hidden_states, topk_weights, topk_ids, is_sequence_parallel, extra_tensors)
         return self.all2all_manager.dispatch(
@@ -349,6 +376,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
         )
 
     def combine(self, hidden_states, is_sequence_parallel=False):
+        """MoE: the all2all manager's ``combine`` (``use_all2all``); without one, NotImplementedError
+        from vLLM's base class."""
         if self.all2all_manager is None:
             return super().combine(hidden_states, is_sequence_parallel)
         return self.all2all_manager.combine(hidden_states, is_sequence_parallel)

@@ -143,6 +143,21 @@ def test_disable_parsing(monkeypatch):
     assert _core.disabled_ids(known) == (set(), [])
 
 
+def test_unknown_disabled_ids_are_warned_about_whatever_the_version(monkeypatch, caplog):
+    monkeypatch.setattr(_core, "_decided", {})
+    monkeypatch.setattr(_core, "_gate_logged", False)
+    monkeypatch.setattr(_core, "_disable_warned", False)
+    monkeypatch.setenv("VLLM_VERSION", "0.9.2")  # supported by no patch: nothing is applied
+    monkeypatch.setenv("ASCEND_PATCH_DISABLE", "worker/nope")
+    caplog.set_level("INFO", logger="ascend_patch")
+    import ascend_patch
+
+    report = ascend_patch.apply_all()
+    assert report and {p["status"] for p in report} == {"skipped"}
+    warned = [r.getMessage() for r in caplog.records if "unknown patch id" in r.getMessage()]
+    assert len(warned) == 1 and "worker/nope" in warned[0], [r.getMessage() for r in caplog.records]
+
+
 # ---------------------------------------------------------------------------------------------
 # Drift detection
 

@@ -241,6 +241,18 @@ def test_unsupported_version_skips_every_patch_with_one_line(version, needle):
     assert needle in lines[0] and version in lines[0] and "VLLM_VERSION" in lines[0] and "no patch applied" in lines[0]
 
 
+def test_invalid_log_level_falls_back_to_info_and_patches_still_apply():
+    code = "import json, ascend_patch; from ascend_patch import plugin; plugin.register(); " \
+           "print('RESULT ' + json.dumps(ascend_patch.report()))"
+    out = run_python(["-c", code], base_env(ASCEND_PATCH_LOG_LEVEL="verbose"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert [p["status"] for p in report] == ["applied", "applied"], report
+    lines = _one_line(out.stderr, "ASCEND_PATCH_LOG_LEVEL")
+    assert len(lines) == 1 and "'verbose'" in lines[0] and "using INFO" in lines[0], out.stderr
+    assert _one_line(out.stderr, "applied worker/patch_communicator"), "INFO lines are shown"
+
+
 DRIFT_SCRIPT = textwrap.dedent(
     """
     import json
