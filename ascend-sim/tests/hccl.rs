@@ -522,6 +522,7 @@ fn worker() {
                 _ => {}
             }
         }),
+        "small-shm" => small_shm(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -752,6 +753,62 @@ fn a_rank_that_never_joins_times_out_and_leaves_no_segment() {
     assert!(st.iter().all(|s| s.success()), "{st:?}");
     assert!(t.elapsed() < Duration::from_secs(20));
     assert!(!segment.exists(), "{} left behind", segment.display());
+}
+
+/// Runs in a private 8 MiB `/dev/shm` (see the test below).
+fn small_shm() {
+    // Four ranks' staging slots (8 MiB) do not fit: every rank's init fails, none crashes.
+    let root = root_info();
+    std::thread::scope(|s| {
+        for r in 0..4u32 {
+            let root = &root;
+            s.spawn(move || {
+                setup(r as i32);
+                let mut comm = null_mut();
+                assert_eq!(unsafe { HcclCommInitRootInfo(4, root, r, &mut comm) }, HCCL_E_MEMORY, "rank {r}");
+            });
+        }
+    });
+    // Two ranks fit (4 MiB); then /dev/shm fills up and the first send's mailbox does not.
+    threads(2, |r| {
+        if r.rank == 0 {
+            use std::io::Write;
+            let path = "/dev/shm/ascend-test-filler";
+            let mut f = std::fs::File::create(path).unwrap();
+            while f.write_all(&[1u8; 64 << 10]).is_ok() {}
+            let len = f.metadata().unwrap().len();
+            f.set_len(len - (256 << 10)).unwrap(); // 256 KiB free: less than a mailbox
+            let buf = r.upload(&[7u8; 64]);
+            assert_eq!(unsafe { HcclSend(buf, 64, HCCL_DATA_TYPE_INT8, 1, r.comm, r.stream) }, HCCL_SUCCESS);
+            assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_PARAM_INVALID);
+            let mut e = 0;
+            assert_eq!(unsafe { HcclGetCommAsyncError(r.comm, &mut e) }, HCCL_SUCCESS);
+            assert_eq!(e, HCCL_E_MEMORY);
+            std::fs::remove_file(path).unwrap();
+        } else {
+            let buf = r.upload(&[0u8; 64]);
+            assert_eq!(unsafe { HcclRecv(buf, 64, HCCL_DATA_TYPE_INT8, 0, r.comm, r.stream) }, HCCL_SUCCESS);
+            assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_PARAM_INVALID);
+            // the peer failed
+        }
+    });
+}
+
+#[test]
+fn a_small_dev_shm_gives_hccl_e_memory_instead_of_a_crash() {
+    // A private mount namespace with its own 8 MiB /dev/shm (as a container's default 64 MiB one
+    // is for a large communicator): this test binary's worker runs there.
+    let script = "mount -t tmpfs -o size=8m tmpfs /dev/shm && exec \"$0\" worker --exact --ignored --nocapture";
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(std::env::current_exe().unwrap())
+        .envs([("HCCL_TEST_RANK", "0"), ("HCCL_TEST_RANKS", "1"), ("HCCL_TEST_SCENARIO", "small-shm")])
+        .env("HCCL_TEST_ROOT", hex(&root_info()))
+        .env("HCCL_EXEC_TIMEOUT", "30")
+        .output()
+        .expect("unshare (util-linux) runs the worker in its own mount namespace");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //! Layout: a header; one control block per rank (its step counter and the descriptor of its current
 //! collective, double-buffered by step parity); one control block per ordered pair of ranks for
 //! point-to-point transfers; then per rank two staging slots of [`CHUNK`] bytes, and per ordered pair
-//! two mailbox halves of [`P2P_HALF`] bytes. Memory is touched only where it is used.
+//! two mailbox halves of [`P2P_HALF`] bytes. The creator reserves everything but the mailboxes in
+//! `/dev/shm` before any rank maps the segment, and a sender reserves a pair's mailbox before its
+//! first message: a full `/dev/shm` is an `HCCL_E_MEMORY` error, never a SIGBUS at a first write.
 
 use super::root::{Root, SEGMENT_PREFIX};
 use ascend_sys::*;
@@ -94,11 +96,32 @@ impl Layout {
     }
 }
 
-/// A mapped segment.
+/// A mapped segment, and a descriptor of it (kept to reserve mailboxes on first use).
 struct Segment {
     base: usize,
     len: usize,
     name: String,
+    fd: i32,
+}
+
+/// The size a creator gives a segment it could not reserve: the ranks that opened it meanwhile
+/// fail at once instead of waiting for it.
+const FAILED_SIZE: usize = 1;
+
+/// Reserves `len` bytes of the object at `offset` in `/dev/shm` now (extending it if needed).
+fn reserve(fd: i32, offset: usize, len: usize, what: &str) -> Result<(), HFail> {
+    // SAFETY: plain syscall on a descriptor we own.
+    match unsafe { libc::posix_fallocate(fd, offset as libc::off_t, len as libc::off_t) } {
+        0 => Ok(()),
+        e => Err((
+            HCCL_E_MEMORY,
+            format!(
+                "cannot reserve {:.1} MiB of /dev/shm for {what}: {} (make /dev/shm larger, e.g. docker --shm-size)",
+                len as f64 / (1 << 20) as f64,
+                std::io::Error::from_raw_os_error(e)
+            ),
+        )),
+    }
 }
 
 impl Segment {
@@ -249,15 +272,23 @@ impl Comm {
             if fd >= 0 {
                 // SAFETY: our fresh descriptor.
                 unsafe { libc::fchmod(fd, 0o600) };
-                // SAFETY: as above.
-                if unsafe { libc::ftruncate(fd, layout.total as libc::off_t) } != 0 {
-                    let e = errno();
+                // Reserve the control blocks and staging slots first (the size stays short of the
+                // full one meanwhile, so nobody maps it), then give it its full size.
+                let sized = reserve(fd, 0, layout.mailboxes, "the communicator's staging slots").and_then(|()| {
+                    // SAFETY: as above.
+                    match unsafe { libc::ftruncate(fd, layout.total as libc::off_t) } {
+                        0 => Ok(()),
+                        _ => Err((HCCL_E_MEMORY, format!("cannot size the communicator segment: {}", errno()))),
+                    }
+                });
+                if let Err(f) = sized {
                     // SAFETY: our descriptor and name.
                     unsafe {
+                        libc::ftruncate(fd, FAILED_SIZE as libc::off_t);
                         libc::close(fd);
                         libc::shm_unlink(path.as_ptr())
                     };
-                    return Err((HCCL_E_MEMORY, format!("cannot size the communicator segment: {e}")));
+                    return Err(f);
                 }
                 break (fd, true);
             }
@@ -271,36 +302,45 @@ impl Comm {
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        // The creator sizes the segment right after creating it: wait for that.
-        let size = loop {
+        // The creator gives the segment its full size once it is reserved: wait for that.
+        let ready = loop {
             // SAFETY: fstat into a zeroed struct.
             let size = unsafe {
                 let mut st: libc::stat = std::mem::zeroed();
                 libc::fstat(fd, &mut st);
                 st.st_size as usize
             };
-            if size > 0 || Instant::now() > deadline {
-                break size;
+            match size {
+                _ if size == layout.total => break Ok(()),
+                FAILED_SIZE => {
+                    break Err((
+                        HCCL_E_MEMORY,
+                        "the rank that created the communicator could not reserve /dev/shm".into(),
+                    ))
+                }
+                _ if size != 0 && size != layout.mailboxes => {
+                    break Err((
+                        HCCL_E_PARA,
+                        format!("the root info was used for a communicator of another size (this rank says {n})"),
+                    ))
+                }
+                _ if Instant::now() > deadline => {
+                    break Err((HCCL_E_TIMEOUT, "timed out waiting for the communicator segment's size".into()))
+                }
+                _ => std::thread::sleep(Duration::from_micros(100)),
             }
-            std::thread::sleep(Duration::from_micros(100));
         };
-        if !created && size != layout.total {
-            // SAFETY: our descriptor.
-            unsafe { libc::close(fd) };
-            return Err((
-                HCCL_E_PARA,
-                format!("the root info was used for a communicator of another size (this rank says {n})"),
-            ));
+        let base = ready.and_then(|()| map(fd, layout.total));
+        if base.is_err() {
+            // SAFETY: our descriptor; and a name nobody else can have mapped yet through us.
+            unsafe {
+                libc::close(fd);
+                if created {
+                    libc::shm_unlink(path.as_ptr());
+                }
+            }
         }
-        let base = map(fd, layout.total);
-        // SAFETY: the mapping keeps the object alive; the descriptor is no longer needed.
-        unsafe { libc::close(fd) };
-        if base.is_err() && created {
-            // Nobody else can have mapped it yet through us: do not leave it in /dev/shm.
-            // SAFETY: plain syscall on a NUL-terminated name.
-            unsafe { libc::shm_unlink(path.as_ptr()) };
-        }
-        let seg = Segment { base: base?, len: layout.total, name: root.segment.clone() };
+        let seg = Segment { base: base?, len: layout.total, name: root.segment.clone(), fd };
         if created {
             // SAFETY: we created the segment and nobody reads these plain fields before `magic`.
             unsafe {
@@ -435,7 +475,16 @@ impl Comm {
 
     /// Mailbox half `half` of the ordered pair `from → to` ([`P2P_HALF`] bytes).
     pub fn mailbox(&self, from: usize, to: usize, half: u64) -> *mut u8 {
-        (self.seg.base + self.layout.mailboxes + ((from * self.n + to) * 2 + (half % 2) as usize) * P2P_HALF) as *mut u8
+        (self.seg.base + self.mailbox_offset(from, to) + (half % 2) as usize * P2P_HALF) as *mut u8
+    }
+
+    fn mailbox_offset(&self, from: usize, to: usize) -> usize {
+        self.layout.mailboxes + (from * self.n + to) * 2 * P2P_HALF
+    }
+
+    /// Reserves this rank's mailbox to `to` in `/dev/shm` (before its first message).
+    pub fn reserve_mailbox(&self, to: usize) -> Result<(), HFail> {
+        reserve(self.seg.fd, self.mailbox_offset(self.rank, to), 2 * P2P_HALF, "a point-to-point mailbox")
     }
 
     /// Writes this rank's row of counts for step `s` (AlltoAllV).
@@ -560,7 +609,11 @@ impl Drop for Comm {
         if self.seg.header().attached.fetch_sub(1, AcqRel) == 1 {
             self.unlink();
         }
-        // SAFETY: unmaps our own mapping once; no reference into it outlives `self`.
-        unsafe { libc::munmap(self.seg.base as *mut libc::c_void, self.seg.len) };
+        // SAFETY: unmaps our own mapping and closes our descriptor, once; no reference into the
+        // mapping outlives `self`.
+        unsafe {
+            libc::munmap(self.seg.base as *mut libc::c_void, self.seg.len);
+            libc::close(self.seg.fd);
+        }
     }
 }

@@ -351,6 +351,9 @@ impl Comm {
             if p.acked.load(Acquire) + 2 < c {
                 return Ok(false); // both mailbox halves are full
             }
+            if c == 1 {
+                self.reserve_mailbox(it.peer).map_err(|f| self.poison(f))?;
+            }
             let len = (it.bytes - it.done).min(P2P_HALF);
             copy(self.mailbox(self.rank, it.peer, c) as usize, it.ptr + it.done, len);
             let h = (c % 2) as usize;
