@@ -435,13 +435,31 @@ fn unhex(s: &str) -> HcclRootInfo {
 /// Spawns `n` ranks of `scenario` as processes of this test binary; returns their exit statuses and
 /// the path of the communicator's shared-memory segment.
 fn processes(n: usize, scenario: &str, env: &[(&str, &str)]) -> (Vec<std::process::ExitStatus>, std::path::PathBuf) {
+    processes_wrapped(n, scenario, env, |_| None)
+}
+
+/// [`processes`], rank r's process started through the command `wrap(r)` when it gives one.
+fn processes_wrapped(
+    n: usize,
+    scenario: &str,
+    env: &[(&str, &str)],
+    wrap: impl Fn(usize) -> Option<Vec<&'static str>>,
+) -> (Vec<std::process::ExitStatus>, std::path::PathBuf) {
     let info = root_info();
     let segment = ascend_sim::hccl::root::Root::decode(&info).unwrap().segment;
     let root = hex(&info);
+    let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..n)
         .map(|r| {
-            Command::new(std::env::current_exe().unwrap())
-                .args(["worker", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            let mut cmd = match wrap(r) {
+                Some(w) => {
+                    let mut c = Command::new(w[0]);
+                    c.args(&w[1..]).arg(&exe);
+                    c
+                }
+                None => Command::new(&exe),
+            };
+            cmd.args(["worker", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
                 .env("HCCL_TEST_RANK", r.to_string())
                 .env("HCCL_TEST_RANKS", n.to_string())
                 .env("HCCL_TEST_ROOT", &root)
@@ -523,6 +541,17 @@ fn worker() {
             }
         }),
         "small-shm" => small_shm(),
+        "pidns" => with_rank(rank, n, &root, |r| {
+            if rank == 0 {
+                std::thread::sleep(Duration::from_millis(300)); // rank 1 waits, checking on rank 0
+            }
+            let buf = r.upload(&[1u8; 64]);
+            assert_eq!(
+                unsafe { HcclAllReduce(buf, buf, 16, HCCL_DATA_TYPE_FP32, HCCL_REDUCE_SUM, r.comm, r.stream) },
+                HCCL_SUCCESS
+            );
+            r.download(buf, 64);
+        }),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -809,6 +838,18 @@ fn a_small_dev_shm_gives_hccl_e_memory_instead_of_a_crash() {
         .expect("unshare (util-linux) runs the worker in its own mount namespace");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {err}", out.status);
+}
+
+#[test]
+fn ranks_in_another_pid_namespace_are_not_taken_for_dead() {
+    // Rank 1 in its own PID namespace with its own /proc (as in a container sharing the host's
+    // /dev/shm): rank 0's pid means nothing there, which must not read as "rank 0 died" (nor make
+    // the communicator's segment look stale).
+    let unshare = |r: usize| (r == 1).then(|| vec!["unshare", "--pid", "--fork", "--mount-proc"]);
+    let env = [("HCCL_EXEC_TIMEOUT", "30"), ("HCCL_CONNECT_TIMEOUT", "20")];
+    let (st, segment) = processes_wrapped(2, "pidns", &env, unshare);
+    assert!(st.iter().all(|s| s.success()), "{st:?}");
+    assert!(!segment.exists(), "{} left behind", segment.display());
 }
 
 #[test]

@@ -27,7 +27,7 @@ pub const CHUNK: usize = 1 << 20;
 /// Point-to-point mailbox half size (two halves per ordered pair).
 pub const P2P_HALF: usize = 256 << 10;
 const MAGIC: u64 = 0x4153_4353_494d_4843; // "ASCSIMHC"
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 
 /// An HCCL failure: its code and what happened.
 pub type HFail = (i32, String);
@@ -53,7 +53,9 @@ pub const DESC_COMPARED: usize = 6;
 #[repr(C, align(64))]
 struct RankCtl {
     pid: AtomicU32,
-    _pad0: [u8; 60],
+    /// The PID namespace `pid` belongs to (0 if unknown): pids of another namespace say nothing here.
+    pidns: AtomicU64,
+    _pad0: [u8; 48],
     step: AtomicU64,
     _pad1: [u8; 56],
     desc: [[AtomicU64; 8]; 2],
@@ -140,6 +142,27 @@ fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// This process's PID namespace (the inode of `/proc/self/ns/pid`), 0 if unknown.
+fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
+/// A rank's process, as recorded in the segment.
+#[derive(Clone, Copy, Debug)]
+struct Process {
+    pid: u32,
+    pidns: u64,
+}
+
+impl Process {
+    /// True when it is known to be gone: only a pid of our own namespace can be looked up (ranks
+    /// in other containers, sharing /dev/shm but not /proc, are left to the timeouts).
+    fn known_dead(self, our_ns: u64) -> bool {
+        self.pidns != 0 && self.pidns == our_ns && pid_dead(self.pid)
+    }
+}
+
 /// True when process `pid` no longer runs (gone, or a zombie).
 pub fn pid_dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -154,16 +177,16 @@ pub fn remove_stale_segments() -> usize {
     let Ok(dir) = std::fs::read_dir("/dev/shm") else {
         return 0;
     };
-    let mut removed = 0;
+    let (mut removed, ns) = (0, pid_namespace());
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with(SEGMENT_PREFIX) {
             continue;
         }
-        let Ok(pids) = pids_in(&e.path()) else {
+        let Ok(procs) = processes_in(&e.path()) else {
             continue;
         };
-        if !pids.is_empty() && pids.iter().all(|&p| pid_dead(p)) {
+        if !procs.is_empty() && procs.iter().all(|p| p.known_dead(ns)) {
             let _ = std::fs::remove_file(e.path());
             removed += 1;
         }
@@ -171,24 +194,24 @@ pub fn remove_stale_segments() -> usize {
     removed
 }
 
-/// The pids recorded in a segment file (reads only the control blocks).
-fn pids_in(path: &std::path::Path) -> std::io::Result<Vec<u32>> {
+/// The processes recorded in a segment file (reads only the control blocks).
+fn processes_in(path: &std::path::Path) -> std::io::Result<Vec<Process>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
     let mut head = [0u8; 16];
     f.read_exact(&mut head)?;
     let n = u32::from_le_bytes(head[12..16].try_into().unwrap()) as usize;
-    let mut pids = Vec::new();
+    let mut procs = Vec::new();
     for r in 0..n.min(MAX_RANKS) {
         f.seek(SeekFrom::Start((4096 + r * std::mem::size_of::<RankCtl>()) as u64))?;
-        let mut p = [0u8; 4];
+        let mut p = [0u8; 16];
         f.read_exact(&mut p)?;
-        let pid = u32::from_le_bytes(p);
+        let pid = u32::from_le_bytes(p[..4].try_into().unwrap());
         if pid != 0 {
-            pids.push(pid);
+            procs.push(Process { pid, pidns: u64::from_le_bytes(p[8..].try_into().unwrap()) });
         }
     }
-    Ok(pids)
+    Ok(procs)
 }
 
 /// State changed by each operation, under the communicator's lock.
@@ -213,7 +236,9 @@ pub struct Comm {
     pub device: usize,
     /// Name reported by `HcclGetCommName`.
     pub name: String,
-    pids: Vec<u32>,
+    procs: Vec<Process>,
+    /// Our PID namespace.
+    pidns: u64,
     exec_timeout: Duration,
     /// Serialises operations of this rank; holds the step counters.
     pub state: Mutex<OpState>,
@@ -357,7 +382,8 @@ impl Comm {
             n,
             device,
             name: root.segment.clone(),
-            pids: Vec::new(),
+            procs: Vec::new(),
+            pidns: pid_namespace(),
             exec_timeout,
             state: Mutex::new(OpState { step: 0, p2p_sent: vec![0; n], p2p_recv: vec![0; n] }),
             async_error: AtomicI32::new(0),
@@ -389,9 +415,14 @@ impl Comm {
         if comm.ctl(rank).pid.compare_exchange(0, pid, AcqRel, Acquire).is_err() {
             return Err((HCCL_E_PARA, format!("rank {rank} has already joined this communicator")));
         }
+        // Published by `joined` (every rank reads it after seeing all joins); a stale-segment scan
+        // that reads 0 meanwhile just does not trust this pid.
+        comm.ctl(rank).pidns.store(comm.pidns, Relaxed);
         h.joined.fetch_add(1, AcqRel);
         comm.wait_joined(deadline, connect_timeout)?;
-        comm.pids = (0..n).map(|r| comm.ctl(r).pid.load(Acquire)).collect();
+        comm.procs = (0..n)
+            .map(|r| Process { pid: comm.ctl(r).pid.load(Acquire), pidns: comm.ctl(r).pidns.load(Relaxed) })
+            .collect();
         comm.unlink();
         Ok(comm)
     }
@@ -580,8 +611,12 @@ impl Comm {
                 if let Some(f) = self.poisoned() {
                     return Err(f);
                 }
-                let dead = self.pids.iter().enumerate().find(|&(r, &p)| r != self.rank && awaited(r) && pid_dead(p));
-                if let Some((r, pid)) = dead {
+                let dead = self
+                    .procs
+                    .iter()
+                    .enumerate()
+                    .find(|&(r, p)| r != self.rank && awaited(r) && p.known_dead(self.pidns));
+                if let Some((r, Process { pid, .. })) = dead {
                     // It may have posted what we wait for just before it exited.
                     if ready() {
                         return Ok(());
