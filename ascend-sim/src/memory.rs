@@ -5,6 +5,9 @@
 //! after it was freed, and capacity is enforced exactly. Allocations follow CANN's rules: 64-byte aligned
 //! addresses, `round_up(size, 32) + 32` bytes (`aclrtMallocAlign32`: `round_up(size, 32)`).
 //!
+//! Pinned host memory (`aclrtMallocHost`) is carved the same way from a region of its own (the
+//! size of physical memory), so a freed pinned pointer is still recognised as one and refused.
+//!
 //! Every access the simulator makes to device memory (copies, memsets, collectives) goes through
 //! [`Memory::access`], which checks the ranges against live allocations and *pins* them until the
 //! access is over. `aclrtFree` is immediate, as in CANN, and later accesses see the memory as freed;
@@ -46,7 +49,7 @@ pub fn padded_size(size: usize, align32_only: bool) -> Option<usize> {
 pub enum Location {
     /// Inside the region of logical device `n` (live or not).
     Device(usize),
-    /// Inside a live `aclrtMallocHost` block.
+    /// Inside the pinned host memory region (live or not).
     Pinned,
     /// Anywhere else: ordinary host memory the simulator cannot check.
     Host,
@@ -87,7 +90,7 @@ struct Region {
     len: usize,
 }
 
-/// One device's memory.
+/// One device's memory (or, once, the pinned host memory).
 pub struct DeviceMemory {
     capacity: usize,
     region: OnceLock<std::result::Result<Region, String>>,
@@ -227,7 +230,14 @@ impl DeviceMemory {
 /// All simulated memory of the process.
 pub struct Memory {
     devices: Vec<DeviceMemory>,
-    pinned: Mutex<Blocks>,
+    pinned: DeviceMemory,
+}
+
+/// Bytes of physical memory (the most that can be pinned).
+fn physical_memory() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let pages = usize::try_from(unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }).unwrap_or(0);
+    pages.saturating_mul(page_size()).max(1 << 30)
 }
 
 /// A memory range a task touches.
@@ -251,25 +261,12 @@ pub struct Access<'a> {
 impl Drop for Access<'_> {
     fn drop(&mut self) {
         for &(d, start) in &self.pinned {
-            match d {
-                Some(d) => {
-                    let dev = &self.memory.devices[d];
-                    let mut b = dev.blocks.lock().unwrap();
-                    if let Some(block) = b.live.get_mut(&start) {
-                        block.pins -= 1;
-                        if block.pins == 0 && block.freed {
-                            dev.release(&mut b, start);
-                        }
-                    }
-                }
-                None => {
-                    let mut b = self.memory.pinned.lock().unwrap();
-                    if let Some(block) = b.live.get_mut(&start) {
-                        block.pins -= 1;
-                        if block.pins == 0 && block.freed {
-                            Memory::release_host(&mut b, start);
-                        }
-                    }
+            let mem = self.memory.of(d);
+            let mut b = mem.blocks.lock().unwrap();
+            if let Some(block) = b.live.get_mut(&start) {
+                block.pins -= 1;
+                if block.pins == 0 && block.freed {
+                    mem.release(&mut b, start);
                 }
             }
         }
@@ -279,7 +276,15 @@ impl Drop for Access<'_> {
 impl Memory {
     /// Memory for `devices` logical devices of `capacity` bytes each.
     pub fn new(devices: usize, capacity: usize) -> Self {
-        Memory { devices: (0..devices).map(|_| DeviceMemory::new(capacity)).collect(), pinned: Mutex::default() }
+        Memory {
+            devices: (0..devices).map(|_| DeviceMemory::new(capacity)).collect(),
+            pinned: DeviceMemory::new(physical_memory()),
+        }
+    }
+
+    /// Device `d`'s memory, or the pinned host memory for `None`.
+    fn of(&self, d: Option<usize>) -> &DeviceMemory {
+        d.map_or(&self.pinned, |d| &self.devices[d])
     }
 
     /// One device's memory.
@@ -292,10 +297,10 @@ impl Memory {
         if let Some(d) = self.devices.iter().position(|d| d.contains(addr)) {
             return Location::Device(d);
         }
-        let pinned = self.pinned.lock().unwrap();
-        match pinned.live.range(..=addr).next_back() {
-            Some((&start, block)) if addr < start + block.carved && !block.freed => Location::Pinned,
-            _ => Location::Host,
+        if self.pinned.contains(addr) {
+            Location::Pinned
+        } else {
+            Location::Host
         }
     }
 
@@ -329,44 +334,21 @@ impl Memory {
 
     /// `aclrtMallocHost`: pinned (here: ordinary, tracked) host memory, 64-byte aligned.
     pub fn malloc_host(&self, size: usize) -> Result<usize> {
-        if size == 0 {
-            return fail(ACL_ERROR_INVALID_PARAM, "size is 0");
+        match size {
+            0 => fail(ACL_ERROR_INVALID_PARAM, "size is 0"),
+            _ if size > self.pinned.capacity => fail(
+                ACL_ERROR_RT_MEMORY_ALLOCATION,
+                format!("{size} bytes of pinned memory exceed the machine's {} bytes", self.pinned.capacity),
+            ),
+            _ => self.pinned.alloc(size).map_err(|f| Fail::new(f.code, format!("pinned host memory: {}", f.message))),
         }
-        let overflow = || Fail::new(ACL_ERROR_INVALID_PARAM, "size overflows");
-        let carved = size.checked_next_multiple_of(ALIGN).ok_or_else(overflow)?;
-        let layout = std::alloc::Layout::from_size_align(carved, ALIGN).map_err(|_| overflow())?;
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { std::alloc::alloc(layout) } as usize;
-        if p == 0 {
-            return fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("host allocation of {size} bytes failed"));
-        }
-        self.pinned.lock().unwrap().live.insert(p, Block { carved, usable: size, pins: 0, freed: false });
-        Ok(p)
     }
 
-    /// `aclrtFreeHost`.
+    /// `aclrtFreeHost`: immediate, as [`Memory::free`].
     pub fn free_host(&self, addr: usize) -> Result<()> {
-        let mut b = self.pinned.lock().unwrap();
-        match b.live.get_mut(&addr) {
-            Some(block) if !block.freed => {
-                block.freed = true;
-                if block.pins == 0 {
-                    Memory::release_host(&mut b, addr);
-                }
-                Ok(())
-            }
-            _ => fail(ACL_ERROR_RT_PARAM_INVALID, format!("{addr:#x} is not a live aclrtMallocHost block")),
-        }
-    }
-
-    fn release_host(b: &mut Blocks, addr: usize) {
-        if let Some(block) = b.live.remove(&addr) {
-            // SAFETY: allocated in `malloc_host` with this layout; removed from the table, so it is
-            // released exactly once, and unpinned, so no access is using it.
-            unsafe {
-                std::alloc::dealloc(addr as *mut u8, std::alloc::Layout::from_size_align_unchecked(block.carved, ALIGN))
-            };
-        }
+        self.pinned.free(addr).map_err(|_| {
+            Fail::new(ACL_ERROR_RT_PARAM_INVALID, format!("{addr:#x} is not a live aclrtMallocHost block"))
+        })
     }
 
     /// Checks every span against the live allocations and pins their blocks until the returned
@@ -388,25 +370,17 @@ impl Memory {
                     ),
                 )
             };
-            match self.locate(s.addr) {
-                Location::Device(d) => {
-                    let mut b = self.devices[d].blocks.lock().unwrap();
-                    let Some((start, block)) = b.find(s.addr, s.len) else {
-                        return bad(format!("device {d}"));
-                    };
-                    block.pins += 1;
-                    access.pinned.push((Some(d), start));
-                }
-                Location::Pinned => {
-                    let mut b = self.pinned.lock().unwrap();
-                    let Some((start, block)) = b.find(s.addr, s.len) else {
-                        return bad("pinned host".into());
-                    };
-                    block.pins += 1;
-                    access.pinned.push((None, start));
-                }
-                Location::Host => {}
-            }
+            let (d, place) = match self.locate(s.addr) {
+                Location::Device(d) => (Some(d), format!("device {d}")),
+                Location::Pinned => (None, "pinned host".into()),
+                Location::Host => continue,
+            };
+            let mut b = self.of(d).blocks.lock().unwrap();
+            let Some((start, block)) = b.find(s.addr, s.len) else {
+                return bad(place);
+            };
+            block.pins += 1;
+            access.pinned.push((d, start));
         }
         Ok(access)
     }
@@ -419,11 +393,7 @@ impl Memory {
     /// Frees everything (aclFinalize).
     pub fn reset(&self) {
         self.devices.iter().for_each(DeviceMemory::reset);
-        let mut b = self.pinned.lock().unwrap();
-        let blocks: Vec<usize> = b.live.keys().copied().collect();
-        for addr in blocks {
-            Memory::release_host(&mut b, addr);
-        }
+        self.pinned.reset();
     }
 }
 

@@ -20,8 +20,25 @@ pub struct Pending {
 
 #[derive(Default)]
 struct ThreadQueue {
-    pending: Mutex<VecDeque<Pending>>,
+    pending: Mutex<Queue>,
     ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    callbacks: VecDeque<Pending>,
+    /// Set when the thread's last subscription ended: a waiting `ProcessReport` returns.
+    closed: bool,
+}
+
+impl ThreadQueue {
+    /// Abandons the waiting callbacks (their streams go on) and wakes a waiting `ProcessReport`.
+    fn close(&self) {
+        let mut q = self.pending.lock().unwrap();
+        q.closed = true;
+        q.callbacks.drain(..).for_each(|p| p.finish());
+        self.ready.notify_all();
+    }
 }
 
 /// Subscriptions of the process.
@@ -76,7 +93,7 @@ impl Reports {
         if let Some((q, n)) = threads.get_mut(&tid) {
             *n -= 1;
             if *n == 0 {
-                q.pending.lock().unwrap().drain(..).for_each(|p| p.finish());
+                q.close();
                 threads.remove(&tid);
             }
         }
@@ -99,7 +116,7 @@ impl Reports {
         let q = self.threads.lock().unwrap().get(&tid).map(|(q, _)| q.clone());
         match q {
             Some(q) => {
-                q.pending.lock().unwrap().push_back(p);
+                q.pending.lock().unwrap().callbacks.push_back(p);
                 q.ready.notify_all();
                 true
             }
@@ -119,8 +136,11 @@ impl Reports {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut pending = q.pending.lock().unwrap();
         let p = loop {
-            if let Some(p) = pending.pop_front() {
+            if let Some(p) = pending.callbacks.pop_front() {
                 break p;
+            }
+            if pending.closed {
+                return fail(ACL_ERROR_RT_THREAD_SUBSCRIBE, "this thread's subscription ended while it waited");
             }
             match deadline {
                 None => pending = q.ready.wait(pending).unwrap(),
@@ -145,7 +165,7 @@ impl Reports {
     pub fn clear(&self) {
         self.streams.lock().unwrap().clear();
         for (_, (q, _)) in self.threads.lock().unwrap().drain() {
-            q.pending.lock().unwrap().drain(..).for_each(|p| p.finish());
+            q.close();
         }
     }
 }

@@ -258,17 +258,20 @@ impl Runtime {
         self.ensure_init()?;
         let d = self.device_index(id)?;
         let dev = &self.devices[d];
-        let mut count = dev.set_count.lock().unwrap();
-        if *count == 0 {
-            return Ok(());
-        }
-        *count -= 1;
-        if *count == 0 {
-            if let Some(h) = dev.default_context.lock().unwrap().take() {
-                if let Ok(ctx) = self.contexts.get(h) {
-                    self.destroy_context(&ctx);
-                }
+        let last = {
+            let mut count = dev.set_count.lock().unwrap();
+            if *count == 0 {
+                return Ok(());
             }
+            *count -= 1;
+            if *count > 0 {
+                return Ok(());
+            }
+            dev.default_context.lock().unwrap().take()
+        };
+        // Without the device's locks: the queued work that runs first may call the runtime itself.
+        if let Some(ctx) = last.and_then(|h| self.contexts.get(h).ok()) {
+            self.destroy_context(&ctx);
         }
         Ok(())
     }

@@ -240,6 +240,38 @@ fn async_copy_rules_and_use_after_free_is_a_sticky_error() {
 }
 
 #[test]
+fn memory_freed_under_queued_work_is_not_handed_out_again_before_it_runs() {
+    setup(6); // a device no other test allocates on: the allocator would hand the same block back
+    let st = new_stream();
+    let p = malloc(4096);
+    let gate = Gate::hold(st);
+    assert_code!(aclrtMemsetAsync(p, 4096, 0xab, 4096, st), ACL_SUCCESS);
+    assert_code!(aclrtFree(p), ACL_SUCCESS);
+    let q = malloc(4096);
+    assert_code!(aclrtMemset(q, 4096, 0, 4096), ACL_SUCCESS);
+    gate.open();
+    assert_code!(aclrtSynchronizeStream(st), ACL_ERROR_RT_DEVICE_MEM_ERROR);
+    let mut out = [1u8; 4096];
+    assert_code!(aclrtMemcpy(out.as_mut_ptr().cast(), 4096, q, 4096, ACL_MEMCPY_DEVICE_TO_HOST), ACL_SUCCESS);
+    assert!(out.iter().all(|&b| b == 0), "the queued memset wrote into the new allocation");
+    assert_code!(aclrtFree(q), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(st), ACL_SUCCESS);
+}
+
+#[test]
+fn freed_pinned_memory_is_refused_not_written() {
+    setup(0);
+    let d = malloc(4096);
+    let mut h = std::ptr::null_mut();
+    assert_code!(aclrtMallocHost(&mut h, 4096), ACL_SUCCESS);
+    assert_code!(aclrtFreeHost(h), ACL_SUCCESS);
+    // The block went back to the allocator: copying into it would write freed memory.
+    assert_code!(aclrtMemcpy(h, 4096, d, 4096, ACL_MEMCPY_DEVICE_TO_HOST), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtFreeHost(h), ACL_ERROR_RT_PARAM_INVALID); // a double free
+    assert_code!(aclrtFree(d), ACL_SUCCESS);
+}
+
+#[test]
 fn sync_copy_does_not_wait_for_queued_work() {
     setup(0);
     let st = new_stream();
@@ -523,6 +555,63 @@ fn callbacks() {
     assert_code!(aclrtUnSubscribeReport(tid, s), ACL_ERROR_RT_STREAM_SUBSCRIBE);
     assert_code!(aclrtDestroyEvent(e), ACL_SUCCESS);
     assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+}
+
+#[test]
+fn a_thread_waiting_for_callbacks_wakes_when_its_subscription_ends() {
+    setup(0);
+    let (s1, s2) = (new_stream(), new_stream());
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel::<u64>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let (code_tx, code) = std::sync::mpsc::channel::<i32>();
+    std::thread::spawn(move || {
+        setup(0);
+        tid_tx.send(libc_pthread_self()).unwrap();
+        // Each time it is told to, waits without a timeout, as report threads do.
+        while go.recv().is_ok() {
+            code_tx.send(unsafe { aclrtProcessReport(-1) }).unwrap();
+        }
+    });
+    let tid = tid_rx.recv().unwrap();
+    let next = || code.recv_timeout(Duration::from_secs(10)).expect("ProcessReport(-1) never returned");
+    assert_code!(aclrtSubscribeReport(tid, s1), ACL_SUCCESS);
+    go_tx.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // it now waits on s1's subscription
+    assert_code!(aclrtUnSubscribeReport(tid, s1), ACL_SUCCESS);
+    assert_eq!(next(), ACL_ERROR_RT_THREAD_SUBSCRIBE, "woken when its subscription ended");
+    // Subscribed again, to another stream: that stream's callbacks reach it.
+    assert_code!(aclrtSubscribeReport(tid, s2), ACL_SUCCESS);
+    go_tx.send(()).unwrap();
+    assert_code!(aclrtLaunchCallback(Some(record_call), null_mut(), ACL_CALLBACK_BLOCK, s2), ACL_SUCCESS);
+    assert_code!(aclrtSynchronizeStreamWithTimeout(s2, 5000), ACL_SUCCESS);
+    assert_eq!(next(), ACL_SUCCESS);
+    assert_code!(aclrtUnSubscribeReport(tid, s2), ACL_SUCCESS);
+    drop(go_tx);
+    assert_code!(aclrtDestroyStream(s1), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(s2), ACL_SUCCESS);
+}
+
+extern "C" fn set_device_5(_: *mut c_void) {
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: plain calls.
+    unsafe {
+        aclrtSetDevice(5);
+        aclrtResetDevice(5);
+    }
+}
+
+#[test]
+fn resetting_a_device_lets_its_queued_host_functions_use_the_runtime() {
+    setup(5);
+    let s = new_stream();
+    assert_code!(aclrtLaunchHostFunc(s, Some(set_device_5), null_mut()), ACL_SUCCESS);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        setup(5);
+        assert_code!(aclrtResetDevice(5), ACL_SUCCESS);
+        done_tx.send(unsafe { aclrtResetDevice(5) }).unwrap(); // the last reset: waits for the stream
+    });
+    assert_eq!(done.recv_timeout(Duration::from_secs(20)), Ok(ACL_SUCCESS), "the reset deadlocked");
 }
 
 fn libc_pthread_self() -> u64 {

@@ -641,9 +641,12 @@ pub unsafe extern "C" fn aclrtMemcpyAsync(
         if kind == ACL_MEMCPY_HOST_TO_HOST || (!on_device(dst as usize) && !on_device(src as usize)) {
             return fail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "asynchronous host-to-host copies are not supported");
         }
-        drop(rt.memory.access(&spans)?); // fail now if the ranges are already bad
+        // Fail now if the ranges are already bad; and keep them pinned while the copy is queued, so
+        // that memory freed meanwhile is not handed out again before the copy finds it freed.
+        let queued = rt.memory.access(&spans)?;
         let (d, sr) = (dst as usize, src as usize);
         s.core.enqueue(Kind::Device, move || {
+            let _queued = queued;
             let _held =
                 runtime().memory.access(&spans).map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
             copy_bytes(d, sr, count);
@@ -693,9 +696,10 @@ pub unsafe extern "C" fn aclrtMemsetAsync(
         let Some(span) = check_memset(devPtr, maxCount, count)? else {
             return Ok(());
         };
-        drop(runtime().memory.access(&[span])?);
+        let queued = runtime().memory.access(&[span])?; // as in aclrtMemcpyAsync
         let p = devPtr as usize;
         s.core.enqueue(Kind::Device, move || {
+            let _queued = queued;
             let _held =
                 runtime().memory.access(&[span]).map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
             // SAFETY: the range is inside a live device allocation and its lock is held.

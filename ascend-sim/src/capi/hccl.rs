@@ -351,7 +351,8 @@ impl Call {
         run: impl FnOnce(&Comm) -> Result<(), HFail> + Send + 'static,
     ) -> Result<(), HFail> {
         let Call { comm, stream, spans, .. } = self;
-        drop(runtime().memory.access(&spans).map_err(|f| (HCCL_E_PARA, f.message))?);
+        // Pinned while queued, as in aclrtMemcpyAsync: freed memory is not reused before the check.
+        let queued = runtime().memory.access(&spans).map_err(|f| (HCCL_E_PARA, f.message))?;
         /// Counts the collective in flight until its task has run or been dropped unrun.
         struct Inflight {
             comm: Arc<Comm>,
@@ -372,6 +373,7 @@ impl Call {
         stream
             .core
             .enqueue(Kind::Device, move || {
+                let _queued = queued;
                 let c = &guard.comm;
                 let result = match runtime().memory.access(&spans) {
                     // The operations themselves refuse to start on a failed communicator.
