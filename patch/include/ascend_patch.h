@@ -2,8 +2,10 @@
  *
  * Conventions
  * - Every function returns 0 on success or an HCCL result code: HCCL_E_PARA (1) for bad arguments,
- *   HCCL_E_PTR (2) for a null pointer, HCCL_E_NOT_SUPPORT (5), HCCL_E_TIMEOUT (9) when a peer does not
- *   answer within HCCL_EXEC_TIMEOUT seconds (or has died), HCCL_E_INTERNAL (4) otherwise. The message
+ *   HCCL_E_PTR (2) for a null pointer, HCCL_E_MEMORY (3) when /dev/shm (or device memory) is too small,
+ *   HCCL_E_NOT_SUPPORT (5), HCCL_E_TIMEOUT (9) when a peer does not answer within HCCL_EXEC_TIMEOUT
+ *   seconds (or has died), HCCL_E_RUNTIME (15) when the device runtime fails, HCCL_E_INTERNAL (4)
+ *   otherwise. The message
  *   of the calling thread's last failure is returned by ascend_patch_last_error.
  * - dtype is an HcclDataType (0 int8, 1 int16, 2 int32, 3 fp16, 4 fp32, 5 int64, 6 uint64, 7 uint8,
  *   8 uint16, 9 uint32, 10 fp64, 11 bf16); op is an HcclReduceOp (0 sum, 1 prod, 2 max, 3 min).

@@ -201,10 +201,25 @@ impl Spec {
             Clause::Prefix(p) => v.padded(p.len())[..p.len()] == p[..],
             Clause::Ne(w) => v.cmp(w) != Ordering::Equal,
             Clause::Ge(w) => v >= w,
-            Clause::Gt(w) => v > w,
+            // PEP 440: `>V` does not take V's post-releases, `<V` not V's pre- and dev releases
+            // (`<0.34` must not apply to 0.34.0rc1 or a 0.34.0.dev build), unless V is one itself.
+            Clause::Gt(w) => v > w && !(w.post.is_none() && v.post.is_some() && v.same_release(w) && v.pre == w.pre),
             Clause::Le(w) => v <= w,
-            Clause::Lt(w) => v < w,
+            Clause::Lt(w) => v < w && !(!w.is_pre() && v.is_pre() && v.same_release(w)),
         })
+    }
+}
+
+impl Version {
+    /// A pre-release or a dev release (of a final or pre-release).
+    fn is_pre(&self) -> bool {
+        self.pre.is_some() || self.dev.is_some()
+    }
+
+    /// The same release numbers (`0.34` and `0.34.0` are the same).
+    fn same_release(&self, other: &Version) -> bool {
+        let n = self.release.len().max(other.release.len());
+        self.padded(n) == other.padded(n)
     }
 }
 
@@ -287,7 +302,10 @@ mod tests {
         assert!(!m("0.33.1", "0.33.0"));
         assert!(m("0.31.0", ">=0.30,<0.34"));
         assert!(!m("0.34.0", ">=0.30,<0.34"));
-        assert!(m("0.34.0.dev3", ">=0.30,<0.34"), "dev builds sort before their release");
+        assert!(!m("0.34.0.dev3", ">=0.30,<0.34"), "<V takes no dev build of V (PEP 440)");
+        assert!(!m("0.34.0rc1", "<0.34"), "nor a pre-release of it");
+        assert!(m("0.34.0rc1", "<0.34.0rc2") && m("0.33.5.dev1", "<0.34"));
+        assert!(!m("0.33.0.post1", ">0.33") && m("0.33.1", ">0.33") && m("0.33.0.post2", ">0.33.0.post1"));
         assert!(!m("0.11.1.dev12+gdeadbeef", "0.11.1"));
         assert!(m("0.33.2", "==0.33.*"));
         assert!(!m("0.34.0", "==0.33.*"));

@@ -29,9 +29,11 @@ HCCL_RESULTS = {
     0: "HCCL_SUCCESS",
     1: "HCCL_E_PARA",
     2: "HCCL_E_PTR",
+    3: "HCCL_E_MEMORY",
     4: "HCCL_E_INTERNAL",
     5: "HCCL_E_NOT_SUPPORT",
     9: "HCCL_E_TIMEOUT",
+    15: "HCCL_E_RUNTIME",
 }
 
 

@@ -200,9 +200,8 @@ def _reduce_scatter_op(x: torch.Tensor, dim: int, world_size: int, comm: str) ->
 
 @_reduce_scatter_op.register_fake
 def _(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
-    shape = list(x.shape)
-    shape[dim] //= world_size
-    return x.new_empty(shape)
+    inp = x.movedim(0, dim)
+    return inp.new_empty((inp.shape[0] // world_size,) + tuple(inp.shape[1:])).movedim(0, dim).contiguous()
 
 
 class AscendCommunicator(DeviceCommunicatorBase):
@@ -275,7 +274,8 @@ class AscendCommunicator(DeviceCommunicatorBase):
         )
         if dim < 0:
             dim += input_.dim()
-        assert input_.shape[dim] % world_size == 0
+        # The size vLLM divides: of the dimension movedim(0, dim) brings to the front.
+        assert input_.movedim(0, dim).shape[0] % world_size == 0
         return torch.ops.ascend_patch.reduce_scatter(input_, dim, world_size, self._shared.name)
 
     def gather(self, input_: torch.Tensor, dst: int = 0, dim: int = -1) -> torch.Tensor | None:

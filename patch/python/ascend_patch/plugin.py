@@ -12,11 +12,35 @@ logged, never raised into vLLM (which then runs unpatched).
 from __future__ import annotations
 
 import logging
+import os
+
+# The variables ascend_patch reads. Declared to vLLM: its strict environment check refuses unknown
+# VLLM_* names (VLLM_VERSION among them), and Ray workers receive only declared variables (and a few
+# prefixes), so without this a switch set on the driver would not reach them.
+ENVIRONMENT = (
+    "VLLM_VERSION",
+    "ASCEND_PATCH_DISABLE",
+    "ASCEND_PATCH_LIB",
+    "ASCEND_PATCH_LOG_LEVEL",
+    "HCCL_EXEC_TIMEOUT",
+    "HCCL_CONNECT_TIMEOUT",
+)
+
+
+def _declare_environment() -> None:
+    try:
+        from vllm import envs
+    except Exception:  # no vLLM here: nothing to declare to
+        return
+    for name in ENVIRONMENT:
+        envs.environment_variables.setdefault(name, lambda name=name: os.getenv(name))
 
 
 def register() -> None:
-    """Applies every enabled, supported, drift-free patch in this process."""
+    """Declares ascend_patch's environment variables to vLLM, then applies every enabled,
+    supported, drift-free patch in this process."""
     try:
+        _declare_environment()
         from . import apply_all
 
         apply_all()

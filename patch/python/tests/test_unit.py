@@ -441,3 +441,68 @@ def test_host_comm_p2p_size_mismatch_fails_the_communicator():
         return True
 
     assert _two_ranks(body) == [True, True]
+
+
+# ---------------------------------------------------------------------------------------------
+# Broadcast roots
+
+
+def test_broadcast_wrappers_name_the_root_in_the_communicators_order(monkeypatch):
+    """A group whose ranks vLLM lists out of order (DCP with PCP > 1: [0, 2, 1, 3]): src=1 is global
+    rank 2, which is rank 2 of the communicator (its ranks are sorted)."""
+    import torch
+
+    from ascend_patch.communicator import AscendCommunicator, split_tensor_dict
+    from ascend_patch.worker import patch_communicator as pc
+
+    roots = []
+    comm = AscendCommunicator.__new__(AscendCommunicator)
+    comm.ranks = [0, 1, 2, 3]
+    comm.broadcast = lambda tensor, root: roots.append(root)
+    metadata, _ = split_tensor_dict({"x": torch.zeros(3)})
+
+    class Coordinator:
+        ranks = [0, 2, 1, 3]
+        world_size = 4
+        rank_in_group = 2  # global rank 1: a receiver
+        device_communicator = comm
+
+        def broadcast_object(self, obj, src):
+            return metadata
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    pc._wrap_broadcast(None)(Coordinator(), torch.zeros(3), src=1)
+    pc._wrap_broadcast_tensor_dict(None)(Coordinator(), None, src=1)
+    assert roots == [2, 2]
+
+
+def test_reduce_scatter_cuts_three_dimensional_inputs_as_vllm_does(monkeypatch):
+    """vLLM cuts the dimension that movedim(0, dim) brings to the front (for (2, 4, 3) and dim -1,
+    the one of size 4) and moves the result back the same way: the check, the op and its fake agree."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ascend_patch import communicator
+
+    comm = communicator.AscendCommunicator.__new__(communicator.AscendCommunicator)
+    comm.world_size = 2
+    comm._shared = SimpleNamespace(name="0,1")
+    # One rank's view of a sum over ranks that all hold x: its half, times two.
+    rank0 = SimpleNamespace(reduce_scatter_into=lambda out, inp: out.copy_(2 * inp[: out.shape[0]]))
+    monkeypatch.setattr(communicator, "_host_comm", lambda name: rank0)
+    x = torch.arange(24.0).reshape(2, 4, 3)
+    got = comm.reduce_scatter(x, dim=-1)
+    want = (2 * x.movedim(0, 2)[:2]).movedim(0, 2)
+    assert torch.equal(got, want)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.ascend_patch.reduce_scatter(mode.from_tensor(x), 2, 2, "0,1")
+    assert fake.shape == want.shape
+
+
+def test_every_code_the_library_returns_has_its_name():
+    from ascend_patch._lib import AscendPatchError
+
+    for code, name in [(3, "HCCL_E_MEMORY"), (15, "HCCL_E_RUNTIME"), (9, "HCCL_E_TIMEOUT")]:
+        assert name in str(AscendPatchError(code, "x"))

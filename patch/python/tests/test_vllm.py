@@ -253,6 +253,18 @@ def test_invalid_log_level_falls_back_to_info_and_patches_still_apply():
     assert _one_line(out.stderr, "applied worker/patch_communicator"), "INFO lines are shown"
 
 
+def test_the_variables_ascend_patch_reads_pass_vllm_checks_and_reach_ray_workers():
+    code = "from ascend_patch import plugin; plugin.register(); " \
+           "from vllm.platforms.cpu import CpuPlatform; CpuPlatform.validate_environ(hard_fail=True); " \
+           "from vllm.ray.ray_env import get_env_vars_to_copy; v = get_env_vars_to_copy(); " \
+           "print('RESULT', sorted(n for n in v if n in plugin.ENVIRONMENT))"
+    out = run_python(["-c", code], base_env(VLLM_VERSION="0.33.0", ASCEND_PATCH_DISABLE="platform/nope"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    copied = "RESULT " + str(sorted(["VLLM_VERSION", "ASCEND_PATCH_DISABLE", "ASCEND_PATCH_LIB", "ASCEND_PATCH_LOG_LEVEL",
+                                     "HCCL_EXEC_TIMEOUT", "HCCL_CONNECT_TIMEOUT"]))
+    assert copied in out.stdout, out.stdout
+
+
 DRIFT_SCRIPT = textwrap.dedent(
     """
     import json

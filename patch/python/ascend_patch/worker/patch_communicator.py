@@ -35,6 +35,13 @@ def _get_device_communicator_cls(cls) -> str:
     return COMMUNICATOR
 
 
+def _root(coordinator, comm, src: int) -> int:
+    """The communicator's rank of the coordinator's rank ``src``: the coordinator numbers its ranks
+    in vLLM's order, the communicator in its process group's (sorted) order, and they differ for
+    groups such as DCP with PCP > 1."""
+    return list(comm.ranks).index(coordinator.ranks[src])
+
+
 def _wrap_broadcast(original):
     from ascend_patch.communicator import AscendCommunicator
 
@@ -46,7 +53,7 @@ def _wrap_broadcast(original):
         assert src < self.world_size, f"Invalid src rank ({src})"
         if self.world_size == 1:
             return input_
-        comm.broadcast(input_, src)
+        comm.broadcast(input_, _root(self, comm, src))
         return input_
 
     broadcast.__ascend_patch__ = PATCH_ID
@@ -62,7 +69,7 @@ def _wrap_broadcast_tensor_dict(original):
         if tensor.numel() == 0:
             return
         if tensor.is_cpu:
-            comm.broadcast(tensor, src)
+            comm.broadcast(tensor, _root(self, comm, src))
         else:  # not ours to move: as vLLM does for device tensors
             torch.distributed.broadcast(tensor, src=self.ranks[src], group=self.device_group)
 
