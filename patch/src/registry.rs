@@ -58,9 +58,6 @@ pub struct Patch {
     pub future: &'static str,
 }
 
-const DESTROY_MP: &str = "vllm.distributed.parallel_state.destroy_model_parallel";
-const DESTROY_ENV: &str = "vllm.distributed.parallel_state.destroy_distributed_environment";
-
 /// Every patch, platform patches first, then by id.
 pub static PATCHES: &[Patch] = &[
     Patch {
@@ -101,44 +98,24 @@ pub static PATCHES: &[Patch] = &[
     Patch {
         id: "worker/patch_parallel_state",
         process: Process::Worker,
-        targets: &[
-            Target {
-                name: "vllm.distributed.parallel_state.initialize_model_parallel",
-                aliases: &["vllm.distributed.initialize_model_parallel"],
-                signature: "(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, \
+        targets: &[Target {
+            name: "vllm.distributed.parallel_state.initialize_model_parallel",
+            aliases: &["vllm.distributed.initialize_model_parallel"],
+            signature: "(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, \
                             prefill_context_model_parallel_size=1, decode_context_model_parallel_size=1, \
                             backend=None)",
-            },
-            Target {
-                name: DESTROY_MP,
-                aliases: &[
-                    "vllm.distributed.destroy_model_parallel",
-                    "vllm.v1.executor.multiproc_executor.destroy_model_parallel",
-                    "vllm.model_executor.model_loader.weight_cache.daemon.destroy_model_parallel",
-                ],
-                signature: "()",
-            },
-            Target {
-                name: DESTROY_ENV,
-                aliases: &[
-                    "vllm.distributed.destroy_distributed_environment",
-                    "vllm.v1.executor.multiproc_executor.destroy_distributed_environment",
-                    "vllm.model_executor.model_loader.weight_cache.daemon.destroy_distributed_environment",
-                ],
-                signature: "()",
-            },
-        ],
+        }],
         versions: &["0.33.0", "==0.33.*"],
-        why: "ascend-rs communicators hold shared memory and peer state that vLLM's teardown does not know \
-              about; and the communicator relies on vLLM's rank layout, which must match ascend-patch's.",
-        how: "initialize_model_parallel is wrapped to compare every group vLLM built with ascend-patch's \
-              layout (a mismatch raises before any collective runs); destroy_model_parallel and \
-              destroy_distributed_environment are wrapped, under every name they are bound to, to \
-              destroy the ascend-rs communicators and release their shared memory.",
-        upstream: "None needed for the layout check (it guards our own assumption); a destroy hook on \
-                   DeviceCommunicatorBase that vLLM calls on teardown would remove the destroy wrappers.",
-        future: "Drop the destroy wrappers when vLLM calls communicator destroy() from \
-                 destroy_model_parallel; keep the layout check while the layout is duplicated here.",
+        why: "ascend-patch publishes vLLM's rank layout (ascend_patch_layout: which global ranks form each \
+              tp, dcp, pcp, pp, dp and ep group) for native callers that build the same groups; it is \
+              a copy of vLLM's group construction, and must fail loudly when vLLM's changes.",
+        how: "initialize_model_parallel is wrapped (in vllm.distributed.parallel_state and its re-export \
+              vllm.distributed) to compare every group vLLM built with ascend_patch_layout; a mismatch \
+              raises before any collective runs. (Teardown needs nothing: vLLM 0.33's \
+              GroupCoordinator.destroy() calls the communicator's destroy(), which releases it.)",
+        upstream: "None needed: the check guards our own copy of the layout.",
+        future: "Keep while the layout is duplicated here; drop with ascend_patch_layout if native callers \
+                 come to take their groups from vLLM itself.",
     },
 ];
 

@@ -287,20 +287,8 @@ def main() -> None:
             for name, obj in [
                 ("ps.initialize_model_parallel", ps.initialize_model_parallel),
                 ("vllm.distributed.initialize_model_parallel", vllm.distributed.initialize_model_parallel),
-                ("ps.destroy_model_parallel", ps.destroy_model_parallel),
-                ("vllm.distributed.destroy_model_parallel", vllm.distributed.destroy_model_parallel),
-                ("ps.destroy_distributed_environment", ps.destroy_distributed_environment),
-                ("vllm.distributed.destroy_distributed_environment", vllm.distributed.destroy_distributed_environment),
             ]
         }
-        if "vllm.v1.executor.multiproc_executor" in sys.modules:
-            m = sys.modules["vllm.v1.executor.multiproc_executor"]
-            info["wrapped"]["multiproc_executor.destroy_model_parallel"] = getattr(
-                m.destroy_model_parallel, "__ascend_patch__", None
-            )
-            info["wrapped"]["multiproc_executor.destroy_distributed_environment"] = getattr(
-                m.destroy_distributed_environment, "__ascend_patch__", None
-            )
 
         def run(tag: str) -> None:
             res: dict = {}

@@ -341,9 +341,8 @@ def test_list_cli():
     assert "0.33.0" in comm["versions"]
     assert [t["status"] for t in comm["targets"]] == ["ok"] * 3
     assert not ps["applies"] and ps["reasons"] == ["disabled by ASCEND_PATCH_DISABLE"]
-    names = [t["name"] for t in ps["targets"]]
-    assert "vllm.distributed.parallel_state.destroy_model_parallel" in names
-    assert "vllm.distributed.destroy_model_parallel" in ps["targets"][1]["aliases"]
+    assert [t["name"] for t in ps["targets"]] == ["vllm.distributed.parallel_state.initialize_model_parallel"]
+    assert ps["targets"][0]["aliases"] == ["vllm.distributed.initialize_model_parallel"]
 
     out = run_python(["-m", "ascend_patch", "list"], base_env(VLLM_VERSION="0.34.0"))
     assert out.returncode == 0, out.stderr

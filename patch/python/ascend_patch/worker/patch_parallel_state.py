@@ -1,22 +1,18 @@
-"""worker/patch_parallel_state: vLLM's model-parallel setup checked against ascend-patch's layout,
-and its teardown extended to destroy the ascend-rs communicators.
+"""worker/patch_parallel_state: vLLM's model-parallel setup checked against ascend-patch's layout.
 
-Why: ascend-rs communicators hold shared memory and peer state that vLLM's teardown does not know
-about; and the communicator relies on vLLM's rank layout, which must match ascend-patch's.
+Why: ascend-patch publishes vLLM's rank layout (ascend_patch_layout: which global ranks form each
+tp, dcp, pcp, pp, dp and ep group) for native callers that build the same groups; it is a copy of
+vLLM's group construction, and must fail loudly when vLLM's changes.
 
 How: ``initialize_model_parallel`` is wrapped (in ``vllm.distributed.parallel_state`` and its
 re-export ``vllm.distributed``) to compare every group vLLM built (tp, dcp, pcp, pp, dp, ep, eplb
-when present) with ``ascend_patch_layout``; a mismatch raises before any collective runs.
-``destroy_model_parallel`` and ``destroy_distributed_environment`` are wrapped under every name they
-are bound to (the registry's aliases; a module that cannot be imported is skipped and logged) so
-that, after vLLM's own teardown, every remaining ascend-rs communicator is destroyed and its shared
-memory released.
+when present) with ``ascend_patch_layout``; a mismatch raises before any collective runs. Teardown
+needs nothing: vLLM 0.33's ``GroupCoordinator.destroy()`` calls the communicator's ``destroy()``.
 
-Upstream: none needed for the layout check (it guards our own assumption); a destroy hook on
-DeviceCommunicatorBase that vLLM calls on teardown would remove the destroy wrappers.
+Upstream: none needed (the check guards our own copy of the layout).
 
-Future: drop the destroy wrappers when vLLM calls communicator destroy() from
-destroy_model_parallel; keep the layout check while the layout is duplicated here.
+Future: keep while the layout is duplicated here; drop with ascend_patch_layout if native callers
+come to take their groups from vLLM itself.
 """
 
 from __future__ import annotations
@@ -104,20 +100,6 @@ def _wrap_initialize(original):
     return initialize_model_parallel
 
 
-def _wrap_destroy(original):
-    @functools.wraps(original)
-    def destroy(*args, **kwargs):
-        try:
-            return original(*args, **kwargs)
-        finally:
-            from ascend_patch.communicator import destroy_all
-
-            destroy_all()
-
-    destroy.__ascend_patch__ = PATCH_ID
-    return destroy
-
-
 def _bindings(target: dict) -> list[tuple[object, str]]:
     """(module, attribute) of the target and of each alias whose module imports."""
     out = []
@@ -134,18 +116,13 @@ def _bindings(target: dict) -> list[tuple[object, str]]:
 
 
 def apply() -> None:
-    """Wraps initialize_model_parallel and the two destroy functions under every binding (a no-op
-    when already wrapped)."""
+    """Wraps initialize_model_parallel under every binding (a no-op when already wrapped)."""
     from ascend_patch._core import registry_entry
 
     ps = importlib.import_module(PS)
     if getattr(ps.initialize_model_parallel, "__ascend_patch__", None) == PATCH_ID:
         return
-    makers = {
-        f"{PS}.initialize_model_parallel": _wrap_initialize,
-        f"{PS}.destroy_model_parallel": _wrap_destroy,
-        f"{PS}.destroy_distributed_environment": _wrap_destroy,
-    }
+    makers = {f"{PS}.initialize_model_parallel": _wrap_initialize}
     plan = []  # (module, attr, original, wrapper): built first, rebound after
     for target in registry_entry(PATCH_ID)["targets"]:
         make = makers[target["name"]]
