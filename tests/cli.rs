@@ -174,6 +174,8 @@ fn bench_refuses_what_cannot_run() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{args}: {err}");
         assert!(t.elapsed() < std::time::Duration::from_secs(30), "{args} took {:?}", t.elapsed());
+        // Refused before the read probe (256 MiB and seconds) of a sweep with decode cases.
+        assert!(!err.contains("limits.read"), "{args} measured the read limit before refusing: {err}");
     };
     refused("bench matmul --m 100000 --n 100000 --k 100000", "GiB of memory");
     refused("bench matmul --m 18446744073709551615 --n 2 --k 2", "overflow");
@@ -185,4 +187,19 @@ fn bench_refuses_what_cannot_run() {
     refused("bench attention decode --batch 1 --context 16 --heads 0", "every size must be at least 1");
     refused("bench matmul --transpose-b", "required arguments were not provided");
     refused("demo --tp 0 --tiny", "--tp, --batch and --tokens must be at least 1");
+    // Decode cases are checked before the read probe: memory, and heads the kernel cannot group.
+    refused("bench matmul --m 1 --n 4000000 --k 4000000", "GiB of memory");
+    refused(
+        "bench attention decode --batch 1 --context 16 --heads 32 --kv-heads 5",
+        "32 query heads are not a multiple of 5 key/value heads",
+    );
+    // Copy and all-reduce buffers are checked too, before anything is measured or any rank starts:
+    // a pinned and two device buffers of 16 GiB (48 GiB) exceed any simulated device (32 GiB); 8
+    // ranks of 4 GiB (32 GiB) exceed this host (24 GiB of memory).
+    refused("bench runtime --bytes 17179869184", "GiB of memory");
+    refused("bench collectives --ranks 8 --bytes 4294967296", "GiB of memory");
+    // The demo's cache check is O(n log n) (it was quadratic: half an hour here), and the sample
+    // requests' generation lengths do not overflow.
+    refused("demo --tiny --batch 1000000 --tokens 1", "at their peak");
+    refused("demo --tiny --batch 4 --tokens 7000000000000000000", "at their peak");
 }

@@ -8,11 +8,11 @@
 //! norms. We allow 10⁻³ of max(1, |logit|): a wrong shard or a missing all_reduce moves logits by
 //! O(0.1–1).
 
-use ascend::demo::{run, sample_requests, Config, Request};
+use ascend::demo::{example_args, run, sample_requests, Config, Request};
 
 fn requests() -> Vec<Request> {
     let cfg = Config::tiny();
-    // Prompt lengths 5..=64 (several cross block boundaries), generation lengths 3..=6.
+    // Prompt lengths 5, 42, 19, 56, 33 (several cross block boundaries), generation lengths 6, 6, 5, 4, 6.
     sample_requests(&cfg, 5, 6)
 }
 
@@ -66,4 +66,42 @@ fn bad_setups_are_refused() {
     assert!(run(four, 1, &one(55), false).is_ok());
     let e = run(four, 1, &one(56), false).unwrap_err();
     assert!(e.to_string().contains("at their peak"), "{e}");
+}
+
+/// Decoding with the paged cache computes what recomputing from scratch computes: for each step s of
+/// each request, a fresh run over prompt + the first s generated tokens (one prefill, in a larger cache
+/// laid out differently) chooses the token the incremental run chose at step s, from the same logits
+/// (within the tolerance above: prefill and decode sum in different orders).
+#[test]
+fn incremental_decoding_matches_recomputing() {
+    let cfg = Config::tiny();
+    let reqs = requests();
+    let base = run(cfg, 1, &reqs, true).unwrap();
+    let mut again = Vec::new();
+    let mut at = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        for s in 1..base.tokens[i].len() {
+            let prompt = [&r.prompt[..], &base.tokens[i][..s]].concat();
+            again.push(Request { prompt, max_new_tokens: 1 });
+            at.push((i, s));
+        }
+    }
+    let fresh = run(Config { blocks: 256, ..cfg }, 1, &again, true).unwrap();
+    for (j, &(i, s)) in at.iter().enumerate() {
+        assert_eq!(fresh.tokens[j], [base.tokens[i][s]], "request {i}, step {s}: recomputing chose another token");
+        for (v, (p, q)) in fresh.logits[j][0].iter().zip(&base.logits[i][s]).enumerate() {
+            let tol = 1e-3 * q.abs().max(1.0);
+            assert!((p - q).abs() <= tol, "request {i}, step {s}, logit {v}: {p} recomputed vs {q} decoded");
+        }
+    }
+    assert_eq!(at.len(), 5 + 5 + 4 + 3 + 5);
+}
+
+#[test]
+fn the_example_refuses_what_the_cli_refuses() {
+    assert_eq!(example_args::<&str>(&[]), Some((2, 8, 32)));
+    assert_eq!(example_args(&["4", "3"]), Some((4, 3, 32)));
+    for bad in [&["2", "8", "0"][..], &["2", "0"][..], &["0"][..], &["x"][..], &["1", "2", "3", "4"][..]] {
+        assert_eq!(example_args(bad), None, "{bad:?} is refused");
+    }
 }

@@ -39,9 +39,11 @@ pub struct Case {
 }
 
 impl Case {
-    /// Allocates the inputs of `work` with `heads` in `dtype` on device 0.
+    /// Allocates the inputs of `work` with `heads` in `dtype` on device 0. Refused first, allocating
+    /// nothing, when the case cannot run (see `check`).
     pub fn new(work: Workload, heads: Heads, dtype: &str) -> Result<Case> {
         let stream = Stream::new(&Context::new(0)?)?;
+        check(&stream, work, heads, dtype)?;
         let (run, elem) = match dtype {
             "f32" => (runner::<f32>(&stream, work, heads)?, 4),
             "f16" => (runner::<f16>(&stream, work, heads)?, 2),
@@ -76,21 +78,87 @@ impl Case {
     }
 }
 
+/// Refuses a case before anything is allocated: an unknown dtype, query heads that are not a
+/// multiple of the key/value heads, a length beyond the kernels' i32 indices, or buffers that cannot
+/// fit ([`case_bytes`]).
+pub(crate) fn check(stream: &Stream, work: Workload, h: Heads, dtype: &str) -> Result<()> {
+    let elem = elem_size(dtype)?;
+    let empty = match work {
+        Workload::Prefill { seq } => seq == 0,
+        Workload::Decode { batch, context, block_size } => [batch, context, block_size].contains(&0),
+    };
+    if empty || [h.heads, h.kv_heads, h.head_dim].contains(&0) {
+        return Err(Error::InvalidArgument(format!("empty case {work:?} with {h:?}")));
+    }
+    if !h.heads.is_multiple_of(h.kv_heads) {
+        return Err(Error::InvalidArgument(format!(
+            "{} query heads are not a multiple of {} key/value heads",
+            h.heads, h.kv_heads
+        )));
+    }
+    // Lengths and block ids the kernels take as i32.
+    let indices = match work {
+        Workload::Prefill { seq } => Some(seq),
+        Workload::Decode { batch, context, block_size } => {
+            context.div_ceil(block_size.max(1)).checked_mul(batch).map(|blocks| blocks.max(context))
+        }
+    };
+    if indices.is_none_or(|n| i32::try_from(n).is_err()) {
+        return Err(Error::InvalidArgument(format!("{work:?} is beyond the kernels' i32 lengths and block ids")));
+    }
+    super::ensure_bytes(stream, case_bytes(work, h, elem))
+}
+
+/// Bytes a case takes at its peak with `elem`-byte elements: queries and outputs, and the keys and
+/// values (for decode, every rotated copy of the caches, see [`rotation`](super::rotation)); on the
+/// host, the largest input while it is uploaded (for decode, the cache kept for every copy and the
+/// queries). None when a size overflows.
+pub(crate) fn case_bytes(work: Workload, h: Heads, elem: usize) -> Option<usize> {
+    let (queries, [seqs, blocks, block]) = match work {
+        Workload::Prefill { seq } => (seq, [seq, 1, 1]),
+        Workload::Decode { batch, context, block_size } => {
+            (batch, [batch, context.div_ceil(block_size.max(1)), block_size])
+        }
+    };
+    let q = super::bytes_of(elem, &[queries, h.heads, h.head_dim])?;
+    let kv = super::bytes_of(elem, &[seqs, blocks, block, h.kv_heads, h.head_dim])?;
+    let (kv_copies, host) = match work {
+        Workload::Prefill { .. } => (2, q.max(kv)),
+        Workload::Decode { .. } => (super::rotation(kv.checked_mul(2)?).checked_mul(2)?, kv.checked_add(q)?),
+    };
+    q.checked_mul(2)?.checked_add(kv.checked_mul(kv_copies)?)?.checked_add(host)
+}
+
+/// Whether a figure of `work` in `dtype` is compared with the memory read limit: a decode step
+/// whose caches, rotated, do not fit in a cache (see [`streams_from_memory`](super::streams_from_memory)).
+fn memory_bound(work: &Workload, h: Heads, dtype: &str) -> bool {
+    match *work {
+        Workload::Prefill { .. } => false,
+        Workload::Decode { batch, context, block_size } => elem_size(dtype)
+            .ok()
+            .and_then(|e| {
+                let blocks = context.div_ceil(block_size.max(1));
+                super::bytes_of(e, &[2, batch, blocks, block_size, h.kv_heads, h.head_dim])
+            })
+            .is_some_and(super::streams_from_memory),
+    }
+}
+
+/// Bytes per element of a [`DTYPES`] entry.
+fn elem_size(dtype: &str) -> Result<usize> {
+    match dtype {
+        "f32" => Ok(4),
+        "f16" | "bf16" => Ok(2),
+        other => Err(Error::InvalidArgument(format!("dtype {other:?}: expected one of {DTYPES:?}"))),
+    }
+}
+
 fn runner<T: Element>(
     stream: &Arc<Stream>,
     work: Workload,
     h: Heads,
 ) -> Result<Box<dyn FnMut(u64) -> Result<Duration>>> {
     let fill = |n: usize| (0..n).map(|i| T::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5)).collect::<Vec<_>>();
-    let elem = std::mem::size_of::<T>();
-    // Queries (and as many outputs) and the K and V tokens; the rotation adds at most 256 MiB.
-    let (queries, [seqs, blocks, block]) = match work {
-        Workload::Prefill { seq } => (seq, [seq, 1, 1]),
-        Workload::Decode { batch, context, block_size } => (batch, [batch, context.div_ceil(block_size), block_size]),
-    };
-    let q_dims = [queries, h.heads, h.head_dim];
-    let kv_dims = [seqs, blocks, block, h.kv_heads, h.head_dim];
-    super::ensure_fits(stream, elem, &[(&q_dims, 2), (&kv_dims, 2)])?;
     let stream = stream.clone();
     match work {
         Workload::Prefill { seq } => {
@@ -188,9 +256,10 @@ pub fn default_workloads() -> Vec<Workload> {
     prefill.into_iter().chain(decode).collect()
 }
 
-/// Measures the streaming-read limit (when there are decode workloads), then every workload in
-/// every dtype; decode figures get `read_gbps` (the limit measured around them, see
-/// [`ReadLimit`](super::limits::ReadLimit)) and `read_fraction`.
+/// Checks every case (nothing is allocated for a sweep that would be refused), then measures the
+/// streaming-read limit (when there are memory-bound decode figures), then every workload in every
+/// dtype; decode figures whose caches stream from memory get `read_gbps` (the limit measured around
+/// them, see [`ReadLimit`](super::limits::ReadLimit)) and `read_fraction`.
 pub fn sweep(
     work: &[Workload],
     heads: Heads,
@@ -198,13 +267,22 @@ pub fn sweep(
     budget: Duration,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<Figure>> {
-    let decode = |w: &Workload| matches!(w, Workload::Decode { .. });
+    {
+        let stream = Stream::new(&Context::new(0)?)?;
+        for &w in work {
+            for &dtype in dtypes {
+                check(&stream, w, heads, dtype)?;
+            }
+        }
+    }
+    let bound = work.iter().any(|w| dtypes.iter().any(|d| memory_bound(w, heads, d)));
     let mut out = Vec::new();
-    let mut limit = read_limit_if(work.iter().any(decode), budget, &mut progress, &mut out)?;
+    let mut limit = read_limit_if(bound, budget, &mut progress, &mut out)?;
     for &w in work {
         for &dtype in dtypes {
             progress(&format!("kernels.attention {w:?} {dtype}"));
-            let (f, read_gbps) = around_if(limit.as_mut().filter(|_| decode(&w)), || measure(w, heads, dtype, budget))?;
+            let decode_limit = limit.as_mut().filter(|_| memory_bound(&w, heads, dtype));
+            let (f, read_gbps) = around_if(decode_limit, || measure(w, heads, dtype, budget))?;
             out.push(match read_gbps {
                 Some(r) => {
                     let gbps = f.value;
@@ -215,4 +293,24 @@ pub fn sweep(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_bytes_counts_the_rotated_caches() {
+        let h = Heads::new(8, 2, 64);
+        // q and out [40, 8, 64], k and v [40, 2, 64] in f32; the upload of q.
+        let (q, kv) = (40 * 8 * 64 * 4, 40 * 2 * 64 * 4);
+        assert_eq!(case_bytes(Workload::Prefill { seq: 40 }, h, 4), Some(2 * q + 2 * kv + q));
+        // 3 sequences of 100 tokens in 7 blocks of 16: 86016 bytes per bf16 cache, 1561 copies of both.
+        let (q, kv) = (3 * 8 * 64 * 2, 3 * 7 * 16 * 2 * 64 * 2);
+        let d = Workload::Decode { batch: 3, context: 100, block_size: 16 };
+        assert_eq!(case_bytes(d, h, 2), Some(2 * q + 2 * 1561 * kv + kv + q));
+        assert!(memory_bound(&d, h, "bf16"));
+        assert!(!memory_bound(&Workload::Decode { batch: 1, context: 1, block_size: 1 }, h, "bf16"));
+        assert!(!memory_bound(&Workload::Prefill { seq: 4096 }, h, "bf16"));
+    }
 }

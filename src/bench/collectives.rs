@@ -91,6 +91,18 @@ fn enough_devices(ranks: usize) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a sweep before any rank starts when there are fewer devices than ranks, or when its
+/// buffers cannot fit: each rank holds one buffer of the message being reduced (the largest of
+/// `sizes` at most), and on the simulator every rank's device memory is this host's memory, so the
+/// ranks' buffers add up.
+pub fn ensure_fits(ranks: usize, sizes: &[usize]) -> Result<()> {
+    enough_devices(ranks)?;
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let stream = Stream::new(&Context::new(0)?)?;
+    let holders = if stream.context().runtime().host_addressable() { ranks } else { 1 };
+    super::ensure_bytes(&stream, largest.checked_mul(holders))
+}
+
 impl World {
     /// `ranks` ranks as threads of this process.
     pub fn threads(ranks: usize) -> Result<World> {
@@ -103,9 +115,12 @@ impl World {
             let (res_tx, res_rx) = channel();
             let (root, ready) = (root.clone(), ready_tx.clone());
             std::thread::spawn(move || {
+                // Each thread's sender lives only until it has reported (or dies trying), so that a
+                // rank that panics before reporting ends the wait below instead of blocking it.
                 let rank = match Rank::join(&root, ranks, r) {
                     Ok(rank) => {
                         let _ = ready.send(Ok(()));
+                        drop(ready);
                         rank
                     }
                     Err(e) => return drop(ready.send(Err(e))),
@@ -116,6 +131,8 @@ impl World {
             });
             members.push(Member::Thread(cmd_tx, res_rx));
         }
+        // Only the rank threads hold senders now: when every one still to report has died, recv fails.
+        drop(ready_tx);
         for _ in 0..ranks {
             ready_rx.recv().map_err(|_| Error::Unsupported("a rank thread died".into()))??;
         }

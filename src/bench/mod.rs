@@ -15,21 +15,15 @@ use std::time::{Duration, Instant};
 /// Element types the kernel benchmarks accept.
 pub const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
-/// Refuses a case before it allocates anything when its buffers cannot fit: `buffers` lists each
-/// device buffer as (elements as a product of sizes, copies); the host also holds the largest one
-/// while uploading it. On the simulator device memory is host memory, so the host's available
-/// memory bounds both. A size whose product overflows is refused the same way.
-pub(crate) fn ensure_fits(
-    stream: &ascend_rt::Stream,
-    elem: usize,
-    buffers: &[(&[usize], usize)],
-) -> ascend_rt::Result<()> {
-    let bytes = |dims: &[usize]| dims.iter().try_fold(elem, |a, &d| a.checked_mul(d));
-    let sizes: Option<Vec<(usize, usize)>> = buffers.iter().map(|&(d, n)| bytes(d).map(|b| (b, n))).collect();
-    let needed = sizes.and_then(|s| {
-        let largest = s.iter().map(|&(b, _)| b).max().unwrap_or(0);
-        s.iter().try_fold(largest, |a, &(b, n)| b.checked_mul(n).and_then(|x| a.checked_add(x)))
-    });
+/// Bytes of a buffer of `elem`-byte elements with sizes `dims`; None when the product overflows.
+pub(crate) fn bytes_of(elem: usize, dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(elem, |a, &d| a.checked_mul(d))
+}
+
+/// Refuses a case that needs `needed` bytes of memory (None: its sizes overflow) when they exceed
+/// what is available: the free memory of the stream's device, and on the simulator (device memory is host memory)
+/// the host's available memory too.
+pub(crate) fn ensure_bytes(stream: &ascend_rt::Stream, needed: Option<usize>) -> ascend_rt::Result<()> {
     let (free, _) = stream.context().memory_info()?;
     let limit = match stream.context().runtime().host_addressable() {
         true => host_available().map_or(free, |h| h.min(free)),
@@ -54,11 +48,26 @@ fn host_available() -> Option<usize> {
     kib.checked_mul(1024)
 }
 
+/// Bytes of streamed data a case rotates through: more than any last-level cache, so that each run
+/// reads its data from memory, as a model's layers do, instead of finding the previous run's in cache.
+pub const ROTATION_BYTES: usize = 256 << 20;
+
+/// The most copies [`rotation`] makes: data smaller than `ROTATION_BYTES / MAX_COPIES` (64 KiB)
+/// stays below [`ROTATION_BYTES`] in all, and its figures are not compared with the memory read
+/// limit (see [`streams_from_memory`]).
+pub const MAX_COPIES: usize = 4096;
+
 /// How many copies of `bytes` of streamed data (decode weights, KV caches) a case rotates through so
-/// that together they exceed any last-level cache (256 MiB, at most 64 copies): each run then reads
-/// its data from memory, as a model's layers do, instead of finding the previous run's in cache.
+/// that together they take at least [`ROTATION_BYTES`] (at most [`MAX_COPIES`] copies). The copies
+/// beyond the first add less than `ROTATION_BYTES`.
 pub fn rotation(bytes: usize) -> usize {
-    ((256 << 20) / bytes.max(1)).clamp(1, 64)
+    ROTATION_BYTES.div_ceil(bytes.max(1)).min(MAX_COPIES)
+}
+
+/// Whether the rotation of `bytes` takes at least [`ROTATION_BYTES`], so that a figure over it is
+/// bound by memory bandwidth (and may be quoted as a fraction of the read limit), not by a cache.
+pub fn streams_from_memory(bytes: usize) -> bool {
+    rotation(bytes).saturating_mul(bytes) >= ROTATION_BYTES
 }
 
 /// One reported figure: a benchmark name, its parameters, and a value with its unit.
@@ -126,4 +135,23 @@ pub fn per_iter(budget: Duration, mut f: impl FnMut(u64) -> Duration) -> Duratio
         });
     }
     (0..3).map(|_| f(iters).div_f64(iters as f64)).min().unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_always_exceeds_the_last_level_cache() {
+        for b in [64 << 10, 172_032, (4 << 20) - 1, 4 << 20, (129 << 20) - 1, 129 << 20, 255 << 20, 300 << 20] {
+            assert!(rotation(b) * b >= ROTATION_BYTES, "{b} bytes: {} copies", rotation(b));
+            assert!((rotation(b) - 1) * b < ROTATION_BYTES, "{b} bytes: {} copies, one too many", rotation(b));
+            assert!(streams_from_memory(b), "{b}");
+        }
+        assert_eq!(rotation(300 << 20), 1);
+        assert_eq!(rotation(172_032), 1561);
+        // Tiny data would need millions of copies: capped, and its figures are not memory-bound.
+        assert_eq!(rotation(16), MAX_COPIES);
+        assert!(!streams_from_memory(16) && !streams_from_memory((64 << 10) - 1));
+    }
 }

@@ -77,8 +77,16 @@ pub struct CopyBuffers {
 }
 
 impl CopyBuffers {
-    /// Allocates (and touches) `bytes` of pinned memory and two device buffers.
+    /// Refuses `bytes` per buffer before anything is allocated when the pinned buffer and the two
+    /// device buffers cannot fit.
+    pub fn check(stream: &Stream, bytes: usize) -> Result<()> {
+        super::ensure_bytes(stream, bytes.checked_mul(3))
+    }
+
+    /// Allocates (and touches) `bytes` of pinned memory and two device buffers; refused first when
+    /// they cannot fit (see [`CopyBuffers::check`]).
     pub fn new(stream: &Arc<Stream>, bytes: usize) -> Result<Self> {
+        Self::check(stream, bytes)?;
         let mut host = PinnedHostBuffer::new(stream.context(), bytes)?;
         host.as_mut_slice()?.fill(1);
         let a = stream.alloc_zeros(bytes)?;
@@ -119,6 +127,8 @@ pub fn sweep(device: usize, budget: Duration, sizes: &[usize], mut progress: imp
         p.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
         p
     };
+    // The copy buffers of the largest size must fit: refused before anything is measured.
+    CopyBuffers::check(&stream, sizes.iter().copied().max().unwrap_or(0))?;
     let mut out = Vec::new();
     let timed = |f: &mut dyn FnMut(u64) -> Result<Duration>| try_per_iter(budget, f);
 

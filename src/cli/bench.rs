@@ -31,6 +31,8 @@ pub fn run_collectives(
     budget: Duration,
     json: bool,
 ) -> ascend::rt::Result<Vec<Figure>> {
+    // Refused before any rank starts (or waits for another) when the buffers cannot fit.
+    collectives::ensure_fits(ranks, sizes)?;
     let mut world = if processes {
         let exe = std::env::current_exe()
             .map_err(|e| ascend::rt::Error::Unsupported(format!("cannot find this program: {e}")))?;
