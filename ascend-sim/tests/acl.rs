@@ -644,7 +644,13 @@ fn aclnn_descriptors_work_and_operators_need_an_npu() {
     // SAFETY: `t` destroyed once; NULL is rejected.
     unsafe {
         assert_eq!(aclDestroyTensor(t), ACLNN_SUCCESS);
+        assert_eq!(aclDestroyTensor(t), ACLNN_ERR_PARAM_INVALID, "destroyed twice: refused, not freed twice");
         assert_eq!(aclDestroyTensor(null()), ACLNN_ERR_PARAM_NULLPTR);
+        // A handle destroyed as another kind, and a list holding a dead tensor, are refused too.
+        let a = aclCreateIntArray(dims.as_ptr(), 2);
+        assert_eq!(aclDestroyTensor(a.cast()), ACLNN_ERR_PARAM_INVALID);
+        assert!(aclCreateTensorList([t as *const aclTensor].as_ptr(), 1).is_null());
+        assert_eq!(aclDestroyIntArray(a), ACLNN_SUCCESS);
         assert!(aclCreateTensor(null(), 2, ACL_FLOAT, null(), 0, ACL_FORMAT_ND, null(), 0, null_mut()).is_null());
         assert_eq!(aclnnMm(null_mut(), 0, null_mut(), null_mut()), ACLNN_ERR_INNER_FIND_KERNEL_ERROR);
     }

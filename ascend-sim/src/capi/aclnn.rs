@@ -4,7 +4,49 @@
 
 use crate::fail::{entry_with, fail, set_recent};
 use ascend_sys::*;
+use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
+use std::sync::{Mutex, OnceLock};
+
+/// The kinds of object an aclnn handle of this library points to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Tensor,
+    IntArray,
+    Scalar,
+    TensorList,
+}
+
+/// Every live handle and its kind: destroying one twice, or as another kind, is an error here
+/// instead of a double free (undefined in CANN; the simulator is stricter).
+fn live() -> std::sync::MutexGuard<'static, HashMap<usize, Kind>> {
+    static LIVE: OnceLock<Mutex<HashMap<usize, Kind>>> = OnceLock::new();
+    LIVE.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hands out `value` as a handle of `kind`.
+fn handle<T, H>(value: T, kind: Kind) -> *mut H {
+    let p = Box::into_raw(Box::new(value));
+    live().insert(p as usize, kind);
+    p.cast()
+}
+
+/// Takes back a handle of `kind` for destruction: false (with the reason recorded) if it is not a
+/// live one of that kind.
+fn retire(p: *const c_void, kind: Kind, what: &str) -> bool {
+    let mut live = live();
+    match live.get(&(p as usize)) {
+        Some(&k) if k == kind => {
+            live.remove(&(p as usize));
+            true
+        }
+        other => {
+            let why = other.map_or("not a live handle (destroyed already?)".to_string(), |k| format!("a {k:?}"));
+            set_recent(&format!("{what}: {p:?} is {why}"));
+            false
+        }
+    }
+}
 
 /// What `aclCreateTensor` was given; `aclTensor` handles point to one of these.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +105,7 @@ pub unsafe extern "C" fn aclCreateTensor(
     }
     let desc =
         TensorDesc { view_dims, dtype: dataType, strides, offset, format, storage_dims, data: tensorData as usize };
-    Box::into_raw(Box::new(desc)).cast()
+    handle(desc, Kind::Tensor)
 }
 
 /// The descriptor behind an `aclTensor` made by this simulator's `aclCreateTensor`.
@@ -81,7 +123,10 @@ pub unsafe extern "C" fn aclDestroyTensor(tensor: *const aclTensor) -> aclnnStat
         set_recent("aclDestroyTensor: tensor is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    // SAFETY: a non-null tensor was created by aclCreateTensor (API contract) and is destroyed once.
+    if !retire(tensor.cast(), Kind::Tensor, "aclDestroyTensor") {
+        return ACLNN_ERR_PARAM_INVALID;
+    }
+    // SAFETY: a live tensor handle (just retired, so dropped once) made by aclCreateTensor.
     drop(unsafe { Box::from_raw(tensor as *mut TensorDesc) });
     ACLNN_SUCCESS
 }
@@ -90,7 +135,7 @@ pub unsafe extern "C" fn aclDestroyTensor(tensor: *const aclTensor) -> aclnnStat
 pub unsafe extern "C" fn aclCreateIntArray(value: *const i64, size: u64) -> *mut aclIntArray {
     // SAFETY: `value` holds `size` values by the API contract.
     match unsafe { read_i64s(value, size) } {
-        Some(v) => Box::into_raw(Box::new(v)).cast(),
+        Some(v) => handle(v, Kind::IntArray),
         None => {
             set_recent("aclCreateIntArray: value is NULL, or more than 64 values");
             std::ptr::null_mut()
@@ -113,7 +158,10 @@ pub unsafe extern "C" fn aclDestroyIntArray(array: *const aclIntArray) -> aclnnS
         set_recent("aclDestroyIntArray: array is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    // SAFETY: a non-null array was created by aclCreateIntArray (API contract) and is destroyed once.
+    if !retire(array.cast(), Kind::IntArray, "aclDestroyIntArray") {
+        return ACLNN_ERR_PARAM_INVALID;
+    }
+    // SAFETY: a live int-array handle (just retired, so dropped once) made by aclCreateIntArray.
     drop(unsafe { Box::from_raw(array as *mut Vec<i64>) });
     ACLNN_SUCCESS
 }
@@ -140,7 +188,7 @@ pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dataType: aclDataTy
     let mut bits = [0u8; 8];
     // SAFETY: `value` holds one value of `dataType` (`size` bytes) by the API contract.
     unsafe { std::ptr::copy_nonoverlapping(value as *const u8, bits.as_mut_ptr(), size) };
-    Box::into_raw(Box::new(Scalar { _dtype: dataType, _bits: u64::from_le_bytes(bits) })).cast()
+    handle(Scalar { _dtype: dataType, _bits: u64::from_le_bytes(bits) }, Kind::Scalar)
 }
 
 #[no_mangle]
@@ -149,7 +197,10 @@ pub unsafe extern "C" fn aclDestroyScalar(scalar: *const aclScalar) -> aclnnStat
         set_recent("aclDestroyScalar: scalar is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    // SAFETY: a non-null scalar was created by aclCreateScalar (API contract) and is destroyed once.
+    if !retire(scalar.cast(), Kind::Scalar, "aclDestroyScalar") {
+        return ACLNN_ERR_PARAM_INVALID;
+    }
+    // SAFETY: a live scalar handle (just retired, so dropped once) made by aclCreateScalar.
     drop(unsafe { Box::from_raw(scalar as *mut Scalar) });
     ACLNN_SUCCESS
 }
@@ -162,11 +213,11 @@ pub unsafe extern "C" fn aclCreateTensorList(value: *const *const aclTensor, siz
     }
     // SAFETY: `value` holds `size` tensor pointers by the API contract.
     let tensors = unsafe { std::slice::from_raw_parts(value, size as usize) }.to_vec();
-    if tensors.iter().any(|t| t.is_null()) {
-        set_recent("aclCreateTensorList: a tensor is NULL");
+    if tensors.iter().any(|&t| live().get(&(t as usize)) != Some(&Kind::Tensor)) {
+        set_recent("aclCreateTensorList: an entry is not a live tensor");
         return std::ptr::null_mut();
     }
-    Box::into_raw(Box::new(tensors)).cast()
+    handle(tensors, Kind::TensorList)
 }
 
 #[no_mangle]
@@ -175,14 +226,21 @@ pub unsafe extern "C" fn aclDestroyTensorList(array: *const aclTensorList) -> ac
         set_recent("aclDestroyTensorList: array is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    // SAFETY: a non-null list was created by aclCreateTensorList (API contract) and is destroyed once;
-    // as in CANN, it owns its tensors, each created by aclCreateTensor.
-    let tensors = unsafe { Box::from_raw(array as *mut Vec<*const aclTensor>) };
-    for t in tensors.iter() {
-        // SAFETY: as above.
-        unsafe { aclDestroyTensor(*t) };
+    if !retire(array.cast(), Kind::TensorList, "aclDestroyTensorList") {
+        return ACLNN_ERR_PARAM_INVALID;
     }
-    ACLNN_SUCCESS
+    // SAFETY: a live list handle (just retired, so dropped once) made by aclCreateTensorList. As in
+    // CANN it owns its tensors: each is destroyed unless it was destroyed on its own already (which
+    // aclDestroyTensor refuses instead of freeing it twice).
+    let tensors = unsafe { Box::from_raw(array as *mut Vec<*const aclTensor>) };
+    let mut status = ACLNN_SUCCESS;
+    for t in tensors.iter() {
+        // SAFETY: aclDestroyTensor checks the handle before using it.
+        if unsafe { aclDestroyTensor(*t) } != ACLNN_SUCCESS {
+            status = ACLNN_ERR_PARAM_INVALID;
+        }
+    }
+    status
 }
 
 fn no_npu(name: &str) -> aclnnStatus {
