@@ -78,7 +78,8 @@ enum BenchKind {
     },
     /// Matmul GFLOPS at one shape (C = A·B, or A·Bᵀ with --transpose-b), or with no shape the default
     /// sweep (square 512..4096 and decode m = 1, 16 at n = k = 4096, each dtype), decode figures next
-    /// to the streaming-read bandwidth measured around each of them.
+    /// to the streaming-read bandwidth measured around each of them (weights under 64 KiB excepted:
+    /// caches would serve them).
     Matmul {
         /// Rows of A and C (with --n and --k: one shape instead of the sweep).
         #[arg(long, requires_all = ["n", "k"])]

@@ -164,11 +164,12 @@ fn demo_runs_the_tp_decoder_and_reports_throughput() {
 /// any rank waits for another.
 #[test]
 fn bench_refuses_what_cannot_run() {
-    let refused = |args: &str, why: &str| {
+    let refused_with = |env: &[(&str, &str)], args: &str, why: &str| {
         let t = std::time::Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_ascend"))
             .args(args.split(' '))
             .env("ASCEND_BACKEND", "sim")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -177,6 +178,7 @@ fn bench_refuses_what_cannot_run() {
         // Refused before the read probe (256 MiB and seconds) of a sweep with decode cases.
         assert!(!err.contains("limits.read"), "{args} measured the read limit before refusing: {err}");
     };
+    let refused = |args: &str, why: &str| refused_with(&[], args, why);
     refused("bench matmul --m 100000 --n 100000 --k 100000", "GiB of memory");
     refused("bench matmul --m 18446744073709551615 --n 2 --k 2", "overflow");
     refused("bench attention decode --batch 100000 --context 100000 --block-size 16", "GiB of memory");
@@ -194,10 +196,10 @@ fn bench_refuses_what_cannot_run() {
         "32 query heads are not a multiple of 5 key/value heads",
     );
     // Copy and all-reduce buffers are checked too, before anything is measured or any rank starts:
-    // a pinned and two device buffers of 16 GiB (48 GiB) exceed any simulated device (32 GiB); 8
-    // ranks of 4 GiB (32 GiB) exceed this host (24 GiB of memory).
+    // a pinned and two device buffers of 16 GiB (48 GiB) exceed any simulated device (32 GiB), and
+    // a rank's 2 GiB buffer exceeds devices of 1 GiB.
     refused("bench runtime --bytes 17179869184", "GiB of memory");
-    refused("bench collectives --ranks 8 --bytes 4294967296", "GiB of memory");
+    refused_with(&[("ASCEND_SIM_HBM_BYTES", "1G")], "bench collectives --ranks 2 --bytes 2147483648", "GiB of memory");
     // The demo's cache check is O(n log n) (it was quadratic: half an hour here), and the sample
     // requests' generation lengths do not overflow.
     refused("demo --tiny --batch 1000000 --tokens 1", "at their peak");

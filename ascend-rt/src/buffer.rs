@@ -73,7 +73,8 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
     /// `ptr` must come from `aclrtMalloc` in `stream`'s context, hold `len` elements, and be owned by
     /// nothing else.
     pub(crate) unsafe fn from_raw(ptr: usize, len: usize, stream: Arc<Stream>) -> Self {
-        DeviceBuffer { ptr, len, tracker: Tracker::new(Some(stream)), _t: PhantomData }
+        let owner = stream.context().clone();
+        DeviceBuffer { ptr, len, tracker: Tracker::new(Some(stream), &owner), _t: PhantomData }
     }
 
     /// Number of elements.
@@ -114,8 +115,12 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
 impl<T: DeviceRepr> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
         let (ptr, len, tracker) = (self.ptr, self.len, &mut self.tracker);
-        let take =
-            || DeviceBuffer::<T> { ptr, len, tracker: std::mem::replace(tracker, Tracker::new(None)), _t: PhantomData };
+        let take = || DeviceBuffer::<T> {
+            ptr,
+            len,
+            tracker: std::mem::replace(tracker, Tracker::empty(None)),
+            _t: PhantomData,
+        };
         if crate::host_task::defer_drop(take) {
             return;
         }

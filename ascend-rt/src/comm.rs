@@ -6,7 +6,9 @@
 //! other stream work (a buffer written by a collective on one stream is not read on another before it).
 //!
 //! A collective whose stream or buffers are on another device, whose lengths break its rule, or whose
-//! root or peer is not a rank fails with [`Error::InvalidArgument`] and enqueues nothing. Failures
+//! root or peer is not a rank fails with [`Error::InvalidArgument`] and enqueues nothing; so does a
+//! reduction of a type CANN does not reduce (unsigned integers, f64), with [`Error::Hccl`]
+//! (`HCCL_E_NOT_SUPPORT`). Failures
 //! seen while it runs (a peer that died or timed out, mismatched calls across ranks) surface at the
 //! stream's next synchronize and in [`Communicator::async_error`], and the communicator stays failed.
 

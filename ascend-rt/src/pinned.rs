@@ -33,7 +33,13 @@ impl<T: DeviceRepr> PinnedHostBuffer<T> {
         unsafe { acl!(ctx.runtime(), aclrtMallocHost(&mut p, bytes))? };
         // SAFETY: `p` is a fresh host allocation of `bytes` bytes.
         unsafe { std::ptr::write_bytes(p as *mut u8, 0, bytes) };
-        Ok(PinnedHostBuffer { ctx: ctx.clone(), ptr: p as usize, len, tracker: Tracker::new(None), _t: PhantomData })
+        Ok(PinnedHostBuffer {
+            ctx: ctx.clone(),
+            ptr: p as usize,
+            len,
+            tracker: Tracker::new(None, ctx),
+            _t: PhantomData,
+        })
     }
 
     /// A pinned copy of `data`.
@@ -84,7 +90,7 @@ impl<T: DeviceRepr> Drop for PinnedHostBuffer<T> {
             ctx,
             ptr,
             len,
-            tracker: std::mem::replace(tracker, Tracker::new(None)),
+            tracker: std::mem::replace(tracker, Tracker::empty(None)),
             _t: PhantomData,
         };
         if crate::host_task::defer_drop(take) {

@@ -379,7 +379,8 @@ impl Stream {
                     after.push(event);
                     keep.push(c);
                 }
-                Some(_) => {}
+                // Ordered here now: the event goes, then (explicitly after it) its context.
+                Some(c) => drop((event, c)),
                 None => after.push(event),
             }
         }

@@ -31,6 +31,10 @@ pub(crate) type Pending = (Arc<Event>, Option<Arc<Context>>);
 pub(crate) struct Tracker {
     /// The stream that owns the allocation (its release is ordered there); `None` for pinned memory.
     home: Option<Arc<Stream>>,
+    /// The context the memory belongs to (its address, for identity only): uses on its streams need
+    /// no keep-alive (the memory's owner keeps it alive, and holding it from its own pending frees
+    /// would keep it alive forever).
+    owner: usize,
     /// Set when the home stream used the memory without recording an event (single-stream mode).
     home_untracked: AtomicBool,
     /// Set once a stream other than the home one used the memory (another context's, or another
@@ -40,8 +44,15 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    pub(crate) fn new(home: Option<Arc<Stream>>) -> Tracker {
+    /// The tracker of memory of context `owner`, released on `home` (device memory) or not.
+    pub(crate) fn new(home: Option<Arc<Stream>>, owner: &Arc<Context>) -> Tracker {
+        Tracker { owner: Arc::as_ptr(owner) as usize, ..Tracker::empty(home) }
+    }
+
+    /// A tracker of nothing (what a value moved out of in its `Drop` is left with).
+    pub(crate) fn empty(home: Option<Arc<Stream>>) -> Tracker {
         Tracker {
+            owner: 0,
             home,
             home_untracked: AtomicBool::new(false),
             foreign: AtomicBool::new(false),
@@ -90,7 +101,7 @@ impl Tracker {
         if !matches!(&self.home, Some(h) if **h == *s) {
             self.foreign.store(true, Ordering::Release);
         }
-        let own = matches!(&self.home, Some(h) if Arc::ptr_eq(h.context(), s.context()));
+        let own = Arc::as_ptr(s.context()) as usize == self.owner;
         let context = (!own).then(|| s.context().clone());
         let event = Arc::new(s.record_event()?);
         let key = s.raw() as usize;
@@ -106,7 +117,6 @@ impl Tracker {
         Ok(())
     }
 
-    /// Events that must complete before the memory may be released or read by the host.
     /// Events that must complete before the memory may be released: every use's (the tracker is
     /// left empty, as the memory is about to go).
     pub(crate) fn take_events(&self) -> Vec<Pending> {
@@ -116,13 +126,23 @@ impl Tracker {
     /// Blocks until host code may access the memory: every write (and, for `write`, every use) done.
     /// The uses stay listed until their wait has succeeded, so that a concurrent reader waits too and
     /// a failed wait leaves the rest to be waited for later.
+    /// Uses already complete need no wait (so a host task may read memory whose copy is done).
     pub(crate) fn wait_host(&self, write: bool) -> Result<()> {
         let waits: Vec<Arc<Event>> =
             self.uses.lock().unwrap().iter().filter(|u| write || u.wrote).map(|u| u.event.clone()).collect();
-        for e in &waits {
-            e.synchronize()?;
-            self.uses.lock().unwrap().retain(|u| !Arc::ptr_eq(&u.event, e));
-        }
-        Ok(())
+        let mut done = Vec::new(); // dropped after `waits`: an event goes before its context
+        let result = waits.iter().try_for_each(|e| {
+            if !e.is_complete()? {
+                e.synchronize()?;
+            }
+            let mut uses = self.uses.lock().unwrap();
+            if let Some(i) = uses.iter().position(|u| Arc::ptr_eq(&u.event, e)) {
+                done.push(uses.remove(i));
+            }
+            Ok(())
+        });
+        drop(waits);
+        drop(done);
+        result
     }
 }

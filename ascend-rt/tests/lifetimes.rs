@@ -2,7 +2,7 @@
 //! another device keeps that stream's context alive until its release no longer needs it. (Its own
 //! test binary: it watches device memory, which no other test may use meanwhile.)
 
-use ascend_rt::{Context, Stream};
+use ascend_rt::{Context, PinnedHostBuffer, Stream};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -21,6 +21,27 @@ fn a_buffer_used_from_another_device_is_released_after_that_device_is_dropped() 
     let t = Instant::now();
     while watch.memory_info().unwrap().0 != free0 {
         assert!(t.elapsed() < Duration::from_secs(10), "device 0 memory not released");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn pinned_memory_dropped_with_its_copy_queued_lets_its_context_go() {
+    // Device 2: watched by this test only.
+    let watch = Context::new(2).unwrap();
+    let (free0, _) = watch.memory_info().unwrap();
+    let ctx = Context::new(2).unwrap();
+    let s = Stream::new(&ctx).unwrap();
+    let pinned = PinnedHostBuffer::from_slice(&ctx, &vec![2.5f32; 1 << 20]).unwrap();
+    let mut dev = s.alloc::<f32>(1 << 20).unwrap();
+    s.launch_host(|| std::thread::sleep(Duration::from_millis(100))).unwrap();
+    s.memcpy_htod_async(&pinned, &mut dev).unwrap();
+    // The copy is still queued: the pinned buffer's release waits for it, held by its context,
+    // which must not hold itself alive (its device memory would never come back).
+    drop((pinned, dev, s, ctx));
+    let t = Instant::now();
+    while watch.memory_info().unwrap().0 != free0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "device 2 memory not released");
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -286,3 +286,17 @@ fn concurrent_host_reads_of_pinned_memory_both_wait_for_the_copy() {
         assert!(second.join().unwrap(), "the second reader saw the copy unfinished");
     });
 }
+
+#[test]
+fn a_host_task_reads_pinned_memory_its_stream_has_filled() {
+    // The usual completion callback: the copy before the task is done when it runs, so reading the
+    // pinned buffer needs no wait (which a host task may not do).
+    let s = stream(0);
+    let dev = s.clone_htod(&[4u16, 5, 6]).unwrap();
+    let mut pinned = PinnedHostBuffer::<u16>::new(s.context(), 3).unwrap();
+    s.memcpy_dtoh_async(&dev, &mut pinned).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    s.launch_host(move || tx.send(pinned.as_slice().map(|x| x.to_vec())).unwrap()).unwrap();
+    s.synchronize().unwrap();
+    assert_eq!(rx.recv().unwrap(), Ok(vec![4, 5, 6]));
+}

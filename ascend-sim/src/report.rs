@@ -116,7 +116,13 @@ impl Reports {
         let q = self.threads.lock().unwrap().get(&tid).map(|(q, _)| q.clone());
         match q {
             Some(q) => {
-                q.pending.lock().unwrap().callbacks.push_back(p);
+                let mut queue = q.pending.lock().unwrap();
+                if queue.closed {
+                    // The subscription ended since the lookup: nobody will run it.
+                    p.finish();
+                    return false;
+                }
+                queue.callbacks.push_back(p);
                 q.ready.notify_all();
                 true
             }

@@ -351,9 +351,12 @@ fn paged_decode_long_context_splits_keys() {
 fn a_nan_query_gives_a_nan_head() {
     let st = stream();
     for level in cpu::available() {
-        for (heads, kv_len) in
-            [(Heads::new(8, 2, 64), 40usize), (Heads::new(8, 2, 128), 3001), (Heads::new(16, 1, 64), 40)]
-        {
+        for (heads, kv_len) in [
+            (Heads::new(8, 2, 64), 40usize),
+            (Heads::new(8, 2, 128), 3001),
+            (Heads::new(16, 1, 64), 40),
+            (Heads::new(16, 1, 64), 3001),
+        ] {
             let (hd, row) = (heads.head_dim, heads.kv_heads * heads.head_dim);
             let mut q = vec![bf16::from_f32(0.5); heads.heads * hd];
             q[3 * hd + 7] = bf16::NAN;

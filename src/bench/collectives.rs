@@ -93,14 +93,17 @@ fn enough_devices(ranks: usize) -> Result<()> {
 
 /// Refuses a sweep before any rank starts when there are fewer devices than ranks, or when its
 /// buffers cannot fit: each rank holds one buffer of the message being reduced (the largest of
-/// `sizes` at most), and on the simulator every rank's device memory is this host's memory, so the
-/// ranks' buffers add up.
+/// `sizes` at most) on its device, and on the simulator every rank's device memory is this host's
+/// memory, so the ranks' buffers add up there.
 pub fn ensure_fits(ranks: usize, sizes: &[usize]) -> Result<()> {
     enough_devices(ranks)?;
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let stream = Stream::new(&Context::new(0)?)?;
-    let holders = if stream.context().runtime().host_addressable() { ranks } else { 1 };
-    super::ensure_bytes(&stream, largest.checked_mul(holders))
+    super::ensure_bytes(&stream, Some(largest))?;
+    if stream.context().runtime().host_addressable() {
+        super::ensure_host_bytes(largest.checked_mul(ranks))?;
+    }
+    Ok(())
 }
 
 impl World {

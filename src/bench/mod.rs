@@ -29,6 +29,16 @@ pub(crate) fn ensure_bytes(stream: &ascend_rt::Stream, needed: Option<usize>) ->
         true => host_available().map_or(free, |h| h.min(free)),
         false => free,
     };
+    within(needed, limit)
+}
+
+/// Refuses `needed` bytes of host memory (None: sizes that overflow) beyond what the host has
+/// available (unknown: allowed).
+pub(crate) fn ensure_host_bytes(needed: Option<usize>) -> ascend_rt::Result<()> {
+    within(needed, host_available().unwrap_or(usize::MAX))
+}
+
+fn within(needed: Option<usize>, limit: usize) -> ascend_rt::Result<()> {
     match needed {
         Some(n) if n <= limit => Ok(()),
         Some(n) => Err(ascend_rt::Error::InvalidArgument(format!(

@@ -112,8 +112,15 @@ const FAILED_SIZE: usize = 1;
 
 /// Reserves `len` bytes of the object at `offset` in `/dev/shm` now (extending it if needed).
 fn reserve(fd: i32, offset: usize, len: usize, what: &str) -> Result<(), HFail> {
-    // SAFETY: plain syscall on a descriptor we own.
-    match unsafe { libc::posix_fallocate(fd, offset as libc::off_t, len as libc::off_t) } {
+    // SAFETY: plain syscall on a descriptor we own. tmpfs gives up with EINTR when a signal arrives
+    // meanwhile: that is no shortage, try again.
+    let r = loop {
+        match unsafe { libc::posix_fallocate(fd, offset as libc::off_t, len as libc::off_t) } {
+            libc::EINTR => continue,
+            r => break r,
+        }
+    };
+    match r {
         0 => Ok(()),
         e => Err((
             HCCL_E_MEMORY,

@@ -191,9 +191,10 @@ fn plan(g: &Geometry, seqs: &[Seq], threads: usize) -> (Vec<Item>, usize) {
                     let q1 = s.q_len.min(q0 + block);
                     let (k0, k1) = key_range(g, s, q0, q1);
                     let whole = Item { seq: si, h0: h, h1: h + 1, q0, q1, k0, k1, partial: None };
-                    // Too few items for the threads (a long decode of many query heads per KV
-                    // head, a short chunk over a long prefix): split the keys too.
-                    let splits = if tiled + streaming >= want {
+                    // Fewer items than threads (a long decode of many query heads per KV head, a
+                    // short chunk over a long prefix): split the keys too. Not merely to balance
+                    // (as streaming items are): the merge of tiled rows runs on one thread.
+                    let splits = if tiled + streaming >= threads {
                         1
                     } else {
                         want.div_ceil(tiled + streaming).min((k1 - k0) / MIN_SPLIT_KEYS)
@@ -828,14 +829,16 @@ mod tests {
         assert!(items.iter().all(|it| !it.streams(16) && it.partial.is_some()));
         assert!(items.windows(2).all(|w| w[0].k1 == w[1].k0));
         assert_eq!((items[0].k0, items[31].k1), (0, 32768));
-        // A short chunk over a long prefix: its row blocks are split the same way.
+        // A short chunk over a long prefix: its row blocks are split the same way (two items, eight
+        // threads: 32 / 2 = 16 splits each).
         let chunk = Seq { q_start: 0, q_len: 8, kv_len: 4096 };
-        let (items, partials) = plan(&decode_geometry(2), &[chunk], 2);
-        assert_eq!(partials, 8);
-        assert_eq!(items.iter().filter(|it| it.h0 == 1).count(), 4);
-        // Enough work already: nothing split.
+        let (items, partials) = plan(&decode_geometry(2), &[chunk], 8);
+        assert_eq!(partials, 32);
+        assert_eq!(items.iter().filter(|it| it.h0 == 1).count(), 16);
+        // As many items as threads already: nothing split (their merge would run on one thread).
+        assert_eq!(plan(&decode_geometry(2), &[chunk], 2).1, 0);
         let prefill = Seq { q_start: 0, q_len: 2048, kv_len: 2048 };
-        assert_eq!(plan(&decode_geometry(8), &[prefill], 2).1, 0);
+        assert_eq!(plan(&decode_geometry(8), &[prefill], 64).1, 0);
     }
 
     #[test]

@@ -114,7 +114,7 @@ class HostComm:
         finally:
             with self._lock:
                 self._busy -= 1
-                if not self._busy:
+                if not self._busy and self._h is None:  # a destroy() waits for the last call
                     self._idle.notify_all()
 
     def destroy(self) -> None:

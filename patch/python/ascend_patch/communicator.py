@@ -263,9 +263,11 @@ class AscendCommunicator(DeviceCommunicatorBase):
         return torch.ops.ascend_patch.all_gather(input_, dim, self.world_size, self._shared.name)
 
     def reduce_scatter(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """This rank's slice along ``dim`` of the sum of every rank's ``input_`` (a new tensor; the input
-        itself with one rank); AssertionError when ``dim`` is out of range or its size is not a multiple
-        of the world size, otherwise as :meth:`all_reduce`."""
+        """This rank's block of the sum of every rank's ``input_``, cut as vLLM's communicators cut it:
+        along the dimension ``input_.movedim(0, dim)`` brings to the front, moved back the same way (so
+        ``dim`` itself for 2-D inputs). A new tensor (the input itself with one rank); AssertionError
+        when ``dim`` is out of range or that size is not a multiple of the world size, otherwise as
+        :meth:`all_reduce`."""
         world_size = self.world_size
         if world_size == 1:
             return input_

@@ -14,26 +14,26 @@ from __future__ import annotations
 import logging
 import os
 
-# The variables ascend_patch reads. Declared to vLLM: its strict environment check refuses unknown
-# VLLM_* names (VLLM_VERSION among them), and Ray workers receive only declared variables (and a few
-# prefixes), so without this a switch set on the driver would not reach them.
-ENVIRONMENT = (
-    "VLLM_VERSION",
-    "ASCEND_PATCH_DISABLE",
-    "ASCEND_PATCH_LIB",
-    "ASCEND_PATCH_LOG_LEVEL",
-    "HCCL_EXEC_TIMEOUT",
-    "HCCL_CONNECT_TIMEOUT",
-)
+# The prefixes of the other variables ascend_patch reads (ASCEND_PATCH_DISABLE, ASCEND_PATCH_LIB,
+# ASCEND_PATCH_LOG_LEVEL, HCCL_*_TIMEOUT): Ray workers receive only VLLM_* and a few other prefixes
+# unless told, so a switch set on the driver would not reach them.
+RAY_PREFIXES = ("ASCEND_PATCH_", "HCCL_")
 
 
 def _declare_environment() -> None:
+    """VLLM_VERSION is declared to vLLM (its strict environment check refuses unknown VLLM_* names),
+    and the prefixes above are added to those vLLM copies to Ray workers. (Not declared as vLLM
+    variables: every declared variable is part of vLLM's torch.compile cache key.)"""
     try:
         from vllm import envs
     except Exception:  # no vLLM here: nothing to declare to
         return
-    for name in ENVIRONMENT:
-        envs.environment_variables.setdefault(name, lambda name=name: os.getenv(name))
+    envs.environment_variables.setdefault("VLLM_VERSION", lambda: os.getenv("VLLM_VERSION"))
+    var = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"
+    have = [p.strip() for p in os.environ.get(var, "").split(",") if p.strip()]
+    missing = [p for p in RAY_PREFIXES if p not in have]
+    if missing:
+        os.environ[var] = ",".join(have + missing)
 
 
 def register() -> None:
