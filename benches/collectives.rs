@@ -3,12 +3,14 @@
 //! 256 MiB with 2, 4 and 8 ranks; ranks in threads and in processes; f32 and bf16. Throughput is
 //! reported as algorithm bandwidth (bytes per second); busbw = algbw · 2(n−1)/n.
 
-use ascend::bench::collectives::World;
+use ascend::bench::collectives::{ensure_fits, World};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::Path;
 use std::time::Duration;
 
 fn world(ranks: usize, processes: bool) -> World {
+    // As the CLI does: a rank that cannot allocate would leave the others waiting for it.
+    ensure_fits(ranks, &[256 << 20]).expect("the largest message fits on every rank");
     if processes {
         World::processes(ranks, Path::new(env!("CARGO_BIN_EXE_ascend"))).expect("start rank processes")
     } else {

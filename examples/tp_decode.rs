@@ -3,7 +3,7 @@
 //! second and where the time went. `cargo run --release --example tp_decode -- [TP] [BATCH] [TOKENS]`
 //! (defaults 2, 8, 32); `ascend demo --tp N` runs the same code.
 
-use ascend::demo::{example_args, run, sample_requests, Config};
+use ascend::demo::{check_batch, example_args, run, sample_requests, Config};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -12,7 +12,7 @@ fn main() {
         std::process::exit(2);
     };
     let cfg = Config::demo();
-    match run(cfg, tp, &sample_requests(&cfg, batch, tokens), false) {
+    match check_batch(&cfg, batch).and_then(|()| run(cfg, tp, &sample_requests(&cfg, batch, tokens), false)) {
         Ok(out) => print!("{}", out.summary(tp)),
         Err(e) => {
             eprintln!("error: {e}");

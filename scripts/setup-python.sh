@@ -40,6 +40,8 @@ MIN_DEPS=(
 EXTRA_PKGS=(pytest)
 
 ENV_DIR="${ASCEND_PY_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ascend-rs/py-vllm-${VLLM_VERSION}}"
+# Absolute and without a trailing slash: callers run the printed interpreter from other directories.
+ENV_DIR="$(realpath -m -- "$ENV_DIR")"
 PYTHON_BIN="${PYTHON:-python3}"
 FULL_DEPS="${ASCEND_PY_FULL_DEPS:-0}"
 MARKER="$ENV_DIR/.complete"
@@ -47,6 +49,7 @@ VPY="$ENV_DIR/bin/python"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
+export PIP_NO_CACHE_DIR=1  # the venv is the cache: a wheel cache beside it would double the disk used
 
 log() { printf '[setup-python] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -108,8 +111,9 @@ else
         [ "$(id -u)" = "0" ] || SUDO="sudo"
         $SUDO apt-get update -qq >&2
         minor="$("$PYTHON_BIN" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >&2 \
-            || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "python${minor}-venv" >&2
+        # The interpreter's own venv package first (python3-venv serves only the default python3).
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "python${minor}-venv" >&2 \
+            || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
         make_venv || die "'$PYTHON_BIN -m venv' still fails after installing python3-venv"
     fi
 fi

@@ -9,9 +9,10 @@
 set -euo pipefail
 
 need=()
-# libclang itself (libclang.so / libclang-N.so), not libclang-cpp, which Debian often has already.
-compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/*-linux-gnu/libclang-[0-9]*.so*" >/dev/null ||
-    need+=(libclang-dev)
+# libclang itself (libclang.so / libclang-N.so), not libclang-cpp, which Debian often has already;
+# and clang's own headers (stddef.h), which libclang1 alone (pulled in by doxygen, say) lacks.
+{ compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/*-linux-gnu/libclang-[0-9]*.so*" >/dev/null; } &&
+    compgen -G "/usr/lib/llvm-*/lib/clang/*/include/stddef.h" >/dev/null || need+=(libclang-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
@@ -20,7 +21,7 @@ if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: the Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
 # scripts/test.sh runs `cargo fmt` and `cargo clippy`: components rustup does not always install.

@@ -590,6 +590,18 @@ fn generate(me: &mut Rank, requests: &[Request], keep_logits: bool) -> Result<Ou
     })
 }
 
+/// Refuses a batch larger than the KV cache's blocks (every request holds at least one) before its
+/// requests are built: a huge `batch` would otherwise allocate them all first.
+pub fn check_batch(cfg: &Config, batch: usize) -> Result<()> {
+    match batch <= cfg.blocks {
+        true => Ok(()),
+        false => Err(Error::InvalidArgument(format!(
+            "{batch} sequences cannot fit: each needs at least one of the {} KV cache blocks",
+            cfg.blocks
+        ))),
+    }
+}
+
 /// Prompts of different lengths from a seed, and different generation lengths, for the demo.
 pub fn sample_requests(cfg: &Config, batch: usize, new_tokens: usize) -> Vec<Request> {
     (0..batch)

@@ -311,12 +311,16 @@ fn main() -> ExitCode {
             report(cli::bench::with_progress(json, |p| att::sweep(&work, heads, &dtypes, budget, p)), json)
         }
         Command::Demo { tp, batch, tokens, tiny } => {
-            use ascend::demo::{run, sample_requests, Config};
+            use ascend::demo::{check_batch, run, sample_requests, Config};
             if batch == 0 || tokens == 0 || tp == 0 {
                 eprintln!("error: --tp, --batch and --tokens must be at least 1");
                 return ExitCode::from(2);
             }
             let cfg = if tiny { Config::tiny() } else { Config::demo() };
+            if let Err(e) = check_batch(&cfg, batch) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             eprintln!("generating weights and running {batch} sequences on {tp} device(s) ...");
             match run(cfg, tp, &sample_requests(&cfg, batch, tokens), false) {
                 Ok(out) => {

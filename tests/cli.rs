@@ -95,7 +95,8 @@ fn bench_all_json_puts_each_figure_next_to_its_limit() {
     let t = std::time::Instant::now();
     let (ok, out) = ascend(&["bench", "all", "--json", "--budget-ms", "5"]);
     assert!(ok, "{out}");
-    assert!(t.elapsed() < std::time::Duration::from_secs(60), "bench all took {:?}", t.elapsed());
+    // Only a guard against a hang (a loaded 2-core machine can be several times slower).
+    assert!(t.elapsed() < std::time::Duration::from_secs(300), "bench all took {:?}", t.elapsed());
     let figures = json_lines(&out);
     let names: Vec<&str> = figures.iter().map(|f| f["name"].as_str().unwrap()).collect();
     for want in
@@ -200,8 +201,10 @@ fn bench_refuses_what_cannot_run() {
     // a rank's 2 GiB buffer exceeds devices of 1 GiB.
     refused("bench runtime --bytes 17179869184", "GiB of memory");
     refused_with(&[("ASCEND_SIM_HBM_BYTES", "1G")], "bench collectives --ranks 2 --bytes 2147483648", "GiB of memory");
-    // The demo's cache check is O(n log n) (it was quadratic: half an hour here), and the sample
-    // requests' generation lengths do not overflow.
-    refused("demo --tiny --batch 1000000 --tokens 1", "at their peak");
+    // More sequences than KV blocks: refused before the requests are built (a billion of them
+    // aborted, a million took half an hour in the old quadratic check); the sample requests'
+    // generation lengths do not overflow.
+    refused("demo --tiny --batch 1000000000", "each needs at least one of the 64 KV cache blocks");
+    refused("demo --tiny --batch 64 --tokens 100000", "at their peak");
     refused("demo --tiny --batch 4 --tokens 7000000000000000000", "at their peak");
 }

@@ -241,7 +241,7 @@ fn async_copy_rules_and_use_after_free_is_a_sticky_error() {
 
 #[test]
 fn memory_freed_under_queued_work_is_not_handed_out_again_before_it_runs() {
-    setup(6); // a device no other test allocates on: the allocator would hand the same block back
+    setup(7); // a device no other test uses: the allocator would hand the same block back
     let st = new_stream();
     let p = malloc(4096);
     let gate = Gate::hold(st);

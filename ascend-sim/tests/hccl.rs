@@ -460,6 +460,9 @@ fn processes_wrapped(
                 None => Command::new(&exe),
             };
             cmd.args(["worker", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+                // A hang fails within minutes, not after the default 1836 s (tests may override).
+                .env("HCCL_EXEC_TIMEOUT", "120")
+                .env("HCCL_CONNECT_TIMEOUT", "120")
                 .env("HCCL_TEST_RANK", r.to_string())
                 .env("HCCL_TEST_RANKS", n.to_string())
                 .env("HCCL_TEST_ROOT", &root)
@@ -512,15 +515,22 @@ fn worker() {
             std::process::exit(0); // skip the orderly teardown: the communicator is dead
         }),
         "late-join" => {
-            // Rank 0 gives up (connect timeout 2 s) before rank 2 arrives at 2.5 s: nobody may
-            // succeed with a rank that failed.
-            std::thread::sleep(Duration::from_millis([0, 1000, 2500][rank]));
+            // Rank 0 gives up (connect timeout 2 s); rank 2 arrives only after that (told by a
+            // file rank 0 writes): nobody may succeed with a rank that failed.
+            let failed = std::path::PathBuf::from(var("HCCL_TEST_MARK"));
+            if rank == 1 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            while rank == 2 && !failed.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             setup(0);
             let mut comm = null_mut();
             let t = Instant::now();
             assert_eq!(unsafe { HcclCommInitRootInfo(n as u32, &root, rank as u32, &mut comm) }, HCCL_E_TIMEOUT);
             assert!(t.elapsed() < Duration::from_secs(10));
             if rank == 0 {
+                std::fs::write(&failed, b"").unwrap();
                 std::thread::sleep(Duration::from_secs(3)); // alive while the others decide
             }
         }
@@ -825,11 +835,17 @@ fn small_shm() {
 
 #[test]
 fn a_small_dev_shm_gives_hccl_e_memory_instead_of_a_crash() {
+    // In a user namespace of its own: no privilege needed where unprivileged namespaces are allowed.
+    let args = ["--user", "--map-root-user", "--mount", "--propagation", "private"];
+    if !namespaces(&args) {
+        return;
+    }
     // A private mount namespace with its own 8 MiB /dev/shm (as a container's default 64 MiB one
     // is for a large communicator): this test binary's worker runs there.
     let script = "mount -t tmpfs -o size=8m tmpfs /dev/shm && exec \"$0\" worker --exact --ignored --nocapture";
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .args(args)
+        .args(["sh", "-c", script])
         .arg(std::env::current_exe().unwrap())
         .envs([("HCCL_TEST_RANK", "0"), ("HCCL_TEST_RANKS", "1"), ("HCCL_TEST_SCENARIO", "small-shm")])
         .env("HCCL_TEST_ROOT", hex(&root_info()))
@@ -842,10 +858,14 @@ fn a_small_dev_shm_gives_hccl_e_memory_instead_of_a_crash() {
 
 #[test]
 fn ranks_in_another_pid_namespace_are_not_taken_for_dead() {
+    if !namespaces(&["--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]) {
+        return;
+    }
     // Rank 1 in its own PID namespace with its own /proc (as in a container sharing the host's
     // /dev/shm): rank 0's pid means nothing there, which must not read as "rank 0 died" (nor make
     // the communicator's segment look stale).
-    let unshare = |r: usize| (r == 1).then(|| vec!["unshare", "--pid", "--fork", "--mount-proc"]);
+    let unshare =
+        |r: usize| (r == 1).then(|| vec!["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]);
     let env = [("HCCL_EXEC_TIMEOUT", "30"), ("HCCL_CONNECT_TIMEOUT", "20")];
     let (st, segment) = processes_wrapped(2, "pidns", &env, unshare);
     assert!(st.iter().all(|s| s.success()), "{st:?}");
@@ -854,10 +874,26 @@ fn ranks_in_another_pid_namespace_are_not_taken_for_dead() {
 
 #[test]
 fn a_rank_that_gives_up_joining_fails_the_rendezvous_for_every_rank() {
-    let env = [("HCCL_CONNECT_TIMEOUT", "2"), ("HCCL_EXEC_TIMEOUT", "60")];
+    let mark = std::env::temp_dir().join(format!("ascend-late-join-{}", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
+    let mark = mark.to_str().unwrap().to_string();
+    let env = [("HCCL_CONNECT_TIMEOUT", "2"), ("HCCL_EXEC_TIMEOUT", "60"), ("HCCL_TEST_MARK", mark.as_str())];
     let (st, segment) = processes(3, "late-join", &env);
+    let _ = std::fs::remove_file(&mark);
     assert!(st.iter().all(|s| s.success()), "{st:?}");
     assert!(!segment.exists(), "{} left behind", segment.display());
+}
+
+/// Whether this machine lets the tests make namespaces (`unshare` with `args`, a user namespace
+/// among them: any user where the kernel allows unprivileged ones, as Debian's does). Where it does
+/// not (a container whose seccomp profile refuses unshare), the test that needs them says so and
+/// checks nothing.
+fn namespaces(args: &[&str]) -> bool {
+    let ok = Command::new("unshare").args(args).arg("true").status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: `unshare {}` is not permitted here (needs CAP_SYS_ADMIN)", args.join(" "));
+    }
+    ok
 }
 
 #[test]
