@@ -36,7 +36,7 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
     if host {
         progress("limits (copy, FMA peak)");
     }
-    let copy = host.then(|| limits::copy_bandwidth(budget));
+    let copy = host.then(|| limits::copy_bandwidth(budget)).transpose()?;
     let fma = host.then(|| limits::fma_peak(budget));
     // vdpbf16ps does two products per lane: bf16 peak is twice the f32 one where the CPU has it.
     let bf16_factor = if active() == Level::Avx512Bf16 { 2.0 } else { 1.0 };
