@@ -194,13 +194,15 @@ fn runner<T: Element>(
             let table: Vec<i32> = (0..batch * per_seq).map(|i| ((i % per_seq) * batch + i / per_seq) as i32).collect();
             let ctx = vec![context as i32; batch];
             let op = PagedAttention::new(h, block_size);
+            let mut next = 0; // as in the matmul runner: the rotation goes on across calls
             Ok(Box::new(move |iters| {
                 stream.synchronize()?;
                 let t = Instant::now();
-                for i in 0..iters as usize {
+                for _ in 0..iters {
                     let tables = BlockTables { table: &table, max_blocks: per_seq };
-                    let (kc, vc) = &caches[i % copies];
+                    let (kc, vc) = &caches[next];
                     op.decode(&stream, &q, kc, vc, tables, &ctx, &mut out)?;
+                    next = (next + 1) % copies;
                 }
                 stream.synchronize()?;
                 Ok(t.elapsed())
