@@ -426,6 +426,7 @@ pub fn run(cfg: Config, tp: usize, requests: &[Request], keep_logits: bool) -> R
     if let Some((i, _)) = requests.iter().enumerate().find(|(_, r)| r.prompt.is_empty() || r.max_new_tokens == 0) {
         return Err(Error::InvalidArgument(format!("request {i} needs a prompt and at least one token to generate")));
     }
+    check_batch(&cfg, requests.len())?;
     let need = peak_blocks(requests, cfg.block_size);
     if need > cfg.blocks {
         return Err(Error::InvalidArgument(format!(
@@ -465,64 +466,17 @@ pub fn run(cfg: Config, tp: usize, requests: &[Request], keep_logits: bool) -> R
 /// The most cache blocks `requests` hold at once under [`generate`]'s schedule: at step k (0 is the
 /// prefill) every request with k < max_new_tokens holds the blocks of its prompt + k tokens, and a
 /// finished one has returned its blocks. The total only grows between two finishes, so the peak is
-/// at some request's last step.
-///
-/// O(n log n) for n requests: taken longest first, the requests still running at a step are a
-/// prefix, and with `p + bs − 1 = q·bs + ρ` a request holds ⌈(p + k)/bs⌉ = q + ⌊k/bs⌋ + [ρ + k mod bs
-/// ≥ bs] blocks at step k, so the prefix's total is a sum of q's, a count, and a count of ρ's above
-/// a threshold (a Fenwick tree over the distinct ρ's). Exact (in u128), saturated to usize.
+/// at some request's last step. Quadratic in the requests, which [`check_batch`] bounds by the
+/// cache's blocks.
 fn peak_blocks(requests: &[Request], bs: usize) -> usize {
-    let bs = bs.max(1) as u128;
-    let split = |r: &Request| {
-        let p = r.prompt.len() as u128 + bs - 1;
-        (p / bs, p % bs)
+    let held = |k: usize| -> usize {
+        requests
+            .iter()
+            .filter(|r| k < r.max_new_tokens)
+            .map(|r| r.prompt.len().saturating_add(k).div_ceil(bs.max(1)))
+            .fold(0, usize::saturating_add)
     };
-    let mut order: Vec<(usize, u128, u128)> = requests
-        .iter()
-        .filter(|r| r.max_new_tokens > 0)
-        .map(|r| {
-            let (q, rho) = split(r);
-            (r.max_new_tokens, q, rho)
-        })
-        .collect();
-    order.sort_unstable_by_key(|&(m, _, _)| std::cmp::Reverse(m));
-    let mut rhos: Vec<u128> = order.iter().map(|&(_, _, rho)| rho).collect();
-    rhos.sort_unstable();
-    rhos.dedup();
-    // counts[i]: a Fenwick tree over `rhos` of how many requests of the prefix have each ρ.
-    let mut counts = vec![0u128; rhos.len() + 1];
-    // How many requests of the prefix have a ρ among the first `i` of `rhos`.
-    let below = |counts: &[u128], mut i: usize| {
-        let mut n = 0u128;
-        while i > 0 {
-            n += counts[i];
-            i &= i - 1;
-        }
-        n
-    };
-    let (mut quotients, mut running, mut peak) = (0u128, 0u128, 0u128);
-    let mut i = 0;
-    while i < order.len() {
-        let m = order[i].0;
-        // Every request generating at least m tokens still runs at step m − 1.
-        while i < order.len() && order[i].0 == m {
-            let (_, q, rho) = order[i];
-            quotients += q;
-            running += 1;
-            let mut j = rhos.partition_point(|&x| x < rho) + 1;
-            while j < counts.len() {
-                counts[j] += 1;
-                j += j & j.wrapping_neg();
-            }
-            i += 1;
-        }
-        let k = (m - 1) as u128;
-        let (kq, kr) = (k / bs, k % bs);
-        // Requests whose ρ + k mod bs reaches bs take one block more (none when k mod bs = 0).
-        let carries = running - below(&counts[..], rhos.partition_point(|&x| x < bs - kr));
-        peak = peak.max(quotients + running * kq + carries);
-    }
-    usize::try_from(peak).unwrap_or(usize::MAX)
+    requests.iter().filter(|r| r.max_new_tokens > 0).map(|r| held(r.max_new_tokens - 1)).max().unwrap_or(0)
 }
 
 /// The scheduler loop of one rank.
@@ -596,7 +550,7 @@ pub fn check_batch(cfg: &Config, batch: usize) -> Result<()> {
     match batch <= cfg.blocks {
         true => Ok(()),
         false => Err(Error::InvalidArgument(format!(
-            "{batch} sequences cannot fit: each needs at least one of the {} KV cache blocks",
+            "out of KV cache blocks: {batch} sequences cannot fit, each needs at least one of the {} blocks",
             cfg.blocks
         ))),
     }
@@ -661,40 +615,6 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `peak_blocks` as its definition reads: every request's last step, summed over all requests.
-    fn peak_blocks_by_definition(requests: &[Request], bs: usize) -> usize {
-        let held = |k: usize| -> usize {
-            requests
-                .iter()
-                .filter(|r| k < r.max_new_tokens)
-                .map(|r| r.prompt.len().saturating_add(k).div_ceil(bs))
-                .fold(0, usize::saturating_add)
-        };
-        requests.iter().map(|r| held(r.max_new_tokens - 1)).max().unwrap_or(0)
-    }
-
-    #[test]
-    fn peak_blocks_matches_its_definition() {
-        let mut s = 12345u64;
-        let mut next = |n: u64| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 33) % n
-        };
-        for case in 0..300 {
-            let bs = [1, 2, 3, 7, 16, 64][case % 6];
-            let n = next(40) as usize;
-            let requests: Vec<Request> = (0..n)
-                .map(|_| Request {
-                    prompt: vec![0; 1 + next(70) as usize],
-                    // Ties are frequent, as in `sample_requests`.
-                    max_new_tokens: 1 + next(if case % 2 == 0 { 5 } else { 60 }) as usize,
-                })
-                .collect();
-            assert_eq!(peak_blocks(&requests, bs), peak_blocks_by_definition(&requests, bs), "case {case}, bs {bs}");
-        }
-        assert_eq!(peak_blocks(&[], 16), 0);
-    }
 
     #[test]
     fn sample_requests_takes_any_token_count() {

@@ -114,17 +114,7 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
 
 impl<T: DeviceRepr> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
-        let (ptr, len, tracker) = (self.ptr, self.len, &mut self.tracker);
-        let take = || DeviceBuffer::<T> {
-            ptr,
-            len,
-            tracker: std::mem::replace(tracker, Tracker::empty(None)),
-            _t: PhantomData,
-        };
-        if crate::host_task::defer_drop(take) {
-            return;
-        }
-        let after = self.tracker.take_events();
-        self.stream().release(self.ptr, false, after);
+        let (stream, ptr, after) = (self.stream().clone(), self.ptr, self.tracker.take_events());
+        crate::host_task::now_or_later(move || stream.release(ptr, false, after));
     }
 }

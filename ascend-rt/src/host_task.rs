@@ -53,34 +53,46 @@ pub(crate) fn defer_drop<T: Send + 'static>(take: impl FnOnce() -> T) -> bool {
     if !running() {
         return false;
     }
-    let value: Doomed = Box::new(take());
-    let refused = match teardown_thread() {
-        Some(t) => t.send(value).err().map(|e| e.0),
-        None => Some(value),
-    };
-    if let Some(value) = refused {
-        // Dropping it here would come back to this function: leak it (this needs a teardown thread
-        // that could not be started, or that died).
-        eprintln!("ascend-rt: no teardown thread; leaking what a host task dropped");
-        std::mem::forget(value);
-    }
+    let value = take();
+    later(Box::new(move || drop(value)));
     true
 }
 
-type Doomed = Box<dyn Send>;
+/// Runs `release` now, or, inside a host task, on the teardown thread.
+pub(crate) fn now_or_later(release: impl FnOnce() + Send + 'static) {
+    match running() {
+        true => later(Box::new(release)),
+        false => release(),
+    }
+}
 
-/// The thread that drops what host tasks let go of, started on first use.
-fn teardown_thread() -> Option<&'static Sender<Doomed>> {
-    static THREAD: OnceLock<Option<Sender<Doomed>>> = OnceLock::new();
+type Job = Box<dyn FnOnce() + Send>;
+
+fn later(job: Job) {
+    let refused = match teardown_thread() {
+        Some(t) => t.send(job).err().map(|e| e.0),
+        None => Some(job),
+    };
+    if let Some(job) = refused {
+        // Running it here would come back here: leak what it holds (this needs a teardown thread
+        // that could not be started, or that died).
+        eprintln!("ascend-rt: no teardown thread; leaking what a host task dropped");
+        std::mem::forget(job);
+    }
+}
+
+/// The thread that runs the teardown host tasks hand over, started on first use.
+fn teardown_thread() -> Option<&'static Sender<Job>> {
+    static THREAD: OnceLock<Option<Sender<Job>>> = OnceLock::new();
     THREAD
         .get_or_init(|| {
-            let (tx, rx) = channel::<Doomed>();
+            let (tx, rx) = channel::<Job>();
             std::thread::Builder::new()
                 .name("ascend-rt-teardown".into())
                 .spawn(move || {
-                    for value in rx {
+                    for job in rx {
                         // Teardown only prints its errors; a panic must not end the thread.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(value)));
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     }
                 })
                 .ok()

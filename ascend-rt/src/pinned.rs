@@ -85,19 +85,9 @@ impl<T: DeviceRepr> PinnedHostBuffer<T> {
 
 impl<T: DeviceRepr> Drop for PinnedHostBuffer<T> {
     fn drop(&mut self) {
-        let (ctx, ptr, len, tracker) = (self.ctx.clone(), self.ptr, self.len, &mut self.tracker);
-        let take = || PinnedHostBuffer::<T> {
-            ctx,
-            ptr,
-            len,
-            tracker: std::mem::replace(tracker, Tracker::empty(None)),
-            _t: PhantomData,
-        };
-        if crate::host_task::defer_drop(take) {
-            return;
-        }
-        let (after, keep) = self.tracker.take_events().into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
-        let keep = keep.into_iter().flatten().collect();
-        self.ctx.release_later(PendingFree { ptr: self.ptr, host: true, after, _keep: keep });
+        let (ctx, ptr) = (self.ctx.clone(), self.ptr);
+        let (after, keep): (Vec<_>, Vec<_>) = self.tracker.take_events().into_iter().unzip();
+        let _keep = keep.into_iter().flatten().collect();
+        crate::host_task::now_or_later(move || ctx.release_later(PendingFree { ptr, host: true, after, _keep }));
     }
 }

@@ -46,13 +46,8 @@ pub(crate) struct Tracker {
 impl Tracker {
     /// The tracker of memory of context `owner`, released on `home` (device memory) or not.
     pub(crate) fn new(home: Option<Arc<Stream>>, owner: &Arc<Context>) -> Tracker {
-        Tracker { owner: Arc::as_ptr(owner) as usize, ..Tracker::empty(home) }
-    }
-
-    /// A tracker of nothing (what a value moved out of in its `Drop` is left with).
-    pub(crate) fn empty(home: Option<Arc<Stream>>) -> Tracker {
         Tracker {
-            owner: 0,
+            owner: Arc::as_ptr(owner) as usize,
             home,
             home_untracked: AtomicBool::new(false),
             foreign: AtomicBool::new(false),

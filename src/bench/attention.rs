@@ -87,15 +87,10 @@ pub(crate) fn check(stream: &Stream, work: Workload, h: Heads, dtype: &str) -> R
         Workload::Prefill { seq } => seq == 0,
         Workload::Decode { batch, context, block_size } => [batch, context, block_size].contains(&0),
     };
-    if empty || [h.heads, h.kv_heads, h.head_dim].contains(&0) {
-        return Err(Error::InvalidArgument(format!("empty case {work:?} with {h:?}")));
+    if empty {
+        return Err(Error::InvalidArgument(format!("empty case {work:?}")));
     }
-    if !h.heads.is_multiple_of(h.kv_heads) {
-        return Err(Error::InvalidArgument(format!(
-            "{} query heads are not a multiple of {} key/value heads",
-            h.heads, h.kv_heads
-        )));
-    }
+    h.check()?;
     // Lengths and block ids the kernels take as i32.
     let indices = match work {
         Workload::Prefill { seq } => Some(seq),

@@ -41,7 +41,9 @@ impl Heads {
         Heads { heads, kv_heads, head_dim }
     }
 
-    fn check(&self) -> Result<()> {
+    /// Fails with `InvalidArgument` for a zero count or size, or query heads that are not a multiple
+    /// of the key/value heads (what every attention call refuses first).
+    pub fn check(&self) -> Result<()> {
         if self.heads == 0 || self.kv_heads == 0 || self.head_dim == 0 {
             return Err(Error::InvalidArgument(format!("empty heads {self:?}")));
         }
