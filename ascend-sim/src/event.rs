@@ -56,7 +56,7 @@ impl Event {
     }
 
     /// Fails for an event made by `aclrtCreateEventWithFlag` without `ACL_EVENT_SYNC`, which CANN
-    /// cannot wait on (from the host or from a stream).
+    /// does not let streams wait on (`aclrtStreamWaitEvent`; the host may synchronize with it).
     pub fn check_waitable(&self) -> Result<()> {
         if self.with_flag && self.flags & ACL_EVENT_SYNC as u32 == 0 {
             return fail(ACL_ERROR_RT_PARAM_INVALID, "an event created without ACL_EVENT_SYNC cannot be waited on");
@@ -69,9 +69,23 @@ impl Event {
         self.record.lock().unwrap().clone()
     }
 
-    /// `aclrtResetEvent`: back to un-recorded.
-    pub fn reset(&self) {
-        *self.record.lock().unwrap() = None;
+    /// `aclrtResetEvent`: back to un-recorded when `core` reaches the reset, as CANN queues it (after
+    /// the waits queued before it). A record made meanwhile stays.
+    pub fn reset_on(self: &Arc<Self>, core: &StreamCore) -> Result<()> {
+        let recorded = self.latest().map(|r| r.stamp);
+        let event = self.clone();
+        core.enqueue(Kind::Order, move || {
+            let mut record = event.record.lock().unwrap();
+            let same = match (&*record, &recorded) {
+                (Some(r), Some(then)) => Arc::ptr_eq(&r.stamp, then),
+                _ => false,
+            };
+            if same {
+                *record = None;
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// `aclrtQueryEventStatus`: `ACL_EVENT_RECORDED_STATUS_COMPLETE` once the captured work is done.

@@ -66,11 +66,17 @@ impl Pool {
     pub fn global() -> &'static Pool {
         static POOL: OnceLock<Pool> = OnceLock::new();
         POOL.get_or_init(|| {
-            let n = std::env::var("ASCEND_SIM_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|&n: &usize| n >= 1)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let n = match std::env::var("ASCEND_SIM_THREADS") {
+                Err(_) => cores,
+                Ok(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if (1..=4096).contains(&n) => n,
+                    _ => {
+                        eprintln!("ascend-sim: warning: ASCEND_SIM_THREADS={v:?} is not a number in 1..=4096; using {cores}");
+                        cores
+                    }
+                },
+            };
             Pool::new(n)
         })
     }

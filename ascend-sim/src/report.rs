@@ -1,6 +1,10 @@
 //! Host callbacks: `aclrtSubscribeReport` binds a thread to a stream, `aclrtLaunchCallback` enqueues a
 //! callback that the stream hands to that thread when it reaches it, and `aclrtProcessReport` runs it
 //! there. `ACL_CALLBACK_BLOCK` holds the stream until the callback has run.
+//!
+//! An explicit `aclrtUnSubscribeReport` abandons the callbacks still waiting for the thread (it no
+//! longer handles them). A destroyed stream's subscription instead ends after its work has run, and
+//! callbacks it delivered stay with the thread until it has run them.
 
 use crate::fail::{fail, Result};
 use ascend_sys::*;
@@ -32,12 +36,18 @@ struct Queue {
 }
 
 impl ThreadQueue {
-    /// Abandons the waiting callbacks (their streams go on) and wakes a waiting `ProcessReport`.
-    fn close(&self) {
+    /// Ends the thread's last subscription: no callback is delivered any more, and a waiting
+    /// `ProcessReport` returns once nothing is left. With `abandon`, the waiting callbacks are
+    /// dropped (their streams go on); otherwise the thread may still run them. Returns whether the
+    /// queue is empty.
+    fn close(&self, abandon: bool) -> bool {
         let mut q = self.pending.lock().unwrap();
         q.closed = true;
-        q.callbacks.drain(..).for_each(|p| p.finish());
+        if abandon {
+            q.callbacks.drain(..).for_each(|p| p.finish());
+        }
         self.ready.notify_all();
+        q.callbacks.is_empty()
     }
 }
 
@@ -46,7 +56,8 @@ impl ThreadQueue {
 pub struct Reports {
     /// stream handle → subscribed thread id.
     streams: Mutex<HashMap<usize, u64>>,
-    /// thread id → its queue and number of streams it serves.
+    /// thread id → its queue and number of streams it serves (0: its subscriptions ended, callbacks
+    /// it may still run are left).
     threads: Mutex<HashMap<u64, (Arc<ThreadQueue>, usize)>>,
 }
 
@@ -72,7 +83,12 @@ impl Reports {
             return fail(ACL_ERROR_REPEAT_SUBSCRIBE, "the stream already has a subscribed thread");
         }
         streams.insert(stream, tid);
-        self.threads.lock().unwrap().entry(tid).or_insert_with(|| (Arc::default(), 0)).1 += 1;
+        let mut threads = self.threads.lock().unwrap();
+        let (q, n) = threads.entry(tid).or_insert_with(|| (Arc::default(), 0));
+        if *n == 0 {
+            q.pending.lock().unwrap().closed = false;
+        }
+        *n += 1;
         Ok(())
     }
 
@@ -84,25 +100,25 @@ impl Reports {
             return fail(ACL_ERROR_RT_STREAM_SUBSCRIBE, "this thread is not subscribed to the stream");
         }
         streams.remove(&stream);
-        self.release_thread(tid);
+        self.release_thread(tid, true);
         Ok(())
     }
 
-    fn release_thread(&self, tid: u64) {
+    fn release_thread(&self, tid: u64, abandon: bool) {
         let mut threads = self.threads.lock().unwrap();
         if let Some((q, n)) = threads.get_mut(&tid) {
             *n -= 1;
-            if *n == 0 {
-                q.close();
+            if *n == 0 && q.close(abandon) {
                 threads.remove(&tid);
             }
         }
     }
 
-    /// Drops the subscription of a destroyed stream.
+    /// Ends the subscription of a destroyed stream, whose work has run: the callbacks it delivered
+    /// stay with their thread.
     pub fn forget_stream(&self, stream: usize) {
         if let Some(tid) = self.streams.lock().unwrap().remove(&stream) {
-            self.release_thread(tid);
+            self.release_thread(tid, false);
         }
     }
 
@@ -146,6 +162,8 @@ impl Reports {
                 break p;
             }
             if pending.closed {
+                drop(pending);
+                self.remove_if_drained(tid, &q);
                 return fail(ACL_ERROR_RT_THREAD_SUBSCRIBE, "this thread's subscription ended while it waited");
             }
             match deadline {
@@ -167,11 +185,21 @@ impl Reports {
         Ok(())
     }
 
+    /// Forgets thread `tid`'s queue `q` once its subscriptions have ended and it has run what was left.
+    fn remove_if_drained(&self, tid: u64, q: &Arc<ThreadQueue>) {
+        let mut threads = self.threads.lock().unwrap();
+        if let Some((current, 0)) = threads.get(&tid) {
+            if Arc::ptr_eq(current, q) && current.pending.lock().unwrap().callbacks.is_empty() {
+                threads.remove(&tid);
+            }
+        }
+    }
+
     /// Drops every subscription (finalize).
     pub fn clear(&self) {
         self.streams.lock().unwrap().clear();
         for (_, (q, _)) in self.threads.lock().unwrap().drain() {
-            q.close();
+            q.close(true);
         }
     }
 }

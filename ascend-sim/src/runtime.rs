@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 /// A table of live objects of one kind, keyed by handle value.
 pub struct Registry<T> {
@@ -118,6 +119,10 @@ pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         let config = Config::from_env();
+        // Said once, where every user sees it (not only `ascend info`): a setting was ignored.
+        for w in &config.warnings {
+            eprintln!("ascend-sim: warning: {w}");
+        }
         let n = config.visible.len();
         Runtime {
             memory: Memory::new(n, config.hbm_bytes),
@@ -205,11 +210,21 @@ impl Runtime {
         Ok(stream)
     }
 
-    /// Destroys a stream after its queued work has run.
+    /// Destroys a stream after its queued work has run, callbacks included (as CANN does): its
+    /// subscription ends only then. When the calling thread is the stream's subscriber, it runs the
+    /// callbacks delivered meanwhile itself: nobody else would, and a blocking one would hold the
+    /// stream forever.
     pub fn destroy_stream(&self, handle: usize) -> Result<()> {
         let s = self.streams.remove(handle)?;
-        self.reports.forget_stream(handle);
+        s.core.close();
+        if self.reports.subscriber(handle) == Some(crate::report::this_thread()) {
+            while !s.core.idle() {
+                // A timeout or another stream's callback: look again.
+                let _ = self.reports.process(Some(Duration::from_millis(1)));
+            }
+        }
         s.core.shutdown();
+        self.reports.forget_stream(handle);
         Ok(())
     }
 

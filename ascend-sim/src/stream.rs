@@ -9,7 +9,7 @@ use crate::fail::{Fail, Result};
 use ascend_sys::*;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,9 @@ pub struct StreamCore {
     done: Condvar,
     failed: AtomicBool,
     error: Mutex<Option<Fail>>,
-    thread: Mutex<Option<(ThreadId, JoinHandle<()>)>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The stream thread's id, kept after `shutdown` takes the handle (its last tasks still run).
+    thread_id: OnceLock<ThreadId>,
 }
 
 /// How long an idle stream thread (or a synchronizing caller) spins before it sleeps: short enough to
@@ -66,13 +68,15 @@ impl StreamCore {
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             thread: Mutex::new(None),
+            thread_id: OnceLock::new(),
         });
         let worker = core.clone();
         let handle = std::thread::Builder::new()
             .name(name)
             .spawn(move || worker.run())
             .map_err(|e| Fail::new(ACL_ERROR_RT_NO_STREAM_RESOURCE, format!("cannot start a stream thread: {e}")))?;
-        *core.thread.lock().unwrap() = Some((handle.thread().id(), handle));
+        let _ = core.thread_id.set(handle.thread().id());
+        *core.thread.lock().unwrap() = Some(handle);
         Ok(core)
     }
 
@@ -114,7 +118,7 @@ impl StreamCore {
     /// Fails when the calling thread is this stream's own (a host function or callback) and task
     /// `seq` has not finished: it would wait for itself forever. CANN forbids synchronizing there.
     pub fn check_not_waiting_on_itself(&self, seq: u64) -> Result<()> {
-        let own = matches!(&*self.thread.lock().unwrap(), Some((id, _)) if *id == std::thread::current().id());
+        let own = self.thread_id.get() == Some(&std::thread::current().id());
         if own && self.completed() < seq {
             return Err(Fail::new(
                 ACL_ERROR_RT_PARAM_INVALID,
@@ -182,14 +186,19 @@ impl StreamCore {
         self.completed() >= self.submitted()
     }
 
+    /// Refuses new tasks; queued ones still run.
+    pub fn close(&self) {
+        self.queue.lock().unwrap().closed = true;
+        self.work.notify_one();
+    }
+
     /// Lets queued work finish, then stops the thread. Called from the stream's own thread (a callback
     /// destroying its stream), it only closes the queue.
     pub fn shutdown(&self) {
-        self.queue.lock().unwrap().closed = true;
-        self.work.notify_one();
+        self.close();
         let handle = self.thread.lock().unwrap().take();
-        if let Some((id, handle)) = handle {
-            if id != std::thread::current().id() {
+        if let Some(handle) = handle {
+            if self.thread_id.get() != Some(&std::thread::current().id()) {
                 let _ = handle.join();
             }
         }

@@ -197,7 +197,15 @@ fn memcpy_rules() {
     assert_code!(aclrtMemcpy(hd, 4096, d, 4096, ACL_MEMCPY_HOST_TO_HOST), ACL_SUCCESS); // kind is advisory
     assert_eq!(dst, src);
     assert_code!(aclrtMemset(d, 4096, 3, 4097), ACL_ERROR_RT_PARAM_INVALID);
-    assert_code!(aclrtMemset(hd, 4096, 3, 16), ACL_ERROR_RT_PARAM_INVALID); // not device memory
+    assert_code!(aclrtMemset(hd, 4096, 3, 16), ACL_ERROR_RT_PARAM_INVALID); // not the runtime's memory
+    assert_code!(aclrtMemset(hd, 4096, 3, 0), ACL_SUCCESS); // nothing to set
+    let mut pinned = null_mut();
+    assert_code!(aclrtMallocHost(&mut pinned, 64), ACL_SUCCESS);
+    assert_code!(aclrtMemset(pinned, 64, 0x5a, 64), ACL_SUCCESS); // pinned host memory is
+                                                                  // SAFETY: 64 bytes of pinned memory, just set.
+    assert!(unsafe { std::slice::from_raw_parts(pinned as *const u8, 64) }.iter().all(|&b| b == 0x5a));
+    assert_code!(aclrtMemset(pinned, 64, 0, 65), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtFreeHost(pinned), ACL_SUCCESS);
     assert_code!(aclrtMemset(d, 4096, 0x1ff, 100), ACL_SUCCESS);
     assert_code!(aclrtMemcpy(hd, 4096, d, 101, ACL_MEMCPY_DEVICE_TO_HOST), ACL_SUCCESS);
     assert!(dst[..100].iter().all(|&b| b == 0xff) && dst[100] == 1);
@@ -226,9 +234,12 @@ fn async_copy_rules_and_use_after_free_is_a_sticky_error() {
     assert_code!(aclrtMemcpyAsync(d, 8, h, 16, ACL_MEMCPY_HOST_TO_DEVICE, st), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtMemsetAsync(d, 8, 0, 16, st), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtMemcpyAsync(d, 4096, h, 4096, ACL_MEMCPY_HOST_TO_DEVICE, st), ACL_ERROR_RT_PARAM_INVALID);
-    // Free does not wait for queued work: the queued copy then finds its memory gone.
+    // Free does not wait for queued work: the queued copy (from pinned memory, so the call does not
+    // wait for it) then finds its memory gone.
+    let mut pinned = null_mut();
+    assert_code!(aclrtMallocHost(&mut pinned, 1024), ACL_SUCCESS);
     let gate = Gate::hold(st);
-    assert_code!(aclrtMemcpyAsync(d, 1024, h, 1024, ACL_MEMCPY_HOST_TO_DEVICE, st), ACL_SUCCESS);
+    assert_code!(aclrtMemcpyAsync(d, 1024, pinned, 1024, ACL_MEMCPY_HOST_TO_DEVICE, st), ACL_SUCCESS);
     assert_code!(aclrtFree(d), ACL_SUCCESS);
     gate.open();
     assert_code!(aclrtSynchronizeStream(st), ACL_ERROR_RT_DEVICE_MEM_ERROR);
@@ -236,6 +247,49 @@ fn async_copy_rules_and_use_after_free_is_a_sticky_error() {
                                                                              // SAFETY: returns the thread's message.
     let msg = unsafe { CStr::from_ptr(aclGetRecentErrMsg()) }.to_string_lossy().into_owned();
     assert!(msg.contains("failed earlier"), "{msg}");
+    assert_code!(aclrtFreeHost(pinned), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(st), ACL_SUCCESS);
+}
+
+/// Pageable host memory may be freed as soon as the call returns (CANN 9 makes such copies
+/// synchronous): the call waits for the copy, both ways, and the queued work before it.
+#[test]
+fn async_copies_of_pageable_memory_return_after_the_copy() {
+    setup(0);
+    let st = new_stream();
+    let d = malloc(4096);
+    for to_device in [true, false] {
+        let mut host = vec![if to_device { 7u8 } else { 0 }; 4096];
+        if !to_device {
+            assert_code!(aclrtMemset(d, 4096, 9, 4096), ACL_SUCCESS);
+        }
+        let gate = Gate::hold(st);
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opener = {
+            let opened = opened.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                opened.store(true, Ordering::SeqCst);
+                gate.open();
+            })
+        };
+        let (dst, src, kind) = match to_device {
+            true => (d, host.as_ptr().cast(), ACL_MEMCPY_HOST_TO_DEVICE),
+            false => (host.as_mut_ptr().cast(), d.cast_const(), ACL_MEMCPY_DEVICE_TO_HOST),
+        };
+        assert_code!(aclrtMemcpyAsync(dst, 4096, src, 4096, kind, st), ACL_SUCCESS);
+        assert!(opened.load(Ordering::SeqCst), "the call returned before the work queued ahead of it ran");
+        if to_device {
+            drop(host); // the caller's to free now
+            let mut back = vec![0u8; 4096];
+            assert_code!(aclrtMemcpy(back.as_mut_ptr().cast(), 4096, d, 4096, ACL_MEMCPY_DEVICE_TO_HOST), ACL_SUCCESS);
+            assert!(back.iter().all(|&b| b == 7));
+        } else {
+            assert!(host.iter().all(|&b| b == 9), "the copy had not run when the call returned");
+        }
+        opener.join().unwrap();
+    }
+    assert_code!(aclrtFree(d), ACL_SUCCESS);
     assert_code!(aclrtDestroyStream(st), ACL_SUCCESS);
 }
 
@@ -424,14 +478,16 @@ fn event_rules() {
     assert_eq!(st, ACL_EVENT_RECORDED_STATUS_COMPLETE);
     assert_code!(aclrtResetEvent(e, s), ACL_SUCCESS);
     assert_code!(aclrtResetEvent(plain, s), ACL_ERROR_RT_PARAM_INVALID);
-    // Without ACL_EVENT_SYNC an event cannot be waited on; without ACL_EVENT_TIME_LINE it has no
-    // timestamps (e has SYNC only).
+    assert_code!(aclrtResetEvent(ex, s), ACL_ERROR_RT_PARAM_INVALID); // Ex events cannot be reset
+                                                                      // Without ACL_EVENT_SYNC a stream cannot wait on an event (the host can), nor can it be reset;
+                                                                      // without ACL_EVENT_TIME_LINE it has no timestamps (e has SYNC only).
     let mut marker = null_mut();
     assert_code!(aclrtCreateEventWithFlag(&mut marker, ACL_EVENT_TIME_LINE as u32), ACL_SUCCESS);
     assert_code!(aclrtRecordEvent(marker, s), ACL_SUCCESS);
-    assert_code!(aclrtSynchronizeEvent(marker), ACL_ERROR_RT_PARAM_INVALID);
-    assert_code!(aclrtSynchronizeEventWithTimeout(marker, 10), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtSynchronizeEvent(marker), ACL_SUCCESS);
+    assert_code!(aclrtSynchronizeEventWithTimeout(marker, 1000), ACL_SUCCESS);
     assert_code!(aclrtStreamWaitEvent(s, marker), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtResetEvent(marker, s), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtRecordEvent(e, s), ACL_SUCCESS);
     assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
     let mut ms = 0f32;
@@ -444,6 +500,29 @@ fn event_rules() {
     }
     assert_code!(aclrtDestroyEvent(e), ACL_ERROR_RT_PARAM_INVALID);
     assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+}
+
+/// A reset is queued on its stream (after the wait before it), not done when called.
+#[test]
+fn a_reset_takes_effect_in_stream_order() {
+    setup(0);
+    let (a, b) = (new_stream(), new_stream());
+    let mut e = null_mut();
+    assert_code!(aclrtCreateEventWithFlag(&mut e, ACL_EVENT_SYNC as u32), ACL_SUCCESS);
+    let gate = Gate::hold(a);
+    assert_code!(aclrtRecordEvent(e, a), ACL_SUCCESS);
+    assert_code!(aclrtStreamWaitEvent(b, e), ACL_SUCCESS);
+    assert_code!(aclrtResetEvent(e, b), ACL_SUCCESS);
+    // The record still stands: the host still waits for a's work.
+    assert_code!(aclrtSynchronizeEventWithTimeout(e, 20), ACL_ERROR_RT_EVENT_SYNC_TIMEOUT);
+    gate.open();
+    assert_code!(aclrtSynchronizeStream(b), ACL_SUCCESS);
+    let mut st = -1;
+    assert_code!(aclrtQueryEventStatus(e, &mut st), ACL_SUCCESS);
+    assert_eq!(st, ACL_EVENT_RECORDED_STATUS_NOT_READY, "reset once b reached it");
+    assert_code!(aclrtDestroyEvent(e), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(a), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(b), ACL_SUCCESS);
 }
 
 extern "C" fn sleep_10ms(_: *mut c_void) {
@@ -597,6 +676,114 @@ fn a_thread_waiting_for_callbacks_wakes_when_its_subscription_ends() {
     assert_code!(aclrtDestroyStream(s2), ACL_SUCCESS);
 }
 
+/// Adds one to the counter `data` points to (a test's own `'static` counter).
+extern "C" fn count_into(data: *mut c_void) {
+    // SAFETY: the tests below pass a pointer to a `static AtomicUsize`.
+    unsafe { &*(data as *const AtomicUsize) }.fetch_add(1, Ordering::SeqCst);
+}
+
+fn counter_arg(c: &'static AtomicUsize) -> *mut c_void {
+    c as *const AtomicUsize as *mut c_void
+}
+
+#[test]
+fn destroying_a_stream_runs_its_queued_callbacks_first() {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    setup(0);
+    let s = new_stream();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel::<u64>();
+    let (code_tx, code) = std::sync::mpsc::channel::<i32>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        setup(0);
+        tid_tx.send(libc_pthread_self()).unwrap();
+        go.recv().unwrap();
+        // A report thread: runs callbacks until its subscription has ended and nothing is left.
+        loop {
+            let r = unsafe { aclrtProcessReport(10_000) };
+            code_tx.send(r).unwrap();
+            if r != ACL_SUCCESS {
+                break;
+            }
+        }
+    });
+    let tid = tid_rx.recv().unwrap();
+    assert_code!(aclrtSubscribeReport(tid, s), ACL_SUCCESS);
+    go_tx.send(()).unwrap();
+    // Both callbacks are still queued behind the gate when the stream is destroyed.
+    let gate = Gate::hold(s);
+    assert_code!(aclrtLaunchCallback(Some(count_into), counter_arg(&RUN), ACL_CALLBACK_NO_BLOCK, s), ACL_SUCCESS);
+    assert_code!(aclrtLaunchCallback(Some(count_into), counter_arg(&RUN), ACL_CALLBACK_BLOCK, s), ACL_SUCCESS);
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        gate.open();
+    });
+    assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+    opener.join().unwrap();
+    let next = || code.recv_timeout(Duration::from_secs(20)).expect("ProcessReport never returned");
+    assert_eq!((next(), next()), (ACL_SUCCESS, ACL_SUCCESS), "both callbacks ran on the report thread");
+    assert_eq!(RUN.load(Ordering::SeqCst), 2);
+    assert_eq!(next(), ACL_ERROR_RT_THREAD_SUBSCRIBE, "the subscription ended with the stream");
+    worker.join().unwrap();
+}
+
+#[test]
+fn a_callback_delivered_before_its_stream_is_destroyed_still_runs() {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    setup(0);
+    let s = new_stream();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel::<u64>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let (code_tx, code) = std::sync::mpsc::channel::<(i32, i32)>();
+    let worker = std::thread::spawn(move || {
+        setup(0);
+        tid_tx.send(libc_pthread_self()).unwrap();
+        go.recv().unwrap();
+        code_tx.send(unsafe { (aclrtProcessReport(1000), aclrtProcessReport(1000)) }).unwrap();
+    });
+    let tid = tid_rx.recv().unwrap();
+    assert_code!(aclrtSubscribeReport(tid, s), ACL_SUCCESS);
+    assert_code!(aclrtLaunchCallback(Some(count_into), counter_arg(&RUN), ACL_CALLBACK_NO_BLOCK, s), ACL_SUCCESS);
+    // Delivered (the stream did not wait for it), then the stream is gone before the thread looks.
+    assert_code!(aclrtSynchronizeStream(s), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+    go_tx.send(()).unwrap();
+    let codes = code.recv_timeout(Duration::from_secs(20)).expect("ProcessReport never returned");
+    assert_eq!(codes, (ACL_SUCCESS, ACL_ERROR_RT_THREAD_SUBSCRIBE));
+    assert_eq!(RUN.load(Ordering::SeqCst), 1);
+    worker.join().unwrap();
+}
+
+#[test]
+fn a_report_thread_destroying_its_stream_runs_the_callbacks_itself() {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    setup(0);
+    let s = new_stream();
+    // This thread serves the stream's callbacks and destroys it while a blocking one is queued.
+    assert_code!(aclrtSubscribeReport(libc_pthread_self(), s), ACL_SUCCESS);
+    let gate = Gate::hold(s);
+    assert_code!(aclrtLaunchCallback(Some(count_into), counter_arg(&RUN), ACL_CALLBACK_BLOCK, s), ACL_SUCCESS);
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        gate.open();
+    });
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let destroyer = std::thread::current();
+    let watchdog = std::thread::spawn(move || {
+        if done.recv_timeout(Duration::from_secs(20)).is_err() {
+            // The test thread is stuck: end the process rather than hang the suite.
+            eprintln!("aclrtDestroyStream deadlocked on its own thread's callback ({destroyer:?})");
+            std::process::abort();
+        }
+    });
+    assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+    done_tx.send(()).unwrap();
+    watchdog.join().unwrap();
+    opener.join().unwrap();
+    assert_eq!(RUN.load(Ordering::SeqCst), 1, "the callback ran before the stream was destroyed");
+    assert_code!(aclrtProcessReport(10), ACL_ERROR_RT_THREAD_SUBSCRIBE);
+}
+
 extern "C" fn set_device_5(_: *mut c_void) {
     std::thread::sleep(Duration::from_millis(50));
     // SAFETY: plain calls.
@@ -657,6 +844,14 @@ fn aclnn_descriptors_work_and_operators_need_an_npu() {
         assert_eq!(aclDestroyTensor(a.cast()), ACLNN_ERR_PARAM_INVALID);
         assert!(aclCreateTensorList([t as *const aclTensor].as_ptr(), 1).is_null());
         assert_eq!(aclDestroyIntArray(a), ACLNN_SUCCESS);
+        // Int arrays are not bounded as dims are (sequence lengths of a batch of 256, say).
+        let lens: Vec<i64> = (1..=256).collect();
+        let a = aclCreateIntArray(lens.as_ptr(), 256);
+        assert!(!a.is_null());
+        assert_eq!(aclDestroyIntArray(a), ACLNN_SUCCESS);
+        let many = vec![1i64; 65];
+        assert!(aclCreateTensor(many.as_ptr(), 65, ACL_FLOAT, many.as_ptr(), 0, ACL_FORMAT_ND, null(), 0, null_mut())
+            .is_null());
         assert!(aclCreateTensor(null(), 2, ACL_FLOAT, null(), 0, ACL_FORMAT_ND, null(), 0, null_mut()).is_null());
         assert_eq!(aclnnMm(null_mut(), 0, null_mut(), null_mut()), ACLNN_ERR_INNER_FIND_KERNEL_ERROR);
     }
@@ -694,4 +889,34 @@ fn a_host_function_waiting_for_its_own_stream_fails_instead_of_hanging() {
     assert_eq!(SELF_WAIT[1].load(Ordering::SeqCst), ACL_ERROR_RT_PARAM_INVALID, "event recorded after it");
     assert_code!(aclrtDestroyEvent(e), ACL_SUCCESS);
     assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+}
+
+static TEARDOWN_WAIT: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn waits_for_event_after_it(arg: *mut c_void) {
+    // SAFETY: a plain call; `arg` is the event handle, alive until the test destroys it.
+    TEARDOWN_WAIT.store(unsafe { aclrtSynchronizeEvent(arg as aclrtEvent) }, Ordering::SeqCst);
+}
+
+/// The same while its stream is being destroyed (the destroyer waits for the stream's work).
+#[test]
+fn a_host_function_waiting_for_its_own_stream_during_teardown_fails_instead_of_hanging() {
+    setup(0);
+    let s = new_stream();
+    let mut e = null_mut();
+    assert_code!(aclrtCreateEvent(&mut e), ACL_SUCCESS);
+    let gate = Gate::hold(s);
+    assert_code!(aclrtLaunchHostFunc(s, Some(waits_for_event_after_it), e), ACL_SUCCESS);
+    assert_code!(aclrtRecordEvent(e, s), ACL_SUCCESS);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let stream = s as usize;
+    std::thread::spawn(move || {
+        setup(0);
+        done_tx.send(unsafe { aclrtDestroyStream(stream as aclrtStream) }).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(50)); // the destroyer now waits for the stream
+    gate.open();
+    assert_eq!(done.recv_timeout(Duration::from_secs(20)), Ok(ACL_SUCCESS), "the stream never finished");
+    assert_eq!(TEARDOWN_WAIT.load(Ordering::SeqCst), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtDestroyEvent(e), ACL_SUCCESS);
 }

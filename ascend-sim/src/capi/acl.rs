@@ -428,15 +428,14 @@ pub unsafe extern "C" fn aclrtResetEvent(event: aclrtEvent, stream: aclrtStream)
     entry("aclrtResetEvent", || {
         let rt = runtime();
         let e = rt.events.get(handle(event)?)?;
-        rt.stream(stream as usize)?;
-        if !e.with_flag || e.flags & ACL_EVENT_SYNC as u32 == 0 {
+        let s = rt.stream(stream as usize)?;
+        if !e.with_flag || e.ex || e.flags & ACL_EVENT_SYNC as u32 == 0 {
             return fail(
                 ACL_ERROR_RT_PARAM_INVALID,
                 "only events created by aclrtCreateEventWithFlag with ACL_EVENT_SYNC can be reset",
             );
         }
-        e.reset();
-        Ok(())
+        e.reset_on(&s.core)
     })
 }
 
@@ -453,7 +452,6 @@ pub unsafe extern "C" fn aclrtQueryEventStatus(event: aclrtEvent, status: *mut a
 pub unsafe extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
     entry("aclrtSynchronizeEvent", || {
         let e = runtime().events.get(handle(event)?)?;
-        e.check_waitable()?;
         e.synchronize(None)
     })
 }
@@ -463,7 +461,6 @@ pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(event: aclrtEvent, tim
     entry("aclrtSynchronizeEventWithTimeout", || {
         let timeout = duration_ms(timeout, ACL_ERROR_RT_PARAM_INVALID, true)?;
         let e = runtime().events.get(handle(event)?)?;
-        e.check_waitable()?;
         e.synchronize(timeout)
     })
 }
@@ -641,17 +638,29 @@ pub unsafe extern "C" fn aclrtMemcpyAsync(
         if kind == ACL_MEMCPY_HOST_TO_HOST || (!on_device(dst as usize) && !on_device(src as usize)) {
             return fail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "asynchronous host-to-host copies are not supported");
         }
+        // Pageable host memory (neither device nor pinned) is the caller's to free as soon as the
+        // call returns: as in CANN 9, the copy is then synchronous (waits for its turn and runs).
+        let pageable = [dst as usize, src as usize].iter().any(|&a| rt.memory.locate(a) == Location::Host);
+        if pageable {
+            s.core.check_not_waiting_on_itself(s.core.submitted() + 1)?;
+        }
         // Fail now if the ranges are already bad; and keep them pinned while the copy is queued, so
         // that memory freed meanwhile is not handed out again before the copy finds it freed.
         let queued = rt.memory.access(&spans)?;
         let (d, sr) = (dst as usize, src as usize);
-        s.core.enqueue(Kind::Device, move || {
+        let seq = s.core.enqueue(Kind::Device, move || {
             let _queued = queued;
             let _held =
                 runtime().memory.access(&spans).map_err(|f| Fail::new(ACL_ERROR_RT_DEVICE_MEM_ERROR, f.message))?;
             copy_bytes(d, sr, count);
             Ok(())
         })?;
+        if pageable {
+            s.core.wait_for(seq, None);
+            if let Some(f) = s.core.error() {
+                return Err(Fail::new(f.code, format!("the copy did not run: {}", f.message)));
+            }
+        }
         Ok(())
     })
 }
@@ -663,10 +672,14 @@ fn check_memset(dev_ptr: *mut c_void, max_count: usize, count: usize) -> Result<
     if count > max_count {
         return fail(ACL_ERROR_RT_PARAM_INVALID, format!("count {count} exceeds maxCount {max_count}"));
     }
-    if !matches!(runtime().memory.locate(dev_ptr as usize), Location::Device(_)) {
-        return fail(ACL_ERROR_RT_PARAM_INVALID, "devPtr is not device memory");
+    if count == 0 {
+        return Ok(None);
     }
-    Ok((count > 0).then_some(Span { addr: dev_ptr as usize, len: count, write: true }))
+    // Device or pinned host memory (CANN decides by address); other host memory is not the runtime's.
+    if runtime().memory.locate(dev_ptr as usize) == Location::Host {
+        return fail(ACL_ERROR_RT_PARAM_INVALID, "devPtr is neither device memory nor pinned host memory");
+    }
+    Ok(Some(Span { addr: dev_ptr as usize, len: count, write: true }))
 }
 
 #[no_mangle]
@@ -677,7 +690,7 @@ pub unsafe extern "C" fn aclrtMemset(devPtr: *mut c_void, maxCount: usize, value
             return Ok(());
         };
         let _held = runtime().memory.access(&[span])?;
-        // SAFETY: the range is inside a live device allocation and its lock is held.
+        // SAFETY: the range is inside a live device or pinned allocation and its lock is held.
         unsafe { std::ptr::write_bytes(devPtr as *mut u8, value as u8, count) };
         Ok(())
     })

@@ -67,12 +67,17 @@ pub struct TensorDesc {
     pub data: usize,
 }
 
-/// Reads `n` int64 values.
+/// Most dims (and strides) of a tensor.
+const MAX_DIMS: u64 = 64;
+/// Most values of an int array (one per sequence of a batch, say): a sanity bound, not CANN's.
+const MAX_INT_ARRAY: u64 = 1 << 24;
+
+/// Reads `n` (at most `max`) int64 values.
 ///
 /// # Safety
 /// A non-null `p` must point to `n` readable values.
-unsafe fn read_i64s(p: *const i64, n: u64) -> Option<Vec<i64>> {
-    if n > 64 || (p.is_null() && n > 0) {
+unsafe fn read_i64s(p: *const i64, n: u64, max: u64) -> Option<Vec<i64>> {
+    if n > max || (p.is_null() && n > 0) {
         return None;
     }
     // SAFETY: non-null with `n` readable values by the caller's contract (n == 0 reads nothing).
@@ -93,7 +98,11 @@ pub unsafe extern "C" fn aclCreateTensor(
 ) -> *mut aclTensor {
     // SAFETY: the pointers carry their counts by the API contract.
     let parts = unsafe {
-        (read_i64s(viewDims, viewDimsNum), read_i64s(stride, viewDimsNum), read_i64s(storageDims, storageDimsNum))
+        (
+            read_i64s(viewDims, viewDimsNum, MAX_DIMS),
+            read_i64s(stride, viewDimsNum, MAX_DIMS),
+            read_i64s(storageDims, storageDimsNum, MAX_DIMS),
+        )
     };
     let (Some(view_dims), Some(strides), Some(storage_dims)) = parts else {
         set_recent("aclCreateTensor: a dims or strides pointer is NULL, or more than 64 dims");
@@ -134,10 +143,10 @@ pub unsafe extern "C" fn aclDestroyTensor(tensor: *const aclTensor) -> aclnnStat
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateIntArray(value: *const i64, size: u64) -> *mut aclIntArray {
     // SAFETY: `value` holds `size` values by the API contract.
-    match unsafe { read_i64s(value, size) } {
+    match unsafe { read_i64s(value, size, MAX_INT_ARRAY) } {
         Some(v) => handle(v, Kind::IntArray),
         None => {
-            set_recent("aclCreateIntArray: value is NULL, or more than 64 values");
+            set_recent("aclCreateIntArray: value is NULL, or more than 2^24 values");
             std::ptr::null_mut()
         }
     }

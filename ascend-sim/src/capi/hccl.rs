@@ -617,7 +617,9 @@ fn p2p(
         let p = c.buf(buf, count, !send)?;
         plan.push(P2p::new(peer as usize, send, p, count as usize * c.t.size()));
     }
-    c.enqueue(name, move |comm| comm.send_recv(&mut plan))
+    // SAFETY: every buffer of the plan was checked (`Call::buf`) against an allocation of its size,
+    // and its range is held by the queued task (as for the collectives).
+    c.enqueue(name, move |comm| unsafe { comm.send_recv(&mut plan) })
 }
 
 #[no_mangle]

@@ -41,8 +41,8 @@ fn desc(kind: Kind, t: Option<DType>, count: usize, op: Option<Op>, root: usize)
 
 fn copy(dst: usize, src: usize, bytes: usize) {
     if bytes > 0 && dst != src {
-        // SAFETY: callers pass ranges inside checked device buffers or the communicator's slots;
-        // `copy` handles overlap.
+        // SAFETY: ranges inside the callers' buffers (the unsafe operations' contract) or the
+        // communicator's slots; `copy` handles overlap.
         unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
     }
 }
@@ -72,7 +72,11 @@ impl Comm {
     }
 
     /// `HcclAllReduce`: `recv = op(send of every rank)`; `send == recv` is allowed.
-    pub fn all_reduce(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn all_reduce(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::AllReduce, Some(t), count, Some(op), 0);
@@ -122,7 +126,11 @@ impl Comm {
     }
 
     /// `HcclBroadcast`: every rank's `buf` becomes the root's.
-    pub fn broadcast(&self, buf: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn broadcast(&self, buf: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let es = t.size();
         let d = desc(Kind::Broadcast, Some(t), count, None, root);
@@ -140,7 +148,11 @@ impl Comm {
     }
 
     /// `HcclAllGather`: `recv[r * count ..]` = rank r's `send`.
-    pub fn all_gather(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn all_gather(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let es = t.size();
         let d = desc(Kind::AllGather, Some(t), count, None, 0);
@@ -156,7 +168,11 @@ impl Comm {
     }
 
     /// `HcclReduceScatter`: `recv` = op over ranks of their `send[rank * count ..]`.
-    pub fn reduce_scatter(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn reduce_scatter(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::ReduceScatter, Some(t), count, Some(op), 0);
@@ -176,7 +192,19 @@ impl Comm {
     }
 
     /// `HcclReduce`: the root's `recv` = op(send of every rank); other ranks' `recv` is untouched.
-    pub fn reduce(&self, send: usize, recv: usize, count: usize, t: DType, op: Op, root: usize) -> Result<(), HFail> {
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn reduce(
+        &self,
+        send: usize,
+        recv: usize,
+        count: usize,
+        t: DType,
+        op: Op,
+        root: usize,
+    ) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let es = t.size();
         let d = desc(Kind::Reduce, Some(t), count, Some(op), root);
@@ -194,7 +222,11 @@ impl Comm {
     }
 
     /// `HcclScatter`: `recv` = the root's `send[rank * count ..]`.
-    pub fn scatter(&self, send: usize, recv: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn scatter(&self, send: usize, recv: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let (es, n) = (t.size(), self.n);
         let d = desc(Kind::Scatter, Some(t), count, None, root);
@@ -213,7 +245,11 @@ impl Comm {
     }
 
     /// `HcclAlltoAll`: `recv[r * count ..]` = rank r's `send[rank * count ..]`.
-    pub fn all_to_all(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn all_to_all(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
         let d = desc(Kind::AllToAll, Some(t), count, None, 0);
@@ -234,7 +270,11 @@ impl Comm {
     /// `HcclAlltoAllV`: rank r's block for this rank (`send_counts[rank]` at `sdispls[rank]` there)
     /// lands at `rdispls[r]`, and must be `recv_counts[r]` long (else every rank fails `HCCL_E_PARA`).
     #[allow(clippy::too_many_arguments)]
-    pub fn all_to_all_v(
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn all_to_all_v(
         &self,
         send: usize,
         scounts: &[u64],
@@ -297,7 +337,11 @@ impl Comm {
 
     /// Point-to-point transfers, all progressing together (`HcclBatchSendRecv`; `HcclSend`/`HcclRecv`
     /// are batches of one). Transfers with the same peer and direction run in order.
-    pub fn send_recv(&self, items: &mut [P2p]) -> Result<(), HFail> {
+    ///
+    /// # Safety
+    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
+    /// used by nothing else until it returns (the C entry points check them against allocations).
+    pub unsafe fn send_recv(&self, items: &mut [P2p]) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         loop {
             // Snapshot before polling, so that a change made while we poll is never missed.
