@@ -334,11 +334,10 @@ impl Simd for Generic {
     fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32]) {
         let d = acc.len();
         let mut row = vec![0f32; d];
+        // Zero weights are not skipped: 0 · inf is NaN here as at every other level.
         for (&w, &at) in p.iter().zip(offs) {
-            if w != 0.0 {
-                T::slice_to_f32(&src[at..at + d], &mut row);
-                acc.iter_mut().zip(&row).for_each(|(a, r)| *a += w * r);
-            }
+            T::slice_to_f32(&src[at..at + d], &mut row);
+            acc.iter_mut().zip(&row).for_each(|(a, r)| *a += w * r);
         }
     }
 }

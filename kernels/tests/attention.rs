@@ -387,6 +387,36 @@ fn a_nan_query_gives_a_nan_head() {
     }
 }
 
+/// An infinite value whose probability is exactly 0 (a score far below the others) still makes the
+/// output NaN (0 · inf, as in torch), at every level: no path skips zero weights.
+#[test]
+fn a_zero_weight_times_an_infinite_value_is_nan_at_every_level() {
+    fn case<T: Element>(st: &Arc<Stream>, level: cpu::Level, heads: Heads) {
+        let (hd, row, kv_len) = (heads.head_dim, heads.kv_heads * heads.head_dim, 40usize);
+        let q = vec![T::from_f32(1.0); heads.heads * hd];
+        let (mut k, mut v) = (vec![T::from_f32(0.25); 48 * row], vec![T::from_f32(0.5); 48 * row]);
+        // Key 0 scores about −800 · 8 below the rest (its weight underflows to 0); its value is inf.
+        k[..row].fill(T::from_f32(-100.0));
+        v[..row].fill(T::from_f32(f32::INFINITY));
+        let (k, v) = (st.clone_htod(&k).unwrap(), st.clone_htod(&v).unwrap());
+        let table = [0i32, 1, 2];
+        let tables = BlockTables { table: &table, max_blocks: 3 };
+        let mut out = st.alloc_zeros::<T>(q.len()).unwrap();
+        let op = PagedAttention::new(heads, 16).level(level);
+        op.decode(st, &st.clone_htod(&q).unwrap(), &k, &v, tables, &[kv_len as i32], &mut out).unwrap();
+        let got: Vec<f32> = st.clone_dtoh(&out).unwrap().iter().map(|x| x.to_f32()).collect();
+        assert!(got.iter().all(|x| x.is_nan()), "{} {heads:?}: {:?}", level.name(), &got[..4]);
+    }
+    let st = stream();
+    for level in cpu::available() {
+        // One query head per KV head (single-row value sums), and four.
+        for heads in [Heads::new(4, 4, 64), Heads::new(8, 2, 64)] {
+            case::<f32>(&st, level, heads);
+            case::<bf16>(&st, level, heads);
+        }
+    }
+}
+
 #[test]
 fn paged_decode_short_single_sequence_splits_heads() {
     // One short sequence: too few keys to split, so (with two or more pool threads) its KV heads are

@@ -123,6 +123,10 @@ fn fia_prefill_call_uses_tnd_cumulative_lengths_and_causal_mask() {
     // Without causality there is no mask.
     let n = prefill_call(h, 0.125, false, None, &[0, 12], ACL_FLOAT);
     assert_eq!((n.sparse_mode, n.mask.is_none()), (SPARSE_NONE, true));
+    // A window without causality is still a band (mode 0 would ignore preTokens), open to the right.
+    let nw = prefill_call(h, 0.125, false, Some(64), &[0, 12], ACL_FLOAT);
+    assert_eq!((nw.sparse_mode, nw.pre_tokens, nw.next_tokens), (SPARSE_BAND, 63, ALL_TOKENS));
+    assert_eq!(nw.mask, Some(dense(&[MASK_SIDE, MASK_SIDE], ACL_BOOL)));
 }
 
 #[test]

@@ -324,8 +324,10 @@ impl PagedAttention {
 
 /// Writes `key` and `value` (`[T, kv_heads, D]`) into the caches (`[num_blocks, block_size, kv_heads,
 /// D]`) at `slot_mapping` (`[T]`): token t goes to block `slot / block_size`, offset `slot %
-/// block_size`; a negative slot is padding and skipped. Errors, with nothing enqueued, for a slot
-/// beyond the cache or lengths that do not match.
+/// block_size`; a negative slot is padding and skipped. A slot given twice takes the later token on
+/// the host; on an NPU (whose operator needs distinct slots) it is refused, and so is padding that
+/// does not end the mapping (vLLM pads at the end). Errors, with nothing enqueued, for a slot beyond
+/// the cache or lengths that do not match.
 #[allow(clippy::too_many_arguments)]
 pub fn reshape_and_cache<T: Element>(
     stream: &Arc<Stream>,

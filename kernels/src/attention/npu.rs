@@ -68,7 +68,8 @@ pub struct FiaCall {
 fn masking(g: &Geometry) -> (Option<TensorDesc>, i64, i64, i64) {
     match (g.causal, g.window) {
         (false, None) => (None, SPARSE_NONE, ALL_TOKENS, ALL_TOKENS),
-        (false, Some(w)) => (None, SPARSE_NONE, w as i64 - 1, ALL_TOKENS),
+        // Mode 0 ignores preTokens without a mask: a window needs the band mode, open to the right.
+        (false, Some(w)) => (Some(mask_desc()), SPARSE_BAND, w as i64 - 1, ALL_TOKENS),
         (true, None) => (Some(mask_desc()), SPARSE_RIGHT_DOWN_CAUSAL, ALL_TOKENS, 0),
         (true, Some(w)) => (Some(mask_desc()), SPARSE_BAND, w as i64 - 1, 0),
     }
@@ -350,6 +351,29 @@ pub(crate) fn paged<T: Element>(
     run_fia(stream, &call, q, key_cache, value_cache, Some(tables.table), out)
 }
 
+/// The slots aclnnScatterPaKvCache can take from a validated mapping: it requires every slot in
+/// range and distinct, so padding (negative slots, as vLLM pads) is cut off the end, where vLLM puts
+/// it; padding before a real token, or a slot written twice, is refused (the rows to cache would have
+/// to be moved on the device first).
+pub(crate) fn npu_slots(slot_mapping: &[i64]) -> Result<&[i64]> {
+    let real = slot_mapping.iter().take_while(|&&s| s >= 0).count();
+    if let Some(t) = slot_mapping[real..].iter().position(|&s| s >= 0) {
+        return Err(Error::Unsupported(format!(
+            "token {} has a slot after padding (token {real}): on an NPU padding may only end the slot mapping",
+            real + t
+        )));
+    }
+    let mut sorted = slot_mapping[..real].to_vec();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::InvalidArgument(format!(
+            "slot {} is written twice: on an NPU slots must be distinct",
+            w[0]
+        )));
+    }
+    Ok(&slot_mapping[..real])
+}
+
 /// reshape_and_cache on an NPU stream; the slot mapping is uploaded without waiting, after phase 1.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reshape_and_cache<T: Element>(
@@ -362,6 +386,10 @@ pub(crate) fn reshape_and_cache<T: Element>(
     slot_mapping: &[i64],
     (kv_heads, head_dim): (usize, usize),
 ) -> Result<()> {
+    let slot_mapping = npu_slots(slot_mapping)?;
+    if slot_mapping.is_empty() {
+        return Ok(()); // all padding
+    }
     let api = stream.context().runtime().api();
     let phase1 = api
         .aclnnScatterPaKvCacheGetWorkspaceSize
@@ -409,6 +437,16 @@ pub(crate) fn reshape_and_cache<T: Element>(
 mod tests {
     use super::*;
     use ascend_rt::Context;
+
+    #[test]
+    fn npu_slot_mappings_drop_trailing_padding_and_refuse_what_the_operator_cannot_take() {
+        assert_eq!(npu_slots(&[3, 0, 7, -1, -1]).unwrap(), &[3, 0, 7]);
+        assert_eq!(npu_slots(&[5, 1]).unwrap(), &[5, 1]);
+        assert!(npu_slots(&[-1, -1]).unwrap().is_empty());
+        assert!(npu_slots(&[]).unwrap().is_empty());
+        assert!(matches!(npu_slots(&[0, -1, 2]), Err(Error::Unsupported(m)) if m.contains("token 2")));
+        assert!(matches!(npu_slots(&[4, 2, 4]), Err(Error::InvalidArgument(m)) if m.contains("slot 4")));
+    }
     use ascend_sys::ACLNN_ERR_INNER_FIND_KERNEL_ERROR;
 
     /// The simulator creates the tensors but has no aclnn kernels: each path must stop at phase 1
