@@ -3,7 +3,12 @@
 # real vLLM 0.33.0 (from PyPI) plus pytest, in a venv OUTSIDE the work tree.
 #
 #   ASCEND_PY_ENV   venv location
-#                   (default: ${XDG_CACHE_HOME:-$HOME/.cache}/ascend-rs/py-vllm-0.33.0)
+#                   (default: ${XDG_CACHE_HOME:-$HOME/.cache}/ascend-rs/py-vllm-0.33.0): a new or
+#                   empty directory, or an existing venv of the same Python major.minor with a
+#                   working pip (vLLM is installed into it). Only a venv this script created (it
+#                   holds the file .ascend-rs-env; anything at the default location counts as the
+#                   script's) is ever deleted and rebuilt; for any other directory that does not
+#                   fit, the script stops with an error and changes nothing.
 #   PYTHON          interpreter used to create the venv (default: python3;
 #                   vLLM 0.33.0 requires >=3.11,<3.15)
 #   ASCEND_PY_FULL_DEPS=1
@@ -39,12 +44,14 @@ MIN_DEPS=(
 )
 EXTRA_PKGS=(pytest)
 
-ENV_DIR="${ASCEND_PY_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ascend-rs/py-vllm-${VLLM_VERSION}}"
 # Absolute and without a trailing slash: callers run the printed interpreter from other directories.
-ENV_DIR="$(realpath -m -- "$ENV_DIR")"
+DEFAULT_ENV_DIR="$(realpath -m -- "${XDG_CACHE_HOME:-$HOME/.cache}/ascend-rs/py-vllm-${VLLM_VERSION}")"
+ENV_DIR="$(realpath -m -- "${ASCEND_PY_ENV:-$DEFAULT_ENV_DIR}")"
 PYTHON_BIN="${PYTHON:-python3}"
 FULL_DEPS="${ASCEND_PY_FULL_DEPS:-0}"
 MARKER="$ENV_DIR/.complete"
+OWN_MARK="$ENV_DIR/.ascend-rs-env"  # this script created the venv: it may delete and rebuild it
+LOCK="${ENV_DIR}.lock"
 VPY="$ENV_DIR/bin/python"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -78,8 +85,20 @@ mkdir -p "$(dirname "$ENV_DIR")"
 
 # Serialise concurrent runs (e.g. a developer shell and CI) on the same venv.
 if command -v flock >/dev/null 2>&1; then
-    exec 9>"${ENV_DIR}.lock"
-    flock 9
+    while :; do
+        exec 9>"$LOCK"
+        flock 9
+        # Held on the file still at $LOCK: a run that removed it (below) while we waited left us
+        # the lock of a deleted file, which no longer excludes a newcomer: take the new file's.
+        [ /dev/fd/9 -ef "$LOCK" ] && break
+        exec 9>&-
+    done
+    # Beside a directory of the user's, the lock file goes again on exit (removed while still held,
+    # so a waiting run moves on to a new file, above). In the script's own cache directory it stays:
+    # older copies of this script, which do not re-check, may share the default venv.
+    if [ "$ENV_DIR" != "$DEFAULT_ENV_DIR" ]; then
+        trap 'rm -f -- "$LOCK"' EXIT
+    fi
 fi
 
 # Reuse a completed venv whose marker matches what this script would install.
@@ -89,22 +108,62 @@ if [ -x "$VPY" ] && [ -f "$MARKER" ] \
     echo "$VPY"
     exit 0
 fi
-rm -f "$MARKER"
 
 # ---------------------------------------------------------------- venv
 make_venv() { "$PYTHON_BIN" -m venv "$ENV_DIR"; }
 venv_py_ver() { "$VPY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true; }
-# Only a venv (or nothing) is ever deleted: ASCEND_PY_ENV may name a directory of the user's.
-removable() { [ ! -e "$ENV_DIR" ] || [ -f "$ENV_DIR/pyvenv.cfg" ] || [ -z "$(ls -A "$ENV_DIR" 2>/dev/null)" ]; }
+# ASCEND_PY_ENV may name a directory of the user's: only what this script created is deleted, i.e.
+# a directory holding its mark (written before the venv, so that an interrupted creation counts
+# too) or anything at the default location, where only this script writes (venvs made there by
+# versions of it without the mark included).
+own_env() { [ -f "$OWN_MARK" ] || [ "$ENV_DIR" = "$DEFAULT_ENV_DIR" ]; }
+empty_env() {
+    local entries
+    [ ! -e "$ENV_DIR" ] || { [ -d "$ENV_DIR" ] && entries="$(ls -A -- "$ENV_DIR")" && [ -z "$entries" ]; }
+}
+# Empties $ENV_DIR (own or empty) and marks it as the script's; the directory itself is kept.
+reset_env() {
+    if [ -d "$ENV_DIR" ]; then
+        find "$ENV_DIR" -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +
+    else
+        rm -f -- "$ENV_DIR"
+        mkdir -p -- "$ENV_DIR"
+    fi
+    echo "Created by ascend-rs scripts/setup-python.sh, which may delete and rebuild this directory." >"$OWN_MARK"
+}
+# Why the existing $ENV_DIR cannot be used as it is (MISFIT), and what a user can do (REMEDY).
+misfit() {
+    local ver elsewhere="set ASCEND_PY_ENV to a new or empty directory"
+    ver="$(venv_py_ver)"
+    if [ ! -f "$ENV_DIR/pyvenv.cfg" ] && [ ! -x "$VPY" ]; then
+        MISFIT="$ENV_DIR exists and is not a Python venv"
+        REMEDY="$elsewhere, or to a venv of Python $PY_VER with pip"
+    elif [ -z "$ver" ]; then
+        MISFIT="$ENV_DIR is a venv whose interpreter ($VPY) does not run"
+        REMEDY="$elsewhere, or repair the venv"
+    elif [ "$ver" != "$PY_VER" ]; then
+        MISFIT="$ENV_DIR is a venv of Python $ver, not $PY_VER (the version of $PYTHON_BIN)"
+        REMEDY="$elsewhere (vLLM 0.33.0 needs Python >=3.11,<3.15)"
+        case "$ver" in
+            3.1[1-4]) REMEDY="$elsewhere, or PYTHON to a Python $ver interpreter" ;;
+        esac
+    else
+        MISFIT="$ENV_DIR is a venv without a working pip ('$VPY -m pip --version' fails)"
+        REMEDY="$elsewhere, or install pip into the venv ('$VPY -m ensurepip')"
+    fi
+}
 if [ -x "$VPY" ] && [ "$(venv_py_ver)" = "$PY_VER" ] \
     && "$VPY" -m pip --version >/dev/null 2>&1; then
     log "venv exists but is not marked complete: resuming install in $ENV_DIR"
-else
-    removable || die "$ENV_DIR exists and is not a Python venv; not deleting it (set ASCEND_PY_ENV to a new directory)"
-    rm -rf "$ENV_DIR"
+elif own_env || empty_env; then
+    if ! empty_env; then
+        misfit
+        log "$MISFIT; this script created it: rebuilding it"
+    fi
+    reset_env
     log "creating venv at $ENV_DIR with $PYTHON_BIN ($PY_VER)"
     if ! make_venv >/dev/null 2>&1; then
-        rm -rf "$ENV_DIR"
+        reset_env
         log "'$PYTHON_BIN -m venv' failed; installing Debian's python3-venv"
         command -v apt-get >/dev/null 2>&1 || die "python3 -m venv failed and apt-get is unavailable"
         SUDO=""
@@ -116,7 +175,11 @@ else
             || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
         make_venv || die "'$PYTHON_BIN -m venv' still fails after installing python3-venv"
     fi
+else
+    misfit
+    die "$MISFIT; this script did not create it (no $OWN_MARK), so it is left unchanged: $REMEDY"
 fi
+rm -f "$MARKER"
 
 log "upgrading pip"
 "$VPY" -m pip install -q --progress-bar off --upgrade pip >&2

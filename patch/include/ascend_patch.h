@@ -40,7 +40,8 @@ int32_t ascend_patch_comm_init(const uint8_t *root, size_t len, uint32_t nranks,
 /* As above; timeout_s > 0 replaces HCCL_CONNECT_TIMEOUT and HCCL_EXEC_TIMEOUT (host transport). */
 int32_t ascend_patch_comm_init_timeout(const uint8_t *root, size_t len, uint32_t nranks, uint32_t rank,
                                        int32_t device, double timeout_s, AscendPatchComm *comm);
-/* Shared memory is released when every rank has destroyed its handle. */
+/* The handle is invalid afterwards (a destroyed or unknown handle is HCCL_E_PARA, never freed twice);
+ * shared memory is released once calls in flight on it have returned and every rank has destroyed its handle. */
 int32_t ascend_patch_comm_destroy(AscendPatchComm comm);
 
 /* recv = op over ranks of send (count elements; send == recv allowed). */

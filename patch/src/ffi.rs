@@ -7,7 +7,10 @@ use crate::layout::{Kind, Sizes};
 use ascend_sim::hccl::DType;
 use ascend_sys::{HCCL_E_INTERNAL, HCCL_E_PARA, HCCL_E_PTR};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -150,36 +153,48 @@ pub unsafe extern "C" fn ascend_patch_comm_init_timeout(
         let timeout = (timeout_s.is_finite() && timeout_s > 0.0)
             .then(|| std::time::Duration::from_secs_f64(timeout_s.min(i32::MAX as f64)));
         let c = PatchComm::init(bytes, nranks as usize, rank as usize, device, timeout)?;
+        let h = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
+        comms().lock().unwrap().insert(h, Arc::new(c));
         // SAFETY: writable by the contract.
-        unsafe { *comm = Box::into_raw(Box::new(c)) as *mut c_void };
+        unsafe { *comm = h as *mut c_void };
         Ok(())
     })
 }
 
-/// Destroys a communicator (its shared memory is released when the last rank has destroyed it).
+/// Live communicators by handle. A handle is a number never given twice, not an address: a
+/// destroyed (or twice destroyed, or made-up) handle is refused instead of touching freed memory,
+/// and a call in flight holds its communicator, so a destroy from another thread releases it only
+/// when that call returns.
+fn comms() -> &'static Mutex<HashMap<usize, Arc<PatchComm>>> {
+    static COMMS: OnceLock<Mutex<HashMap<usize, Arc<PatchComm>>>> = OnceLock::new();
+    COMMS.get_or_init(Mutex::default)
+}
+
+static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
+
+/// Destroys a communicator: the handle is invalid from now on; its shared memory is released when
+/// the calls in flight on it have returned and the last rank has destroyed its handle. An unknown or
+/// already destroyed handle is `HCCL_E_PARA`.
 ///
 /// # Safety
-/// `comm` came from `ascend_patch_comm_init` and is not used again.
+/// None beyond the C ABI: `comm` is only compared with live handles.
 #[no_mangle]
 pub unsafe extern "C" fn ascend_patch_comm_destroy(comm: *mut c_void) -> i32 {
     entry("ascend_patch_comm_destroy", || {
-        if comm.is_null() {
-            return Err((HCCL_E_PTR, "comm is null".into()));
-        }
-        // SAFETY: made by Box::into_raw in comm_init, destroyed once (contract).
-        drop(unsafe { Box::from_raw(comm as *mut PatchComm) });
+        let c = handle(comm)?;
+        comms().lock().unwrap().remove(&(comm as usize));
+        drop(c); // the last reference unless a call is in flight
         Ok(())
     })
 }
 
-/// # Safety
-/// `comm` is null or a live handle.
-unsafe fn handle<'a>(comm: *mut c_void) -> Result<&'a PatchComm, (i32, String)> {
+/// The communicator of a live handle (held for the call).
+fn handle(comm: *mut c_void) -> Result<Arc<PatchComm>, (i32, String)> {
     if comm.is_null() {
         return Err((HCCL_E_PTR, "comm is null".into()));
     }
-    // SAFETY: a live handle from comm_init (contract).
-    Ok(unsafe { &*(comm as *const PatchComm) })
+    let c = comms().lock().unwrap().get(&(comm as usize)).cloned();
+    c.ok_or_else(|| para(format!("{comm:?} is not a live communicator (destroyed, or never made)")))
 }
 
 /// `count` elements of `dtype` on `comm`, refused when the largest buffer an operation may touch
@@ -215,7 +230,7 @@ pub unsafe extern "C" fn ascend_patch_all_reduce(
     // SAFETY: forwarded contract.
     entry("ascend_patch_all_reduce", || unsafe {
         let c = handle(comm)?;
-        c.all_reduce(send as usize, recv as usize, data(c, count, dtype)?, op, stream)
+        c.all_reduce(send as usize, recv as usize, data(&c, count, dtype)?, op, stream)
     })
 }
 
@@ -235,7 +250,7 @@ pub unsafe extern "C" fn ascend_patch_all_gather(
     // SAFETY: forwarded contract.
     entry("ascend_patch_all_gather", || unsafe {
         let c = handle(comm)?;
-        c.all_gather(send as usize, recv as usize, data(c, count, dtype)?, stream)
+        c.all_gather(send as usize, recv as usize, data(&c, count, dtype)?, stream)
     })
 }
 
@@ -256,7 +271,7 @@ pub unsafe extern "C" fn ascend_patch_reduce_scatter(
     // SAFETY: forwarded contract.
     entry("ascend_patch_reduce_scatter", || unsafe {
         let c = handle(comm)?;
-        c.reduce_scatter(send as usize, recv as usize, data(c, count, dtype)?, op, stream)
+        c.reduce_scatter(send as usize, recv as usize, data(&c, count, dtype)?, op, stream)
     })
 }
 
@@ -279,7 +294,7 @@ pub unsafe extern "C" fn ascend_patch_gather(
         // SAFETY: forwarded contract.
         unsafe {
             let c = handle(comm)?;
-            c.gather(send as usize, recv as usize, data(c, count, dtype)?, root, stream)
+            c.gather(send as usize, recv as usize, data(&c, count, dtype)?, root, stream)
         }
     })
 }
@@ -302,7 +317,7 @@ pub unsafe extern "C" fn ascend_patch_broadcast(
         // SAFETY: forwarded contract.
         unsafe {
             let c = handle(comm)?;
-            c.broadcast(buf as usize, data(c, count, dtype)?, root, stream)
+            c.broadcast(buf as usize, data(&c, count, dtype)?, root, stream)
         }
     })
 }
@@ -325,7 +340,7 @@ pub unsafe extern "C" fn ascend_patch_send(
         // SAFETY: forwarded contract.
         unsafe {
             let c = handle(comm)?;
-            c.send(buf as usize, data(c, count, dtype)?, peer, stream)
+            c.send(buf as usize, data(&c, count, dtype)?, peer, stream)
         }
     })
 }
@@ -348,7 +363,7 @@ pub unsafe extern "C" fn ascend_patch_recv(
         // SAFETY: forwarded contract.
         unsafe {
             let c = handle(comm)?;
-            c.recv(buf as usize, data(c, count, dtype)?, peer, stream)
+            c.recv(buf as usize, data(&c, count, dtype)?, peer, stream)
         }
     })
 }

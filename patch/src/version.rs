@@ -194,8 +194,13 @@ impl Spec {
         Ok(Spec { clauses, text: s.trim().to_string() })
     }
 
-    /// Whether `v` satisfies every clause.
+    /// Whether `v` satisfies every clause. As in PEP 440, a pre-release or dev build matches only a
+    /// spec that names one (`==0.33.*` does not take an untested `0.33.1.dev42` nightly; set
+    /// `VLLM_VERSION` to vouch for one).
     pub fn matches(&self, v: &Version) -> bool {
+        if v.is_pre() && !self.clauses.iter().any(Clause::names_pre) {
+            return false;
+        }
         self.clauses.iter().all(|c| match c {
             Clause::Eq(w) => v == w || (v.cmp(w) == Ordering::Equal && w.local.is_none()),
             Clause::Prefix(p) => v.padded(p.len())[..p.len()] == p[..],
@@ -207,6 +212,16 @@ impl Spec {
             Clause::Le(w) => v <= w,
             Clause::Lt(w) => v < w && !(!w.is_pre() && v.is_pre() && v.same_release(w)),
         })
+    }
+}
+
+impl Clause {
+    /// Whether the clause names a pre-release or dev build (which lets such builds match).
+    fn names_pre(&self) -> bool {
+        match self {
+            Clause::Prefix(_) => false,
+            Clause::Eq(w) | Clause::Ne(w) | Clause::Ge(w) | Clause::Gt(w) | Clause::Le(w) | Clause::Lt(w) => w.is_pre(),
+        }
     }
 }
 
@@ -304,7 +319,10 @@ mod tests {
         assert!(!m("0.34.0", ">=0.30,<0.34"));
         assert!(!m("0.34.0.dev3", ">=0.30,<0.34"), "<V takes no dev build of V (PEP 440)");
         assert!(!m("0.34.0rc1", "<0.34"), "nor a pre-release of it");
-        assert!(m("0.34.0rc1", "<0.34.0rc2") && m("0.33.5.dev1", "<0.34"));
+        assert!(m("0.34.0rc1", "<0.34.0rc2") && !m("0.33.5.dev1", "<0.34"));
+        // Pre-releases and dev builds match only a spec that names one (PEP 440).
+        assert!(!m("0.33.1.dev12+gdeadbeef", "==0.33.*") && !m("0.33.0rc1", ">=0.32"));
+        assert!(m("0.33.0rc1", "0.33.0rc1") && m("0.33.0rc2", ">=0.33.0rc1,<0.34"));
         assert!(!m("0.33.0.post1", ">0.33") && m("0.33.1", ">0.33") && m("0.33.0.post2", ">0.33.0.post1"));
         assert!(!m("0.11.1.dev12+gdeadbeef", "0.11.1"));
         assert!(m("0.33.2", "==0.33.*"));

@@ -2,8 +2,10 @@
 
 Collectives run synchronously on the calling thread over the library's shared-memory transport and
 read and write the tensors' memory directly (a non-contiguous tensor goes through a contiguous copy).
-Data movement (gather, broadcast, send, recv) is done on the bytes, so every dtype moves; reductions
-need an HCCL data type (:data:`REDUCE_DTYPES`). This module needs torch but not vLLM.
+Data movement (all_gather, gather, broadcast, send, recv) passes the tensor's HCCL data type and element
+count, as HCCL is called, so that ranks passing different dtypes or shapes fail (HCCL_E_PARA) instead of
+reinterpreting each other's bytes; a dtype HCCL lacks (complex, float8, ...) moves as bytes (uint8).
+Reductions need an HCCL data type (:data:`REDUCE_DTYPES`). This module needs torch but not vLLM.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from . import _lib
 
 SUM, PROD, MAX, MIN = 0, 1, 2, 3
-_BYTES = 7  # HcclDataType uint8: data movement is done on bytes
+_BYTES = 7  # HcclDataType uint8: what a dtype with no HCCL data type moves as
 
 # torch dtype -> HcclDataType for reductions (bool is reduced as uint8: sum/max as MAX, i.e. logical
 # or; prod/min as MIN, i.e. logical and).
@@ -39,6 +41,15 @@ for _name, _code in (("uint64", 6), ("uint16", 8), ("uint32", 9)):
 
 
 _BOOL_OPS = {SUM: MAX, MAX: MAX, PROD: MIN, MIN: MIN}
+
+
+def _moved(t: torch.Tensor) -> tuple[int, int]:
+    """(count, HcclDataType) a data-movement op passes for ``t``: its elements and its HCCL data type
+    (bool as uint8), as on HCCL; a dtype HCCL lacks moves as bytes (count = bytes, uint8)."""
+    code = REDUCE_DTYPES.get(t.dtype)
+    if code is None:
+        return t.numel() * t.element_size(), _BYTES
+    return t.numel(), code
 
 
 def hccl_dtype(dtype: torch.dtype) -> int:
@@ -74,7 +85,8 @@ class HostComm:
 
     Errors: the constructor and every operation raise :class:`ascend_patch.AscendPatchError` when
     the library fails (``HCCL_E_TIMEOUT`` when a peer does not join or take part in time, or died;
-    ``HCCL_E_PARA`` when the ranks disagree on an operation's size, type, op or root); operations
+    ``HCCL_E_PARA`` when the ranks disagree on an operation's size, type, op or root — for gather,
+    send and recv the host transport compares byte counts only); operations
     raise TypeError for a tensor off the CPU or a lazy conjugate / negative view, and RuntimeError
     once :meth:`destroy` was called. A timeout, a dead peer or a send/recv size mismatch fails the
     communicator for every rank: later operations raise AscendPatchError ("failed earlier").
@@ -161,7 +173,7 @@ class HostComm:
         if out.numel() * out.element_size() != nbytes * self.nranks or not out.is_contiguous():
             raise ValueError("ascend_patch: all_gather output must be contiguous with nranks × the input")
         if nbytes:
-            self._call(self._all_gather, inp.data_ptr(), out.data_ptr(), nbytes, _BYTES, None)
+            self._call(self._all_gather, inp.data_ptr(), out.data_ptr(), *_moved(inp), None)
 
     def reduce_scatter_into(self, out: torch.Tensor, inp: torch.Tensor, op: int = SUM) -> None:
         """``out`` (count elements) = this rank's block of the reduction over every rank's ``inp``
@@ -191,7 +203,7 @@ class HostComm:
             _cpu(out, "gather")
             recv = out.data_ptr()
         if nbytes:
-            self._call(self._gather, inp.data_ptr(), recv or None, nbytes, _BYTES, root, None)
+            self._call(self._gather, inp.data_ptr(), recv or None, *_moved(inp), root, None)
 
     def broadcast(self, t: torch.Tensor, root: int) -> torch.Tensor:
         """In place: every rank's ``t`` becomes root's."""
@@ -199,36 +211,39 @@ class HostComm:
         nbytes = t.numel() * t.element_size()
         if nbytes == 0:
             return t
+        count, code = _moved(t)
         if t.is_contiguous():
-            self._call(self._broadcast, t.data_ptr(), nbytes, _BYTES, root, None)
+            self._call(self._broadcast, t.data_ptr(), count, code, root, None)
         else:
             work = t.contiguous()
-            self._call(self._broadcast, work.data_ptr(), nbytes, _BYTES, root, None)
+            self._call(self._broadcast, work.data_ptr(), count, code, root, None)
             if self.rank != root:
                 t.copy_(work)
         return t
 
     def send(self, t: torch.Tensor, peer: int) -> None:
-        """Sends ``t``'s bytes to ``peer`` (returns once the peer took them)."""
+        """Sends ``t`` to ``peer`` (returns once the peer took it)."""
         _cpu(t, "send")
         t = t.contiguous()
         nbytes = t.numel() * t.element_size()
         if nbytes:
-            self._call(self._send, t.data_ptr(), nbytes, _BYTES, peer, None)
+            self._call(self._send, t.data_ptr(), *_moved(t), peer, None)
 
     def recv(self, t: torch.Tensor, peer: int) -> torch.Tensor:
-        """Fills ``t`` with the bytes ``peer`` sends and returns it. ``t`` must have the size sent:
+        """Fills ``t`` with what ``peer`` sends and returns it. ``t`` must have the size sent:
         otherwise both ranks raise AscendPatchError (HCCL_E_PARA) and the communicator fails for
-        good, for every rank."""
+        good, for every rank. (The host transport compares byte counts only: a dtype differing from
+        the sender's with the same byte count goes unnoticed.)"""
         _cpu(t, "recv")
         nbytes = t.numel() * t.element_size()
         if nbytes == 0:
             return t
+        count, code = _moved(t)
         if t.is_contiguous():
-            self._call(self._recv, t.data_ptr(), nbytes, _BYTES, peer, None)
+            self._call(self._recv, t.data_ptr(), count, code, peer, None)
         else:
             work = torch.empty_like(t, memory_format=torch.contiguous_format)
-            self._call(self._recv, work.data_ptr(), nbytes, _BYTES, peer, None)
+            self._call(self._recv, work.data_ptr(), count, code, peer, None)
             t.copy_(work)
         return t
 

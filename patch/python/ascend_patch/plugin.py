@@ -14,26 +14,33 @@ from __future__ import annotations
 import logging
 import os
 
-# The prefixes of the other variables ascend_patch reads (ASCEND_PATCH_DISABLE, ASCEND_PATCH_LIB,
-# ASCEND_PATCH_LOG_LEVEL, HCCL_*_TIMEOUT): Ray workers receive only VLLM_* and a few other prefixes
-# unless told, so a switch set on the driver would not reach them.
-RAY_PREFIXES = ("ASCEND_PATCH_", "HCCL_")
+# The other variables ascend_patch reads: its own (ASCEND_PATCH_DISABLE, ASCEND_PATCH_LIB,
+# ASCEND_PATCH_LOG_LEVEL) by prefix, and the two HCCL timeouts of the host transport by name. Ray
+# workers receive only VLLM_* and a few other prefixes unless told, so a switch set on the driver
+# would not reach them. Not the HCCL_ prefix: HCCL_IF_IP, HCCL_SOCKET_IFNAME, ... are node-specific,
+# and copying the driver's would override each worker node's own.
+RAY_PREFIXES = ("ASCEND_PATCH_",)
+RAY_VARS = ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT")
 
 
 def _declare_environment() -> None:
     """VLLM_VERSION is declared to vLLM (its strict environment check refuses unknown VLLM_* names),
-    and the prefixes above are added to those vLLM copies to Ray workers. (Not declared as vLLM
-    variables: every declared variable is part of vLLM's torch.compile cache key.)"""
+    and the prefixes and names above are added to those vLLM copies to Ray workers
+    (VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY, VLLM_RAY_EXTRA_ENV_VARS_TO_COPY). (Not declared as
+    vLLM variables: every declared variable is part of vLLM's torch.compile cache key.)"""
     try:
         from vllm import envs
     except Exception:  # no vLLM here: nothing to declare to
         return
     envs.environment_variables.setdefault("VLLM_VERSION", lambda: os.getenv("VLLM_VERSION"))
-    var = "VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY"
-    have = [p.strip() for p in os.environ.get(var, "").split(",") if p.strip()]
-    missing = [p for p in RAY_PREFIXES if p not in have]
-    if missing:
-        os.environ[var] = ",".join(have + missing)
+    for var, wanted in (
+        ("VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY", RAY_PREFIXES),
+        ("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", RAY_VARS),
+    ):
+        have = [p.strip() for p in os.environ.get(var, "").split(",") if p.strip()]
+        missing = [p for p in wanted if p not in have]
+        if missing:
+            os.environ[var] = ",".join(have + missing)
 
 
 def register() -> None:

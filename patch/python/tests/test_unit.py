@@ -94,7 +94,7 @@ def test_check_raises_with_the_library_message():
 @pytest.mark.parametrize(
     "version, ok",
     [("0.33.0", True), ("0.33.0+cpu", True), ("0.33.1", True), ("0.33.2.post1", True), ("0.34.0", False),
-     ("0.9.2", False), ("0.33.1.dev12+gdeadbeef", True)],
+     ("0.9.2", False), ("0.33.1.dev12+gdeadbeef", False), ("0.33.0rc1", False)],
 )
 def test_version_gate(monkeypatch, version, ok):
     monkeypatch.setenv("VLLM_VERSION", version)
@@ -441,6 +441,29 @@ def test_host_comm_p2p_size_mismatch_fails_the_communicator():
         return True
 
     assert _two_ranks(body) == [True, True]
+
+
+def test_host_comm_data_movement_checks_dtype_and_count_not_just_bytes():
+    """float32[4] on one rank and bfloat16[8] on the other are 16 bytes each: HCCL refuses the pair
+    (HCCL_E_PARA) instead of reinterpreting one rank's floats as the other's bfloat16s."""
+    import torch
+
+    def body(comm, rank):
+        t = torch.arange(4, dtype=torch.float32) if rank == 0 else torch.zeros(8, dtype=torch.bfloat16)
+        with pytest.raises(_lib.AscendPatchError, match="HCCL_E_PARA"):
+            comm.broadcast(t, 0)
+        out = torch.empty(2 * t.numel(), dtype=t.dtype)
+        with pytest.raises(_lib.AscendPatchError, match="HCCL_E_PARA"):
+            comm.all_gather_into(out, t)
+        # Refused before any data moved, and the communicator still works.
+        b = torch.full((3,), float(rank + 1), dtype=torch.bfloat16)
+        comm.broadcast(b, 1)
+        return t, b
+
+    (t0, b0), (t1, b1) = _two_ranks(body)
+    assert torch.equal(t0, torch.arange(4, dtype=torch.float32))
+    assert torch.equal(t1, torch.zeros(8, dtype=torch.bfloat16))
+    assert torch.equal(b0, torch.full((3,), 2.0, dtype=torch.bfloat16)) and torch.equal(b1, b0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -254,16 +254,28 @@ def test_invalid_log_level_falls_back_to_info_and_patches_still_apply():
 
 
 def test_the_variables_ascend_patch_reads_pass_vllm_checks_and_reach_ray_workers():
-    code = "from ascend_patch import plugin; plugin.register(); " \
+    code = "import json; from ascend_patch import plugin; plugin.register(); " \
            "from vllm.platforms.cpu import CpuPlatform; CpuPlatform.validate_environ(hard_fail=True); " \
            "from vllm.ray.ray_env import get_env_vars_to_copy; v = get_env_vars_to_copy(); " \
-           "print('RESULT', sorted(n for n in v if n.startswith(('ASCEND_PATCH_', 'HCCL_', 'VLLM_VERSION'))))"
-    env = base_env(VLLM_VERSION="0.33.0", ASCEND_PATCH_DISABLE="platform/nope", HCCL_EXEC_TIMEOUT="30")
+           "names = ('ASCEND_PATCH_', 'HCCL_', 'VLLM_VERSION', 'MY'); " \
+           "print('RESULT ' + json.dumps(sorted(n for n in v if n.startswith(names))))"
+    env = base_env(
+        VLLM_VERSION="0.33.0", ASCEND_PATCH_DISABLE="platform/nope", HCCL_EXEC_TIMEOUT="30",
+        HCCL_CONNECT_TIMEOUT="40",
+        # Node-specific HCCL settings: each worker node keeps its own, the driver's are not copied.
+        HCCL_IF_IP="10.0.0.1", HCCL_SOCKET_IFNAME="eth0", HCCL_WHITELIST_DISABLE="1",
+        # A user's own additions are kept.
+        VLLM_RAY_EXTRA_ENV_VAR_PREFIXES_TO_COPY="MYLIB_", VLLM_RAY_EXTRA_ENV_VARS_TO_COPY="MY_FLAG",
+        MYLIB_X="1", MY_FLAG="1",
+    )
     out = run_python(["-c", code], env)
     assert out.returncode == 0, out.stderr[-3000:]
-    copied = out.stdout.split("RESULT ", 1)[1]
-    for name in ["ASCEND_PATCH_DISABLE", "HCCL_EXEC_TIMEOUT", "VLLM_VERSION"]:
-        assert f"'{name}'" in copied, out.stdout
+    copied = set(json.loads(out.stdout.split("RESULT ", 1)[1]))
+    for name in ["ASCEND_PATCH_DISABLE", "HCCL_EXEC_TIMEOUT", "HCCL_CONNECT_TIMEOUT", "VLLM_VERSION",
+                 "MYLIB_X", "MY_FLAG"]:
+        assert name in copied, out.stdout
+    assert sorted(n for n in copied if n.startswith("HCCL_")) == ["HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT"], \
+        out.stdout
 
 
 DRIFT_SCRIPT = textwrap.dedent(
