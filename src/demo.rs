@@ -80,7 +80,8 @@ impl Config {
         }
     }
 
-    fn check(&self, tp: usize) -> Result<()> {
+    /// Refuses a tensor-parallel size that does not divide the model (`InvalidArgument`).
+    pub fn check(&self, tp: usize) -> Result<()> {
         let ok = tp >= 1
             && self.heads.is_multiple_of(tp)
             && self.kv_heads.is_multiple_of(tp)
@@ -419,14 +420,14 @@ fn plan_step(seqs: &mut [&mut Seq], cached: &[usize], blocks: &mut Blocks, bs: u
     Ok(s)
 }
 
-/// Runs the requests with tensor parallelism `tp`; `keep_logits` records the logits of each
-/// generated token (for tests). Errors if the sizes do not shard or the cache runs out.
-pub fn run(cfg: Config, tp: usize, requests: &[Request], keep_logits: bool) -> Result<Output> {
+/// Refuses what [`run`] cannot run (`InvalidArgument`): a `tp` that does not shard the model, an
+/// empty request, more KV cache blocks than the cache holds at the peak. Cheap: nothing is allocated.
+pub fn check(cfg: &Config, tp: usize, requests: &[Request]) -> Result<()> {
     cfg.check(tp)?;
     if let Some((i, _)) = requests.iter().enumerate().find(|(_, r)| r.prompt.is_empty() || r.max_new_tokens == 0) {
         return Err(Error::InvalidArgument(format!("request {i} needs a prompt and at least one token to generate")));
     }
-    check_batch(&cfg, requests.len())?;
+    check_batch(cfg, requests.len())?;
     let need = peak_blocks(requests, cfg.block_size);
     if need > cfg.blocks {
         return Err(Error::InvalidArgument(format!(
@@ -435,6 +436,13 @@ pub fn run(cfg: Config, tp: usize, requests: &[Request], keep_logits: bool) -> R
             cfg.block_size, cfg.blocks
         )));
     }
+    Ok(())
+}
+
+/// Runs the requests with tensor parallelism `tp`; `keep_logits` records the logits of each
+/// generated token (for tests). Errors if the sizes do not shard or the cache runs out.
+pub fn run(cfg: Config, tp: usize, requests: &[Request], keep_logits: bool) -> Result<Output> {
+    check(&cfg, tp, requests)?;
     let contexts: Vec<Arc<Context>> = (0..tp).map(Context::new).collect::<Result<_>>()?;
     let root = if tp > 1 { Some(RootInfo::new()?) } else { None };
     let results: Vec<Result<Output>> = std::thread::scope(|scope| {

@@ -72,7 +72,8 @@ enum BenchKind {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
-        /// Target time per measurement, in milliseconds.
+        /// Time of one timed run, in milliseconds; a figure takes about five (iterations are calibrated
+        /// until a run lasts this long, then the best of three more is kept).
         #[arg(long, default_value_t = 100)]
         budget_ms: u64,
     },
@@ -104,7 +105,8 @@ enum BenchKind {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
-        /// Target time per measurement, in milliseconds.
+        /// Time of one timed run, in milliseconds; a figure takes about five (iterations are calibrated
+        /// until a run lasts this long, then the best of three more is kept).
         #[arg(long, default_value_t = 300)]
         budget_ms: u64,
     },
@@ -120,7 +122,8 @@ enum BenchKind {
         /// One JSON object per line instead of a table.
         #[arg(long, global = true)]
         json: bool,
-        /// Target time per measurement, in milliseconds.
+        /// Time of one timed run, in milliseconds; a figure takes about five (iterations are calibrated
+        /// until a run lasts this long, then the best of three more is kept).
         #[arg(long, global = true, default_value_t = 300)]
         budget_ms: u64,
     },
@@ -141,7 +144,8 @@ enum BenchKind {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
-        /// Target time per measurement, in milliseconds.
+        /// Time of one timed run, in milliseconds; a figure takes about five (iterations are calibrated
+        /// until a run lasts this long, then the best of three more is kept).
         #[arg(long, default_value_t = 200)]
         budget_ms: u64,
     },
@@ -153,7 +157,8 @@ enum BenchKind {
         /// Device to measure.
         #[arg(long, default_value_t = 0)]
         device: usize,
-        /// Target time per measurement, in milliseconds.
+        /// Time of one timed run, in milliseconds; a figure takes about five (iterations are calibrated
+        /// until a run lasts this long, then the best of three more is kept).
         #[arg(long, default_value_t = 100)]
         budget_ms: u64,
         /// Copy sizes in bytes, comma-separated (default 4 KiB .. 256 MiB).
@@ -203,6 +208,10 @@ enum AttentionShape {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` or a closed pipe ends the program quietly, as for other Unix tools
+    // (Rust ignores SIGPIPE, and every print would panic on the broken pipe instead).
+    // SAFETY: restoring a signal's default action, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match Args::parse().command {
         Command::Info { json } => {
             let v = cli::info::gather();
@@ -235,9 +244,10 @@ fn main() -> ExitCode {
                 let rows: Vec<Vec<String>> = checks
                     .iter()
                     .map(|c| {
+                        // The first line only: a backend error lists every path it tried.
                         let (status, detail) = match &c.result {
-                            Ok(d) => ("ok", d.clone()),
-                            Err(d) => ("FAIL", d.clone()),
+                            Ok(d) => ("ok", d.lines().next().unwrap_or_default().to_string()),
+                            Err(d) => ("FAIL", d.lines().next().unwrap_or_default().to_string()),
                         };
                         vec![c.layer.to_string(), c.name.to_string(), status.to_string(), detail]
                     })
@@ -311,26 +321,28 @@ fn main() -> ExitCode {
             report(cli::bench::with_progress(json, |p| att::sweep(&work, heads, &dtypes, budget, p)), json)
         }
         Command::Demo { tp, batch, tokens, tiny } => {
-            use ascend::demo::{check_batch, run, sample_requests, Config};
+            use ascend::demo::{check, check_batch, run, sample_requests, Config};
             if batch == 0 || tokens == 0 || tp == 0 {
                 eprintln!("error: --tp, --batch and --tokens must be at least 1");
                 return ExitCode::from(2);
             }
             let cfg = if tiny { Config::tiny() } else { Config::demo() };
-            if let Err(e) = check_batch(&cfg, batch) {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            // The batch first: it bounds the requests built for the other checks.
+            let checked = check_batch(&cfg, batch).and_then(|()| {
+                let requests = sample_requests(&cfg, batch, tokens);
+                check(&cfg, tp, &requests).map(|()| requests)
+            });
+            let requests = match checked {
+                Ok(r) => r,
+                Err(e) => return failure(&e),
+            };
             eprintln!("generating weights and running {batch} sequences on {tp} device(s) ...");
-            match run(cfg, tp, &sample_requests(&cfg, batch, tokens), false) {
+            match run(cfg, tp, &requests, false) {
                 Ok(out) => {
                     print!("{}", out.summary(tp));
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => failure(&e),
             }
         }
         Command::BenchWorker { rank, ranks } => match ascend::bench::collectives::worker(rank, ranks) {
@@ -394,9 +406,15 @@ fn report(result: ascend::rt::Result<Vec<ascend::bench::Figure>>, json: bool) ->
             cli::bench::print(&f, json);
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// Says what went wrong; exits 2 for arguments refused (as for those the parser refuses), else 1.
+fn failure(e: &ascend::rt::Error) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        ascend::rt::Error::InvalidArgument(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }

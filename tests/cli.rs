@@ -161,6 +161,40 @@ fn demo_runs_the_tp_decoder_and_reports_throughput() {
     assert!(!ok, "TP 3 cannot shard the tiny model");
 }
 
+/// Arguments refused after parsing exit 2, like those the parser refuses, and before any work
+/// starts or is announced.
+#[test]
+fn refused_arguments_exit_2() {
+    for args in [
+        "demo --tiny --tp 3",
+        "demo --tiny --batch 65",
+        "bench attention prefill --seq 16 --heads 4 --kv-heads 3",
+        "bench collectives --ranks 65",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ascend")).args(args.split(' ')).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args}: {err}");
+        assert!(err.starts_with("error: ") && !err.contains("generating"), "{args}: {err:?}");
+    }
+}
+
+/// Output piped into a reader that has gone (`| head`) ends the program quietly, without a panic.
+#[test]
+fn a_closed_pipe_ends_the_program_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ascend"))
+        .args(["selftest"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+}
+
 /// Cases that cannot run are refused at once, with the reason, before anything is allocated or
 /// any rank waits for another.
 #[test]
@@ -175,6 +209,8 @@ fn bench_refuses_what_cannot_run() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{args}: {err}");
+        // Captured stderr is no terminal: no progress line, no control codes before the error.
+        assert!(err.starts_with("error: "), "{args}: {err:?}");
         assert!(t.elapsed() < std::time::Duration::from_secs(30), "{args} took {:?}", t.elapsed());
         // Refused before the read probe (256 MiB and seconds) of a sweep with decode cases.
         assert!(!err.contains("limits.read"), "{args} measured the read limit before refusing: {err}");

@@ -1,22 +1,26 @@
 //! `ascend bench`: quick sweeps of the benchmarks, printed as a table or as JSON lines.
 
 use ascend::bench::{collectives, runtime, Figure};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-/// Runs a sweep with a progress line on stderr (none with `--json`), cleared at the end.
+/// Runs a sweep with a progress line on stderr when it is a terminal (none with `--json`, none in a
+/// log, where the control codes would be noise), cleared at the end.
 pub fn with_progress<T>(
     json: bool,
     sweep: impl FnOnce(&mut dyn FnMut(&str)) -> ascend::rt::Result<T>,
 ) -> ascend::rt::Result<T> {
+    let show = !json && std::io::stderr().is_terminal();
+    let mut shown = false;
     let mut progress = |name: &str| {
-        if !json {
+        if show {
             eprint!("\r\x1b[2K  measuring {name} ...");
             let _ = std::io::stderr().flush();
+            shown = true;
         }
     };
     let result = sweep(&mut progress);
-    if !json {
+    if shown {
         eprint!("\r\x1b[2K");
     }
     result
