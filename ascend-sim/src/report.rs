@@ -7,6 +7,7 @@
 //! callbacks it delivered stay with the thread until it has run them.
 
 use crate::fail::{fail, Result};
+use crate::stream::{holding, StreamCore};
 use ascend_sys::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -20,6 +21,8 @@ pub struct Pending {
     pub data: usize,
     /// Signalled once it has run (blocking callbacks hold their stream on it).
     pub done: Arc<(Mutex<bool>, Condvar)>,
+    /// For a blocking callback, the stream it holds (a wait on it from the callback is refused).
+    pub holds: Option<std::sync::Weak<StreamCore>>,
 }
 
 #[derive(Default)]
@@ -180,7 +183,11 @@ impl Reports {
         drop(pending);
         // SAFETY: the function and its argument were given by the application to aclrtLaunchCallback,
         // which is its promise that calling them here is valid.
-        unsafe { (p.func)(p.data as *mut std::ffi::c_void) };
+        let call = || unsafe { (p.func)(p.data as *mut std::ffi::c_void) };
+        match p.holds.as_ref().and_then(std::sync::Weak::upgrade) {
+            Some(core) => holding(&core, call),
+            None => call(),
+        }
         p.finish();
         Ok(())
     }

@@ -115,10 +115,12 @@ impl StreamCore {
         }
     }
 
-    /// Fails when the calling thread is this stream's own (a host function or callback) and task
-    /// `seq` has not finished: it would wait for itself forever. CANN forbids synchronizing there.
+    /// Fails when the calling thread is this stream's own (a host function), or runs a blocking
+    /// callback this stream waits for, and task `seq` has not finished: it would wait for itself
+    /// forever. CANN forbids synchronizing there.
     pub fn check_not_waiting_on_itself(&self, seq: u64) -> Result<()> {
-        let own = self.thread_id.get() == Some(&std::thread::current().id());
+        let held = HELD.with(|h| h.borrow().contains(&(self as *const StreamCore as usize)));
+        let own = held || self.thread_id.get() == Some(&std::thread::current().id());
         if own && self.completed() < seq {
             return Err(Fail::new(
                 ACL_ERROR_RT_PARAM_INVALID,
@@ -250,6 +252,31 @@ impl StreamCore {
             }
         }
     }
+}
+
+thread_local! {
+    /// Streams (addresses of their cores) held by the blocking callbacks this thread is running.
+    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` (a blocking callback of `core`'s stream, on a report thread) with the stream marked as
+/// waiting for this thread, so that a wait on it from `f` fails instead of deadlocking.
+pub fn holding<R>(core: &StreamCore, f: impl FnOnce() -> R) -> R {
+    let me = core as *const StreamCore as usize;
+    HELD.with(|h| h.borrow_mut().push(me));
+    struct Release(usize);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            HELD.with(|h| {
+                let mut h = h.borrow_mut();
+                if let Some(i) = h.iter().rposition(|&x| x == self.0) {
+                    h.remove(i);
+                }
+            });
+        }
+    }
+    let _release = Release(me);
+    f()
 }
 
 /// A stream as the C ABI sees it.

@@ -784,6 +784,37 @@ fn a_report_thread_destroying_its_stream_runs_the_callbacks_itself() {
     assert_code!(aclrtProcessReport(10), ACL_ERROR_RT_THREAD_SUBSCRIBE);
 }
 
+static BLOCKING_WAIT: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn syncs_its_stream(arg: *mut c_void) {
+    // SAFETY: a plain call; `arg` is the stream, alive until the test destroys it.
+    BLOCKING_WAIT.store(unsafe { aclrtSynchronizeStream(arg as aclrtStream) }, Ordering::SeqCst);
+}
+
+/// A blocking callback holds its stream: waiting for that stream from it fails instead of deadlocking.
+#[test]
+fn a_blocking_callback_waiting_for_its_stream_fails_instead_of_hanging() {
+    setup(0);
+    let s = new_stream();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel::<u64>();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        setup(0);
+        tid_tx.send(libc_pthread_self()).unwrap();
+        go.recv().unwrap();
+        unsafe { aclrtProcessReport(10_000) }
+    });
+    let tid = tid_rx.recv().unwrap();
+    assert_code!(aclrtSubscribeReport(tid, s), ACL_SUCCESS);
+    go_tx.send(()).unwrap();
+    assert_code!(aclrtLaunchCallback(Some(syncs_its_stream), s, ACL_CALLBACK_BLOCK, s), ACL_SUCCESS);
+    assert_code!(aclrtSynchronizeStreamWithTimeout(s, 10_000), ACL_SUCCESS);
+    assert_eq!(worker.join().unwrap(), ACL_SUCCESS);
+    assert_eq!(BLOCKING_WAIT.load(Ordering::SeqCst), ACL_ERROR_RT_PARAM_INVALID);
+    assert_code!(aclrtUnSubscribeReport(tid, s), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(s), ACL_SUCCESS);
+}
+
 extern "C" fn set_device_5(_: *mut c_void) {
     std::thread::sleep(Duration::from_millis(50));
     // SAFETY: plain calls.
@@ -844,6 +875,36 @@ fn aclnn_descriptors_work_and_operators_need_an_npu() {
         assert_eq!(aclDestroyTensor(a.cast()), ACLNN_ERR_PARAM_INVALID);
         assert!(aclCreateTensorList([t as *const aclTensor].as_ptr(), 1).is_null());
         assert_eq!(aclDestroyIntArray(a), ACLNN_SUCCESS);
+        // A list whose tensor was destroyed, then a new tensor (likely at the freed one's address):
+        // destroying the list must not take the new tensor with it.
+        let t1 = aclCreateTensor(
+            dims.as_ptr(),
+            2,
+            ACL_FLOAT,
+            strides.as_ptr(),
+            0,
+            ACL_FORMAT_ND,
+            dims.as_ptr(),
+            2,
+            null_mut(),
+        );
+        let l = aclCreateTensorList([t1 as *const aclTensor].as_ptr(), 1);
+        assert!(!l.is_null());
+        assert_eq!(aclDestroyTensor(t1), ACLNN_SUCCESS);
+        let t2 = aclCreateTensor(
+            dims.as_ptr(),
+            2,
+            ACL_FLOAT,
+            strides.as_ptr(),
+            0,
+            ACL_FORMAT_ND,
+            dims.as_ptr(),
+            2,
+            null_mut(),
+        );
+        assert_eq!(aclDestroyTensorList(l), ACLNN_ERR_PARAM_INVALID, "its tensor was destroyed already");
+        assert_eq!(tensor_desc(t2).view_dims, dims);
+        assert_eq!(aclDestroyTensor(t2), ACLNN_SUCCESS, "the new tensor is still alive");
         // Int arrays are not bounded as dims are (sequence lengths of a batch of 256, say).
         let lens: Vec<i64> = (1..=256).collect();
         let a = aclCreateIntArray(lens.as_ptr(), 256);

@@ -808,9 +808,10 @@ pub unsafe extern "C" fn aclrtLaunchCallback(
             );
         };
         let data = userData as usize;
+        let holds = block.then(|| Arc::downgrade(&s.core));
         s.core.enqueue(Kind::Host, move || {
             let done = Arc::new((Mutex::new(false), Condvar::new()));
-            runtime().reports.deliver(tid, Pending { func, data, done: done.clone() });
+            runtime().reports.deliver(tid, Pending { func, data, done: done.clone(), holds });
             if block {
                 let mut d = done.0.lock().unwrap();
                 while !*d {

@@ -6,44 +6,58 @@ use crate::fail::{entry_with, fail, set_recent};
 use ascend_sys::*;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// The kinds of object an aclnn handle of this library points to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Tensor,
-    IntArray,
+/// An object behind an aclnn handle of this library.
+enum Object {
+    Tensor(Box<TensorDesc>),
+    IntArray(Vec<i64>),
+    /// Checked when made; no operator runs here to read its value.
     Scalar,
-    TensorList,
+    /// The handles of its tensors (which it owns, as in CANN).
+    TensorList(Vec<usize>),
 }
 
-/// Every live handle and its kind: destroying one twice, or as another kind, is an error here
-/// instead of a double free (undefined in CANN; the simulator is stricter).
-fn live() -> std::sync::MutexGuard<'static, HashMap<usize, Kind>> {
-    static LIVE: OnceLock<Mutex<HashMap<usize, Kind>>> = OnceLock::new();
+impl Object {
+    fn kind(&self) -> &'static str {
+        match self {
+            Object::Tensor(_) => "a tensor",
+            Object::IntArray(_) => "an int array",
+            Object::Scalar => "a scalar",
+            Object::TensorList(_) => "a tensor list",
+        }
+    }
+}
+
+/// Every live object by handle. A handle is a number never given twice, not the object's address
+/// (which the allocator reuses): destroying one twice, or as another kind, or using a list whose
+/// tensor was destroyed, is an error here however memory is reused (undefined in CANN; the
+/// simulator is stricter).
+fn live() -> std::sync::MutexGuard<'static, HashMap<usize, Object>> {
+    static LIVE: OnceLock<Mutex<HashMap<usize, Object>>> = OnceLock::new();
     LIVE.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Hands out `value` as a handle of `kind`.
-fn handle<T, H>(value: T, kind: Kind) -> *mut H {
-    let p = Box::into_raw(Box::new(value));
-    live().insert(p as usize, kind);
-    p.cast()
+/// Hands out `object` under a new handle (16-byte steps from a high base, so that it looks like no
+/// small integer and is aligned like a pointer).
+fn handle<H>(object: Object) -> *mut H {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    let h = 0x5eed_0000_0000 + NEXT.fetch_add(1, Ordering::Relaxed) * 16;
+    live().insert(h, object);
+    h as *mut H
 }
 
-/// Takes back a handle of `kind` for destruction: false (with the reason recorded) if it is not a
-/// live one of that kind.
-fn retire(p: *const c_void, kind: Kind, what: &str) -> bool {
+/// Takes back the object of handle `p` for destruction if it is `kind` ([`Object::kind`]); None
+/// (with the reason recorded) if it is not a live one of that kind.
+fn retire(p: *const c_void, kind: &str, what: &str) -> Option<Object> {
     let mut live = live();
-    match live.get(&(p as usize)) {
-        Some(&k) if k == kind => {
-            live.remove(&(p as usize));
-            true
-        }
+    match live.get(&(p as usize)).map(Object::kind) {
+        Some(k) if k == kind => live.remove(&(p as usize)),
         other => {
-            let why = other.map_or("not a live handle (destroyed already?)".to_string(), |k| format!("a {k:?}"));
+            let why = other.map_or("not a live handle (destroyed already?)".to_string(), str::to_string);
             set_recent(&format!("{what}: {p:?} is {why}"));
-            false
+            None
         }
     }
 }
@@ -114,16 +128,21 @@ pub unsafe extern "C" fn aclCreateTensor(
     }
     let desc =
         TensorDesc { view_dims, dtype: dataType, strides, offset, format, storage_dims, data: tensorData as usize };
-    handle(desc, Kind::Tensor)
+    handle(Object::Tensor(Box::new(desc)))
 }
 
-/// The descriptor behind an `aclTensor` made by this simulator's `aclCreateTensor`.
+/// The descriptor behind an `aclTensor` made by this simulator's `aclCreateTensor`. Panics for a
+/// handle that is not a live tensor.
 ///
 /// # Safety
-/// `t` must be a live tensor returned by `aclCreateTensor` of this library.
+/// `t` stays live (is not destroyed) while the reference is used.
 pub unsafe fn tensor_desc<'a>(t: *const aclTensor) -> &'a TensorDesc {
-    // SAFETY: by the caller's contract `t` came from `Box::into_raw` in aclCreateTensor.
-    unsafe { &*(t as *const TensorDesc) }
+    let p = match live().get(&(t as usize)) {
+        Some(Object::Tensor(d)) => &**d as *const TensorDesc,
+        _ => panic!("{t:?} is not a live aclTensor of the simulator"),
+    };
+    // SAFETY: boxed, so at a stable address until the handle is destroyed (contract).
+    unsafe { &*p }
 }
 
 #[no_mangle]
@@ -132,19 +151,17 @@ pub unsafe extern "C" fn aclDestroyTensor(tensor: *const aclTensor) -> aclnnStat
         set_recent("aclDestroyTensor: tensor is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    if !retire(tensor.cast(), Kind::Tensor, "aclDestroyTensor") {
-        return ACLNN_ERR_PARAM_INVALID;
+    match retire(tensor.cast(), "a tensor", "aclDestroyTensor") {
+        Some(_) => ACLNN_SUCCESS,
+        None => ACLNN_ERR_PARAM_INVALID,
     }
-    // SAFETY: a live tensor handle (just retired, so dropped once) made by aclCreateTensor.
-    drop(unsafe { Box::from_raw(tensor as *mut TensorDesc) });
-    ACLNN_SUCCESS
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateIntArray(value: *const i64, size: u64) -> *mut aclIntArray {
     // SAFETY: `value` holds `size` values by the API contract.
     match unsafe { read_i64s(value, size, MAX_INT_ARRAY) } {
-        Some(v) => handle(v, Kind::IntArray),
+        Some(v) => handle(Object::IntArray(v)),
         None => {
             set_recent("aclCreateIntArray: value is NULL, or more than 2^24 values");
             std::ptr::null_mut()
@@ -152,13 +169,19 @@ pub unsafe extern "C" fn aclCreateIntArray(value: *const i64, size: u64) -> *mut
     }
 }
 
-/// The values behind an `aclIntArray` made by this simulator.
+/// The values behind an `aclIntArray` made by this simulator. Panics for a handle that is not a
+/// live int array.
 ///
 /// # Safety
-/// `a` must be a live array returned by `aclCreateIntArray` of this library.
+/// `a` stays live (is not destroyed) while the slice is used.
 pub unsafe fn int_array<'a>(a: *const aclIntArray) -> &'a [i64] {
-    // SAFETY: by the caller's contract `a` came from `Box::into_raw` in aclCreateIntArray.
-    unsafe { &*(a as *const Vec<i64>) }
+    let p = match live().get(&(a as usize)) {
+        Some(Object::IntArray(v)) => v.as_slice() as *const [i64],
+        _ => panic!("{a:?} is not a live aclIntArray of the simulator"),
+    };
+    // SAFETY: the vector's buffer stays where it is (the map moves only the vector itself) until
+    // the handle is destroyed (contract).
+    unsafe { &*p }
 }
 
 #[no_mangle]
@@ -167,37 +190,35 @@ pub unsafe extern "C" fn aclDestroyIntArray(array: *const aclIntArray) -> aclnnS
         set_recent("aclDestroyIntArray: array is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    if !retire(array.cast(), Kind::IntArray, "aclDestroyIntArray") {
-        return ACLNN_ERR_PARAM_INVALID;
+    match retire(array.cast(), "an int array", "aclDestroyIntArray") {
+        Some(_) => ACLNN_SUCCESS,
+        None => ACLNN_ERR_PARAM_INVALID,
     }
-    // SAFETY: a live int-array handle (just retired, so dropped once) made by aclCreateIntArray.
-    drop(unsafe { Box::from_raw(array as *mut Vec<i64>) });
-    ACLNN_SUCCESS
-}
-
-/// A scalar made by this simulator: its type and up to 8 bytes of value.
-struct Scalar {
-    _dtype: aclDataType,
-    _bits: u64,
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dataType: aclDataType) -> *mut aclScalar {
-    let size = match dataType {
-        ACL_FLOAT | ACL_INT32 | ACL_UINT32 => 4,
-        ACL_FLOAT16 | ACL_BF16 | ACL_INT16 | ACL_UINT16 => 2,
-        ACL_INT8 | ACL_UINT8 | ACL_BOOL => 1,
-        ACL_DOUBLE | ACL_INT64 | ACL_UINT64 => 8,
-        _ => 0,
-    };
-    if value.is_null() || size == 0 {
+    let typed = matches!(
+        dataType,
+        ACL_FLOAT
+            | ACL_INT32
+            | ACL_UINT32
+            | ACL_FLOAT16
+            | ACL_BF16
+            | ACL_INT16
+            | ACL_UINT16
+            | ACL_INT8
+            | ACL_UINT8
+            | ACL_BOOL
+            | ACL_DOUBLE
+            | ACL_INT64
+            | ACL_UINT64
+    );
+    if value.is_null() || !typed {
         set_recent("aclCreateScalar: value is NULL or the data type has no scalar form");
         return std::ptr::null_mut();
     }
-    let mut bits = [0u8; 8];
-    // SAFETY: `value` holds one value of `dataType` (`size` bytes) by the API contract.
-    unsafe { std::ptr::copy_nonoverlapping(value as *const u8, bits.as_mut_ptr(), size) };
-    handle(Scalar { _dtype: dataType, _bits: u64::from_le_bytes(bits) }, Kind::Scalar)
+    handle(Object::Scalar)
 }
 
 #[no_mangle]
@@ -206,12 +227,10 @@ pub unsafe extern "C" fn aclDestroyScalar(scalar: *const aclScalar) -> aclnnStat
         set_recent("aclDestroyScalar: scalar is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    if !retire(scalar.cast(), Kind::Scalar, "aclDestroyScalar") {
-        return ACLNN_ERR_PARAM_INVALID;
+    match retire(scalar.cast(), "a scalar", "aclDestroyScalar") {
+        Some(_) => ACLNN_SUCCESS,
+        None => ACLNN_ERR_PARAM_INVALID,
     }
-    // SAFETY: a live scalar handle (just retired, so dropped once) made by aclCreateScalar.
-    drop(unsafe { Box::from_raw(scalar as *mut Scalar) });
-    ACLNN_SUCCESS
 }
 
 #[no_mangle]
@@ -221,12 +240,13 @@ pub unsafe extern "C" fn aclCreateTensorList(value: *const *const aclTensor, siz
         return std::ptr::null_mut();
     }
     // SAFETY: `value` holds `size` tensor pointers by the API contract.
-    let tensors = unsafe { std::slice::from_raw_parts(value, size as usize) }.to_vec();
-    if tensors.iter().any(|&t| live().get(&(t as usize)) != Some(&Kind::Tensor)) {
+    let tensors: Vec<usize> =
+        unsafe { std::slice::from_raw_parts(value, size as usize) }.iter().map(|&t| t as usize).collect();
+    if tensors.iter().any(|t| !matches!(live().get(t), Some(Object::Tensor(_)))) {
         set_recent("aclCreateTensorList: an entry is not a live tensor");
         return std::ptr::null_mut();
     }
-    handle(tensors, Kind::TensorList)
+    handle(Object::TensorList(tensors))
 }
 
 #[no_mangle]
@@ -235,17 +255,14 @@ pub unsafe extern "C" fn aclDestroyTensorList(array: *const aclTensorList) -> ac
         set_recent("aclDestroyTensorList: array is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    if !retire(array.cast(), Kind::TensorList, "aclDestroyTensorList") {
+    let Some(Object::TensorList(tensors)) = retire(array.cast(), "a tensor list", "aclDestroyTensorList") else {
         return ACLNN_ERR_PARAM_INVALID;
-    }
-    // SAFETY: a live list handle (just retired, so dropped once) made by aclCreateTensorList. As in
-    // CANN it owns its tensors: each is destroyed unless it was destroyed on its own already (which
-    // aclDestroyTensor refuses instead of freeing it twice).
-    let tensors = unsafe { Box::from_raw(array as *mut Vec<*const aclTensor>) };
+    };
+    // As in CANN the list owns its tensors: each is destroyed unless it was destroyed on its own
+    // already (refused, as a handle is never given twice).
     let mut status = ACLNN_SUCCESS;
-    for t in tensors.iter() {
-        // SAFETY: aclDestroyTensor checks the handle before using it.
-        if unsafe { aclDestroyTensor(*t) } != ACLNN_SUCCESS {
+    for t in tensors {
+        if retire(t as *const c_void, "a tensor", "aclDestroyTensorList").is_none() {
             status = ACLNN_ERR_PARAM_INVALID;
         }
     }
