@@ -43,6 +43,10 @@ int32_t ascend_patch_comm_init_timeout(const uint8_t *root, size_t len, uint32_t
 /* The handle is invalid afterwards (a destroyed or unknown handle is HCCL_E_PARA, never freed twice);
  * shared memory is released once calls in flight on it have returned and every rank has destroyed its handle. */
 int32_t ascend_patch_comm_destroy(AscendPatchComm comm);
+/* Fails a host communicator for every rank now: calls in flight on it (here and on the other ranks)
+ * return HCCL_E_REMOTE within milliseconds, later ones too; destroy the handle afterwards.
+ * HCCL_E_NOT_SUPPORT for a device communicator. */
+int32_t ascend_patch_comm_abort(AscendPatchComm comm);
 
 /* recv = op over ranks of send (count elements; send == recv allowed). */
 int32_t ascend_patch_all_reduce(AscendPatchComm comm, const void *send, void *recv, uint64_t count, int32_t dtype,

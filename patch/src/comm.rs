@@ -107,6 +107,18 @@ impl PatchComm {
         Ok(PatchComm { transport, rank, size })
     }
 
+    /// Fails the communicator for every rank now (host transport; `HCCL_E_NOT_SUPPORT` on a
+    /// device): calls in flight return within milliseconds, here and on the other ranks.
+    pub fn abort(&self) -> Result<(), Fail> {
+        match &self.transport {
+            Transport::Host(c) => {
+                c.abort();
+                Ok(())
+            }
+            Transport::Device { .. } => Err((HCCL_E_NOT_SUPPORT, "only a host communicator can be aborted".into())),
+        }
+    }
+
     /// True for the host transport.
     pub fn is_host(&self) -> bool {
         matches!(self.transport, Transport::Host(_))

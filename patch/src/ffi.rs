@@ -188,6 +188,18 @@ pub unsafe extern "C" fn ascend_patch_comm_destroy(comm: *mut c_void) -> i32 {
     })
 }
 
+/// Aborts a host communicator: every call in flight on it, in this process and on the other ranks,
+/// fails within milliseconds (`HCCL_E_REMOTE`), and so does every later one; the handle must still be
+/// destroyed. For leaving while calls on other threads wait for peers (a bounded-time destroy).
+/// `HCCL_E_NOT_SUPPORT` for a device communicator; `HCCL_E_PARA` for an unknown handle.
+///
+/// # Safety
+/// None beyond the C ABI: `comm` is only compared with live handles.
+#[no_mangle]
+pub unsafe extern "C" fn ascend_patch_comm_abort(comm: *mut c_void) -> i32 {
+    entry("ascend_patch_comm_abort", || handle(comm)?.abort())
+}
+
 /// The communicator of a live handle (held for the call).
 fn handle(comm: *mut c_void) -> Result<Arc<PatchComm>, (i32, String)> {
     if comm.is_null() {

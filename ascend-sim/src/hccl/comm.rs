@@ -27,7 +27,7 @@ pub const CHUNK: usize = 1 << 20;
 /// Point-to-point mailbox half size (two halves per ordered pair).
 pub const P2P_HALF: usize = 256 << 10;
 const MAGIC: u64 = 0x4153_4353_494d_4843; // "ASCSIMHC"
-const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION: u32 = 3;
 
 /// An HCCL failure: its code and what happened.
 pub type HFail = (i32, String);
@@ -53,6 +53,9 @@ pub const DESC_COMPARED: usize = 6;
 #[repr(C, align(64))]
 struct RankCtl {
     pid: AtomicU32,
+    /// Set when the rank has destroyed its communicator: a peer waiting for it fails at once, as
+    /// for a dead one, instead of at its timeout.
+    left: AtomicU32,
     /// The PID namespace `pid` belongs to (0 if unknown): pids of another namespace say nothing here.
     pidns: AtomicU64,
     _pad0: [u8; 48],
@@ -543,9 +546,18 @@ impl Comm {
             0 => None,
             c => Some((
                 c,
-                "the communicator failed earlier (a rank died, timed out, or failed or dropped a collective)".into(),
+                "the communicator failed earlier (a rank died, left, timed out, aborted it, or failed or dropped a \
+                 collective)"
+                    .into(),
             )),
         }
+    }
+
+    /// Fails the communicator for every rank (`HCCL_E_REMOTE`): calls in flight here and on the
+    /// other ranks return within milliseconds, and later ones fail at once. For a rank that must
+    /// leave while its calls may still wait (a destroy from another thread).
+    pub fn abort(&self) {
+        self.poison((HCCL_E_REMOTE, format!("rank {} aborted the communicator", self.rank)));
     }
 
     /// Marks the communicator failed for every rank (the first failure's code is kept); returns `f`.
@@ -618,17 +630,20 @@ impl Comm {
                 if let Some(f) = self.poisoned() {
                     return Err(f);
                 }
-                let dead = self
-                    .procs
-                    .iter()
-                    .enumerate()
-                    .find(|&(r, p)| r != self.rank && awaited(r) && p.known_dead(self.pidns));
-                if let Some((r, Process { pid, .. })) = dead {
-                    // It may have posted what we wait for just before it exited.
+                let gone = (0..self.n).filter(|&r| r != self.rank && awaited(r)).find_map(|r| {
+                    let Process { pid, .. } = self.procs[r];
+                    match (self.ctl(r).left.load(Acquire) != 0, self.procs[r].known_dead(self.pidns)) {
+                        (true, _) => Some(format!("rank {r} (pid {pid}) left the communicator")),
+                        (false, true) => Some(format!("rank {r} (pid {pid}) died")),
+                        _ => None,
+                    }
+                });
+                if let Some(why) = gone {
+                    // It may have posted what we wait for just before it left.
                     if ready() {
                         return Ok(());
                     }
-                    return Err(self.poison((HCCL_E_TIMEOUT, format!("{what}: rank {r} (pid {pid}) died"))));
+                    return Err(self.poison((HCCL_E_TIMEOUT, format!("{what}: {why}"))));
                 }
                 if now - start > self.exec_timeout {
                     return Err(self.poison((
@@ -648,6 +663,7 @@ impl Comm {
 
 impl Drop for Comm {
     fn drop(&mut self) {
+        self.ctl(self.rank).left.store(1, Release);
         if self.seg.header().attached.fetch_sub(1, AcqRel) == 1 {
             self.unlink();
         }

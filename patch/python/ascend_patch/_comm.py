@@ -130,11 +130,18 @@ class HostComm:
                     self._idle.notify_all()
 
     def destroy(self) -> None:
-        """Leaves the communicator (idempotent); its shared memory is released when every rank has
-        left. Operations started on other threads finish first (at worst by their timeout); later
-        ones raise RuntimeError. AscendPatchError when the library fails to destroy it."""
+        """Leaves the communicator (idempotent), in bounded time; its shared memory is released when
+        every rank has left. Operations running on other threads then are aborted (they raise
+        AscendPatchError, HCCL_E_REMOTE, within milliseconds, and so do the other ranks' calls on
+        it); later ones raise RuntimeError. Peers waiting for this rank fail at once once it has left,
+        instead of at their timeout. AscendPatchError when the library fails to destroy it."""
         with self._lock:
             h, self._h = self._h, None
+            busy = self._busy
+        if h is not None and busy:
+            # They may wait for peers until the exec timeout (1836 s by default): fail them now.
+            _lib.check(self._lib.ascend_patch_comm_abort(h))
+        with self._lock:
             while self._busy:
                 self._idle.wait()
         if h is not None:

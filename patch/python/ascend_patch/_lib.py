@@ -34,6 +34,7 @@ HCCL_RESULTS = {
     5: "HCCL_E_NOT_SUPPORT",
     9: "HCCL_E_TIMEOUT",
     15: "HCCL_E_RUNTIME",
+    21: "HCCL_E_REMOTE",
 }
 
 
@@ -99,6 +100,7 @@ _FUNCTIONS = [
         [c_void_p, c_size_t, c_uint32, c_uint32, c_int32, c_double, POINTER(c_void_p)],
     ),
     ("ascend_patch_comm_destroy", c_int32, [c_void_p]),
+    ("ascend_patch_comm_abort", c_int32, [c_void_p]),
     ("ascend_patch_all_reduce", c_int32, [c_void_p, c_void_p, c_void_p, c_uint64, c_int32, c_int32, c_void_p]),
     ("ascend_patch_all_gather", c_int32, [c_void_p, c_void_p, c_void_p, c_uint64, c_int32, c_void_p]),
     ("ascend_patch_reduce_scatter", c_int32, [c_void_p, c_void_p, c_void_p, c_uint64, c_int32, c_int32, c_void_p]),

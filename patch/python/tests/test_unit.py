@@ -8,6 +8,7 @@ import _ctypes
 import importlib
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -395,6 +396,59 @@ def test_host_comm_errors():
     assert _two_ranks(destroyed) == [True, True]
     with open("/proc/self/maps") as f:
         assert "ascend-hccl-" not in f.read(), "a destroyed communicator's shared memory is still mapped"
+
+
+def test_destroy_aborts_calls_in_flight_in_bounded_time():
+    """A destroy while another thread's collective waits for a peer (which never comes) returns in
+    bounded time, not at the exec timeout: the call in flight fails (HCCL_E_REMOTE), and so do the
+    peer's calls on the aborted communicator."""
+    import torch
+
+    destroyed = threading.Event()
+
+    def body(comm, rank):
+        if rank == 1:
+            assert destroyed.wait(30)
+            with pytest.raises(_lib.AscendPatchError) as e:
+                comm.all_reduce(torch.ones(2))
+            return e.value.code
+        failure = []
+
+        def waits():
+            try:
+                comm.all_reduce(torch.ones(2))  # rank 1 never takes part
+            except _lib.AscendPatchError as e:
+                failure.append(e.code)
+
+        t = threading.Thread(target=waits)
+        t.start()
+        time.sleep(0.2)
+        start = time.monotonic()
+        comm.destroy()
+        took = time.monotonic() - start
+        t.join(10)
+        destroyed.set()
+        assert took < 10 and not t.is_alive(), f"destroy took {took:.1f} s"
+        return failure
+
+    assert _two_ranks(body, timeout=600) == [[21], 21]
+
+
+def test_a_peer_that_left_fails_a_collective_at_once():
+    """A rank that destroyed its communicator is not waited for until the timeout."""
+    import torch
+
+    def body(comm, rank):
+        if rank == 1:
+            comm.destroy()
+            return None
+        start = time.monotonic()
+        with pytest.raises(_lib.AscendPatchError, match="left the communicator"):
+            comm.all_reduce(torch.ones(2))
+        return time.monotonic() - start
+
+    took = _two_ranks(body, timeout=600)[0]
+    assert took < 10, f"{took:.1f} s"
 
 
 def test_host_comm_timeout_bounds_a_collective_a_live_peer_never_joins():
