@@ -147,9 +147,11 @@ fn bench_attention_decode_is_compared_with_the_read_limit_around_it() {
     assert!(!ok, "a zero batch is refused");
 }
 
-/// The value of a figure: the one numeric field named by its unit.
+/// The value of a figure (`value`, which its unit keys too).
 fn figure_value(f: &Value) -> f64 {
-    ["gbps", "gflops", "us"].iter().find_map(|u| f[*u].as_f64()).unwrap()
+    let v = f["value"].as_f64().unwrap();
+    assert_eq!(f[f["unit"].as_str().unwrap()].as_f64(), Some(v), "keyed by its unit too: {f}");
+    v
 }
 
 #[test]
@@ -216,9 +218,9 @@ fn bench_refuses_what_cannot_run() {
         assert!(!err.contains("limits.read"), "{args} measured the read limit before refusing: {err}");
     };
     let refused = |args: &str, why: &str| refused_with(&[], args, why);
-    refused("bench matmul --m 100000 --n 100000 --k 100000", "GiB of memory");
+    refused("bench matmul --m 100000 --n 100000 --k 100000", "bytes) of memory");
     refused("bench matmul --m 18446744073709551615 --n 2 --k 2", "overflow");
-    refused("bench attention decode --batch 100000 --context 100000 --block-size 16", "GiB of memory");
+    refused("bench attention decode --batch 100000 --context 100000 --block-size 16", "bytes) of memory");
     refused("bench collectives --ranks 9 --processes", "9 ranks need 9 devices");
     refused("bench collectives --bytes 6 --dtype f32", "--bytes 6 is not 1..=4 GiB in whole f32 elements");
     refused("bench collectives --ranks 65", "--ranks 65 is outside 1..=64");
@@ -227,7 +229,7 @@ fn bench_refuses_what_cannot_run() {
     refused("bench matmul --transpose-b", "required arguments were not provided");
     refused("demo --tp 0 --tiny", "--tp, --batch and --tokens must be at least 1");
     // Decode cases are checked before the read probe: memory, and heads the kernel cannot group.
-    refused("bench matmul --m 1 --n 4000000 --k 4000000", "GiB of memory");
+    refused("bench matmul --m 1 --n 4000000 --k 4000000", "bytes) of memory");
     refused(
         "bench attention decode --batch 1 --context 16 --heads 32 --kv-heads 5",
         "32 query heads are not a multiple of 5 key/value heads",
@@ -235,8 +237,12 @@ fn bench_refuses_what_cannot_run() {
     // Copy and all-reduce buffers are checked too, before anything is measured or any rank starts:
     // a pinned and two device buffers of 16 GiB (48 GiB) exceed any simulated device (32 GiB), and
     // a rank's 2 GiB buffer exceeds devices of 1 GiB.
-    refused("bench runtime --bytes 17179869184", "GiB of memory");
-    refused_with(&[("ASCEND_SIM_HBM_BYTES", "1G")], "bench collectives --ranks 2 --bytes 2147483648", "GiB of memory");
+    refused("bench runtime --bytes 17179869184", "bytes) of memory");
+    refused_with(
+        &[("ASCEND_SIM_HBM_BYTES", "1G")],
+        "bench collectives --ranks 2 --bytes 2147483648",
+        "bytes) of memory",
+    );
     // More sequences than KV blocks: refused before the requests are built (a billion of them
     // aborted); the sample requests' generation lengths do not overflow.
     refused("demo --tiny --batch 1000000000", "each needs at least one of the 64 blocks");

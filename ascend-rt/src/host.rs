@@ -128,7 +128,7 @@ impl<'a> HostLaunch<'a> {
     }
 
     /// Enqueues `kernel` after the work it depends on. It runs on the stream's thread; a panic is
-    /// reported by the stream's next synchronize.
+    /// an error of the stream from then on (see [`crate::Stream::launch_host`]).
     pub fn launch<F: FnOnce() + Send + 'static>(self, kernel: F) -> Result<()> {
         let HostLaunch { stream, uses } = self;
         stream.device_op(&uses, |s| s.launch_host(kernel))

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 pub struct Stream {
     ctx: Arc<Context>,
     handle: usize,
-    /// Set when a host task on this stream panicked; reported by the next synchronize.
+    /// Set when a host task on this stream panicked; sticky, like a device error: every later
+    /// synchronize and blocking copy on the stream fails with it.
     panicked: Arc<Mutex<Option<String>>>,
 }
 
@@ -313,7 +314,9 @@ impl Stream {
     }
 
     /// Runs `f` on the host when the stream reaches this point (it may not touch device memory; see
-    /// [`crate::HostLaunch`] for host kernels). A panic in `f` is reported by the next synchronize.
+    /// [`crate::HostLaunch`] for host kernels). A panic in `f` is an error of the stream from then
+    /// on, as a failed device task is: every later synchronize and blocking copy returns it (use a new
+    /// stream to go on).
     ///
     /// `f` may not call the runtime (CANN forbids host functions to allocate, free, synchronize or
     /// launch): such calls return [`Error::Unsupported`] and enqueue nothing. Buffers, streams and

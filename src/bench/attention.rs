@@ -119,23 +119,24 @@ pub(crate) fn case_bytes(work: Workload, h: Heads, elem: usize) -> Option<usize>
     let kv = super::bytes_of(elem, &[seqs, blocks, block, h.kv_heads, h.head_dim])?;
     let (kv_copies, host) = match work {
         Workload::Prefill { .. } => (2, q.max(kv)),
-        Workload::Decode { .. } => (super::rotation(kv.checked_mul(2)?).checked_mul(2)?, kv.checked_add(q)?),
+        Workload::Decode { .. } => (super::rotation(kv_read(&work, h, elem)?).checked_mul(2)?, kv.checked_add(q)?),
     };
     q.checked_mul(2)?.checked_add(kv.checked_mul(kv_copies)?)?.checked_add(host)
 }
 
 /// Whether a figure of `work` in `dtype` is compared with the memory read limit: a decode step
-/// whose caches, rotated, do not fit in a cache (see [`streams_from_memory`](super::streams_from_memory)).
+/// whose keys and values, rotated, do not fit in a cache (see
+/// [`streams_from_memory`](super::streams_from_memory)).
 fn memory_bound(work: &Workload, h: Heads, dtype: &str) -> bool {
+    elem_size(dtype).ok().and_then(|e| kv_read(work, h, e)).is_some_and(super::streams_from_memory)
+}
+
+/// Bytes of keys and values a decode step reads (its contexts, not the blocks' padding): what the
+/// caches' copies are rotated by. None for prefill, or when a size overflows.
+fn kv_read(work: &Workload, h: Heads, elem: usize) -> Option<usize> {
     match *work {
-        Workload::Prefill { .. } => false,
-        Workload::Decode { batch, context, block_size } => elem_size(dtype)
-            .ok()
-            .and_then(|e| {
-                let blocks = context.div_ceil(block_size.max(1));
-                super::bytes_of(e, &[2, batch, blocks, block_size, h.kv_heads, h.head_dim])
-            })
-            .is_some_and(super::streams_from_memory),
+        Workload::Prefill { .. } => None,
+        Workload::Decode { batch, context, .. } => super::bytes_of(elem, &[2, batch, context, h.kv_heads, h.head_dim]),
     }
 }
 
@@ -177,9 +178,11 @@ fn runner<T: Element>(
             let per_seq = context.div_ceil(block_size);
             let blocks = batch * per_seq;
             let row = h.kv_heads * h.head_dim;
-            // Each decode step reads another layer's caches: rotate through copies (see `rotation`).
+            // Each decode step reads another layer's caches: rotate through copies (see `rotation`), as
+            // many as the bytes it reads need (`case_bytes` counted them).
             let cache = fill(blocks * block_size * row);
-            let copies = super::rotation(2 * std::mem::size_of_val(&cache[..]));
+            let read = kv_read(&work, h, std::mem::size_of::<T>()).expect("checked by case_bytes");
+            let copies = super::rotation(read);
             let caches = (0..copies)
                 .map(|_| Ok((stream.clone_htod(&cache)?, stream.clone_htod(&cache)?)))
                 .collect::<Result<Vec<_>>>()?;
@@ -302,11 +305,16 @@ mod tests {
         // q and out [40, 8, 64], k and v [40, 2, 64] in f32; the upload of q.
         let (q, kv) = (40 * 8 * 64 * 4, 40 * 2 * 64 * 4);
         assert_eq!(case_bytes(Workload::Prefill { seq: 40 }, h, 4), Some(2 * q + 2 * kv + q));
-        // 3 sequences of 100 tokens in 7 blocks of 16: 86016 bytes per bf16 cache, 1561 copies of both.
+        // 3 sequences of 100 tokens in 7 blocks of 16: 86016 bytes per bf16 cache; a step reads
+        // 76800 bytes of each, so 1748 copies of both (256 MiB of what is read).
         let (q, kv) = (3 * 8 * 64 * 2, 3 * 7 * 16 * 2 * 64 * 2);
         let d = Workload::Decode { batch: 3, context: 100, block_size: 16 };
-        assert_eq!(case_bytes(d, h, 2), Some(2 * q + 2 * 1561 * kv + kv + q));
+        assert_eq!(case_bytes(d, h, 2), Some(2 * q + 2 * 1748 * kv + kv + q));
         assert!(memory_bound(&d, h, "bf16"));
+        // Blocks far larger than the context: a step reads 4 KiB of them, which no rotation takes
+        // out of the cache (the old check counted the padding and compared it with memory).
+        let sparse = Workload::Decode { batch: 1, context: 16, block_size: 100_000 };
+        assert!(!memory_bound(&sparse, Heads::new(4, 2, 16), "f32"));
         assert!(!memory_bound(&Workload::Decode { batch: 1, context: 1, block_size: 1 }, h, "bf16"));
         assert!(!memory_bound(&Workload::Prefill { seq: 4096 }, h, "bf16"));
     }

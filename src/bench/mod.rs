@@ -41,8 +41,9 @@ pub(crate) fn ensure_host_bytes(needed: Option<usize>) -> ascend_rt::Result<()> 
 fn within(needed: Option<usize>, limit: usize) -> ascend_rt::Result<()> {
     match needed {
         Some(n) if n <= limit => Ok(()),
+        // Exact bytes too: rounded, a case just over the limit would read as needing what is there.
         Some(n) => Err(ascend_rt::Error::InvalidArgument(format!(
-            "this case needs {:.2} GiB of memory, {:.2} GiB is available",
+            "this case needs {:.2} GiB ({n} bytes) of memory, {:.2} GiB ({limit} bytes) is available",
             n as f64 / (1u64 << 30) as f64,
             limit as f64 / (1u64 << 30) as f64
         ))),
@@ -63,21 +64,26 @@ fn host_available() -> Option<usize> {
 pub const ROTATION_BYTES: usize = 256 << 20;
 
 /// The most copies [`rotation`] makes: data smaller than `ROTATION_BYTES / MAX_COPIES` (64 KiB)
-/// stays below [`ROTATION_BYTES`] in all, and its figures are not compared with the memory read
-/// limit (see [`streams_from_memory`]).
+/// cannot be made to stream from memory; it is not rotated, and its figures are not compared with
+/// the memory read limit (see [`streams_from_memory`]).
 pub const MAX_COPIES: usize = 4096;
 
-/// How many copies of `bytes` of streamed data (decode weights, KV caches) a case rotates through so
-/// that together they take at least [`ROTATION_BYTES`] (at most [`MAX_COPIES`] copies). The copies
-/// beyond the first add less than `ROTATION_BYTES`.
-pub fn rotation(bytes: usize) -> usize {
-    ROTATION_BYTES.div_ceil(bytes.max(1)).min(MAX_COPIES)
+/// Whether `bytes` of streamed data, rotated through at most [`MAX_COPIES`] copies, take at least
+/// [`ROTATION_BYTES`], so that a figure over it is bound by memory bandwidth (and may be quoted as a
+/// fraction of the read limit), not by a cache.
+pub fn streams_from_memory(bytes: usize) -> bool {
+    bytes.saturating_mul(MAX_COPIES) >= ROTATION_BYTES
 }
 
-/// Whether the rotation of `bytes` takes at least [`ROTATION_BYTES`], so that a figure over it is
-/// bound by memory bandwidth (and may be quoted as a fraction of the read limit), not by a cache.
-pub fn streams_from_memory(bytes: usize) -> bool {
-    rotation(bytes).saturating_mul(bytes) >= ROTATION_BYTES
+/// How many copies of `bytes` of streamed data (decode weights, KV caches) a case rotates through so
+/// that together they take at least [`ROTATION_BYTES`]; the copies beyond the first add less than
+/// that. One copy for data that cannot stream from memory (its figure is a cache figure however
+/// many copies there are: 4096 copies of 16 KiB would only cost 64 MiB for nothing).
+pub fn rotation(bytes: usize) -> usize {
+    match streams_from_memory(bytes) {
+        true => ROTATION_BYTES.div_ceil(bytes),
+        false => 1,
+    }
 }
 
 /// One reported figure: a benchmark name, its parameters, and a value with its unit.
@@ -99,7 +105,9 @@ impl Figure {
         self.params.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_f64())
     }
 
-    /// The figure as one flat JSON object: `{"name": ..., <params>..., <unit>: value}`.
+    /// The figure as one flat JSON object: `{"name": ..., <params>..., <unit>: value, "unit": <unit>,
+    /// "value": value}`: keyed by its unit for people, and by `unit`/`value` for tools (some
+    /// parameters are measures too, e.g. a decode step's `us`).
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("name".into(), Value::from(self.name.clone()));
@@ -107,6 +115,8 @@ impl Figure {
             m.insert(k.clone(), v.clone());
         }
         m.insert(self.unit.into(), Value::from(self.value));
+        m.insert("unit".into(), Value::from(self.unit));
+        m.insert("value".into(), Value::from(self.value));
         Value::Object(m)
     }
 }
@@ -160,8 +170,9 @@ mod tests {
         }
         assert_eq!(rotation(300 << 20), 1);
         assert_eq!(rotation(172_032), 1561);
-        // Tiny data would need millions of copies: capped, and its figures are not memory-bound.
-        assert_eq!(rotation(16), MAX_COPIES);
+        // Data under 64 KiB would need more than 4096 copies: it is not rotated, and its figures are
+        // not memory-bound.
+        assert_eq!((rotation(16), rotation((64 << 10) - 1), rotation(64 << 10)), (1, 1, MAX_COPIES));
         assert!(!streams_from_memory(16) && !streams_from_memory((64 << 10) - 1));
     }
 }
