@@ -11,6 +11,12 @@ fn init_is_counted_and_finalize_is_not_repeatable() {
     // SAFETY (whole test): the simulator's entry points are called with valid arguments or NULL.
     unsafe {
         assert_eq!(aclrtSetDevice(0), ACL_ERROR_UNINITIALIZE, "calls before aclInit");
+        // Event calls too, whatever the handle (none can be live yet).
+        let e = 0x10 as aclrtEvent;
+        assert_eq!(aclrtRecordEvent(e, std::ptr::null_mut()), ACL_ERROR_UNINITIALIZE);
+        assert_eq!(aclrtSynchronizeEvent(e), ACL_ERROR_UNINITIALIZE);
+        assert_eq!(aclrtQueryEventStatus(e, &mut 0), ACL_ERROR_UNINITIALIZE);
+        assert_eq!(aclrtDestroyEvent(e), ACL_ERROR_UNINITIALIZE);
         assert_eq!(aclFinalize(), ACL_ERROR_REPEAT_FINALIZE, "finalize before init");
         assert_eq!(aclInit(c"/nonexistent/acl.json".as_ptr()), ACL_ERROR_INVALID_FILE);
         assert_eq!(aclInit(null()), ACL_SUCCESS);

@@ -100,11 +100,14 @@ fn check_all<T: Element>(seed: u64) {
     let got: Vec<f64> = st.clone_dtoh(&e).unwrap().iter().map(f).collect();
     let row = |i: usize| table[i * dim..(i + 1) * dim].iter().map(f).collect::<Vec<_>>();
     assert_eq!(got, [row(9), row(0), row(9)].concat());
-    let logits: Vec<T> = [0.5f32, 3.0, 3.0, -1.0, -2.0, -1.0, -0.5, -3.0].iter().map(|&v| T::from_f32(v)).collect();
+    let logits: Vec<T> = [0.5f32, 3.0, 3.0, -1.0, -2.0, -1.0, -0.5, -3.0, 1.0, f32::NAN, 9.0, f32::NAN]
+        .iter()
+        .map(|&v| T::from_f32(v))
+        .collect();
     let dl = st.clone_htod(&logits).unwrap();
-    let mut ids = st.alloc_zeros::<i64>(2).unwrap();
+    let mut ids = st.alloc_zeros::<i64>(3).unwrap();
     argmax(&st, &dl, 4, &mut ids).unwrap();
-    assert_eq!(st.clone_dtoh(&ids).unwrap(), vec![1, 2], "first maximum wins ties");
+    assert_eq!(st.clone_dtoh(&ids).unwrap(), vec![1, 2, 1], "first maximum wins ties; the first NaN wins (torch)");
 }
 
 #[test]

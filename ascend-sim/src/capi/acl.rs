@@ -416,6 +416,7 @@ fn create_event(event: *mut aclrtEvent, flags: u32, ex: bool, with_flag: bool) -
 #[no_mangle]
 pub unsafe extern "C" fn aclrtRecordEvent(event: aclrtEvent, stream: aclrtStream) -> aclError {
     entry("aclrtRecordEvent", || {
+        runtime().ensure_init()?;
         let rt = runtime();
         let e = rt.events.get(handle(event)?)?;
         let s = rt.stream(stream as usize)?;
@@ -426,6 +427,7 @@ pub unsafe extern "C" fn aclrtRecordEvent(event: aclrtEvent, stream: aclrtStream
 #[no_mangle]
 pub unsafe extern "C" fn aclrtResetEvent(event: aclrtEvent, stream: aclrtStream) -> aclError {
     entry("aclrtResetEvent", || {
+        runtime().ensure_init()?;
         let rt = runtime();
         let e = rt.events.get(handle(event)?)?;
         let s = rt.stream(stream as usize)?;
@@ -442,6 +444,7 @@ pub unsafe extern "C" fn aclrtResetEvent(event: aclrtEvent, stream: aclrtStream)
 #[no_mangle]
 pub unsafe extern "C" fn aclrtQueryEventStatus(event: aclrtEvent, status: *mut aclrtEventRecordedStatus) -> aclError {
     entry("aclrtQueryEventStatus", || {
+        runtime().ensure_init()?;
         let e = runtime().events.get(handle(event)?)?;
         // SAFETY: as for aclrtGetDevice.
         unsafe { out(status, e.status()) }
@@ -451,6 +454,7 @@ pub unsafe extern "C" fn aclrtQueryEventStatus(event: aclrtEvent, status: *mut a
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
     entry("aclrtSynchronizeEvent", || {
+        runtime().ensure_init()?;
         let e = runtime().events.get(handle(event)?)?;
         e.synchronize(None)
     })
@@ -459,6 +463,7 @@ pub unsafe extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(event: aclrtEvent, timeout: i32) -> aclError {
     entry("aclrtSynchronizeEventWithTimeout", || {
+        runtime().ensure_init()?;
         let timeout = duration_ms(timeout, ACL_ERROR_RT_PARAM_INVALID, true)?;
         let e = runtime().events.get(handle(event)?)?;
         e.synchronize(timeout)
@@ -468,6 +473,7 @@ pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(event: aclrtEvent, tim
 #[no_mangle]
 pub unsafe extern "C" fn aclrtEventElapsedTime(ms: *mut f32, startEvent: aclrtEvent, endEvent: aclrtEvent) -> aclError {
     entry("aclrtEventElapsedTime", || {
+        runtime().ensure_init()?;
         let rt = runtime();
         let (a, b) = (rt.events.get(handle(startEvent)?)?, rt.events.get(handle(endEvent)?)?);
         if ms.is_null() {
@@ -482,7 +488,10 @@ pub unsafe extern "C" fn aclrtEventElapsedTime(ms: *mut f32, startEvent: aclrtEv
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDestroyEvent(event: aclrtEvent) -> aclError {
-    entry("aclrtDestroyEvent", || runtime().events.remove(handle(event)?).map(drop))
+    entry("aclrtDestroyEvent", || {
+        runtime().ensure_init()?;
+        runtime().events.remove(handle(event)?).map(drop)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------

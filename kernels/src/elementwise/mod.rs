@@ -210,8 +210,9 @@ pub fn embedding<T: Element>(
     })
 }
 
-/// `out[r]` = index of the largest of row r of `x` (rows of `width`; the first on ties; NaN never
-/// wins). `out` is i64, as aclnnArgMax writes it.
+/// `out[r]` = index of the largest of row r of `x` (rows of `width`; the first on ties). A NaN
+/// counts as the largest (the first NaN wins), as in torch and aclnnArgMax. `out` is i64, as
+/// aclnnArgMax writes it.
 pub fn argmax<T: Element>(
     stream: &Arc<Stream>,
     x: &DeviceBuffer<T>,
@@ -235,6 +236,10 @@ pub fn argmax<T: Element>(
             let mut best = (0usize, f32::NEG_INFINITY);
             for (i, e) in row.iter().enumerate() {
                 let e = e.to_f32();
+                if e.is_nan() {
+                    best = (i, e);
+                    break;
+                }
                 if e > best.1 {
                     best = (i, e);
                 }
