@@ -80,8 +80,15 @@ impl Config {
         }
     }
 
-    /// Refuses a tensor-parallel size that does not divide the model (`InvalidArgument`).
+    /// Refuses a model the decoder cannot run (no vocabulary, no cache block size, an odd head size,
+    /// which rotary embeddings cannot pair) or a tensor-parallel size that does not divide it
+    /// (`InvalidArgument`), before any weight is built.
     pub fn check(&self, tp: usize) -> Result<()> {
+        if self.vocab == 0 || self.block_size == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(Error::InvalidArgument(format!(
+                "the model needs a vocabulary, cache blocks of at least one token and an even head size: {self:?}"
+            )));
+        }
         let ok = tp >= 1
             && self.heads.is_multiple_of(tp)
             && self.kv_heads.is_multiple_of(tp)
@@ -143,8 +150,13 @@ pub struct Output {
     pub blocks_free: (usize, usize),
 }
 
-/// Deterministic weights: element i of tensor `name` of layer `layer`.
-fn init(seed: u64, layer: usize, name: u64, n: usize, scale: f32) -> Vec<f32> {
+/// Deterministic weights: the `n` elements of tensor `name` of layer `layer`, uniform in
+/// `[-scale, scale)`. The model's tensors (row-major `[out, in]`, as linear layers store them; `h` =
+/// hidden, `d` = head_dim): per layer 1 `wq [heads·d, h]`, 2 `wk` and 3 `wv [kv_heads·d, h]`, 4 `wo
+/// [h, heads·d]`, 5 `w_gate [inter, h]`, 6 `w_up [inter, h]` (all scaled by 1/√h), 7 `w_down [h,
+/// inter]` (1/√inter); with layer 1000, 8 the embedding `[vocab, h]` (scale 1) and 9 the LM head
+/// `[vocab, h]` (1/√h). Norm weights are ones. Public so that tests can build a reference model.
+pub fn init(seed: u64, layer: usize, name: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut s =
         seed ^ (layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ name.wrapping_mul(0xD1B5_4A32_D192_ED03);
     (0..n)

@@ -41,13 +41,16 @@ impl Level {
 pub fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        // The AVX-512 levels run AVX2/FMA code too (edge tiles, lower-level kernels): a VM exposing
+        // avx512f but masking FMA gets the portable level, not an illegal instruction.
+        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
             if std::arch::is_x86_feature_detected!("avx512bf16") {
                 return Level::Avx512Bf16;
             }
             return Level::Avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if avx2 {
             return Level::Avx2;
         }
     }

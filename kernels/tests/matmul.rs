@@ -111,8 +111,12 @@ fn half_types_every_level() {
 #[test]
 fn batches_with_own_and_shared_weights() {
     for level in cpu::available() {
+        // Decode-sized (m ≤ 32) and GEMM-sized (m > 32) batches, own and shared, plain and transposed.
         check::<f32, f32>(level, Shape::new(9, 21, 35).batched(3, false), true, 1);
         check::<bf16, f32>(level, Shape::new(4, 50, 300).transposed_b().batched(5, true), true, 2);
+        check::<f32, f32>(level, Shape::new(40, 50, 300).transposed_b().batched(3, true), true, 3);
+        check::<bf16, f32>(level, Shape::new(40, 50, 300).transposed_b().batched(3, true), true, 4);
+        check::<bf16, bf16>(level, Shape::new(35, 19, 70).batched(2, false), false, 5);
     }
 }
 
@@ -136,9 +140,11 @@ fn bad_arguments_are_rejected_before_anything_is_enqueued() {
 
 #[test]
 fn bf16_gemm_shapes_at_every_level() {
-    // m > 16 takes the packed GEMM: with AVX-512 BF16 the native kernel (k in pairs; odd k padded).
+    // m > DECODE_MAX_M (32) takes the packed GEMM: with AVX-512 BF16 the native kernel (k in pairs;
+    // odd k padded, k = 1 a single padded pair).
+    assert_eq!(ascend_kernels::matmul::DECODE_MAX_M, 32, "the shapes below straddle it");
     for level in cpu::available() {
-        for (i, &(m, n, k)) in [(37, 45, 129), (17, 33, 2), (64, 96, 1025), (25, 7, 1)].iter().enumerate() {
+        for (i, &(m, n, k)) in [(37, 45, 129), (33, 33, 2), (64, 96, 1025), (41, 7, 1)].iter().enumerate() {
             check::<bf16, bf16>(level, Shape::new(m, n, k), i % 2 == 0, 50 + i as u64);
             check::<bf16, f32>(level, Shape::new(m, n, k).transposed_b(), i % 2 == 1, 60 + i as u64);
         }
