@@ -363,6 +363,8 @@ impl Communicator {
     /// Later work on `stream` waits until every rank has reached the barrier.
     pub fn barrier(&self, stream: &Stream) -> Result<()> {
         self.check::<u8>(stream, &[])?;
+        // As every call: refused inside a host task, and made in the stream's context.
+        stream.context().bind()?;
         // SAFETY: live handles.
         unsafe { hccl!(self.rt(), HcclBarrier(self.raw(), stream.raw())) }
     }

@@ -124,3 +124,16 @@ fn roots_and_peers_outside_the_communicator_are_refused() {
     st.synchronize().unwrap();
     assert_eq!(st.clone_dtoh(&buf).unwrap(), vec![1, 2, 3]);
 }
+
+#[test]
+fn a_barrier_inside_a_host_task_is_refused() {
+    let ctx = Context::new(5).unwrap();
+    let comm = Arc::new(Communicator::init_all(std::slice::from_ref(&ctx)).unwrap().remove(0));
+    let st = Stream::new(&ctx).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (c, s) = (comm.clone(), st.clone());
+    st.launch_host(move || tx.send(c.barrier(&s)).unwrap()).unwrap();
+    st.synchronize().unwrap();
+    let r = rx.recv().unwrap();
+    assert!(matches!(r, Err(Error::Unsupported(ref m)) if m.contains("host task")), "{r:?}");
+}
