@@ -26,6 +26,9 @@ fn main() -> ascend::rt::Result<()> {
             let (xs, ys) = unsafe { (xs.as_slice(), ys.as_mut_slice()) };
             ys.iter_mut().zip(xs).for_each(|(y, x)| *y += 3.0 * x);
         })?;
+    } else {
+        // Host kernels need memory the host can address; NPU kernels come from the kernels crate.
+        println!("device memory is not host-addressable here: no host kernel (y stays 2)");
     }
 
     // Reading `y` on another stream: the buffer's tracking makes `copy` wait for the kernel.

@@ -273,7 +273,8 @@ pub(crate) fn weighted_sum4_bf16(
 }
 
 /// Rounds `src` to bf16 (nearest, ties to even) into `dst` (their raw bits), 16 at a time with
-/// AVX-512 BF16 where the CPU has it. Panics if the lengths differ.
+/// AVX-512 BF16 where the CPU has it. Subnormal inputs become zeros of their sign, as that
+/// instruction makes them, at every level and position. Panics if the lengths differ.
 pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
     assert_eq!(src.len(), dst.len(), "round_to_bf16: lengths differ");
     #[cfg(target_arch = "x86_64")]
@@ -283,8 +284,14 @@ pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
         return;
     }
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = half::bf16::from_f32(x).to_bits();
+        *d = bf16_bits(x);
     }
+}
+
+/// One value of [`round_to_bf16`]: subnormals flushed to a zero of their sign, then rounded.
+fn bf16_bits(x: f32) -> u16 {
+    let x = if x.is_subnormal() { 0f32.copysign(x) } else { x };
+    half::bf16::from_f32(x).to_bits()
 }
 
 /// Plain loops (AVX2 and portable levels): rows converted to f32, then 8-lane partial sums.
@@ -877,7 +884,7 @@ mod x86 {
             }
         }
         for (d, &x) in dst[whole..].iter_mut().zip(&src[whole..]) {
-            *d = half::bf16::from_f32(x).to_bits();
+            *d = super::bf16_bits(x);
         }
     }
 
@@ -1252,15 +1259,25 @@ mod tests {
     #[test]
     fn rounding_to_bf16_is_to_nearest_even_at_every_length() {
         // Halfway cases both ways (1 + 2⁻⁸ rounds down to even, 1 + 3·2⁻⁸ up), values just off
-        // halfway, signs, magnitudes from 2⁻¹⁰⁰ to 2¹⁰⁰, zero; lengths around the 16-lane width.
+        // halfway, signs, magnitudes from 2⁻¹⁰⁰ to 2¹⁰⁰, zero, and subnormals (flushed to signed
+        // zero, in the vector part as in the tail); lengths around the 16-lane width.
         let base = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f32.powi(-8) + 2f32.powi(-20), 0.0, 0.3];
-        let values: Vec<f32> = (0..40)
+        let mut values: Vec<f32> = (0..40)
             .map(|i| base[i % base.len()] * 2f32.powi(i as i32 * 5 - 100) * if i % 3 == 0 { -1.0 } else { 1.0 })
             .collect();
+        for i in [3, 16, 34] {
+            values[i] = if i % 2 == 0 { 1e-39 } else { -1e-39 };
+        }
         for n in [0, 1, 15, 16, 17, 33, 40] {
             let mut got = vec![0xdeadu16; n];
             round_to_bf16(&values[..n], &mut got);
-            let want: Vec<u16> = values[..n].iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+            let want: Vec<u16> = values[..n]
+                .iter()
+                .map(|&x| match x.is_subnormal() {
+                    true => bf16::from_f32(0f32.copysign(x)).to_bits(),
+                    false => bf16::from_f32(x).to_bits(),
+                })
+                .collect();
             assert_eq!(got, want, "n = {n}");
         }
     }

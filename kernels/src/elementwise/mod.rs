@@ -4,8 +4,10 @@
 //! positions) are slices checked before anything is enqueued.
 //!
 //! Every function fails with `InvalidArgument`, enqueuing nothing, when a buffer's length does not
-//! match the shape its doc gives (or a size is zero or overflows), and returns the runtime's error
-//! when the stream cannot take the work.
+//! match the shape its doc gives, a size that shapes a row (dimension, head size, width, `inter`) is
+//! zero, or a size overflows; and returns the runtime's error when the stream cannot take the work.
+//! Inputs of zero rows are accepted (there is nothing to compute), except by [`rotary`], which needs
+//! its positions to find the rows.
 //!
 //! On an NPU stream the same calls run aclnnRmsNorm, aclnnRotaryPositionEmbedding, aclnnSwiGlu,
 //! aclnnInplaceAdd, aclnnEmbedding and aclnnArgMax ([`npu`]).
