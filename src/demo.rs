@@ -612,12 +612,19 @@ impl Output {
     /// A human summary: throughput, then the time by kernel and collective.
     pub fn summary(&self, tp: usize) -> String {
         let total: Duration = self.breakdown.parts.iter().map(|(_, t)| *t).sum();
+        // One token per sequence comes from prefill: with no more asked for there is no decode step,
+        // and no throughput to quote.
+        let decode = match self.decode_tokens {
+            0 => "no decode step (prefill made every token asked for)".to_string(),
+            n => format!(
+                "decode {n} tokens in {:.1} ms = {:.1} tokens/s",
+                self.decode.as_secs_f64() * 1e3,
+                self.decode_tokens_per_s()
+            ),
+        };
         let mut s = format!(
-            "TP {tp}: prefill {:.1} ms, decode {} tokens in {:.1} ms = {:.1} tokens/s; cache blocks free {}/{}\n",
+            "TP {tp}: prefill {:.1} ms, {decode}; cache blocks free {}/{}\n",
             self.prefill.as_secs_f64() * 1e3,
-            self.decode_tokens,
-            self.decode.as_secs_f64() * 1e3,
-            self.decode_tokens_per_s(),
             self.blocks_free.0,
             self.blocks_free.1
         );

@@ -159,6 +159,9 @@ fn demo_runs_the_tp_decoder_and_reports_throughput() {
     let (ok, out) = ascend(&["demo", "--tp", "2", "--tiny", "--batch", "3", "--tokens", "4"]);
     assert!(ok, "{out}");
     assert!(out.contains("tokens/s") && out.contains("all_reduce") && out.contains("matmul"), "{out}");
+    // One token each comes from prefill: no decode step, and no "0.0 tokens/s" quoted for it.
+    let (ok, out) = ascend(&["demo", "--tp", "1", "--tiny", "--batch", "2", "--tokens", "1"]);
+    assert!(ok && out.contains("no decode step") && !out.contains("tokens/s"), "{out}");
     let (ok, _) = ascend(&["demo", "--tp", "3", "--tiny"]);
     assert!(!ok, "TP 3 cannot shard the tiny model");
 }

@@ -74,8 +74,22 @@ fn two_streams_never_observe_an_unordered_value() {
         let seen = b.clone_dtoh(&copy).unwrap();
         assert!(seen.iter().all(|&x| x == i), "iteration {i}: saw {}", seen[0]);
     }
-    // And the reverse direction: a write on B must wait for A's pending read.
-    a.synchronize().unwrap();
+    // The reverse direction: a write on A (the buffer's home) must wait for B's pending read (held
+    // behind a gate), or the read would see the new value.
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    b.launch_host(move || {
+        let _ = gate.recv_timeout(Duration::from_secs(30));
+    })
+    .unwrap();
+    b.memcpy_dtod(&buf, &mut copy).unwrap(); // reads 300, once the gate opens
+    let mut l = a.host_launch().unwrap();
+    let mut w = l.write(&mut buf).unwrap();
+    // SAFETY: inside the kernel the view is live and exclusively ours.
+    l.launch(move || unsafe { w.as_mut_slice() }.fill(7)).unwrap();
+    std::thread::sleep(Duration::from_millis(20)); // an unordered write would have run by now
+    open.send(()).unwrap();
+    assert!(b.clone_dtoh(&copy).unwrap().iter().all(|&x| x == 300), "B's read saw A's later write");
+    assert!(a.clone_dtoh(&buf).unwrap().iter().all(|&x| x == 7));
 }
 
 /// Streams of two `Context`s of one device (each with a single stream of its own): a write on the
