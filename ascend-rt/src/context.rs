@@ -128,6 +128,27 @@ impl Context {
         self.release_finished();
     }
 
+    /// Waits for the work that queued releases wait for, then releases them; returns how many were
+    /// released. Blocks, for an allocation that failed for want of memory, but not past one
+    /// `DROP_WAIT_MS` in all: work that never finishes leaves its memory queued, and the allocation
+    /// fails as before.
+    pub(crate) fn release_pending_now(&self) -> usize {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(DROP_WAIT_MS as u64);
+        let finished = |p: &PendingFree| {
+            p.after.iter().all(|e| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis();
+                left > 0 && e.synchronize_timeout(left.min(i32::MAX as u128) as i32).is_ok()
+            })
+        };
+        let (done, failed): (Vec<_>, Vec<_>) = pending.into_iter().partition(finished);
+        self.pending.lock().unwrap().extend(failed);
+        for p in &done {
+            self.free_now(p);
+        }
+        done.len()
+    }
+
     /// Releases queued memory whose work has finished.
     pub(crate) fn release_finished(&self) {
         let done: Vec<PendingFree> = {
