@@ -35,9 +35,12 @@ pub type HFail = (i32, String);
 #[repr(C)]
 struct Header {
     magic: AtomicU64,
-    version: u32,
-    nranks: u32,
-    key: [u8; 16],
+    // Written by the creator before `magic`, read by joiners after it; atomics because joiners in
+    // this process already hold a `&Header` while the creator writes.
+    version: AtomicU32,
+    nranks: AtomicU32,
+    /// The root info's key, as two little-endian words.
+    key: [AtomicU64; 2],
     joined: AtomicU32,
     attached: AtomicU32,
     /// First fatal error of the communicator (timeout, dead peer), seen by every rank.
@@ -171,6 +174,12 @@ impl Process {
     fn known_dead(self, our_ns: u64) -> bool {
         self.pidns != 0 && self.pidns == our_ns && pid_dead(self.pid)
     }
+}
+
+/// A root info key as the header stores it.
+fn key_words(key: &[u8; 16]) -> [u64; 2] {
+    let word = |i: usize| u64::from_le_bytes(key[i * 8..(i + 1) * 8].try_into().expect("8 bytes"));
+    [word(0), word(1)]
 }
 
 /// True when process `pid` no longer runs (gone, or a zombie).
@@ -377,14 +386,11 @@ impl Comm {
         }
         let seg = Segment { base: base?, len: layout.total, name: root.segment.clone(), fd };
         if created {
-            // SAFETY: we created the segment and nobody reads these plain fields before `magic`.
-            unsafe {
-                let hp = seg.base as *mut Header;
-                (*hp).version = LAYOUT_VERSION;
-                (*hp).nranks = n as u32;
-                (*hp).key = root.key;
-            }
-            seg.header().magic.store(MAGIC, Release);
+            let h = seg.header();
+            h.version.store(LAYOUT_VERSION, Relaxed);
+            h.nranks.store(n as u32, Relaxed);
+            h.key.iter().zip(key_words(&root.key)).for_each(|(w, k)| w.store(k, Relaxed));
+            h.magic.store(MAGIC, Release);
         }
         let mut comm = Comm {
             layout,
@@ -409,14 +415,13 @@ impl Comm {
             std::thread::sleep(Duration::from_micros(200));
         }
         let h = comm.seg.header();
-        if h.key != root.key || h.version != LAYOUT_VERSION {
+        let key = [h.key[0].load(Relaxed), h.key[1].load(Relaxed)];
+        if key != key_words(&root.key) || h.version.load(Relaxed) != LAYOUT_VERSION {
             return Err((HCCL_E_PARA, "the segment does not match the root info's key (not ours)".into()));
         }
-        if h.nranks as usize != n {
-            return Err((
-                HCCL_E_PARA,
-                format!("the root info was used with {} ranks elsewhere and {n} here", h.nranks),
-            ));
+        let nranks = h.nranks.load(Relaxed) as usize;
+        if nranks != n {
+            return Err((HCCL_E_PARA, format!("the root info was used with {nranks} ranks elsewhere and {n} here")));
         }
         if let Some(f) = comm.poisoned() {
             return Err((f.0, "a rank's rendezvous on this root info already failed: use a new root info".into()));
