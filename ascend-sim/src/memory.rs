@@ -73,6 +73,8 @@ struct Blocks {
     free: BTreeMap<usize, usize>,
     /// Usable bytes allocated (what `aclrtGetMemInfo` reports as used).
     used: usize,
+    /// Resets so far (`aclFinalize`): a pin taken before one is not the new blocks' to drop.
+    epoch: u64,
 }
 
 impl Blocks {
@@ -215,7 +217,7 @@ impl DeviceMemory {
             let mut b = self.blocks.lock().unwrap();
             // SAFETY: the whole region is ours; nothing may use device memory across aclFinalize.
             unsafe { libc::madvise(region.base as *mut libc::c_void, region.len, libc::MADV_DONTNEED) };
-            *b = Blocks::default();
+            *b = Blocks { epoch: b.epoch + 1, ..Blocks::default() };
             b.free.insert(0, region.len);
         }
     }
@@ -254,15 +256,20 @@ pub struct Span {
 /// Pins on the blocks an access touches; dropping it ends the access.
 pub struct Access<'a> {
     memory: &'a Memory,
-    /// (device index or `None` for pinned host memory, block start).
-    pinned: Vec<(Option<usize>, usize)>,
+    /// (device index or `None` for pinned host memory, block start, epoch of the blocks).
+    pinned: Vec<(Option<usize>, usize, u64)>,
 }
 
 impl Drop for Access<'_> {
     fn drop(&mut self) {
-        for &(d, start) in &self.pinned {
+        for &(d, start, epoch) in &self.pinned {
             let mem = self.memory.of(d);
             let mut b = mem.blocks.lock().unwrap();
+            // A reset since (a task that outlived aclFinalize): the block it pinned is gone, and one
+            // at the same address now is another allocation's.
+            if b.epoch != epoch {
+                continue;
+            }
             if let Some(block) = b.live.get_mut(&start) {
                 block.pins -= 1;
                 if block.pins == 0 && block.freed {
@@ -380,7 +387,8 @@ impl Memory {
                 return bad(place);
             };
             block.pins += 1;
-            access.pinned.push((d, start));
+            let epoch = b.epoch;
+            access.pinned.push((d, start, epoch));
         }
         Ok(access)
     }
@@ -445,6 +453,23 @@ mod tests {
         let big = m.malloc(0, (1 << 20) - 32, false).unwrap();
         assert_eq!(m.malloc(0, 1, false).unwrap_err().code, ACL_ERROR_RT_MEMORY_ALLOCATION);
         m.free(big).unwrap();
+    }
+
+    #[test]
+    fn an_access_that_outlives_a_reset_leaves_the_new_blocks_alone() {
+        let m = Memory::new(1, 1 << 20);
+        let a = m.malloc(0, 100, false).unwrap();
+        let old = m.access(&[Span { addr: a, len: 100, write: true }]).unwrap();
+        m.reset();
+        // First fit from offset 0: the new allocation has the old one's address.
+        let b = m.malloc(0, 100, false).unwrap();
+        assert_eq!(a, b);
+        let new = m.access(&[Span { addr: b, len: 100, write: false }]).unwrap();
+        m.free(b).unwrap();
+        drop(old); // the pre-reset pin must not count against the new block
+        assert_eq!(m.info(0).0, (1 << 20) - 160, "freed while its own access is still running");
+        drop(new);
+        assert_eq!(m.info(0).0, 1 << 20, "released once its access ended");
     }
 
     #[test]
