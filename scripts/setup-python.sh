@@ -85,20 +85,10 @@ mkdir -p "$(dirname "$ENV_DIR")"
 
 # Serialise concurrent runs (e.g. a developer shell and CI) on the same venv.
 if command -v flock >/dev/null 2>&1; then
-    while :; do
-        exec 9>"$LOCK"
-        flock 9
-        # Held on the file still at $LOCK: a run that removed it (below) while we waited left us
-        # the lock of a deleted file, which no longer excludes a newcomer: take the new file's.
-        [ /dev/fd/9 -ef "$LOCK" ] && break
-        exec 9>&-
-    done
-    # Beside a directory of the user's, the lock file goes again on exit (removed while still held,
-    # so a waiting run moves on to a new file, above). In the script's own cache directory it stays:
-    # older copies of this script, which do not re-check, may share the default venv.
-    if [ "$ENV_DIR" != "$DEFAULT_ENV_DIR" ]; then
-        trap 'rm -f -- "$LOCK"' EXIT
-    fi
+    # The lock file stays beside the venv: removing it while another run waits on it would let a
+    # third run take a new one and install concurrently.
+    exec 9>"$LOCK"
+    flock 9
 fi
 
 # Reuse a completed venv whose marker matches what this script would install.

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-/// A table of live objects of one kind, keyed by handle value.
+/// A table of live objects of one kind, keyed by handle values never given twice: a destroyed or
+/// made-up handle is an error, however memory is reused (C APIs of this workspace hand these out).
 pub struct Registry<T> {
     map: RwLock<HashMap<usize, Arc<T>>>,
     next: AtomicUsize,
@@ -26,7 +27,8 @@ pub struct Registry<T> {
 }
 
 impl<T> Registry<T> {
-    pub(crate) fn new(tag: usize, what: &'static str) -> Self {
+    /// An empty table; handles carry `tag` in their high bits and `what` names them in errors.
+    pub fn new(tag: usize, what: &'static str) -> Self {
         Registry { map: RwLock::default(), next: AtomicUsize::new(1), tag, what }
     }
 

@@ -858,9 +858,10 @@ fn aclnn_descriptors_work_and_operators_need_an_npu() {
     let dims = [2i64, 3];
     let strides = [3i64, 1];
     // SAFETY: arrays of the stated lengths.
-    let t = unsafe {
+    let new_tensor = || unsafe {
         aclCreateTensor(dims.as_ptr(), 2, ACL_FLOAT, strides.as_ptr(), 0, ACL_FORMAT_ND, dims.as_ptr(), 2, null_mut())
     };
+    let t = new_tensor();
     assert!(!t.is_null());
     // SAFETY: `t` is live and ours.
     let desc = unsafe { tensor_desc(t) };
@@ -877,31 +878,11 @@ fn aclnn_descriptors_work_and_operators_need_an_npu() {
         assert_eq!(aclDestroyIntArray(a), ACLNN_SUCCESS);
         // A list whose tensor was destroyed, then a new tensor (likely at the freed one's address):
         // destroying the list must not take the new tensor with it.
-        let t1 = aclCreateTensor(
-            dims.as_ptr(),
-            2,
-            ACL_FLOAT,
-            strides.as_ptr(),
-            0,
-            ACL_FORMAT_ND,
-            dims.as_ptr(),
-            2,
-            null_mut(),
-        );
+        let t1 = new_tensor();
         let l = aclCreateTensorList([t1 as *const aclTensor].as_ptr(), 1);
         assert!(!l.is_null());
         assert_eq!(aclDestroyTensor(t1), ACLNN_SUCCESS);
-        let t2 = aclCreateTensor(
-            dims.as_ptr(),
-            2,
-            ACL_FLOAT,
-            strides.as_ptr(),
-            0,
-            ACL_FORMAT_ND,
-            dims.as_ptr(),
-            2,
-            null_mut(),
-        );
+        let t2 = new_tensor();
         assert_eq!(aclDestroyTensorList(l), ACLNN_ERR_PARAM_INVALID, "its tensor was destroyed already");
         assert_eq!(tensor_desc(t2).view_dims, dims);
         assert_eq!(aclDestroyTensor(t2), ACLNN_SUCCESS, "the new tensor is still alive");

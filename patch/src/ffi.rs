@@ -5,12 +5,11 @@
 use crate::comm::{Data, PatchComm};
 use crate::layout::{Kind, Sizes};
 use ascend_sim::hccl::DType;
+use ascend_sim::runtime::Registry;
 use ascend_sys::{HCCL_E_INTERNAL, HCCL_E_PARA, HCCL_E_PTR};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -153,8 +152,8 @@ pub unsafe extern "C" fn ascend_patch_comm_init_timeout(
         let timeout = (timeout_s.is_finite() && timeout_s > 0.0)
             .then(|| std::time::Duration::from_secs_f64(timeout_s.min(i32::MAX as f64)));
         let c = PatchComm::init(bytes, nranks as usize, rank as usize, device, timeout)?;
-        let h = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
-        comms().lock().unwrap().insert(h, Arc::new(c));
+        let h = comms().fresh();
+        comms().insert(h, Arc::new(c));
         // SAFETY: writable by the contract.
         unsafe { *comm = h as *mut c_void };
         Ok(())
@@ -165,12 +164,10 @@ pub unsafe extern "C" fn ascend_patch_comm_init_timeout(
 /// destroyed (or twice destroyed, or made-up) handle is refused instead of touching freed memory,
 /// and a call in flight holds its communicator, so a destroy from another thread releases it only
 /// when that call returns.
-fn comms() -> &'static Mutex<HashMap<usize, Arc<PatchComm>>> {
-    static COMMS: OnceLock<Mutex<HashMap<usize, Arc<PatchComm>>>> = OnceLock::new();
-    COMMS.get_or_init(Mutex::default)
+fn comms() -> &'static Registry<PatchComm> {
+    static COMMS: OnceLock<Registry<PatchComm>> = OnceLock::new();
+    COMMS.get_or_init(|| Registry::new(0xAC, "ascend_patch communicator"))
 }
-
-static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
 
 /// Destroys a communicator: the handle is invalid from now on; its shared memory is released when
 /// the calls in flight on it have returned and the last rank has destroyed its handle. An unknown or
@@ -181,10 +178,9 @@ static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
 #[no_mangle]
 pub unsafe extern "C" fn ascend_patch_comm_destroy(comm: *mut c_void) -> i32 {
     entry("ascend_patch_comm_destroy", || {
-        let c = handle(comm)?;
-        comms().lock().unwrap().remove(&(comm as usize));
-        drop(c); // the last reference unless a call is in flight
-        Ok(())
+        handle(comm)?;
+        // The last reference unless a call is in flight.
+        comms().remove(comm as usize).map(drop).map_err(unknown)
     })
 }
 
@@ -205,8 +201,11 @@ fn handle(comm: *mut c_void) -> Result<Arc<PatchComm>, (i32, String)> {
     if comm.is_null() {
         return Err((HCCL_E_PTR, "comm is null".into()));
     }
-    let c = comms().lock().unwrap().get(&(comm as usize)).cloned();
-    c.ok_or_else(|| para(format!("{comm:?} is not a live communicator (destroyed, or never made)")))
+    comms().get(comm as usize).map_err(unknown)
+}
+
+fn unknown(f: ascend_sim::fail::Fail) -> (i32, String) {
+    para(format!("{} (destroyed, or never made)", f.message))
 }
 
 /// `count` elements of `dtype` on `comm`, refused when the largest buffer an operation may touch

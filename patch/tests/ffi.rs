@@ -207,7 +207,7 @@ fn bad_arguments_return_codes_and_messages() {
         assert_eq!(ascend_patch_comm_destroy(c.0), 0);
         // A destroyed handle is refused (not freed twice, not read), and so is one never made.
         assert_eq!(ascend_patch_comm_destroy(c.0), 1);
-        assert!(last_error().contains("not a live communicator"), "{}", last_error());
+        assert!(last_error().contains("not a live ascend_patch communicator"), "{}", last_error());
         assert_eq!(
             ascend_patch_all_reduce(c.0, x.as_ptr() as _, x.as_mut_ptr() as _, 4, F32, SUM, std::ptr::null_mut()),
             1

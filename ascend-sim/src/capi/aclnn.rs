@@ -3,15 +3,14 @@
 //! `ACLNN_ERR_INNER_FIND_KERNEL_ERROR` here (the host path runs kernels on simulator streams instead).
 
 use crate::fail::{entry_with, fail, set_recent};
+use crate::runtime::Registry;
 use ascend_sys::*;
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 /// An object behind an aclnn handle of this library.
 enum Object {
-    Tensor(Box<TensorDesc>),
+    Tensor(TensorDesc),
     IntArray(Vec<i64>),
     /// Checked when made; no operator runs here to read its value.
     Scalar,
@@ -30,30 +29,32 @@ impl Object {
     }
 }
 
-/// Every live object by handle. A handle is a number never given twice, not the object's address
+/// Every live object by handle. Handles are numbers never given twice, not the objects' addresses
 /// (which the allocator reuses): destroying one twice, or as another kind, or using a list whose
 /// tensor was destroyed, is an error here however memory is reused (undefined in CANN; the
 /// simulator is stricter).
-fn live() -> std::sync::MutexGuard<'static, HashMap<usize, Object>> {
-    static LIVE: OnceLock<Mutex<HashMap<usize, Object>>> = OnceLock::new();
-    LIVE.get_or_init(Mutex::default).lock().unwrap_or_else(|e| e.into_inner())
+fn objects() -> &'static Registry<Object> {
+    static OBJECTS: OnceLock<Registry<Object>> = OnceLock::new();
+    OBJECTS.get_or_init(|| Registry::new(0xA7, "aclnn object"))
 }
 
-/// Hands out `object` under a new handle (16-byte steps from a high base, so that it looks like no
-/// small integer and is aligned like a pointer).
+/// Hands out `object` under a new handle.
 fn handle<H>(object: Object) -> *mut H {
-    static NEXT: AtomicUsize = AtomicUsize::new(1);
-    let h = 0x5eed_0000_0000 + NEXT.fetch_add(1, Ordering::Relaxed) * 16;
-    live().insert(h, object);
+    let h = objects().fresh();
+    objects().insert(h, Arc::new(object));
     h as *mut H
+}
+
+/// The live object of handle `p`, if any.
+fn object(p: *const c_void) -> Option<Arc<Object>> {
+    objects().get(p as usize).ok()
 }
 
 /// Takes back the object of handle `p` for destruction if it is `kind` ([`Object::kind`]); None
 /// (with the reason recorded) if it is not a live one of that kind.
-fn retire(p: *const c_void, kind: &str, what: &str) -> Option<Object> {
-    let mut live = live();
-    match live.get(&(p as usize)).map(Object::kind) {
-        Some(k) if k == kind => live.remove(&(p as usize)),
+fn retire(p: *const c_void, kind: &str, what: &str) -> Option<Arc<Object>> {
+    match object(p).as_deref().map(Object::kind) {
+        Some(k) if k == kind => objects().remove(p as usize).ok(),
         other => {
             let why = other.map_or("not a live handle (destroyed already?)".to_string(), str::to_string);
             set_recent(&format!("{what}: {p:?} is {why}"));
@@ -128,7 +129,7 @@ pub unsafe extern "C" fn aclCreateTensor(
     }
     let desc =
         TensorDesc { view_dims, dtype: dataType, strides, offset, format, storage_dims, data: tensorData as usize };
-    handle(Object::Tensor(Box::new(desc)))
+    handle(Object::Tensor(desc))
 }
 
 /// The descriptor behind an `aclTensor` made by this simulator's `aclCreateTensor`. Panics for a
@@ -137,11 +138,12 @@ pub unsafe extern "C" fn aclCreateTensor(
 /// # Safety
 /// `t` stays live (is not destroyed) while the reference is used.
 pub unsafe fn tensor_desc<'a>(t: *const aclTensor) -> &'a TensorDesc {
-    let p = match live().get(&(t as usize)) {
-        Some(Object::Tensor(d)) => &**d as *const TensorDesc,
+    let p = match object(t.cast()).as_deref() {
+        Some(Object::Tensor(d)) => d as *const TensorDesc,
         _ => panic!("{t:?} is not a live aclTensor of the simulator"),
     };
-    // SAFETY: boxed, so at a stable address until the handle is destroyed (contract).
+    // SAFETY: the registry holds the object (shared, at a stable address) until the handle is
+    // destroyed (contract).
     unsafe { &*p }
 }
 
@@ -175,12 +177,11 @@ pub unsafe extern "C" fn aclCreateIntArray(value: *const i64, size: u64) -> *mut
 /// # Safety
 /// `a` stays live (is not destroyed) while the slice is used.
 pub unsafe fn int_array<'a>(a: *const aclIntArray) -> &'a [i64] {
-    let p = match live().get(&(a as usize)) {
+    let p = match object(a.cast()).as_deref() {
         Some(Object::IntArray(v)) => v.as_slice() as *const [i64],
         _ => panic!("{a:?} is not a live aclIntArray of the simulator"),
     };
-    // SAFETY: the vector's buffer stays where it is (the map moves only the vector itself) until
-    // the handle is destroyed (contract).
+    // SAFETY: the registry holds the values until the handle is destroyed (contract).
     unsafe { &*p }
 }
 
@@ -242,7 +243,7 @@ pub unsafe extern "C" fn aclCreateTensorList(value: *const *const aclTensor, siz
     // SAFETY: `value` holds `size` tensor pointers by the API contract.
     let tensors: Vec<usize> =
         unsafe { std::slice::from_raw_parts(value, size as usize) }.iter().map(|&t| t as usize).collect();
-    if tensors.iter().any(|t| !matches!(live().get(t), Some(Object::Tensor(_)))) {
+    if tensors.iter().any(|&t| !matches!(object(t as *const c_void).as_deref(), Some(Object::Tensor(_)))) {
         set_recent("aclCreateTensorList: an entry is not a live tensor");
         return std::ptr::null_mut();
     }
@@ -255,13 +256,14 @@ pub unsafe extern "C" fn aclDestroyTensorList(array: *const aclTensorList) -> ac
         set_recent("aclDestroyTensorList: array is NULL");
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    let Some(Object::TensorList(tensors)) = retire(array.cast(), "a tensor list", "aclDestroyTensorList") else {
+    let Some(list) = retire(array.cast(), "a tensor list", "aclDestroyTensorList") else {
         return ACLNN_ERR_PARAM_INVALID;
     };
+    let Object::TensorList(tensors) = &*list else { unreachable!("retired as a tensor list") };
     // As in CANN the list owns its tensors: each is destroyed unless it was destroyed on its own
     // already (refused, as a handle is never given twice).
     let mut status = ACLNN_SUCCESS;
-    for t in tensors {
+    for &t in tensors {
         if retire(t as *const c_void, "a tensor", "aclDestroyTensorList").is_none() {
             status = ACLNN_ERR_PARAM_INVALID;
         }

@@ -11,6 +11,11 @@
 //!   each rank reduces only `1/n` of the data and the chunks stay in cache between producer and consumer.
 //! - the others move each chunk in one step.
 //! - point-to-point uses a mailbox per ordered pair of ranks, with its own counters.
+//!
+//! # Safety
+//! The operations take their buffers as addresses: each must be this rank's buffer, as large as
+//! the operation reads or writes, live and used by nothing else until the call returns (the C entry
+//! points check them against allocations before calling).
 
 use super::comm::{Comm, Desc, HFail, OpState, CHUNK, P2P_HALF};
 use super::dtype::{reduce, DType, Op};
@@ -74,8 +79,7 @@ impl Comm {
     /// `HcclAllReduce`: `recv = op(send of every rank)`; `send == recv` is allowed.
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn all_reduce(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
@@ -128,8 +132,7 @@ impl Comm {
     /// `HcclBroadcast`: every rank's `buf` becomes the root's.
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn broadcast(&self, buf: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let es = t.size();
@@ -150,8 +153,7 @@ impl Comm {
     /// `HcclAllGather`: `recv[r * count ..]` = rank r's `send`.
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn all_gather(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let es = t.size();
@@ -170,8 +172,7 @@ impl Comm {
     /// `HcclReduceScatter`: `recv` = op over ranks of their `send[rank * count ..]`.
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn reduce_scatter(&self, send: usize, recv: usize, count: usize, t: DType, op: Op) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
@@ -194,8 +195,7 @@ impl Comm {
     /// `HcclReduce`: the root's `recv` = op(send of every rank); other ranks' `recv` is untouched.
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn reduce(
         &self,
         send: usize,
@@ -224,8 +224,7 @@ impl Comm {
     /// `HcclScatter`: `recv` = the root's `send[rank * count ..]`.
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn scatter(&self, send: usize, recv: usize, count: usize, t: DType, root: usize) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let (es, n) = (t.size(), self.n);
@@ -247,8 +246,7 @@ impl Comm {
     /// `HcclAlltoAll`: `recv[r * count ..]` = rank r's `send[rank * count ..]`.
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn all_to_all(&self, send: usize, recv: usize, count: usize, t: DType) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         let (es, n, me) = (t.size(), self.n, self.rank);
@@ -272,8 +270,7 @@ impl Comm {
     #[allow(clippy::too_many_arguments)]
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn all_to_all_v(
         &self,
         send: usize,
@@ -339,8 +336,7 @@ impl Comm {
     /// are batches of one). Transfers with the same peer and direction run in order.
     ///
     /// # Safety
-    /// The addresses are this rank's buffers, as large as the operation reads or writes, live and
-    /// used by nothing else until it returns (the C entry points check them against allocations).
+    /// As for every operation here: see the module's *Safety* section.
     pub unsafe fn send_recv(&self, items: &mut [P2p]) -> Result<(), HFail> {
         let st = &mut *self.begin()?;
         loop {
