@@ -138,7 +138,7 @@ impl Context {
         let finished = |p: &PendingFree| {
             p.after.iter().all(|e| {
                 let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis();
-                left > 0 && e.synchronize_timeout(left.min(i32::MAX as u128) as i32).is_ok()
+                left > 0 && e.finished_within(left.min(i32::MAX as u128) as i32)
             })
         };
         let (done, failed): (Vec<_>, Vec<_>) = pending.into_iter().partition(finished);
@@ -209,7 +209,7 @@ impl Drop for Context {
         }
         let pending = pending.unwrap_or_default();
         for p in pending {
-            if p.after.iter().all(|e| e.synchronize_timeout(DROP_WAIT_MS).is_ok()) {
+            if p.after.iter().all(|e| e.finished_within(DROP_WAIT_MS)) {
                 self.free_now(&p);
             } else {
                 eprintln!("ascend-rt: queued work did not finish in {DROP_WAIT_MS} ms; leaking its memory");

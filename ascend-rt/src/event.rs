@@ -41,7 +41,8 @@ impl Event {
         unsafe { acl!(self.rt, aclrtRecordEvent(self.handle as *mut c_void, stream.raw())) }
     }
 
-    /// True once the recorded work has finished.
+    /// True once the recorded work has finished, also when a task of it failed (only synchronizing
+    /// reports that).
     pub fn is_complete(&self) -> Result<bool> {
         let mut status = 0;
         // SAFETY: live handle and an out-pointer to a live local.
@@ -49,7 +50,8 @@ impl Event {
         Ok(status == ascend_sys::ACL_EVENT_RECORDED_STATUS_COMPLETE)
     }
 
-    /// Blocks until the recorded work has finished.
+    /// Blocks until the recorded work has finished. Fails with the stream's error when a task of
+    /// that work failed (the work after it on that stream did not run).
     pub fn synchronize(&self) -> Result<()> {
         bind_handle(self.rt, self.ctx)?;
         // SAFETY: live handle.
@@ -61,6 +63,12 @@ impl Event {
         bind_handle(self.rt, self.ctx)?;
         // SAFETY: live handle.
         unsafe { acl!(self.rt, aclrtSynchronizeEventWithTimeout(self.handle as *mut c_void, ms)) }
+    }
+
+    /// True once the recorded work is over within `ms` milliseconds, whether it succeeded or failed:
+    /// memory it used may then be released.
+    pub(crate) fn finished_within(&self, ms: i32) -> bool {
+        self.synchronize_timeout(ms).is_ok() || matches!(self.is_complete(), Ok(true))
     }
 
     /// Milliseconds between this event's completion and `end`'s (both recorded and complete).

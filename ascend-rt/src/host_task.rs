@@ -29,7 +29,7 @@ pub(crate) fn run(f: impl FnOnce()) {
 }
 
 /// True while the calling thread runs a host task.
-fn running() -> bool {
+pub(crate) fn running() -> bool {
     RUNNING.get()
 }
 

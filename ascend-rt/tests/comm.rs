@@ -137,3 +137,29 @@ fn a_barrier_inside_a_host_task_is_refused() {
     let r = rx.recv().unwrap();
     assert!(matches!(r, Err(Error::Unsupported(ref m)) if m.contains("host task")), "{r:?}");
 }
+
+#[test]
+fn pinned_memory_behind_a_failed_collective_reports_the_failure() {
+    let ctxs = contexts(2);
+    let mut comms = Communicator::init_all(&ctxs).unwrap();
+    let (peer, comm) = (comms.pop().unwrap(), comms.pop().unwrap());
+    let st = Stream::new(&ctxs[0]).unwrap();
+    let x = st.clone_htod(&[1f32; 4]).unwrap();
+    let mut y = st.clone_htod(&[5f32; 4]).unwrap();
+    let mut host = ascend_rt::PinnedHostBuffer::<f32>::from_slice(&ctxs[0], &[7.0; 4]).unwrap();
+    // The collective runs only after the peer has left, so it fails on the stream, not at enqueue.
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    st.launch_host(move || {
+        let _ = gate.recv();
+    })
+    .unwrap();
+    comm.all_reduce(&x, &mut y, ReduceOp::Sum, &st).unwrap();
+    st.memcpy_dtoh_async(&y, &mut host).unwrap();
+    drop(peer);
+    go.send(()).unwrap();
+    // The copy into `host` was skipped: its old contents must not read as the result.
+    let e = host.as_slice().unwrap_err();
+    assert!(e.code().is_some(), "{e}");
+    assert!(host.as_slice().is_err(), "the failure is reported again");
+    assert_eq!(st.synchronize().unwrap_err().code(), e.code());
+}

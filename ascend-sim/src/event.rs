@@ -1,8 +1,10 @@
 //! Events: a record captures the work submitted to a stream so far; the event is complete once the
 //! stream has finished that work. The record task stamps the time the stream reached it, for
-//! `aclrtEventElapsedTime`.
+//! `aclrtEventElapsedTime`, and notes whether that work failed: as CANN reports a task's error at the
+//! next synchronization, synchronizing the event returns it (the status query still says complete,
+//! since the work is over).
 
-use crate::fail::{fail, Result};
+use crate::fail::{fail, Fail, Result};
 use crate::stream::{Kind, StreamCore};
 use ascend_sys::*;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,6 +19,8 @@ pub struct Record {
     pub seq: u64,
     /// When the stream reached the record.
     pub stamp: Arc<OnceLock<Instant>>,
+    /// The stream's sticky error when it reached the record: the captured work did not all run.
+    pub failure: Arc<OnceLock<Fail>>,
 }
 
 impl Record {
@@ -45,13 +49,16 @@ impl Event {
 
     /// `aclrtRecordEvent`: captures the work submitted to `core` so far (a re-record overwrites).
     pub fn record(&self, core: &Arc<StreamCore>) -> Result<()> {
-        let stamp = Arc::new(OnceLock::new());
-        let s = stamp.clone();
+        let (stamp, failure) = (Arc::new(OnceLock::new()), Arc::new(OnceLock::new()));
+        let (s, f, stream) = (stamp.clone(), failure.clone(), Arc::downgrade(core));
         let seq = core.enqueue(Kind::Order, move || {
+            if let Some(e) = stream.upgrade().and_then(|c| c.error()) {
+                let _ = f.set(e);
+            }
             let _ = s.set(Instant::now());
             Ok(())
         })?;
-        *self.record.lock().unwrap() = Some(Record { core: core.clone(), seq, stamp });
+        *self.record.lock().unwrap() = Some(Record { core: core.clone(), seq, stamp, failure });
         Ok(())
     }
 
@@ -99,7 +106,8 @@ impl Event {
     }
 
     /// `aclrtSynchronizeEvent(WithTimeout)`: waits for the captured work (an un-recorded event returns
-    /// at once). `ACL_ERROR_RT_EVENT_SYNC_TIMEOUT` on expiry.
+    /// at once). `ACL_ERROR_RT_EVENT_SYNC_TIMEOUT` on expiry; the stream's error if a task of that
+    /// work failed (the tasks after it were skipped).
     pub fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
         let Some(r) = self.latest() else { return Ok(()) };
         r.core.check_not_waiting_on_itself(r.seq)?;
@@ -109,7 +117,10 @@ impl Event {
                 format!("event synchronize timed out after {} ms", timeout.unwrap_or_default().as_millis()),
             );
         }
-        Ok(())
+        match r.failure.get() {
+            Some(f) => Err(Fail::new(f.code, format!("the work this event captured failed: {}", f.message))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -128,4 +139,25 @@ pub fn elapsed_ms(start: &Event, end: &Event) -> Result<f32> {
         return fail(ACL_ERROR_RT_EVENT_TIMESTAMP_REVERSAL, "the end event completed before the start event");
     }
     Ok((*tb - *ta).as_secs_f64() as f32 * 1e3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_after_a_failed_task_reports_the_failure_at_synchronize() {
+        let s = StreamCore::start("t".into()).unwrap();
+        let before = Event::new(ACL_EVENT_SYNC as u32, false, true);
+        before.record(&s).unwrap();
+        s.enqueue(Kind::Device, || Err(crate::fail::Fail::new(507053, "boom"))).unwrap();
+        let after = Event::new(ACL_EVENT_SYNC as u32, false, true);
+        after.record(&s).unwrap();
+        before.synchronize(None).expect("the work before the failure ran");
+        let e = after.synchronize(None).unwrap_err();
+        assert_eq!(e.code, 507053);
+        assert!(e.message.contains("boom"), "{}", e.message);
+        assert_eq!(after.status(), ACL_EVENT_RECORDED_STATUS_COMPLETE, "the work is over");
+        s.shutdown();
+    }
 }
