@@ -739,18 +739,21 @@ fn mismatched_arguments_between_ranks_fail_every_rank() {
         assert_eq!(e, HCCL_E_PARA);
         assert_code!(aclrtFree(p), ACL_SUCCESS);
     });
-    // Receive size differing from the send size.
-    threads(2, |r| {
-        let p = r.upload(&[0u8; 4096]);
-        let got = if r.rank == 0 {
-            unsafe { HcclSend(p, 100, HCCL_DATA_TYPE_FP32, 1, r.comm, r.stream) }
-        } else {
-            unsafe { HcclRecv(p, 200, HCCL_DATA_TYPE_FP32, 0, r.comm, r.stream) }
-        };
-        assert_eq!(got, HCCL_SUCCESS);
-        assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_PARAM_INVALID);
-        assert_code!(aclrtFree(p), ACL_SUCCESS);
-    });
+    // 100 FP32 received as 200 FP32 (another size), or as 200 BF16 (the same bytes, another type:
+    // not reinterpreted).
+    for recv_type in [HCCL_DATA_TYPE_FP32, HCCL_DATA_TYPE_BFP16] {
+        threads(2, |r| {
+            let p = r.upload(&[0u8; 4096]);
+            let got = if r.rank == 0 {
+                unsafe { HcclSend(p, 100, HCCL_DATA_TYPE_FP32, 1, r.comm, r.stream) }
+            } else {
+                unsafe { HcclRecv(p, 200, recv_type, 0, r.comm, r.stream) }
+            };
+            assert_eq!(got, HCCL_SUCCESS);
+            assert_code!(aclrtSynchronizeStream(r.stream), ACL_ERROR_RT_PARAM_INVALID);
+            assert_code!(aclrtFree(p), ACL_SUCCESS);
+        });
+    }
 }
 
 #[test]

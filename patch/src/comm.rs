@@ -268,9 +268,12 @@ impl PatchComm {
                 // SAFETY: send holds `count` elements and recv `size × count` (C ABI contract);
                 // ptr::copy allows send and recv to overlap.
                 unsafe { std::ptr::copy(send as *const u8, (recv + root * bytes) as *mut u8, bytes) };
-                (0..self.size).filter(|&r| r != root).map(|r| P2p::new(r, false, recv + r * bytes, bytes)).collect()
+                (0..self.size)
+                    .filter(|&r| r != root)
+                    .map(|r| P2p::new(r, false, recv + r * bytes, d.count, t))
+                    .collect()
             } else {
-                vec![P2p::new(root, true, send, bytes)]
+                vec![P2p::new(root, true, send, d.count, t)]
             };
             return self.host().send_recv(&mut items);
         }
@@ -325,7 +328,7 @@ impl PatchComm {
         let peer = self.peer(peer)?;
         nonnull(&[buf], d.count)?;
         if self.is_host() {
-            return self.host().send_recv(&mut [P2p::new(peer, true, buf, d.count * t.size())]);
+            return self.host().send_recv(&mut [P2p::new(peer, true, buf, d.count, t)]);
         }
         self.device("HcclSend", |api, c| {
             // SAFETY: as above.
@@ -344,7 +347,7 @@ impl PatchComm {
         let peer = self.peer(peer)?;
         nonnull(&[buf], d.count)?;
         if self.is_host() {
-            return self.host().send_recv(&mut [P2p::new(peer, false, buf, d.count * t.size())]);
+            return self.host().send_recv(&mut [P2p::new(peer, false, buf, d.count, t)]);
         }
         self.device("HcclRecv", |api, c| {
             // SAFETY: as above.

@@ -615,7 +615,7 @@ fn p2p(
             return para(format!("peer rank {peer} is not another rank of this {}-rank communicator", c.comm.n));
         }
         let p = c.buf(buf, count, !send)?;
-        plan.push(P2p::new(peer as usize, send, p, count as usize * c.t.size()));
+        plan.push(P2p::new(peer as usize, send, p, count as usize, c.t));
     }
     // SAFETY: every buffer of the plan was checked (`Call::buf`) against an allocation of its size,
     // and its range is held by the queued task (as for the collectives).

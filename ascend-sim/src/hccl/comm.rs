@@ -27,7 +27,7 @@ pub const CHUNK: usize = 1 << 20;
 /// Point-to-point mailbox half size (two halves per ordered pair).
 pub const P2P_HALF: usize = 256 << 10;
 const MAGIC: u64 = 0x4153_4353_494d_4843; // "ASCSIMHC"
-const LAYOUT_VERSION: u32 = 3;
+const LAYOUT_VERSION: u32 = 4;
 
 /// An HCCL failure: its code and what happened.
 pub type HFail = (i32, String);
@@ -75,9 +75,10 @@ pub struct PairCtl {
     pub sent: AtomicU64,
     /// Chunks the receiver has consumed.
     pub acked: AtomicU64,
-    /// Per mailbox half: bytes in the chunk, and total bytes of the message it belongs to.
-    pub len: [[AtomicU64; 2]; 2],
-    /// Set by a receiver whose expected size differs from the sender's.
+    /// Per mailbox half: bytes in the chunk, total bytes of the message it belongs to, and the
+    /// message's data type (`DType as u64`).
+    pub len: [[AtomicU64; 3]; 2],
+    /// Set by a receiver whose expected size or data type differs from the sender's.
     pub error: AtomicU32,
 }
 

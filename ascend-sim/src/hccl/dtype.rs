@@ -31,6 +31,22 @@ pub enum Op {
 }
 
 impl DType {
+    /// Every type, in declaration order (`ALL[t as usize] == t`).
+    pub const ALL: [DType; 12] = [
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::F16,
+        DType::Bf16,
+        DType::F32,
+        DType::F64,
+    ];
+
     /// From an `HcclDataType`: `Err(HCCL_E_NOT_SUPPORT)` for a type with no host meaning (INT128, FP8,
     /// HIF8), `Err(HCCL_E_PARA)` for an unknown value.
     pub fn from_hccl(t: HcclDataType) -> Result<DType, i32> {
@@ -258,6 +274,13 @@ fn f32_to_bf16(vals: &[f32], out: &mut [u16]) {
 mod tests {
     use super::*;
     use half::bf16;
+
+    #[test]
+    fn all_is_indexed_by_the_discriminant() {
+        for (i, t) in DType::ALL.iter().enumerate() {
+            assert_eq!(*t as usize, i, "{t:?}");
+        }
+    }
 
     fn run<T: Copy + Default>(t: DType, op: Op, inputs: &[Vec<T>]) -> Vec<T> {
         let mut out = vec![T::default(); inputs[0].len()];

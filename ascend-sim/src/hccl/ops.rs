@@ -379,7 +379,7 @@ impl Comm {
         if it.send {
             let p = self.pair(self.rank, it.peer);
             if p.error.load(Acquire) != 0 {
-                let f = (HCCL_E_PARA, format!("HcclSend: rank {} expected a different number of bytes", it.peer));
+                let f = (HCCL_E_PARA, format!("HcclSend: rank {} expected a different size or data type", it.peer));
                 return Err(self.poison(f));
             }
             if it.all_sent {
@@ -399,6 +399,7 @@ impl Comm {
             let h = (c % 2) as usize;
             p.len[h][0].store(len as u64, Relaxed);
             p.len[h][1].store(it.bytes as u64, Relaxed);
+            p.len[h][2].store(it.t as u64, Relaxed);
             p.sent.store(c, Release);
             st.p2p_sent[it.peer] = c;
             it.done += len;
@@ -411,13 +412,18 @@ impl Comm {
             }
             let h = (c % 2) as usize;
             let (len, total) = (p.len[h][0].load(Relaxed) as usize, p.len[h][1].load(Relaxed) as usize);
-            if total != it.bytes {
+            let t = p.len[h][2].load(Relaxed);
+            if total != it.bytes || t != it.t as u64 {
                 // The pair's counters now disagree (the chunk stays unacknowledged): the communicator
                 // cannot pair later transfers correctly, so it fails for every rank.
                 p.error.store(1, Release);
+                let theirs = DType::ALL.get(t as usize).map_or("?".into(), |d| format!("{d:?}"));
                 let f = (
                     HCCL_E_PARA,
-                    format!("HcclRecv: rank {} sends {total} bytes, this rank expects {}", it.peer, it.bytes),
+                    format!(
+                        "HcclRecv: rank {} sends {total} bytes of {theirs}, this rank expects {} bytes of {:?}",
+                        it.peer, it.bytes, it.t
+                    ),
                 );
                 return Err(self.poison(f));
             }
@@ -442,15 +448,17 @@ pub struct P2p {
     pub ptr: usize,
     /// Bytes to move.
     pub bytes: usize,
+    /// Their data type: sender and receiver must agree on it, not only on the size.
+    pub t: DType,
     done: usize,
     all_sent: bool,
     finished: bool,
 }
 
 impl P2p {
-    /// A transfer of `bytes` at `ptr` to (send) or from `peer`. An empty transfer still exchanges one
-    /// empty chunk, so that the peers stay paired.
-    pub fn new(peer: usize, send: bool, ptr: usize, bytes: usize) -> P2p {
-        P2p { peer, send, ptr, bytes, done: 0, all_sent: false, finished: false }
+    /// A transfer of `count` elements of `t` at `ptr` to (send) or from `peer`. An empty transfer
+    /// still exchanges one empty chunk, so that the peers stay paired.
+    pub fn new(peer: usize, send: bool, ptr: usize, count: usize, t: DType) -> P2p {
+        P2p { peer, send, ptr, bytes: count * t.size(), t, done: 0, all_sent: false, finished: false }
     }
 }

@@ -85,12 +85,12 @@ class HostComm:
 
     Errors: the constructor and every operation raise :class:`ascend_patch.AscendPatchError` when
     the library fails (``HCCL_E_TIMEOUT`` when a peer does not join or take part in time, or died;
-    ``HCCL_E_PARA`` when the ranks disagree on an operation's size, type, op or root — for gather,
-    send and recv the host transport compares byte counts only); operations
+    ``HCCL_E_PARA`` when the ranks disagree on an operation's size, type, op or root); operations
     raise TypeError for a tensor off the CPU or a lazy conjugate / negative view, and RuntimeError
-    once :meth:`destroy` was called. A timeout, a dead peer or a send/recv size mismatch fails the
-    communicator for every rank: later operations raise AscendPatchError ("failed earlier").
-    :meth:`destroy` waits for operations in progress on other threads before freeing the handle.
+    once :meth:`destroy` was called. A timeout, a dead peer or a send/recv (or gather) mismatch
+    fails the communicator for every rank: later operations raise AscendPatchError ("failed
+    earlier"). :meth:`destroy` aborts operations in progress on other threads, waits for them to
+    return, then frees the handle.
     """
 
     def __init__(self, root: bytes, nranks: int, rank: int, timeout: float | None = None):
@@ -237,10 +237,9 @@ class HostComm:
             self._call(self._send, t.data_ptr(), *_moved(t), peer, None)
 
     def recv(self, t: torch.Tensor, peer: int) -> torch.Tensor:
-        """Fills ``t`` with what ``peer`` sends and returns it. ``t`` must have the size sent:
-        otherwise both ranks raise AscendPatchError (HCCL_E_PARA) and the communicator fails for
-        good, for every rank. (The host transport compares byte counts only: a dtype differing from
-        the sender's with the same byte count goes unnoticed.)"""
+        """Fills ``t`` with what ``peer`` sends and returns it. ``t`` must have the size and the
+        dtype sent: otherwise both ranks raise AscendPatchError (HCCL_E_PARA) and the communicator
+        fails for good, for every rank."""
         _cpu(t, "recv")
         nbytes = t.numel() * t.element_size()
         if nbytes == 0:

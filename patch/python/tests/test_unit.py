@@ -497,6 +497,31 @@ def test_host_comm_p2p_size_mismatch_fails_the_communicator():
     assert _two_ranks(body) == [True, True]
 
 
+def test_host_comm_point_to_point_and_gather_check_dtype_not_just_bytes():
+    """16 bytes of float32 received as bfloat16 fail both ranks (HCCL_E_PARA), for send/recv and
+    for gather (point-to-point underneath), instead of handing over reinterpreted bits."""
+    import torch
+
+    def p2p(comm, rank):
+        with pytest.raises(_lib.AscendPatchError, match="HCCL_E_PARA"):
+            if rank == 0:
+                comm.send(torch.arange(4, dtype=torch.float32), 1)
+            else:
+                comm.recv(torch.zeros(8, dtype=torch.bfloat16), 0)
+        return True
+
+    def gather(comm, rank):
+        t = torch.arange(4, dtype=torch.float32) if rank == 0 else torch.zeros(8, dtype=torch.bfloat16)
+        out = torch.zeros(16, dtype=torch.bfloat16) if rank == 1 else None
+        with pytest.raises(_lib.AscendPatchError, match="HCCL_E_PARA"):
+            comm.gather_into(out, t, 1)
+        return out
+
+    assert _two_ranks(p2p) == [True, True]
+    _, out = _two_ranks(gather)
+    assert torch.equal(out[:8], torch.zeros(8, dtype=torch.bfloat16)), "rank 0's part was not written"
+
+
 def test_host_comm_data_movement_checks_dtype_and_count_not_just_bytes():
     """float32[4] on one rank and bfloat16[8] on the other are 16 bytes each: HCCL refuses the pair
     (HCCL_E_PARA) instead of reinterpreting one rank's floats as the other's bfloat16s."""
