@@ -16,6 +16,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("event_record_query", |b| {
         b.iter_custom(|n| runtime::event_record_query(&stream, &event, n).unwrap())
     });
+    g.bench_function("drop_queued", |b| b.iter_custom(|n| runtime::drop_queued(&stream, n).unwrap()));
     g.finish();
 
     let mut g = c.benchmark_group("copy");

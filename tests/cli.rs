@@ -50,7 +50,7 @@ fn bench_runtime_json_has_one_figure_per_line() {
     let (ok, out) = ascend(&["bench", "runtime", "--json", "--budget-ms", "2", "--bytes", "4096,65536"]);
     assert!(ok);
     let lines = json_lines(&out);
-    assert_eq!(lines.len(), 3 + 2 * 3, "{out}");
+    assert_eq!(lines.len(), 4 + 2 * 3, "{out}");
     for l in &lines {
         let name = l["name"].as_str().unwrap();
         let unit = if name == "runtime.copy" { "gbps" } else { "us" };
@@ -58,6 +58,7 @@ fn bench_runtime_json_has_one_figure_per_line() {
         assert_eq!(l["backend"], "sim");
     }
     assert!(lines.iter().any(|l| l["direction"] == "d2d" && l["bytes"] == 65536));
+    assert!(lines.iter().any(|l| l["name"] == "runtime.drop_queued" && l["queue"] == 4096), "{out}");
     let (ok, _) = ascend(&["bench", "runtime", "--bytes", "0"]);
     assert!(!ok, "a zero size is rejected");
 }

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::runtime::{acl, Runtime};
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,18 @@ pub(crate) struct PendingFree {
     pub(crate) _keep: Vec<Arc<Context>>,
 }
 
+/// Memory waiting for queued work, in the order it was dropped.
+#[derive(Default)]
+struct Pending {
+    frees: VecDeque<PendingFree>,
+    /// How many were left after the last full scan. The next waits until the queue has doubled,
+    /// so that a long queue (a stream far behind the host) costs O(1) per free, not O(queue).
+    scanned: usize,
+}
+
+/// Below this many queued frees, every release scans them all.
+const SCAN_ALWAYS: usize = 32;
+
 /// A device opened by this process (its default context). Streams, buffers and events keep it alive;
 /// dropping the last reference resets the device once their work has finished.
 pub struct Context {
@@ -37,7 +50,7 @@ pub struct Context {
     ordinal: usize,
     handle: usize,
     streams: AtomicUsize,
-    pending: Mutex<Vec<PendingFree>>,
+    pending: Mutex<Pending>,
 }
 
 impl std::fmt::Debug for Context {
@@ -104,7 +117,7 @@ impl Context {
         self.bind()?;
         // SAFETY: no arguments.
         unsafe { acl!(self.rt, aclrtSynchronizeDevice()) }?;
-        self.release_finished();
+        self.release_finished(true);
         Ok(())
     }
 
@@ -124,43 +137,48 @@ impl Context {
 
     /// Queues memory for release once `after` have completed.
     pub(crate) fn release_later(&self, p: PendingFree) {
-        self.pending.lock().unwrap().push(p);
-        self.release_finished();
+        self.pending.lock().unwrap().frees.push_back(p);
+        self.release_finished(false);
     }
 
-    /// Waits for the work that queued releases wait for, then releases them; returns how many were
-    /// released. Blocks, for an allocation that failed for want of memory, but not past one
-    /// `DROP_WAIT_MS` in all: work that never finishes leaves its memory queued, and the allocation
-    /// fails as before.
-    pub(crate) fn release_pending_now(&self) -> usize {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(DROP_WAIT_MS as u64);
-        let finished = |p: &PendingFree| {
-            p.after.iter().all(|e| {
-                let left = deadline.saturating_duration_since(std::time::Instant::now()).as_millis();
-                left > 0 && e.finished_within(left.min(i32::MAX as u128) as i32)
-            })
+    /// For an allocation that failed for want of memory at `since`: releases the queued memory whose
+    /// work has finished, waiting (polling every millisecond) until some has been released. Returns
+    /// how many were, or 0 when nothing is queued or `DROP_WAIT_MS` after `since` passed first: work
+    /// that never finishes leaves its memory queued, and the allocation fails.
+    pub(crate) fn release_for_allocation(&self, since: std::time::Instant) -> usize {
+        let deadline = since + std::time::Duration::from_millis(DROP_WAIT_MS as u64);
+        loop {
+            let released = self.release_finished(true);
+            if released > 0 || self.pending.lock().unwrap().frees.is_empty() || std::time::Instant::now() >= deadline {
+                return released;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Releases queued memory whose work has finished: the finished front of the queue (frees
+    /// ordered on one stream finish in order), and, when `all` is set or the queue has doubled since
+    /// the last full scan, every finished one. Returns how many were released.
+    pub(crate) fn release_finished(&self, all: bool) -> usize {
+        let finished = |p: &PendingFree| p.after.iter().all(|e| e.is_complete().unwrap_or(false));
+        let done: Vec<PendingFree> = {
+            let mut pending = self.pending.lock().unwrap();
+            let mut done = Vec::new();
+            while pending.frees.front().is_some_and(finished) {
+                done.extend(pending.frees.pop_front());
+            }
+            if all || pending.frees.len() >= SCAN_ALWAYS.max(2 * pending.scanned) {
+                let (now, wait): (VecDeque<_>, VecDeque<_>) = pending.frees.drain(..).partition(finished);
+                done.extend(now);
+                pending.scanned = wait.len();
+                pending.frees = wait;
+            }
+            done
         };
-        let (done, failed): (Vec<_>, Vec<_>) = pending.into_iter().partition(finished);
-        self.pending.lock().unwrap().extend(failed);
         for p in &done {
             self.free_now(p);
         }
         done.len()
-    }
-
-    /// Releases queued memory whose work has finished.
-    pub(crate) fn release_finished(&self) {
-        let done: Vec<PendingFree> = {
-            let mut pending = self.pending.lock().unwrap();
-            let (done, wait): (Vec<_>, Vec<_>) =
-                pending.drain(..).partition(|p| p.after.iter().all(|e| e.is_complete().unwrap_or(false)));
-            *pending = wait;
-            done
-        };
-        for p in done {
-            self.free_now(&p);
-        }
     }
 
     fn free_now(&self, p: &PendingFree) {
@@ -193,7 +211,7 @@ pub(crate) fn bind_handle(rt: &Runtime, handle: usize) -> Result<()> {
 
 impl Drop for Context {
     fn drop(&mut self) {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap());
+        let pending = std::mem::take(&mut self.pending.lock().unwrap().frees);
         // Inside a host task, waiting for the work queued behind it would wait for the task itself.
         let (rt, ordinal, handle, streams) = (self.rt, self.ordinal, self.handle, self.streams.load(Ordering::Acquire));
         let mut pending = Some(pending);
@@ -202,7 +220,7 @@ impl Drop for Context {
             ordinal,
             handle,
             streams: AtomicUsize::new(streams),
-            pending: Mutex::new(pending.take().unwrap_or_default()),
+            pending: Mutex::new(Pending { frees: pending.take().unwrap_or_default(), scanned: 0 }),
         };
         if crate::host_task::defer_drop(take) {
             return;

@@ -59,7 +59,7 @@ impl Stream {
         // SAFETY: live handle.
         unsafe { acl!(self.ctx.runtime(), aclrtSynchronizeStream(self.raw()))? };
         self.check_host_panic()?;
-        self.ctx.release_finished();
+        self.ctx.release_finished(true);
         Ok(())
     }
 
@@ -124,26 +124,29 @@ impl Stream {
     /// Allocates `len` elements of device memory, ordered on this stream. The contents are whatever the
     /// memory held (every `DeviceRepr` type accepts any bit pattern). Fails with `InvalidArgument` for
     /// zero elements or a size that overflows, and with the runtime's error when memory runs out.
-    /// When it runs out while dropped buffers still wait for their queued work, it waits for that
-    /// work (the only case where allocating blocks) and tries once more.
+    /// When it runs out while dropped buffers still wait for their queued work, it retries as that
+    /// work finishes and their memory comes back, for at most 30 s (the only case where allocating
+    /// blocks).
     pub fn alloc<T: DeviceRepr>(self: &Arc<Self>, len: usize) -> Result<DeviceBuffer<T>> {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).filter(|&b| b > 0).ok_or_else(|| {
             Error::invalid(format!("cannot allocate {len} elements of {} bytes", std::mem::size_of::<T>()))
         })?;
         self.ctx.bind()?;
-        self.ctx.release_finished();
+        self.ctx.release_finished(false);
         let malloc = || {
             let mut p: *mut c_void = std::ptr::null_mut();
             // SAFETY: out-pointer to a live local; size checked non-zero.
             unsafe { acl!(self.ctx.runtime(), aclrtMalloc(&mut p, bytes, ascend_sys::ACL_MEM_MALLOC_HUGE_FIRST)) }
                 .map(|()| p)
         };
-        let p = match malloc() {
-            Err(e) => match self.ctx.release_pending_now() {
-                0 => return Err(e),
-                _ => malloc()?,
-            },
-            Ok(p) => p,
+        // Out of memory: retry as memory that dropped buffers hold comes back (bounded in time).
+        let since = std::time::Instant::now();
+        let p = loop {
+            match malloc() {
+                Ok(p) => break p,
+                Err(e) if self.ctx.release_for_allocation(since) == 0 => return Err(e),
+                Err(_) => {}
+            }
         };
         // SAFETY: `p` is a fresh allocation of `len` elements of `T`, owned by the new buffer.
         Ok(unsafe { DeviceBuffer::from_raw(p as usize, len, self.clone()) })

@@ -32,4 +32,25 @@ fn an_allocation_waits_for_memory_that_queued_work_still_holds() {
     opener.join().unwrap();
     assert!(b.is_ok(), "the allocation did not wait for the memory being released: {:?}", b.err());
     s.synchronize().unwrap();
+    drop(b);
+
+    // Memory whose work has finished comes back at once, even when it was queued behind frees
+    // still waiting for a busy stream (more of them than one release scans past).
+    let t = Stream::new(s.context()).unwrap();
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    s.launch_host(move || {
+        let _ = gate.recv_timeout(Duration::from_secs(60));
+    })
+    .unwrap();
+    for _ in 0..100 {
+        drop(s.alloc::<u8>(64).unwrap());
+    }
+    drop(t.alloc::<u32>(big).unwrap());
+    let started = std::time::Instant::now();
+    let c = t.alloc::<u32>(big);
+    let waited = started.elapsed();
+    open.send(()).unwrap();
+    assert!(c.is_ok(), "{:?}", c.err());
+    assert!(waited < Duration::from_secs(10), "it waited {waited:?} for the busy stream");
+    s.synchronize().unwrap();
 }

@@ -1,5 +1,6 @@
 //! Runtime overheads and copy bandwidth: empty host-task launch rate, launch + synchronize round
-//! trip, event record + query, and host↔device / device↔device copies from 4 KiB to 256 MiB.
+//! trip, event record + query, allocation + free behind a busy stream, and host↔device /
+//! device↔device copies from 4 KiB to 256 MiB.
 
 use super::{try_per_iter, Figure};
 use ascend_rt::{Context, DeviceBuffer, Event, PinnedHostBuffer, Result, Stream};
@@ -54,6 +55,33 @@ pub fn round_trip(stream: &Stream, iters: u64) -> Result<Duration> {
         stream.synchronize()?;
     }
     Ok(t.elapsed())
+}
+
+/// Frees queued at most by [`drop_queued`] before it lets the stream drain (untimed).
+pub const DROP_QUEUE: u64 = 4096;
+
+/// Time for `iters` allocations of 64 bytes, each dropped at once while the stream is held busy
+/// by a host task, so that every free waits in the queue: in runs of [`DROP_QUEUE`], each followed
+/// by releasing the stream and synchronizing (untimed). The cost of a free must not grow with the
+/// queue.
+pub fn drop_queued(stream: &Arc<Stream>, iters: u64) -> Result<Duration> {
+    let mut spent = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let run = left.min(DROP_QUEUE);
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        stream.launch_host(move || {
+            let _ = gate.recv();
+        })?;
+        let t = Instant::now();
+        let timed = (0..run).try_for_each(|_| stream.alloc::<u8>(64).map(drop));
+        spent += t.elapsed();
+        let _ = open.send(());
+        stream.synchronize()?;
+        timed?;
+        left -= run;
+    }
+    Ok(spent)
 }
 
 /// Time for `iters` event records followed by a completion query each.
@@ -151,6 +179,15 @@ pub fn sweep(device: usize, budget: Duration, sizes: &[usize], mut progress: imp
     out.push(Figure {
         name: "runtime.event_record_query".into(),
         params: base(vec![]),
+        value: t.as_secs_f64() * 1e6,
+        unit: "us",
+    });
+
+    progress("runtime.drop_queued");
+    let t = timed(&mut |n| drop_queued(&stream, n))?;
+    out.push(Figure {
+        name: "runtime.drop_queued".into(),
+        params: base(vec![("queue", Value::from(DROP_QUEUE))]),
         value: t.as_secs_f64() * 1e6,
         unit: "us",
     });
