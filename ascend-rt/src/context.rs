@@ -116,9 +116,10 @@ impl Context {
     pub fn synchronize(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: no arguments.
-        unsafe { acl!(self.rt, aclrtSynchronizeDevice()) }?;
+        let synced = unsafe { acl!(self.rt, aclrtSynchronizeDevice()) };
+        // Also after a failure: the memory of finished work comes back all the same.
         self.release_finished(true);
-        Ok(())
+        synced
     }
 
     pub(crate) fn stream_created(&self) {
@@ -141,18 +142,26 @@ impl Context {
         self.release_finished(false);
     }
 
-    /// For an allocation that failed for want of memory at `since`: releases the queued memory whose
-    /// work has finished, waiting (polling every millisecond) until some has been released. Returns
-    /// how many were, or 0 when nothing is queued or `DROP_WAIT_MS` after `since` passed first: work
-    /// that never finishes leaves its memory queued, and the allocation fails.
-    pub(crate) fn release_for_allocation(&self, since: std::time::Instant) -> usize {
-        let deadline = since + std::time::Duration::from_millis(DROP_WAIT_MS as u64);
+    /// Runs `malloc`; when it fails (out of memory) while dropped memory still waits for queued
+    /// work, releases that memory as its work finishes (polling every millisecond) and retries, for
+    /// at most `DROP_WAIT_MS` in all; then returns the last error. Work that never finishes leaves its
+    /// memory queued.
+    pub(crate) fn alloc_retrying<T>(&self, malloc: impl Fn() -> Result<T>) -> Result<T> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(DROP_WAIT_MS as u64);
         loop {
-            let released = self.release_finished(true);
-            if released > 0 || self.pending.lock().unwrap().frees.is_empty() || std::time::Instant::now() >= deadline {
-                return released;
+            let err = match malloc() {
+                Ok(p) => return Ok(p),
+                Err(e) => e,
+            };
+            loop {
+                if self.release_finished(true) > 0 {
+                    break;
+                }
+                if self.pending.lock().unwrap().frees.is_empty() || std::time::Instant::now() >= deadline {
+                    return Err(err);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 
@@ -226,8 +235,10 @@ impl Drop for Context {
             return;
         }
         let pending = pending.unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(DROP_WAIT_MS as u64);
+        let left = || deadline.saturating_duration_since(std::time::Instant::now()).as_millis() as i32;
         for p in pending {
-            if p.after.iter().all(|e| e.finished_within(DROP_WAIT_MS)) {
+            if p.after.iter().all(|e| e.finished_within(left())) {
                 self.free_now(&p);
             } else {
                 eprintln!("ascend-rt: queued work did not finish in {DROP_WAIT_MS} ms; leaking its memory");

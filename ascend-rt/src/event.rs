@@ -65,10 +65,19 @@ impl Event {
         unsafe { acl!(self.rt, aclrtSynchronizeEventWithTimeout(self.handle as *mut c_void, ms)) }
     }
 
-    /// True once the recorded work is over within `ms` milliseconds, whether it succeeded or failed:
-    /// memory it used may then be released.
+    /// True once the recorded work is over within `ms` milliseconds (at once for 0), whether it
+    /// succeeded or failed: memory it used may then be released.
     pub(crate) fn finished_within(&self, ms: i32) -> bool {
-        self.synchronize_timeout(ms).is_ok() || matches!(self.is_complete(), Ok(true))
+        (ms > 0 && self.synchronize_timeout(ms).is_ok()) || matches!(self.is_complete(), Ok(true))
+    }
+
+    /// Blocks until the recorded work is over, whether it succeeded or failed (inside a host task,
+    /// where synchronizing is refused, only work already over passes).
+    pub(crate) fn wait_over(&self) -> Result<()> {
+        match self.synchronize() {
+            Err(_) if matches!(self.is_complete(), Ok(true)) => Ok(()),
+            r => r,
+        }
     }
 
     /// Milliseconds between this event's completion and `end`'s (both recorded and complete).

@@ -21,16 +21,19 @@ pub struct PinnedHostBuffer<T: DeviceRepr> {
 
 impl<T: DeviceRepr> PinnedHostBuffer<T> {
     /// Allocates `len` zeroed elements. Fails with `InvalidArgument` for zero elements or a size that
-    /// overflows, and with the runtime's error when memory runs out.
+    /// overflows, and with the runtime's error when memory runs out (after waiting, at most 30 s, for
+    /// memory that dropped buffers still hold for their queued work).
     pub fn new(ctx: &Arc<Context>, len: usize) -> Result<Self> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .filter(|&b| b > 0)
             .ok_or_else(|| Error::invalid(format!("cannot allocate {len} pinned elements")))?;
         ctx.bind()?;
-        let mut p: *mut c_void = std::ptr::null_mut();
-        // SAFETY: out-pointer to a live local; size non-zero.
-        unsafe { acl!(ctx.runtime(), aclrtMallocHost(&mut p, bytes))? };
+        let p = ctx.alloc_retrying(|| {
+            let mut p: *mut c_void = std::ptr::null_mut();
+            // SAFETY: out-pointer to a live local; size non-zero.
+            unsafe { acl!(ctx.runtime(), aclrtMallocHost(&mut p, bytes)) }.map(|()| p)
+        })?;
         // SAFETY: `p` is a fresh host allocation of `bytes` bytes.
         unsafe { std::ptr::write_bytes(p as *mut u8, 0, bytes) };
         Ok(PinnedHostBuffer {
@@ -68,14 +71,19 @@ impl<T: DeviceRepr> PinnedHostBuffer<T> {
         &self.tracker
     }
 
-    /// The contents, once every queued copy into it has finished (waits for them).
+    /// The contents, once every queued copy into it has finished (waits for them). Fails with the
+    /// stream's error when such a copy (or the work it copied from) failed, or with
+    /// [`Error::HostTaskPanicked`] after a panic on its stream: the memory may not hold what was
+    /// copied. That failure is reported again on every later access.
     pub fn as_slice(&self) -> Result<&[T]> {
         self.tracker.wait_host(false)?;
         // SAFETY: the allocation holds `len` initialised elements, and no queued write is pending.
         Ok(unsafe { std::slice::from_raw_parts(self.ptr as *const T, self.len) })
     }
 
-    /// The contents for writing, once every queued use has finished (waits for them).
+    /// The contents for writing, once every queued use has finished (waits for them). Fails as
+    /// [`PinnedHostBuffer::as_slice`] does when a copy into it failed; a failed copy out of it only
+    /// needs to be over.
     pub fn as_mut_slice(&mut self) -> Result<&mut [T]> {
         self.tracker.wait_host(true)?;
         // SAFETY: as above, and no queued use remains; `&mut self` makes this the only access.

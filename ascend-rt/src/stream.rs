@@ -57,10 +57,11 @@ impl Stream {
     pub fn synchronize(&self) -> Result<()> {
         self.ctx.bind()?;
         // SAFETY: live handle.
-        unsafe { acl!(self.ctx.runtime(), aclrtSynchronizeStream(self.raw()))? };
-        self.check_host_panic()?;
+        let synced = unsafe { acl!(self.ctx.runtime(), aclrtSynchronizeStream(self.raw())) };
+        // Also after a failure: the memory of finished work comes back all the same.
         self.ctx.release_finished(true);
-        Ok(())
+        synced?;
+        self.check_host_panic()
     }
 
     /// Like [`Stream::synchronize`], giving up after `ms` milliseconds (`ACL_ERROR_RT_STREAM_SYNC_TIMEOUT`).
@@ -90,6 +91,11 @@ impl Stream {
             // SAFETY: live handle.
             let _ = unsafe { acl!(self.ctx.runtime(), aclrtSynchronizeStream(self.raw())) };
         }
+    }
+
+    /// The flag a panicking host task of this stream sets (with its message).
+    pub(crate) fn panic_flag(&self) -> Arc<Mutex<Option<String>>> {
+        self.panicked.clone()
     }
 
     fn check_host_panic(&self) -> Result<()> {
@@ -139,15 +145,7 @@ impl Stream {
             unsafe { acl!(self.ctx.runtime(), aclrtMalloc(&mut p, bytes, ascend_sys::ACL_MEM_MALLOC_HUGE_FIRST)) }
                 .map(|()| p)
         };
-        // Out of memory: retry as memory that dropped buffers hold comes back (bounded in time).
-        let since = std::time::Instant::now();
-        let p = loop {
-            match malloc() {
-                Ok(p) => break p,
-                Err(e) if self.ctx.release_for_allocation(since) == 0 => return Err(e),
-                Err(_) => {}
-            }
-        };
+        let p = self.ctx.alloc_retrying(malloc)?;
         // SAFETY: `p` is a fresh allocation of `len` elements of `T`, owned by the new buffer.
         Ok(unsafe { DeviceBuffer::from_raw(p as usize, len, self.clone()) })
     }

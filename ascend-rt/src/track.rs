@@ -1,8 +1,10 @@
 //! Cross-stream ordering of memory uses.
 //!
-//! Each buffer remembers, per stream, an event recorded after its latest use there and whether that
-//! use (or an earlier one on the same stream) wrote. Before a use on stream S, S waits for the events of
-//! other streams that conflict with it (any write before a read; any use before a write). This is
+//! Each buffer remembers, per stream, an event recorded after its latest use there and one recorded
+//! after its latest write there. Before a use on stream S, S waits for the events of other streams
+//! that conflict with it (the write before a read; any use before a write). Host access waits the same
+//! way, and fails when the work of a write it waits for failed (the memory does not hold what was
+//! written); a read that failed only needs to be over. This is
 //! only done while the context has more than one stream, or once a stream of another context used the
 //! buffer: with a single stream, the stream order already orders everything, and the bookkeeping
 //! costs nothing (cudarc's lesson, cudarc#386).
@@ -16,9 +18,13 @@ use std::sync::{Arc, Mutex};
 
 struct Use {
     stream: usize,
-    /// Shared, so that a host-side wait can hold it without removing it from the list.
+    /// Recorded after the latest use there. Shared, so that a host-side wait can hold it without
+    /// removing it from the list.
     event: Arc<Event>,
-    wrote: bool,
+    /// Recorded after the latest write there, if the stream wrote.
+    wrote: Option<Arc<Event>>,
+    /// The stream's host-task panic, which is its failure too (the runtime does not see it).
+    panicked: Arc<Mutex<Option<String>>>,
     /// The stream's context when it is not the memory's own: kept alive while its event may be
     /// used (dropping the context resets the device, which destroys its events).
     context: Option<Arc<Context>>,
@@ -76,12 +82,16 @@ impl Tracker {
                 let e = home.record_event().inspect_err(|_| self.home_untracked.store(true, Ordering::Release))?;
                 let e = Arc::new(e);
                 uses.retain(|u| u.stream != home.raw() as usize);
-                uses.push(Use { stream: home.raw() as usize, event: e, wrote: true, context: None });
+                let (stream, panicked) = (home.raw() as usize, home.panic_flag());
+                uses.push(Use { stream, event: e.clone(), wrote: Some(e), panicked, context: None });
             }
         }
-        for u in uses.iter() {
-            if u.stream != s.raw() as usize && (write || u.wrote) {
-                s.wait(&u.event)?;
+        for u in uses.iter().filter(|u| u.stream != s.raw() as usize) {
+            // A write waits for every use; a read for the write only.
+            match (write, &u.wrote) {
+                (true, _) => s.wait(&u.event)?,
+                (false, Some(w)) => s.wait(w)?,
+                (false, None) => {}
             }
         }
         Ok(())
@@ -101,14 +111,15 @@ impl Tracker {
         let event = Arc::new(s.record_event()?);
         let key = s.raw() as usize;
         let mut uses = self.uses.lock().unwrap();
-        let wrote_here = uses.iter().any(|u| u.stream == key && u.wrote);
+        let wrote_here = uses.iter().find(|u| u.stream == key).and_then(|u| u.wrote.clone());
         if write {
             // This write is ordered after every earlier use (before() waited for them).
             uses.clear();
         } else {
             uses.retain(|u| u.stream != key);
         }
-        uses.push(Use { stream: key, event, wrote: write || wrote_here, context });
+        let wrote = if write { Some(event.clone()) } else { wrote_here };
+        uses.push(Use { stream: key, event, wrote, panicked: s.panic_flag(), context });
         Ok(())
     }
 
@@ -119,21 +130,37 @@ impl Tracker {
     }
 
     /// Blocks until host code may access the memory: every write (and, for `write`, every use) done.
-    /// Fails with the stream's error when a use's work failed (a copy into the memory may not have
-    /// run). The uses stay listed until their wait has succeeded, so that a concurrent reader waits
-    /// too, and a failure is reported again on every later access.
+    /// Fails with the stream's error when the work of a write failed (a copy into the memory may not
+    /// have run), or a host task of its stream panicked; uses that only read need only be over. The
+    /// uses stay listed until their wait has succeeded, so that a concurrent reader waits too, and a
+    /// failed write is reported again on every later access.
     /// Inside a host task, where synchronizing is refused, uses already complete are taken as done
-    /// (so a task may read memory whose copy has run; a failure there shows at the stream's sync).
+    /// (so a task may read memory whose copy has run; a failure there shows at that copy's stream).
     pub(crate) fn wait_host(&self, write: bool) -> Result<()> {
-        let waits: Vec<Arc<Event>> =
-            self.uses.lock().unwrap().iter().filter(|u| write || u.wrote).map(|u| u.event.clone()).collect();
+        type Wait = (Arc<Event>, Option<Arc<Event>>, Arc<Mutex<Option<String>>>);
+        let waits: Vec<Wait> = self
+            .uses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| write || u.wrote.is_some())
+            .map(|u| (u.event.clone(), u.wrote.clone(), u.panicked.clone()))
+            .collect();
         let mut done = Vec::new(); // dropped after `waits`: an event goes before its context
-        let result = waits.iter().try_for_each(|e| {
-            if !(crate::host_task::running() && e.is_complete()?) {
-                e.synchronize()?;
+        let result = waits.iter().try_for_each(|(latest, wrote, panicked)| {
+            if let Some(w) = wrote {
+                if !(crate::host_task::running() && w.is_complete()?) {
+                    w.synchronize()?;
+                }
+                if let Some(m) = panicked.lock().unwrap().clone() {
+                    return Err(crate::Error::HostTaskPanicked(m));
+                }
+            }
+            if write {
+                latest.wait_over()?;
             }
             let mut uses = self.uses.lock().unwrap();
-            if let Some(i) = uses.iter().position(|u| Arc::ptr_eq(&u.event, e)) {
+            if let Some(i) = uses.iter().position(|u| Arc::ptr_eq(&u.event, latest)) {
                 done.push(uses.remove(i));
             }
             Ok(())

@@ -138,28 +138,95 @@ fn a_barrier_inside_a_host_task_is_refused() {
     assert!(matches!(r, Err(Error::Unsupported(ref m)) if m.contains("host task")), "{r:?}");
 }
 
+/// Two devices' communicators and a stream `st` on device 0. `arm` queues on `st` an all_reduce
+/// into `y` (device 0) that runs, and fails, only once the returned closure has made the peer leave.
+struct Collective {
+    ctxs: Vec<Arc<Context>>,
+    st: Arc<Stream>,
+    y: ascend_rt::DeviceBuffer<f32>,
+    comms: Vec<Communicator>,
+}
+
+fn collective() -> Collective {
+    let ctxs = contexts(2);
+    let comms = Communicator::init_all(&ctxs).unwrap();
+    let st = Stream::new(&ctxs[0]).unwrap();
+    let y = st.clone_htod(&[5f32; 4]).unwrap();
+    Collective { ctxs, st, y, comms }
+}
+
+impl Collective {
+    fn arm(&mut self) -> impl FnOnce() {
+        let x = self.st.clone_htod(&[1f32; 4]).unwrap();
+        let (go, gate) = std::sync::mpsc::channel::<()>();
+        self.st
+            .launch_host(move || {
+                let _ = gate.recv();
+            })
+            .unwrap();
+        self.comms[0].all_reduce(&x, &mut self.y, ReduceOp::Sum, &self.st).unwrap();
+        let peer = self.comms.pop().unwrap();
+        move || {
+            drop(peer);
+            go.send(()).unwrap();
+        }
+    }
+}
+
 #[test]
 fn pinned_memory_behind_a_failed_collective_reports_the_failure() {
-    let ctxs = contexts(2);
-    let mut comms = Communicator::init_all(&ctxs).unwrap();
-    let (peer, comm) = (comms.pop().unwrap(), comms.pop().unwrap());
-    let st = Stream::new(&ctxs[0]).unwrap();
-    let x = st.clone_htod(&[1f32; 4]).unwrap();
-    let mut y = st.clone_htod(&[5f32; 4]).unwrap();
-    let mut host = ascend_rt::PinnedHostBuffer::<f32>::from_slice(&ctxs[0], &[7.0; 4]).unwrap();
-    // The collective runs only after the peer has left, so it fails on the stream, not at enqueue.
-    let (go, gate) = std::sync::mpsc::channel::<()>();
-    st.launch_host(move || {
-        let _ = gate.recv();
-    })
-    .unwrap();
-    comm.all_reduce(&x, &mut y, ReduceOp::Sum, &st).unwrap();
-    st.memcpy_dtoh_async(&y, &mut host).unwrap();
-    drop(peer);
-    go.send(()).unwrap();
+    let mut c = collective();
+    let release = c.arm();
+    let mut host = ascend_rt::PinnedHostBuffer::<f32>::from_slice(&c.ctxs[0], &[7.0; 4]).unwrap();
+    c.st.memcpy_dtoh_async(&c.y, &mut host).unwrap();
+    release();
     // The copy into `host` was skipped: its old contents must not read as the result.
     let e = host.as_slice().unwrap_err();
     assert!(e.code().is_some(), "{e}");
     assert!(host.as_slice().is_err(), "the failure is reported again");
-    assert_eq!(st.synchronize().unwrap_err().code(), e.code());
+    assert_eq!(c.st.synchronize().unwrap_err().code(), e.code());
+}
+
+#[test]
+fn a_failure_reaches_other_streams_that_read_what_it_did_not_write() {
+    let mut c = collective();
+    let release = c.arm();
+    let other = Stream::new(&c.ctxs[0]).unwrap();
+    let mut host = ascend_rt::PinnedHostBuffer::<f32>::from_slice(&c.ctxs[0], &[7.0; 4]).unwrap();
+    other.memcpy_dtoh_async(&c.y, &mut host).unwrap();
+    release();
+    assert!(host.as_slice().is_err(), "a copy of y on another stream read as data");
+    assert!(other.clone_dtoh(&c.y).is_err(), "a blocking copy of y on another stream read as data");
+}
+
+#[test]
+fn only_writes_that_failed_fail_host_access() {
+    let mut c = collective();
+    let ctx = c.ctxs[0].clone();
+    // Written on st before the failure, read there after it: the memory holds what was written.
+    let mut good = ascend_rt::PinnedHostBuffer::<f32>::new(&ctx, 4).unwrap();
+    let three = c.st.clone_htod(&[3f32; 4]).unwrap();
+    c.st.memcpy_dtoh_async(&three, &mut good).unwrap();
+    let release = c.arm();
+    let mut sink = c.st.alloc::<f32>(4).unwrap();
+    c.st.memcpy_htod_async(&good, &mut sink).unwrap();
+    // Only read by a copy behind the failure: the copy did not run, the memory is intact.
+    let mut source = ascend_rt::PinnedHostBuffer::from_slice(&ctx, &[9f32; 4]).unwrap();
+    c.st.memcpy_htod_async(&source, &mut sink).unwrap();
+    release();
+    assert!(c.st.synchronize().is_err());
+    assert_eq!(good.as_slice().unwrap(), &[3.0; 4], "what was written before the failure");
+    source.as_mut_slice().unwrap().fill(1.0);
+}
+
+#[test]
+fn a_failed_stream_still_releases_the_memory_of_finished_work() {
+    let mut c = collective();
+    let release = c.arm();
+    release();
+    assert!(c.st.synchronize().is_err());
+    let (free, _) = c.ctxs[0].memory_info().unwrap();
+    drop(c.st.alloc::<u8>(free / 2).unwrap());
+    assert!(c.st.synchronize().is_err());
+    assert_eq!(c.ctxs[0].memory_info().unwrap().0, free, "the dropped buffer's memory came back");
 }

@@ -212,6 +212,21 @@ fn a_panicking_host_task_is_reported_by_synchronize() {
 }
 
 #[test]
+fn pinned_memory_copied_after_a_host_kernel_panicked_reports_the_panic() {
+    let s = stream(0);
+    let mut y = s.clone_htod(&[1u32; 8]).unwrap();
+    let mut host = PinnedHostBuffer::from_slice(s.context(), &[7u32; 8]).unwrap();
+    let mut l = s.host_launch().unwrap();
+    let _y = l.write(&mut y).unwrap();
+    l.launch(|| panic!("kernel bug")).unwrap();
+    s.memcpy_dtoh_async(&y, &mut host).unwrap();
+    match host.as_slice() {
+        Err(Error::HostTaskPanicked(m)) => assert!(m.contains("kernel bug")),
+        other => panic!("expected the panic, got {other:?}"),
+    }
+}
+
+#[test]
 fn pinned_async_copies() {
     let s = stream(5);
     let ctx = s.context().clone();

@@ -2,7 +2,9 @@
 //! stream has finished that work. The record task stamps the time the stream reached it, for
 //! `aclrtEventElapsedTime`, and notes whether that work failed: as CANN reports a task's error at the
 //! next synchronization, synchronizing the event returns it (the status query still says complete,
-//! since the work is over).
+//! since the work is over). A stream that waits for such an event fails too, since its later work
+//! would read what the failed work did not produce: CANN documents no rule for this, and failing
+//! is the safe one.
 
 use crate::fail::{fail, Fail, Result};
 use crate::stream::{Kind, StreamCore};

@@ -583,6 +583,39 @@ fn cross_stream_wait_orders_work() {
     assert_code!(aclrtDestroyStream(b), ACL_SUCCESS);
 }
 
+/// A failed task shows at the next synchronization of what depends on it: an event recorded after
+/// it, and a stream that waits for that event (whose later work would read what was not produced).
+#[test]
+fn a_failure_reaches_the_events_and_streams_that_depend_on_it() {
+    setup(0);
+    let (a, b) = (new_stream(), new_stream());
+    let (d, mut pinned) = (malloc(1024), null_mut());
+    assert_code!(aclrtMallocHost(&mut pinned, 1024), ACL_SUCCESS);
+    let (mut before, mut after) = (null_mut(), null_mut());
+    assert_code!(aclrtCreateEvent(&mut before), ACL_SUCCESS);
+    assert_code!(aclrtCreateEvent(&mut after), ACL_SUCCESS);
+    let gate = Gate::hold(a);
+    assert_code!(aclrtRecordEvent(before, a), ACL_SUCCESS);
+    // A copy into memory freed while it was queued fails stream a.
+    assert_code!(aclrtMemcpyAsync(d, 1024, pinned, 1024, ACL_MEMCPY_HOST_TO_DEVICE, a), ACL_SUCCESS);
+    assert_code!(aclrtFree(d), ACL_SUCCESS);
+    assert_code!(aclrtRecordEvent(after, a), ACL_SUCCESS);
+    assert_code!(aclrtStreamWaitEvent(b, after), ACL_SUCCESS);
+    gate.open();
+    assert_code!(aclrtSynchronizeEvent(before), ACL_SUCCESS);
+    assert_code!(aclrtSynchronizeEvent(after), ACL_ERROR_RT_DEVICE_MEM_ERROR);
+    let mut st = -1;
+    assert_code!(aclrtQueryEventStatus(after, &mut st), ACL_SUCCESS);
+    assert_eq!(st, ACL_EVENT_RECORDED_STATUS_COMPLETE, "the work is over");
+    assert_code!(aclrtSynchronizeStream(b), ACL_ERROR_RT_DEVICE_MEM_ERROR);
+    for e in [before, after] {
+        assert_code!(aclrtDestroyEvent(e), ACL_SUCCESS);
+    }
+    assert_code!(aclrtFreeHost(pinned), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(a), ACL_SUCCESS);
+    assert_code!(aclrtDestroyStream(b), ACL_SUCCESS);
+}
+
 extern "C" fn sleep_short(_: *mut c_void) {
     std::thread::sleep(Duration::from_micros(100));
 }

@@ -369,7 +369,12 @@ pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtE
             if !Arc::ptr_eq(&r.core, &s.core) {
                 s.core.enqueue(Kind::Order, move || {
                     r.core.wait_for(r.seq, None);
-                    Ok(())
+                    // The work after the wait would use what the failed work did not produce: this
+                    // stream fails too (stricter than CANN documents; see event.rs).
+                    match r.failure.get() {
+                        Some(f) => Err(Fail::new(f.code, format!("waited for work that failed: {}", f.message))),
+                        None => Ok(()),
+                    }
                 })?;
             }
         }
