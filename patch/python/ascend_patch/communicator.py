@@ -113,6 +113,34 @@ def _exchange_root_info(comm: "AscendCommunicator", info: bytes | None) -> bytes
     return everyone[0][1]
 
 
+def _on_one_machine(cpu_group) -> bool:
+    """Whether every rank of ``cpu_group`` runs on this machine and sees this /dev/shm (one
+    all-gather on the gloo group, so every rank gets the same answer). True for a group of one and
+    for vLLM's stateless groups (AscendCommunicator refuses those with its own message)."""
+    if dist.get_world_size(cpu_group) == 1 or hasattr(cpu_group, "broadcast_obj"):
+        return True
+    everyone: list = [None] * dist.get_world_size(cpu_group)
+    dist.all_gather_object(everyone, _shm_domain(), group=cpu_group)
+    return len(set(everyone)) == 1
+
+
+def make_communicator(cpu_group, device=None, device_group=None, unique_name: str = "", **kwargs):
+    """The device communicator of a vLLM group while the patch is on (what the CPU platform names):
+    an :class:`AscendCommunicator` when the group's ranks share one machine and /dev/shm, which its
+    transport needs; otherwise vLLM's own ``CpuCommunicator`` (logged), as vLLM falls back when its
+    shared-memory communicator cannot serve a group, so a multi-node pipeline still starts."""
+    if _on_one_machine(cpu_group):
+        return AscendCommunicator(cpu_group, device, device_group, unique_name, **kwargs)
+    from vllm.distributed.device_communicators.cpu_communicator import CpuCommunicator
+
+    logger.warning(
+        "group %s spans machines (or /dev/shm namespaces): it uses vLLM's CpuCommunicator, not "
+        "AscendCommunicator, whose transport is shared memory",
+        unique_name,
+    )
+    return CpuCommunicator(cpu_group, device, device_group, unique_name, **kwargs)
+
+
 def distributed_timeout() -> float | None:
     """vLLM's ``--distributed-timeout-seconds`` (its own process groups' timeout), which the host
     communicator honours too; None when unset (HCCL's timeouts then apply)."""

@@ -608,3 +608,24 @@ def test_every_code_the_library_returns_has_its_name():
 
     for code, name in [(3, "HCCL_E_MEMORY"), (15, "HCCL_E_RUNTIME"), (9, "HCCL_E_TIMEOUT")]:
         assert name in str(AscendPatchError(code, "x"))
+
+
+def test_a_group_across_machines_gets_vllm_cpu_communicator(monkeypatch):
+    """A group whose ranks do not share one machine and /dev/shm (pipeline parallel across nodes)
+    falls back to vLLM's CpuCommunicator instead of failing vLLM's start-up; one machine gets ours."""
+    import vllm.distributed.device_communicators.cpu_communicator as cpu
+
+    from ascend_patch import communicator as c
+
+    built = []
+    monkeypatch.setattr(c, "AscendCommunicator", lambda *a, **k: built.append(("ascend", k)) or "ascend")
+    monkeypatch.setattr(cpu, "CpuCommunicator", lambda *a, **k: built.append(("cpu", k)) or "cpu")
+    monkeypatch.setattr(c.dist, "get_world_size", lambda group: 2)
+    for hosts, want in [(["node0", "node0"], "ascend"), (["node0", "node1"], "cpu")]:
+
+        def gather(out, obj, group, hosts=hosts):
+            out[:] = [(h, "boot", (1, 2)) for h in hosts]
+
+        monkeypatch.setattr(c.dist, "all_gather_object", gather)
+        assert c.make_communicator(object(), unique_name="pp:0", use_all2all=True) == want
+    assert built == [("ascend", {"use_all2all": True}), ("cpu", {"use_all2all": True})]

@@ -4,7 +4,9 @@ Why: vLLM's CPU collectives go through gloo over loopback TCP (milliseconds per 
 runs them over shared memory in microseconds.
 
 How: the CPU platform's ``get_device_communicator_cls()`` returns
-``ascend_patch.communicator.AscendCommunicator``, a ``DeviceCommunicatorBase`` whose all_reduce,
+``ascend_patch.communicator.make_communicator``, which builds an ``AscendCommunicator`` for a group
+whose ranks share one machine and /dev/shm (vLLM's own ``CpuCommunicator`` otherwise): a
+``DeviceCommunicatorBase`` whose all_reduce,
 all_gather, reduce_scatter, gather, broadcast, send and recv (and the tensor-dict send/recv that
 pipeline parallelism uses, enabled by ``supports_tensor_dict``) call the ascend-patch C ABI on the
 tensors' memory. ``GroupCoordinator.broadcast`` and ``GroupCoordinator.broadcast_tensor_dict`` call
@@ -27,7 +29,7 @@ from __future__ import annotations
 import functools
 
 PATCH_ID = "worker/patch_communicator"
-COMMUNICATOR = "ascend_patch.communicator.AscendCommunicator"
+COMMUNICATOR = "ascend_patch.communicator.make_communicator"
 
 
 
