@@ -66,8 +66,9 @@ def worker(rank: int, port: int, mode: str, sizes: list[int], out: str) -> None:
         comm = type(tp.device_communicator).__name__
         for nbytes in sizes:
             x = torch.ones(nbytes // 4, dtype=torch.float32)
-            tensor_model_parallel_all_reduce(x)
-            assert torch.all(x == 2), "wrong all-reduce result"
+            # The result is what the call returns (AscendCommunicator's is a new tensor; gloo's is x).
+            y = tensor_model_parallel_all_reduce(x)
+            assert torch.all(y == 2), f"wrong all-reduce result: {y[:4].tolist()}"
             warm, calls, batches = plan(nbytes)
             for _ in range(warm):
                 tensor_model_parallel_all_reduce(x)

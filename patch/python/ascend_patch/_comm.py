@@ -149,26 +149,34 @@ class HostComm:
 
     # -- collectives ----------------------------------------------------------------------------
 
-    def all_reduce(self, t: torch.Tensor, op: int = SUM) -> torch.Tensor:
-        """In place: every rank's ``t`` becomes the reduction over ranks."""
+    def all_reduce(self, t: torch.Tensor, op: int = SUM, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Every rank's ``t`` reduced over ranks: in place (returns ``t``), or into ``out`` (a
+        contiguous tensor of ``t``'s dtype and size, returned; ``t`` is left unchanged), which saves
+        copying ``t`` first. ValueError when ``out`` does not fit, before anything is sent."""
         _cpu(t, "all_reduce")
         dtype = t.dtype
         code = REDUCE_DTYPES.get(dtype)
         if code is None:
             hccl_dtype(dtype)
+        if out is not None:
+            _cpu(out, "all_reduce")
+            if out.dtype != dtype or out.numel() != t.numel() or not out.is_contiguous():
+                raise ValueError(
+                    f"ascend_patch: all_reduce output must be contiguous {dtype} with {t.numel()} elements, "
+                    f"not {out.dtype} {tuple(out.shape)}"
+                )
         if dtype is torch.bool:
             op = _BOOL_OPS.get(op, op)
         n = t.numel()
         if n == 0:
-            return t
-        if t.is_contiguous():
-            p = t.data_ptr()
-            self._call(self._all_reduce, p, p, n, code, op, None)
-        else:
-            work = t.contiguous()
-            p = work.data_ptr()
-            self._call(self._all_reduce, p, p, n, code, op, None)
-            t.copy_(work)
+            return t if out is None else out
+        src = t.contiguous()
+        dst = src if out is None else out
+        self._call(self._all_reduce, src.data_ptr(), dst.data_ptr(), n, code, op, None)
+        if out is not None:
+            return out
+        if src is not t:
+            t.copy_(src)
         return t
 
     def all_gather_into(self, out: torch.Tensor, inp: torch.Tensor) -> None:

@@ -71,11 +71,16 @@ def registry_entry(patch_id: str) -> dict:
 
 
 def detect_version() -> tuple[str | None, str]:
-    """(version, where it came from): ``VLLM_VERSION`` overrides the installed vLLM's version
-    (``importlib.metadata``, falling back to ``vllm.__version__``); None when vLLM is not found."""
+    """(version, where it came from): ``VLLM_VERSION`` overrides; else ``vllm.__version__`` of the
+    vLLM already imported (what runs: a source tree on ``PYTHONPATH`` shadows the installed wheel,
+    whose metadata would name the wheel's version); else the installed vLLM's version
+    (``importlib.metadata``, falling back to importing vLLM); None when vLLM is not found."""
     override = os.environ.get("VLLM_VERSION")
     if override is not None and override.strip():
         return override.strip(), "VLLM_VERSION"
+    running = getattr(sys.modules.get("vllm"), "__version__", None)
+    if running:
+        return str(running), "vllm.__version__"
     try:
         from importlib.metadata import PackageNotFoundError, version
 

@@ -188,36 +188,29 @@ def _host_comm(name: str) -> HostComm:
     return shared.comm
 
 
-@torch.library.custom_op("ascend_patch::all_reduce", mutates_args=())
-def _all_reduce_op(x: torch.Tensor, comm: str) -> torch.Tensor:
+# all_reduce, all_gather and reduce_scatter sit in the model's forward, which vLLM compiles with
+# torch.compile(fullgraph=True): there they go through opaque custom ops (``torch.ops.ascend_patch.*``),
+# so Dynamo never traces into ctypes. In eager mode the same functions are called directly: the custom
+# op dispatcher would cost more than a small collective itself. Each returns a new tensor.
+
+
+def _all_reduce(x: torch.Tensor, comm: str) -> torch.Tensor:
     AscendCommunicator.calls["all_reduce"] += 1
-    return _host_comm(comm).all_reduce(x.clone())
-
-
-@_all_reduce_op.register_fake
-def _(x: torch.Tensor, comm: str) -> torch.Tensor:
-    return torch.empty_like(x)
+    return _host_comm(comm).all_reduce(x, out=torch.empty(x.shape, dtype=x.dtype))
 
 
 def _gathered_shape(x: torch.Tensor, dim: int, n: int) -> tuple[int, ...]:
     return tuple(x.shape[:dim]) + (n * x.shape[dim],) + tuple(x.shape[dim + 1 :])
 
 
-@torch.library.custom_op("ascend_patch::all_gather", mutates_args=())
-def _all_gather_op(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
+def _all_gather(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
     AscendCommunicator.calls["all_gather"] += 1
     out = torch.empty((world_size,) + tuple(x.shape), dtype=x.dtype, device=x.device)
     _host_comm(comm).all_gather_into(out, x)
     return out.movedim(0, dim).reshape(_gathered_shape(x, dim, world_size))
 
 
-@_all_gather_op.register_fake
-def _(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
-    return x.new_empty(_gathered_shape(x, dim, world_size))
-
-
-@torch.library.custom_op("ascend_patch::reduce_scatter", mutates_args=())
-def _reduce_scatter_op(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
+def _reduce_scatter(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
     AscendCommunicator.calls["reduce_scatter"] += 1
     # Cut as vLLM's communicators do: dimension `dim` is brought to the front with movedim(0, dim).
     inp = x.movedim(0, dim).contiguous()
@@ -226,10 +219,30 @@ def _reduce_scatter_op(x: torch.Tensor, dim: int, world_size: int, comm: str) ->
     return out.movedim(0, dim).contiguous()
 
 
+_all_reduce_op = torch.library.custom_op("ascend_patch::all_reduce", _all_reduce, mutates_args=())
+_all_gather_op = torch.library.custom_op("ascend_patch::all_gather", _all_gather, mutates_args=())
+_reduce_scatter_op = torch.library.custom_op("ascend_patch::reduce_scatter", _reduce_scatter, mutates_args=())
+
+
+@_all_reduce_op.register_fake
+def _(x: torch.Tensor, comm: str) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@_all_gather_op.register_fake
+def _(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
+    return x.new_empty(_gathered_shape(x, dim, world_size))
+
+
 @_reduce_scatter_op.register_fake
 def _(x: torch.Tensor, dim: int, world_size: int, comm: str) -> torch.Tensor:
     inp = x.movedim(0, dim)
     return inp.new_empty((inp.shape[0] // world_size,) + tuple(inp.shape[1:])).movedim(0, dim).contiguous()
+
+
+def _traced(op, eager):
+    """The custom op while torch.compile traces, the plain function otherwise."""
+    return op if torch.compiler.is_compiling() else eager
 
 
 class AscendCommunicator(DeviceCommunicatorBase):
@@ -274,21 +287,20 @@ class AscendCommunicator(DeviceCommunicatorBase):
             self.all2all_manager = AgRsAll2AllManager(self.cpu_group)
 
     # -- collectives ----------------------------------------------------------------------------
-    # all_reduce, all_gather and reduce_scatter sit in the model's forward, which vLLM compiles with
-    # torch.compile(fullgraph=True): they go through the opaque custom ops defined above, so Dynamo never
-    # traces into ctypes. Each returns a new tensor, as the ops declare.
+    # all_reduce, all_gather and reduce_scatter: custom ops while compiling, plain calls in eager mode
+    # (see `_traced`); each returns a new tensor.
 
     def all_reduce(self, input_: torch.Tensor) -> torch.Tensor:
         """A new tensor, the sum of every rank's ``input_`` (left unchanged); TypeError for a tensor off
         the CPU or a dtype HCCL cannot reduce, AscendPatchError on a timeout or a dead peer."""
-        return torch.ops.ascend_patch.all_reduce(input_, self._shared.name)
+        return _traced(torch.ops.ascend_patch.all_reduce, _all_reduce)(input_, self._shared.name)
 
     def all_gather(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Every rank's ``input_`` concatenated along ``dim`` in rank order (a new tensor); TypeError
         for a tensor off the CPU, AscendPatchError on a timeout or a dead peer."""
         if dim < 0:
             dim += input_.dim()
-        return torch.ops.ascend_patch.all_gather(input_, dim, self.world_size, self._shared.name)
+        return _traced(torch.ops.ascend_patch.all_gather, _all_gather)(input_, dim, self.world_size, self._shared.name)
 
     def reduce_scatter(self, input_: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """This rank's block of the sum of every rank's ``input_``, cut as vLLM's communicators cut it:
@@ -306,7 +318,7 @@ class AscendCommunicator(DeviceCommunicatorBase):
             dim += input_.dim()
         # The size vLLM divides: of the dimension movedim(0, dim) brings to the front.
         assert input_.movedim(0, dim).shape[0] % world_size == 0
-        return torch.ops.ascend_patch.reduce_scatter(input_, dim, world_size, self._shared.name)
+        return _traced(torch.ops.ascend_patch.reduce_scatter, _reduce_scatter)(input_, dim, world_size, self._shared.name)
 
     def gather(self, input_: torch.Tensor, dst: int = 0, dim: int = -1) -> torch.Tensor | None:
         """On group rank ``dst``, every rank's ``input_`` concatenated along ``dim``; None elsewhere.

@@ -9,6 +9,7 @@ import importlib
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,17 @@ def test_unparsable_version(monkeypatch):
 def test_installed_version_is_detected(monkeypatch):
     monkeypatch.delenv("VLLM_VERSION", raising=False)
     # The environment pins vLLM 0.33.0 (scripts/setup-python.sh).
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
     assert _core.detect_version() == ("0.33.0", "installed vllm")
+
+
+def test_the_imported_vllm_wins_over_the_installed_metadata(monkeypatch):
+    # A source tree on PYTHONPATH shadows the wheel: the gate follows the vLLM that runs.
+    monkeypatch.delenv("VLLM_VERSION", raising=False)
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.34.1.dev3+gabc"))
+    assert _core.detect_version() == ("0.34.1.dev3+gabc", "vllm.__version__")
+    _, why_not = _core.version_verdict(_core.registry())
+    assert why_not is not None and "0.34.1.dev3+gabc" in why_not
 
 
 def test_apply_with_unsupported_version_logs_one_line(monkeypatch, caplog):
@@ -318,6 +329,12 @@ def test_host_comm_ops(dtype):
         res = {}
         t = inp(rank, (3, 5))
         res["all_reduce"] = comm.all_reduce(t.clone())
+        # Out of place: the input stays as it was; an output that does not fit is refused.
+        res["all_reduce_out"] = comm.all_reduce(t, out=torch.full((3, 5), 7).to(dt))
+        res["input_kept"] = torch.equal(t, inp(rank, (3, 5)))
+        for bad in (torch.empty((3, 4), dtype=dt), torch.empty((5, 3), dtype=dt).t(), torch.empty(15, dtype=torch.int16)):
+            with pytest.raises(ValueError, match="all_reduce output"):
+                comm.all_reduce(t, out=bad)
         nc = inp(rank, (5, 3)).t()  # non-contiguous, in place
         comm.all_reduce(nc)
         res["all_reduce_nc"] = nc
@@ -350,6 +367,8 @@ def test_host_comm_ops(dtype):
     else:
         want = (t0.double() + t1.double()).to(dt)
     assert torch.equal(r0["all_reduce"], want) and torch.equal(r1["all_reduce"], want)
+    assert torch.equal(r0["all_reduce_out"], want) and torch.equal(r1["all_reduce_out"], want)
+    assert r0["input_kept"] and r1["input_kept"]
     nc_want = (inp(0, (5, 3)).t() | inp(1, (5, 3)).t()) if dt is torch.bool else \
         (inp(0, (5, 3)).t().double() + inp(1, (5, 3)).t().double()).to(dt)
     assert torch.equal(r0["all_reduce_nc"], nc_want)

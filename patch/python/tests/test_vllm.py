@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -339,6 +340,7 @@ def test_changed_signature_is_reported_and_skipped():
     assert len(lines) == 1 and "async_op" in lines[0], out.stderr
     assert data["checked"] == ["dcp", "dp", "ep", "pcp", "pp", "tp"]
     assert "pp groups [[1, 0]]" in data["mismatch"], data["mismatch"]
+    assert "ASCEND_PATCH_DISABLE=worker/patch_parallel_state" in data["mismatch"], data["mismatch"]
     assert data["elastic"] == ["dcp", "pcp", "pp", "tp"]
 
 
@@ -363,3 +365,12 @@ def test_list_cli():
     assert re.search(r"^worker/patch_communicator +\[worker\] +versions: 0\.33\.0, ==0\.33\.\* +-> does not apply", text, re.M)
     assert "why not: vLLM 0.34.0 (from VLLM_VERSION) is not supported" in text
     assert "vllm.distributed.parallel_state.GroupCoordinator.broadcast(self, input_, src=0)" in text
+
+
+def test_the_readme_all_reduce_benchmark_runs():
+    """bench_allreduce.py, as the README runs it (one small size): both modes, checked results."""
+    bench = Path(__file__).resolve().parent.parent / "bench_allreduce.py"
+    out = run_python([str(bench), "--sizes", "4K", "--json-only", "--timeout", "240"], base_env(), timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    (row,) = json.loads(out.stdout.strip().splitlines()[-1])["results"]
+    assert row["bytes"] == 4096 and row["patched_us"] > 0 and row["unpatched_us"] > 0, row

@@ -70,8 +70,9 @@ def check_layout(tp: int, pp: int, pcp: int, dcp: int | None) -> dict[str, list[
         if built != ours:
             raise RuntimeError(
                 f"ascend_patch: vLLM's {kind} groups {built} differ from ascend-patch's layout {ours} "
-                f"(world={world} tp={tp} pp={pp} dp={dp} pcp={pcp} dcp={dcp}); the communicators "
-                "rely on it: update patch/src/layout.rs for this vLLM"
+                f"(world={world} tp={tp} pp={pp} dp={dp} pcp={pcp} dcp={dcp}): native callers of "
+                "ascend_patch_layout would build other groups than vLLM's. Update patch/src/layout.rs for "
+                "this vLLM, or set ASCEND_PATCH_DISABLE=worker/patch_parallel_state to run without the check"
             )
         checked[kind] = built
     return checked
