@@ -24,8 +24,9 @@ impl Process {
     }
 }
 
-/// One name a patch replaces, with every other name vLLM binds the same object under (all must be
-/// rebound, or code holding an alias keeps the original), and the signature it expects.
+/// One name a patch replaces (with every other name vLLM binds the same object under: all must be
+/// rebound, or code holding an alias keeps the original) or builds on without replacing (such as
+/// the constructor of a base class it subclasses), and the signature it expects.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
     /// Dotted name, e.g. `vllm.distributed.parallel_state.destroy_model_parallel`.
@@ -44,7 +45,7 @@ pub struct Patch {
     pub id: &'static str,
     /// Where it applies.
     pub process: Process,
-    /// What it replaces.
+    /// What it replaces or builds on, each checked for drift before the patch applies.
     pub targets: &'static [Target],
     /// vLLM versions it supports: exact versions or specifiers (`==0.33.*`, `>=0.33,<0.34`).
     pub versions: &'static [&'static str],
@@ -68,6 +69,13 @@ pub static PATCHES: &[Patch] = &[
                 name: "vllm.platforms.cpu.CpuPlatform.get_device_communicator_cls",
                 aliases: &[],
                 signature: "()",
+            },
+            Target {
+                // AscendCommunicator subclasses it and takes the keywords vLLM constructs it with.
+                name: "vllm.distributed.device_communicators.base_device_communicator.DeviceCommunicatorBase.__init__",
+                aliases: &[],
+                signature: "(self, cpu_group, device=None, device_group=None, unique_name='', \
+                            global_ranks=None, global_world_size=None, use_all2all=False)",
             },
             Target {
                 name: "vllm.distributed.parallel_state.GroupCoordinator.broadcast",

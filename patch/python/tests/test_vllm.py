@@ -289,6 +289,17 @@ DRIFT_SCRIPT = textwrap.dedent(
         raise AssertionError("not called")
 
     ps.GroupCoordinator.broadcast = broadcast
+    # ... and whose device communicators take one more keyword (AscendCommunicator's __init__ would
+    # not accept it): still constructible the old way, for vLLM's own CpuCommunicator below.
+    from vllm.distributed.device_communicators.base_device_communicator import DeviceCommunicatorBase
+    base_init = DeviceCommunicatorBase.__init__
+
+    def init(self, cpu_group, device=None, device_group=None, unique_name="", global_ranks=None,
+             global_world_size=None, use_all2all=False, tcp_store=None):
+        base_init(self, cpu_group, device, device_group, unique_name, global_ranks, global_world_size,
+                  use_all2all)
+
+    DeviceCommunicatorBase.__init__ = init
     import ascend_patch
     report = ascend_patch.apply_all()
     from vllm.platforms.cpu import CpuPlatform
@@ -334,10 +345,12 @@ def test_changed_signature_is_reported_and_skipped():
     assert skipped["status"] == "skipped"
     assert "vllm.distributed.parallel_state.GroupCoordinator.broadcast" in skipped["reason"]
     assert "async_op" in skipped["reason"] and "drift" in skipped["reason"]
+    assert "DeviceCommunicatorBase.__init__ signature changed" in skipped["reason"], skipped["reason"]
+    assert "tcp_store" in skipped["reason"], skipped["reason"]
     assert data["comm_cls"].endswith("CpuCommunicator") and data["btd"] is None, "nothing of the patch applied"
     assert status["worker/patch_parallel_state"]["status"] == "applied"
     lines = _one_line(out.stderr, "worker/patch_communicator")
-    assert len(lines) == 1 and "async_op" in lines[0], out.stderr
+    assert len(lines) == 1 and "async_op" in lines[0] and "tcp_store" in lines[0], out.stderr
     assert data["checked"] == ["dcp", "dp", "ep", "pcp", "pp", "tp"]
     assert "pp groups [[1, 0]]" in data["mismatch"], data["mismatch"]
     assert "ASCEND_PATCH_DISABLE=worker/patch_parallel_state" in data["mismatch"], data["mismatch"]
@@ -354,7 +367,7 @@ def test_list_cli():
     comm, ps = patches["worker/patch_communicator"], patches["worker/patch_parallel_state"]
     assert comm["applies"] and comm["reasons"] == [] and comm["process"] == "worker"
     assert "0.33.0" in comm["versions"]
-    assert [t["status"] for t in comm["targets"]] == ["ok"] * 3
+    assert [t["status"] for t in comm["targets"]] == ["ok"] * 4
     assert not ps["applies"] and ps["reasons"] == ["disabled by ASCEND_PATCH_DISABLE"]
     assert [t["name"] for t in ps["targets"]] == ["vllm.distributed.parallel_state.initialize_model_parallel"]
     assert ps["targets"][0]["aliases"] == ["vllm.distributed.initialize_model_parallel"]
