@@ -19,6 +19,7 @@ input (vLLM's callers use the returned tensor). ``AscendCommunicator.calls`` cou
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import pickle
@@ -180,9 +181,15 @@ def _release(shared: _Shared, owner: str) -> None:
     shared.comm.destroy()
 
 
+@functools.lru_cache(maxsize=256)
+def _key(name: str) -> tuple[int, ...]:
+    """The table key of a communicator's name (parsed once: it is looked up on every collective)."""
+    return tuple(int(r) for r in name.split(","))
+
+
 def _host_comm(name: str) -> HostComm:
     with _table_lock:
-        shared = _table.get(tuple(int(r) for r in name.split(",")))
+        shared = _table.get(_key(name))
     if shared is None:
         raise RuntimeError(f"ascend_patch: the communicator of ranks {name} was destroyed")
     return shared.comm
