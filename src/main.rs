@@ -98,8 +98,8 @@ enum BenchKind {
         /// already use it).
         #[arg(long, requires = "m")]
         transpose_b: bool,
-        /// Force a SIMD level: portable, avx2, avx512 or avx512bf16 (default: ASCEND_KERNELS_LEVEL if
-        /// set, else the best this CPU has).
+        /// Force a SIMD level: portable, avx2, avx512, avx512bf16 or amx (default: ASCEND_KERNELS_LEVEL
+        /// if set, else the best this CPU has).
         #[arg(long)]
         level: Option<String>,
         /// One JSON object per line instead of a table.
@@ -264,7 +264,7 @@ fn main() -> ExitCode {
         Command::Bench { kind: BenchKind::Matmul { m, n, k, dtype, transpose_b, level, json, budget_ms } } => {
             let level = match level.as_deref().map(ascend::kernels::cpu::Level::parse) {
                 Some(None) => {
-                    eprintln!("error: --level must be portable, avx2, avx512 or avx512bf16");
+                    eprintln!("error: --level must be portable, avx2, avx512, avx512bf16 or amx");
                     return ExitCode::from(2);
                 }
                 other => other.flatten(),

@@ -1,6 +1,6 @@
 //! The SIMD level host kernels run at: the best the CPU supports, decided at run time, or a lower one
-//! forced with `ASCEND_KERNELS_LEVEL=portable|avx2|avx512|avx512bf16` (a level the CPU lacks is never
-//! used).
+//! forced with `ASCEND_KERNELS_LEVEL=portable|avx2|avx512|avx512bf16|amx` (a level the CPU lacks is
+//! never used).
 
 use std::sync::OnceLock;
 
@@ -15,19 +15,23 @@ pub enum Level {
     Avx512,
     /// x86-64 AVX-512F with AVX-512 BF16 (native bf16 dot products for bf16 matmuls).
     Avx512Bf16,
+    /// AVX-512 BF16 plus AMX tiles (Sapphire Rapids and later), which bf16 GEMMs and the bf16
+    /// products of prefill attention use; everything else runs as at `Avx512Bf16`.
+    Amx,
 }
 
 impl Level {
     /// Every level, lowest first.
-    pub const ALL: [Level; 4] = [Level::Portable, Level::Avx2, Level::Avx512, Level::Avx512Bf16];
+    pub const ALL: [Level; 5] = [Level::Portable, Level::Avx2, Level::Avx512, Level::Avx512Bf16, Level::Amx];
 
-    /// `portable`, `avx2`, `avx512` or `avx512bf16`.
+    /// `portable`, `avx2`, `avx512`, `avx512bf16` or `amx`.
     pub fn name(self) -> &'static str {
         match self {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
             Level::Avx512Bf16 => "avx512bf16",
+            Level::Amx => "amx",
         }
     }
 
@@ -46,7 +50,7 @@ pub fn detected() -> Level {
         let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
         if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
             if std::arch::is_x86_feature_detected!("avx512bf16") {
-                return Level::Avx512Bf16;
+                return if crate::amx::enabled() { Level::Amx } else { Level::Avx512Bf16 };
             }
             return Level::Avx512;
         }
@@ -71,7 +75,7 @@ pub fn active() -> Level {
             Some(Some(forced)) => forced.min(best),
             Some(None) => {
                 eprintln!(
-                    "ascend-kernels: ASCEND_KERNELS_LEVEL must be portable, avx2, avx512 or avx512bf16; using {}",
+                    "ascend-kernels: ASCEND_KERNELS_LEVEL must be portable, avx2, avx512, avx512bf16 or amx; using {}",
                     best.name()
                 );
                 best

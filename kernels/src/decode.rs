@@ -50,7 +50,7 @@ unsafe fn run<B: ToF32 + Lanes>(
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `decode` asserted the CPU has the level; forwarded contract.
-        Level::Avx512 | Level::Avx512Bf16 => unsafe { x86_avx512(m, n, k, a, b, c, j0, j1) },
+        Level::Avx512 | Level::Avx512Bf16 | Level::Amx => unsafe { x86_avx512(m, n, k, a, b, c, j0, j1) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Level::Avx2 => unsafe { x86_avx2(m, n, k, a, b, c, j0, j1) },

@@ -73,17 +73,63 @@ pub struct View<'a, T> {
 
 /// Depth of one packed slice of k for f32; bf16 pairs take `2 · KC` (the same bytes).
 const KC: usize = 1024;
-/// Largest microkernel tile (MR × NR).
-const TILE: usize = 12 * 32;
+/// Largest microkernel tile (MR × NR): AMX's 32 × 32.
+const TILE: usize = crate::amx::MR * crate::amx::NR;
 /// Strips of B per work item.
 const STRIPS_PER_ITEM: usize = 8;
 
-/// Microkernel shape of a level: (MR, NR).
-fn shape(level: Level) -> (usize, usize) {
-    match level {
-        Level::Avx512 | Level::Avx512Bf16 => (12, 32),
-        Level::Avx2 => (6, 16),
-        Level::Portable => (4, 16),
+/// How a microkernel wants its operands packed.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Rows of an A panel (and of the tile).
+    mr: usize,
+    /// Columns of a B strip (and of the tile).
+    nr: usize,
+    /// Consecutive depths interleaved per B column (1 for f32, 2 for bf16 pairs), and per A row
+    /// unless `a_rows`.
+    ks: usize,
+    /// A panels in AMX tile order (rows of `amx::K_STEP` depths, one tile after the other), depths
+    /// padded to `amx::K_STEP`.
+    a_rows: bool,
+}
+
+impl Layout {
+    /// The f32 microkernel of a level.
+    fn f32(level: Level) -> Layout {
+        let (mr, nr) = match level {
+            Level::Avx512 | Level::Avx512Bf16 | Level::Amx => (12, 32),
+            Level::Avx2 => (6, 16),
+            Level::Portable => (4, 16),
+        };
+        Layout { mr, nr, ks: 1, a_rows: false }
+    }
+
+    /// The bf16 microkernel of a level (AVX-512 BF16 at least): AMX tiles, else `vdpbf16ps`.
+    fn bf16(level: Level) -> Layout {
+        match level {
+            Level::Amx => Layout { mr: crate::amx::MR, nr: crate::amx::NR, ks: 2, a_rows: true },
+            _ => Layout { mr: 12, nr: 32, ks: 2, a_rows: false },
+        }
+    }
+
+    /// Packed depth of a slice of `kc` depths (zero-padded up to it).
+    fn padded(&self, kc: usize) -> usize {
+        let step = if self.a_rows { crate::amx::K_STEP } else { self.ks };
+        kc.div_ceil(step) * step
+    }
+
+    /// Consecutive depths per row of an A panel.
+    fn a_interleave(&self) -> usize {
+        if self.a_rows {
+            crate::amx::K_STEP
+        } else {
+            self.ks
+        }
+    }
+
+    /// Configured AMX tiles for the products of one GEMM, when the layout is AMX's.
+    fn tiles(&self) -> Option<crate::amx::Tiles> {
+        self.a_rows.then(crate::amx::Tiles::configure)
     }
 }
 
@@ -110,9 +156,8 @@ pub fn gemm_into<A: ToF32, B: ToF32>(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    let (mr, nr) = shape(level);
     let tile = |kcp: usize, ap: &[f32], bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kcp, ap, bp, t);
-    drive(level, (m, n, k), (mr, nr, 1), (&a, ToF32::to_f32), (&b, ToF32::to_f32), &tile, c, accumulate);
+    drive(level, (m, n, k), Layout::f32(level), (&a, ToF32::to_f32), (&b, ToF32::to_f32), &tile, c, accumulate);
 }
 
 /// Packing buffers reused across calls of [`gemm_rows`] (f32) or [`gemm_rows_bf16`] (u16).
@@ -139,16 +184,17 @@ pub(crate) fn gemm_rows(
     scratch: &mut Scratch,
 ) {
     assert!(level <= crate::cpu::detected());
-    let (mr, nr) = shape(level);
     let tile = |kc: usize, ap: &[f32], bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kc, ap, bp, t);
-    rows_with(dims, (mr, nr, 1), a, b, c, accumulate, scratch, &tile);
+    rows_with(dims, Layout::f32(level), a, b, c, accumulate, scratch, &tile);
 }
 
-/// [`gemm_rows`] for bf16 operands (their raw bits), multiplied by `vdpbf16ps` with f32 sums.
-/// Panics as [`gemm_rows`] does, and if the CPU lacks AVX-512 BF16.
+/// [`gemm_rows`] for bf16 operands (their raw bits), multiplied with f32 sums by AMX tiles at
+/// [`Level::Amx`], else by `vdpbf16ps`. Panics as [`gemm_rows`] does, and if `level` is below
+/// AVX-512 BF16.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn gemm_rows_bf16(
+    level: Level,
     dims: (usize, usize, usize),
     a: (&[u16], usize, bool),
     b: (&[u16], usize),
@@ -156,19 +202,18 @@ pub(crate) fn gemm_rows_bf16(
     accumulate: bool,
     scratch: &mut Scratch<u16>,
 ) {
-    assert!(crate::cpu::detected() >= Level::Avx512Bf16);
-    let (mr, nr) = shape(Level::Avx512Bf16);
-    rows_with(dims, (mr, nr, 2), a, b, c, accumulate, scratch, &bf16_tile);
+    assert!(Level::Avx512Bf16 <= level && level <= crate::cpu::detected());
+    rows_with(dims, Layout::bf16(level), a, b, c, accumulate, scratch, bf16_microkernel(level));
 }
 
 /// The body of [`gemm_rows`]: packs B per `KC` slice into `nr`-wide strips and A into `mr`-row
-/// panels (`ks` consecutive k values interleaved, zero-padded to `kcp`), then runs `tile` on each
+/// panels (as `layout` says, zero-padded to the packed depth `kcp`), then runs `tile` on each
 /// (panel, strip) pair.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows_with<P: Copy + Default>(
     (m, n, k): (usize, usize, usize),
-    (mr, nr, ks): (usize, usize, usize),
+    layout: Layout,
     (a, lda, a_transposed): (&[P], usize, bool),
     (b, ldb): (&[P], usize),
     (c, ldc): (&mut [f32], usize),
@@ -176,6 +221,7 @@ fn rows_with<P: Copy + Default>(
     scratch: &mut Scratch<P>,
     tile: &Tile<'_, P>,
 ) {
+    let Layout { mr, nr, ks, .. } = layout;
     assert!(m > 0 && n > 0 && k > 0 && matches!(ks, 1 | 2));
     let a_extent = if a_transposed { (k - 1) * lda + m } else { (m - 1) * lda + k };
     assert!(a.len() >= a_extent && b.len() >= (k - 1) * ldb + n && c.len() >= (m - 1) * ldc + n);
@@ -188,22 +234,24 @@ fn rows_with<P: Copy + Default>(
     let depth = KC * ks;
     for pc in (0..k).step_by(depth) {
         let kc = depth.min(k - pc);
-        let kcp = kc.div_ceil(ks) * ks;
+        let kcp = layout.padded(kc);
         // Reused as they are: packing writes every slot, padding included.
+        let a_panel = mr * kcp;
         grow(&mut scratch.b, strips * kcp * nr);
-        grow(&mut scratch.a, panels * kcp * mr);
+        grow(&mut scratch.a, panels * a_panel);
         for (sidx, strip) in scratch.b.chunks_exact_mut(kcp * nr).take(strips).enumerate() {
             pack_strip(&b_view, &|x| x, (pc, kc, kcp), sidx, n, (nr, ks), strip);
         }
-        for (pi, panel) in scratch.a.chunks_exact_mut(kcp * mr).take(panels).enumerate() {
-            pack_strip(&at_view, &|x| x, (pc, kc, kcp), pi, m, (mr, ks), panel);
+        for (pi, panel) in scratch.a.chunks_exact_mut(a_panel).take(panels).enumerate() {
+            pack_strip(&at_view, &|x| x, (pc, kc, kcp), pi, m, (mr, layout.a_interleave()), panel);
         }
+        let _tiles = layout.tiles();
         for sidx in 0..strips {
             let cols = nr.min(n - sidx * nr);
             let strip = &scratch.b[sidx * kcp * nr..(sidx + 1) * kcp * nr];
             for pi in 0..panels {
                 let rows = mr.min(m - pi * mr);
-                tile(kcp, &scratch.a[pi * kcp * mr..(pi + 1) * kcp * mr], strip, &mut t);
+                tile(kcp, &scratch.a[pi * a_panel..(pi + 1) * a_panel], strip, &mut t);
                 // SAFETY: the block (rows × cols at row pi·mr, column sidx·nr) is inside `c`, whose
                 // length was checked above.
                 unsafe {
@@ -238,11 +286,25 @@ fn put<T: Copy, P: Copy>(dst: &mut [P], ks: usize, first: &[T], second: Option<&
     }
 }
 
-/// `c = a · b` for bf16 inputs with native bf16 dot products (`vdpbf16ps`: pairs of k per lane).
-pub fn gemm_bf16(m: usize, n: usize, k: usize, a: View<'_, bf16>, b: View<'_, bf16>, c: &mut [f32]) {
-    let level = Level::Avx512Bf16;
-    let (mr, nr) = shape(level);
-    drive(level, (m, n, k), (mr, nr, 2), (&a, bf16::to_bits), (&b, bf16::to_bits), &bf16_tile, c, false);
+/// `c = a · b` for bf16 inputs with native bf16 products: AMX tiles at [`Level::Amx`], else
+/// `vdpbf16ps` (pairs of k per lane). Panics if `level` is below AVX-512 BF16 or beyond the CPU.
+pub fn gemm_bf16(level: Level, (m, n, k): (usize, usize, usize), a: View<'_, bf16>, b: View<'_, bf16>, c: &mut [f32]) {
+    assert!(level >= Level::Avx512Bf16);
+    let tile = bf16_microkernel(level);
+    drive(level, (m, n, k), Layout::bf16(level), (&a, bf16::to_bits), (&b, bf16::to_bits), tile, c, false);
+}
+
+/// The bf16 microkernel of `level` (see [`Layout::bf16`]).
+fn bf16_microkernel(level: Level) -> &'static Tile<'static, u16> {
+    match level {
+        Level::Amx => &amx_tile,
+        _ => &bf16_tile,
+    }
+}
+
+/// The AMX microkernel: a 32 × 32 tile from a row-major A panel and a B strip of pairs.
+fn amx_tile(kcp: usize, ap: &[u16], bp: &[u16], t: &mut [f32; TILE]) {
+    crate::amx::tile_bf16(kcp, ap, bp, t);
 }
 
 /// The bf16 microkernel on packed pairs: `tile[r * 32 + j] = Σ_p a[p][r] · b[p][j]` over `kcp` (even) k.
@@ -268,13 +330,13 @@ type Tile<'t, P> = dyn Fn(usize, &[P], &[P], &mut [f32; TILE]) + Sync + 't;
 type Source<'v, 'a, T, F> = (&'v View<'a, T>, F);
 
 /// The blocked driver: packs B per `KC` slice into `nr`-wide strips and A per item into `mr`-row
-/// panels (`ks` consecutive k values interleaved per row/column: 1 for f32, 2 for bf16 pairs), then
-/// runs `tile` on each (panel, strip) on the pool. `accumulate`: add to `c` instead of overwriting it.
+/// panels (as `layout` says), then runs `tile` on each (panel, strip) on the pool. `accumulate`: add
+/// to `c` instead of overwriting it.
 #[allow(clippy::too_many_arguments)]
 fn drive<P, A, B, FA, FB>(
     level: Level,
     (m, n, k): (usize, usize, usize),
-    (mr, nr, ks): (usize, usize, usize),
+    layout: Layout,
     (a, conv_a): Source<'_, '_, A, FA>,
     (b, conv_b): Source<'_, '_, B, FB>,
     tile: &Tile<'_, P>,
@@ -288,6 +350,7 @@ fn drive<P, A, B, FA, FB>(
     FB: Fn(B) -> P + Sync,
 {
     assert!(c.len() >= m * n && level <= crate::cpu::detected());
+    let Layout { mr, nr, ks, .. } = layout;
     let mc = mr * 12;
     let strips = n.div_ceil(nr);
     let pool = ascend_rt::host::pool();
@@ -296,7 +359,8 @@ fn drive<P, A, B, FA, FB>(
     let depth = KC * ks;
     for pc in (0..k).step_by(depth) {
         let kc = depth.min(k - pc);
-        let kcp = kc.div_ceil(ks) * ks;
+        let kcp = layout.padded(kc);
+        let a_panel = mr * kcp;
         pack_b(b, &conv_b, pc, kc, kcp, n, nr, ks, &mut packed_b);
         let row_blocks = m.div_ceil(mc);
         // Enough row blocks keep every thread busy without splitting the columns (each split packs
@@ -307,12 +371,13 @@ fn drive<P, A, B, FA, FB>(
         pool.parallel_for(row_blocks * groups, &|item| {
             let (ib, g) = (item / groups, item % groups);
             let (ic, rows) = (ib * mc, mc.min(m - ib * mc));
-            let a_panels = pack_a(a, &conv_a, ic, rows, pc, kc, kcp, mr, ks);
+            let a_panels = pack_a(a, &conv_a, ic, rows, (pc, kc), (mr, layout.a_interleave(), a_panel));
+            let _tiles = layout.tiles();
             let mut t = [0f32; TILE];
             for s in g * per_item..strips.min((g + 1) * per_item) {
                 let cols = nr.min(n - s * nr);
                 let b_strip = &packed_b[s * kcp * nr..(s + 1) * kcp * nr];
-                for (pi, a_panel) in a_panels.chunks_exact(kcp * mr).enumerate() {
+                for (pi, a_panel) in a_panels.chunks_exact(a_panel).enumerate() {
                     let r0 = pi * mr;
                     let prows = mr.min(rows - r0);
                     tile(kcp, a_panel, b_strip, &mut t);
@@ -380,8 +445,17 @@ fn pack_strip<B: Copy, P: Copy + Default>(
     if b.cs == 1 && b.rs != 1 {
         // Row-major B: each row's columns of the strip side by side (rows paired for bf16).
         let row = |p: usize| &b.data[(pc + p) * b.rs + s * nr..][..cols];
-        for p in (0..kc).step_by(ks) {
-            put(&mut strip[p * nr..], ks, row(p), (ks == 2 && p + 1 < kc).then(|| row(p + 1)), conv);
+        if ks > 2 {
+            // AMX A panels from a transposed A: each row of the view is one depth.
+            for p in 0..kc {
+                for (j, &x) in row(p).iter().enumerate() {
+                    strip[slot(p, j, nr, ks)] = conv(x);
+                }
+            }
+        } else {
+            for p in (0..kc).step_by(ks) {
+                put(&mut strip[p * nr..], ks, row(p), (ks == 2 && p + 1 < kc).then(|| row(p + 1)), conv);
+            }
         }
     } else {
         for j in 0..cols {
@@ -434,23 +508,20 @@ packed!(u16, PACKED_B_U16);
 /// Largest packed-B buffer a thread keeps between calls.
 const KEEP_PACKED_BYTES: usize = 64 << 20;
 
-/// A rows `ic..ic + rows`, columns `pc..pc + kc` into panels of `mr` rows (zero-padded).
-#[allow(clippy::too_many_arguments)]
+/// A rows `ic..ic + rows`, columns `pc..pc + kc` into panels of `mr` rows (`ks` depths interleaved,
+/// `len` values each, zero-padded).
 fn pack_a<A: Copy, P: Copy + Default>(
     a: &View<'_, A>,
     conv: &impl Fn(A) -> P,
     ic: usize,
     rows: usize,
-    pc: usize,
-    kc: usize,
-    kcp: usize,
-    mr: usize,
-    ks: usize,
+    (pc, kc): (usize, usize),
+    (mr, ks, len): (usize, usize, usize),
 ) -> Vec<P> {
     let panels = rows.div_ceil(mr);
-    let mut out = vec![P::default(); panels * kcp * mr];
+    let mut out = vec![P::default(); panels * len];
     for r in 0..rows {
-        let panel = &mut out[(r / mr) * kcp * mr..(r / mr + 1) * kcp * mr];
+        let panel = &mut out[(r / mr) * len..(r / mr + 1) * len];
         pack_line(a, conv, (ic + r, pc), (0, 1), kc, panel, r % mr, mr, ks);
     }
     out
@@ -518,7 +589,7 @@ fn microkernel(level: Level, kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; T
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `gemm` checked that the CPU supports the level; the panels hold kc × MR and
         // kc × NR values.
-        Level::Avx512 | Level::Avx512Bf16 => unsafe { x86::tile_avx512(kc, a.as_ptr(), b.as_ptr(), tile) },
+        Level::Avx512 | Level::Avx512Bf16 | Level::Amx => unsafe { x86::tile_avx512(kc, a.as_ptr(), b.as_ptr(), tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Level::Avx2 => unsafe { x86::tile_avx2(kc, a.as_ptr(), b.as_ptr(), tile) },
@@ -638,6 +709,11 @@ mod x86 {
 mod tests {
     use super::*;
 
+    /// The levels with a bf16 microkernel this CPU can run.
+    fn bf16_levels() -> Vec<Level> {
+        crate::cpu::available().into_iter().filter(|&l| l >= Level::Avx512Bf16).collect()
+    }
+
     #[test]
     fn row_products_match_a_plain_sum_for_every_layout() {
         // Small integers: every product and sum is exact in f32 and every input exact in bf16. Odd k
@@ -675,12 +751,13 @@ mod tests {
                         );
                         assert_eq!(c, want, "{} {what}", level.name());
                     }
-                    if crate::cpu::detected() >= Level::Avx512Bf16 {
+                    for level in bf16_levels() {
                         let bits = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect::<Vec<u16>>();
                         let (ab, bb) = (bits(&a), bits(&b));
                         let mut c = vec![1f32; m * ldc];
                         let mut scratch = Scratch { a: vec![0x7fc0; 1 << 18], b: vec![0x7fc0; 1 << 18] };
                         gemm_rows_bf16(
+                            level,
                             (m, n, k),
                             (&ab, lda, a_transposed),
                             (&bb, ldb),
@@ -688,7 +765,7 @@ mod tests {
                             accumulate,
                             &mut scratch,
                         );
-                        assert_eq!(c, want, "bf16 {what}");
+                        assert_eq!(c, want, "bf16 {} {what}", level.name());
                     }
                 }
             }
@@ -719,13 +796,14 @@ mod tests {
                 gemm(level, m, n, k, av, bv, &mut c);
                 assert_eq!(c, want, "{} rs {rs}", level.name());
             }
-            if crate::cpu::detected() == Level::Avx512Bf16 {
+            for level in bf16_levels() {
                 poison();
                 let (ab, bb): (Vec<bf16>, Vec<bf16>) =
                     (a.iter().map(|&x| bf16::from_f32(x)).collect(), b.iter().map(|&x| bf16::from_f32(x)).collect());
                 let mut c = vec![0f32; m * n];
-                gemm_bf16(m, n, k, View { data: &ab[..], rs: k, cs: 1 }, View { data: &bb[..], rs, cs }, &mut c);
-                assert_eq!(c, want, "bf16 rs {rs}");
+                let (av, bv) = (View { data: &ab[..], rs: k, cs: 1 }, View { data: &bb[..], rs, cs });
+                gemm_bf16(level, (m, n, k), av, bv, &mut c);
+                assert_eq!(c, want, "bf16 {} rs {rs}", level.name());
             }
         }
     }

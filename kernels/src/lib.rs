@@ -5,6 +5,7 @@
 //! [`matmul`]: GEMM with a bandwidth-bound path for decode shapes. [`attention`]: flash prefill,
 //! paged decode and chunked prefill over vLLM's KV cache, and `reshape_and_cache`.
 
+pub mod amx;
 mod args;
 pub mod attention;
 pub mod cpu;

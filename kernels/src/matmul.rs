@@ -181,8 +181,8 @@ fn host_matmul<T: Element, O: Element>(level: Level, s: Shape, a: &[T], b: &[T],
         if m <= crate::decode::MAX_M {
             let a32: Vec<f32> = av.data.iter().map(|x| x.to_f32()).collect();
             crate::decode::decode(level, m, n, k, &a32, bv, &mut acc);
-        } else if let (Level::Avx512Bf16, Some(a16), Some(b16)) = (level, as_bf16(av), as_bf16(bv)) {
-            crate::gemm::gemm_bf16(m, n, k, a16, b16, &mut acc);
+        } else if let (Level::Avx512Bf16 | Level::Amx, Some(a16), Some(b16)) = (level, as_bf16(av), as_bf16(bv)) {
+            crate::gemm::gemm_bf16(level, (m, n, k), a16, b16, &mut acc);
         } else {
             gemm(level, m, n, k, av, bv, &mut acc);
         }

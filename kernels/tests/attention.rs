@@ -48,7 +48,7 @@ fn unit_roundoff<T: Element>() -> f64 {
 /// level both paths round them to bf16 first (as reduced-precision attention does, torch's
 /// included); everywhere else they stay f32.
 fn p_round<T: Element>(level: Level) -> f64 {
-    if T::ACL_DTYPE == <bf16 as DeviceRepr>::ACL_DTYPE && level == Level::Avx512Bf16 {
+    if T::ACL_DTYPE == <bf16 as DeviceRepr>::ACL_DTYPE && level >= Level::Avx512Bf16 {
         2f64.powi(-8)
     } else {
         0.0

@@ -38,14 +38,18 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
     }
     let copy = host.then(|| limits::copy_bandwidth(budget)).transpose()?;
     let fma = host.then(|| limits::fma_peak(budget));
-    // vdpbf16ps does two products per lane: bf16 peak is twice the f32 one where the CPU has it.
+    // The bf16 matmuls' limit: AMX tiles where kernels use them; else vdpbf16ps, two products per
+    // lane, so twice the f32 peak where the CPU has it.
+    let amx = host.then(|| limits::amx_peak(budget)).flatten();
     let bf16_factor = if active() == Level::Avx512Bf16 { 2.0 } else { 1.0 };
-    let bf16_peak = fma.clone().map(|mut f| {
-        f.name = "limits.fma_peak(bf16)".into();
-        f.value *= bf16_factor;
-        f
+    let bf16_peak = amx.clone().or_else(|| {
+        fma.clone().map(|mut f| {
+            f.name = "limits.fma_peak(bf16)".into();
+            f.value *= bf16_factor;
+            f
+        })
     });
-    out.extend([&copy, &fma].into_iter().flatten().cloned());
+    out.extend([&copy, &fma, &amx].into_iter().flatten().cloned());
     // The read limit around a figure, as a `limits.read` figure of that value.
     let read_at = |r: Option<f64>| read.clone().zip(r).map(|(f, value)| Figure { value, ..f });
 

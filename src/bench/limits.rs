@@ -252,7 +252,7 @@ pub fn fma_peak(budget: Duration) -> Figure {
         match level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `active()` only reports levels this CPU supports.
-            Level::Avx512 | Level::Avx512Bf16 => unsafe { fma_avx512(iters, x, y) },
+            Level::Avx512 | Level::Avx512Bf16 | Level::Amx => unsafe { fma_avx512(iters, x, y) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Level::Avx2 => unsafe { fma_avx2(iters, x, y) },
@@ -277,6 +277,30 @@ pub fn fma_peak(budget: Duration) -> Figure {
         value: flops / t.as_secs_f64() / 1e9,
         unit: "gflops",
     }
+}
+
+/// The AMX tile unit's bf16 peak (GFLOPS, 2 per product) on all pool threads, when kernels run at
+/// [`Level::Amx`](ascend_kernels::cpu::Level::Amx); otherwise None.
+pub fn amx_peak(budget: Duration) -> Option<Figure> {
+    use ascend_kernels::{amx, cpu};
+    if cpu::active() != cpu::Level::Amx {
+        return None;
+    }
+    let (threads, inner) = (pool().threads(), 20_000u64);
+    let t = per_iter(budget, |iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            pool().parallel_for(threads, &|_| amx::product_probe(inner));
+        }
+        t.elapsed()
+    });
+    let flops = (threads as u64 * inner * 4 * amx::FLOPS_PER_PRODUCT) as f64;
+    Some(Figure {
+        name: "limits.amx_peak".into(),
+        params: vec![("threads".to_string(), Value::from(threads))],
+        value: flops / t.as_secs_f64() / 1e9,
+        unit: "gflops",
+    })
 }
 
 #[cfg(test)]

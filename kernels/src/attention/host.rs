@@ -282,7 +282,7 @@ fn run_item<T: Element>(
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `attention`, the only caller, asserted the CPU has the level.
-        Level::Avx512 | Level::Avx512Bf16 => unsafe { item_avx512(level, g, seqs, kv, q, it, then) },
+        Level::Avx512 | Level::Avx512Bf16 | Level::Amx => unsafe { item_avx512(level, g, seqs, kv, q, it, then) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Level::Avx2 => unsafe { item_avx2(level, g, seqs, kv, q, it, then) },
@@ -343,7 +343,7 @@ fn item_body<T: Element, S: Simd>(
         pos.push(visible_keys(g, s.kv_len, s.kv_len - s.q_len + i));
     }
     // bf16 queries and keys with AVX-512 BF16: products straight from the raw bf16 values.
-    let raw = (level == Level::Avx512Bf16).then(|| bf16_bits(q)).flatten().map(|bits| {
+    let raw = (level >= Level::Avx512Bf16).then(|| bf16_bits(q)).flatten().map(|bits| {
         let mut raw = vec![0u16; rows * d];
         for (r, dst) in raw.chunks_exact_mut(d).enumerate() {
             let (i, head) = it.row(r, group);
@@ -486,7 +486,7 @@ impl<'a> Operands<'a> {
                     k[i * d..(i + 1) * d].copy_from_slice(kr);
                     v[i * d..(i + 1) * d].copy_from_slice(vr);
                 });
-                gemm_rows_bf16((kt, rows, d), (k, d, false), (qt, rows), (&mut *st, rows), false, scratch);
+                gemm_rows_bf16(level, (kt, rows, d), (k, d, false), (qt, rows), (&mut *st, rows), false, scratch);
                 st.iter_mut().for_each(|x| *x *= g.scale);
             }
         }
@@ -503,7 +503,7 @@ impl<'a> Operands<'a> {
             TileBuffers::Bf16 { v, p, scratch, .. } => {
                 let p = &mut p[..st.len()];
                 crate::simd::round_to_bf16(st, p);
-                gemm_rows_bf16((rows, d, kt), (p, rows, true), (v, d), (acc, d), true, scratch);
+                gemm_rows_bf16(level, (rows, d, kt), (p, rows, true), (v, d), (acc, d), true, scratch);
             }
         }
     }
