@@ -152,11 +152,11 @@ unsafe fn product(kcp: usize, a: *const u16, b: *const u16, tile: &mut [f32; NR 
             let b1 = b0.add(32);
             asm!(
                 "tileloadd tmm4, [{a0} + {sa} * 1]",
-                "tileloadd tmm5, [{a1} + {sa} * 1]",
                 "tileloadd tmm6, [{b0} + {sb} * 1]",
-                "tileloadd tmm7, [{b1} + {sb} * 1]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {sb} * 1]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa} * 1]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 a0 = in(reg) a0,

@@ -230,33 +230,32 @@ fn rows_with<P: Copy + Default>(
     // A's panels are packed as strips of Aᵀ (k × m).
     let b_view = View { data: b, rs: ldb, cs: 1 };
     let at_view = if a_transposed { View { data: a, rs: lda, cs: 1 } } else { View { data: a, rs: 1, cs: lda } };
-    let mut t = [0f32; TILE];
+    let mut t = TileBuffer::new();
     let depth = KC * ks;
     for pc in (0..k).step_by(depth) {
         let kc = depth.min(k - pc);
         let kcp = layout.padded(kc);
         // Reused as they are: packing writes every slot, padding included.
         let a_panel = mr * kcp;
-        grow(&mut scratch.b, strips * kcp * nr);
-        grow(&mut scratch.a, panels * a_panel);
-        for (sidx, strip) in scratch.b.chunks_exact_mut(kcp * nr).take(strips).enumerate() {
+        let packed_b = grow_aligned(&mut scratch.b, strips * kcp * nr);
+        let packed_a = grow_aligned(&mut scratch.a, panels * a_panel);
+        for (sidx, strip) in packed_b.chunks_exact_mut(kcp * nr).enumerate() {
             pack_strip(&b_view, &|x| x, (pc, kc, kcp), sidx, n, (nr, ks), strip);
         }
-        for (pi, panel) in scratch.a.chunks_exact_mut(a_panel).take(panels).enumerate() {
+        for (pi, panel) in packed_a.chunks_exact_mut(a_panel).enumerate() {
             pack_strip(&at_view, &|x| x, (pc, kc, kcp), pi, m, (mr, layout.a_interleave()), panel);
         }
         let _tiles = layout.tiles();
-        for sidx in 0..strips {
+        for (sidx, strip) in packed_b.chunks_exact(kcp * nr).enumerate() {
             let cols = nr.min(n - sidx * nr);
-            let strip = &scratch.b[sidx * kcp * nr..(sidx + 1) * kcp * nr];
-            for pi in 0..panels {
+            for (pi, panel) in packed_a.chunks_exact(a_panel).enumerate() {
                 let rows = mr.min(m - pi * mr);
-                tile(kcp, &scratch.a[pi * a_panel..(pi + 1) * a_panel], strip, &mut t);
+                tile(kcp, panel, strip, &mut t.0);
                 // SAFETY: the block (rows × cols at row pi·mr, column sidx·nr) is inside `c`, whose
                 // length was checked above.
                 unsafe {
                     let c0 = c.as_mut_ptr().add(pi * mr * ldc + sidx * nr);
-                    store(&t[..mr * nr], nr, c0, ldc, rows, cols, pc > 0 || accumulate);
+                    store(&t.0[..mr * nr], nr, c0, ldc, rows, cols, pc > 0 || accumulate);
                 }
             }
         }
@@ -361,31 +360,32 @@ fn drive<P, A, B, FA, FB>(
         let kc = depth.min(k - pc);
         let kcp = layout.padded(kc);
         let a_panel = mr * kcp;
-        pack_b(b, &conv_b, pc, kc, kcp, n, nr, ks, &mut packed_b);
+        let b_at = pack_b(b, &conv_b, pc, kc, kcp, n, nr, ks, &mut packed_b);
         let row_blocks = m.div_ceil(mc);
         // Enough row blocks keep every thread busy without splitting the columns (each split packs
         // the same rows of A again); otherwise split the strips into groups.
         let per_item = if row_blocks >= 4 * pool.threads() { strips } else { STRIPS_PER_ITEM };
         let groups = strips.div_ceil(per_item);
-        let packed_b = &packed_b;
+        let packed_b = &packed_b[b_at..];
         pool.parallel_for(row_blocks * groups, &|item| {
             let (ib, g) = (item / groups, item % groups);
             let (ic, rows) = (ib * mc, mc.min(m - ib * mc));
-            let a_panels = pack_a(a, &conv_a, ic, rows, (pc, kc), (mr, layout.a_interleave(), a_panel));
+            let mut a_buf = Vec::new();
+            let a_panels = pack_a(a, &conv_a, ic, rows, (pc, kc), (mr, layout.a_interleave(), a_panel), &mut a_buf);
             let _tiles = layout.tiles();
-            let mut t = [0f32; TILE];
+            let mut t = TileBuffer::new();
             for s in g * per_item..strips.min((g + 1) * per_item) {
                 let cols = nr.min(n - s * nr);
                 let b_strip = &packed_b[s * kcp * nr..(s + 1) * kcp * nr];
                 for (pi, a_panel) in a_panels.chunks_exact(a_panel).enumerate() {
                     let r0 = pi * mr;
                     let prows = mr.min(rows - r0);
-                    tile(kcp, a_panel, b_strip, &mut t);
+                    tile(kcp, a_panel, b_strip, &mut t.0);
                     // SAFETY: items write disjoint blocks of `c` (their rows × their strips), which
                     // holds m × n elements and outlives the parallel_for.
                     unsafe {
                         let c0 = (c_addr as *mut f32).add((ic + r0) * n + s * nr);
-                        store(&t[..mr * nr], nr, c0, n, prows, cols, pc > 0 || accumulate);
+                        store(&t.0[..mr * nr], nr, c0, n, prows, cols, pc > 0 || accumulate);
                     }
                 }
             }
@@ -402,7 +402,8 @@ fn slot(p: usize, x: usize, width: usize, ks: usize) -> usize {
     (p / ks) * width * ks + x * ks + p % ks
 }
 
-/// B rows `pc..pc + kc` into strips of `nr` columns (zero beyond `n` and `kc`), in parallel.
+/// B rows `pc..pc + kc` into strips of `nr` columns (zero beyond `n` and `kc`), in parallel, from
+/// the first 64-byte aligned element of `out`, whose index it returns.
 #[allow(clippy::too_many_arguments)]
 fn pack_b<B: Copy + Sync, P: Packed>(
     b: &View<'_, B>,
@@ -414,17 +415,19 @@ fn pack_b<B: Copy + Sync, P: Packed>(
     nr: usize,
     ks: usize,
     out: &mut Vec<P>,
-) {
+) -> usize {
     let strips = n.div_ceil(nr);
     // Grown, never cleared: packing writes every element, padding included.
-    grow(out, strips * kcp * nr);
-    let addr = out.as_mut_ptr() as usize;
+    grow_aligned(out, strips * kcp * nr);
+    let at = aligned_start(out);
+    let addr = out[at..].as_mut_ptr() as usize;
     ascend_rt::host::pool().parallel_for(strips, &|s| {
         // SAFETY: strip `s` owns elements [s·kcp·nr, (s+1)·kcp·nr) of `out`, disjoint from the other
         // strips', and `out` outlives the parallel_for.
         let strip = unsafe { std::slice::from_raw_parts_mut((addr as *mut P).add(s * kcp * nr), kcp * nr) };
         pack_strip(b, conv, (pc, kc, kcp), s, n, (nr, ks), strip);
     });
+    at
 }
 
 /// Strip `s` of B (`n` columns; rows `pc..pc + kc`) into `strip`: `nr` columns side by side per depth
@@ -466,10 +469,30 @@ fn pack_strip<B: Copy, P: Copy + Default>(
     zero_padding(strip, kc, kcp, cols, nr, ks);
 }
 
-/// Grows `v` to at least `len` elements; what it holds already is left as it is.
-fn grow<P: Copy + Default>(v: &mut Vec<P>, len: usize) {
-    if v.len() < len {
-        v.resize(len, P::default());
+/// Grows `v` so that `len` elements fit from its first 64-byte aligned one, and returns them (what
+/// they hold already is left as it is). Packed panels start on cache lines: AMX tile loads of rows
+/// that straddle two lines run at less than half speed, and so do the AVX-512 loads of strips.
+fn grow_aligned<P: Copy + Default>(v: &mut Vec<P>, len: usize) -> &mut [P] {
+    let slack = 64 / std::mem::size_of::<P>();
+    if v.len() < len + slack {
+        v.resize(len + slack, P::default());
+    }
+    let at = aligned_start(v);
+    &mut v[at..at + len]
+}
+
+/// Index of the first element of `v` on a 64-byte boundary (within its first 64 bytes).
+fn aligned_start<P>(v: &[P]) -> usize {
+    (64 - v.as_ptr() as usize % 64) % 64 / std::mem::size_of::<P>()
+}
+
+/// The microkernels' output tile, on a cache line like the panels.
+#[repr(C, align(64))]
+struct TileBuffer([f32; TILE]);
+
+impl TileBuffer {
+    fn new() -> TileBuffer {
+        TileBuffer([0.0; TILE])
     }
 }
 
@@ -509,17 +532,18 @@ packed!(u16, PACKED_B_U16);
 const KEEP_PACKED_BYTES: usize = 64 << 20;
 
 /// A rows `ic..ic + rows`, columns `pc..pc + kc` into panels of `mr` rows (`ks` depths interleaved,
-/// `len` values each, zero-padded).
-fn pack_a<A: Copy, P: Copy + Default>(
+/// `len` values each, zero-padded), placed in `buf` (a new vector) from a cache line on.
+fn pack_a<'b, A: Copy, P: Copy + Default>(
     a: &View<'_, A>,
     conv: &impl Fn(A) -> P,
     ic: usize,
     rows: usize,
     (pc, kc): (usize, usize),
     (mr, ks, len): (usize, usize, usize),
-) -> Vec<P> {
+    buf: &'b mut Vec<P>,
+) -> &'b [P] {
     let panels = rows.div_ceil(mr);
-    let mut out = vec![P::default(); panels * len];
+    let out = grow_aligned(buf, panels * len);
     for r in 0..rows {
         let panel = &mut out[(r / mr) * len..(r / mr + 1) * len];
         pack_line(a, conv, (ic + r, pc), (0, 1), kc, panel, r % mr, mr, ks);
