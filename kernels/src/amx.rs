@@ -138,13 +138,13 @@ pub fn tile_bf16(kcp: usize, a: &[u16], b: &[u16], tile: &mut [f32; NR * MR]) {
 unsafe fn product(kcp: usize, a: *const u16, b: *const u16, tile: &mut [f32; NR * MR]) {
     use std::arch::asm;
     let (a_bytes, b_bytes, c_bytes) = (K_STEP * 2, NR * 2 * 2, NR * 4);
-    // SAFETY (all blocks): by the function's contract.
+    // SAFETY: the tiles are configured (the contract); zeroing touches tile registers only.
     unsafe {
         asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
     }
     for k in (0..kcp).step_by(K_STEP) {
-        // Rows 0–15 and 16–31 of A at depths k..k+32; B's pair rows k/2..k/2+16, columns 0–15 and
-        // 16–31.
+        // SAFETY: loads rows 0–15 and 16–31 of A at depths k..k+32 and B's pair rows
+        // k/2..k/2+16, columns 0–15 and 16–31: inside `a` and `b` by the contract.
         unsafe {
             let a0 = a.add(k * MR);
             let a1 = a0.add(16 * K_STEP);
@@ -170,6 +170,7 @@ unsafe fn product(kcp: usize, a: *const u16, b: *const u16, tile: &mut [f32; NR 
         }
     }
     let t = tile.as_mut_ptr();
+    // SAFETY: the four 16 × 16 quarters of `tile` (32 × 32, row stride 32 floats).
     unsafe {
         asm!(
             "tilestored [{t0} + {sc} * 1], tmm0",

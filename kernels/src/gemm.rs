@@ -86,11 +86,11 @@ struct Layout {
     /// Columns of a B strip (and of the tile).
     nr: usize,
     /// Consecutive depths interleaved per B column (1 for f32, 2 for bf16 pairs), and per A row
-    /// unless `a_rows`.
+    /// unless `amx`.
     ks: usize,
     /// A panels in AMX tile order (rows of `amx::K_STEP` depths, one tile after the other), depths
     /// padded to `amx::K_STEP`.
-    a_rows: bool,
+    amx: bool,
 }
 
 impl Layout {
@@ -101,26 +101,26 @@ impl Layout {
             Level::Avx2 => (6, 16),
             Level::Portable => (4, 16),
         };
-        Layout { mr, nr, ks: 1, a_rows: false }
+        Layout { mr, nr, ks: 1, amx: false }
     }
 
     /// The bf16 microkernel of a level (AVX-512 BF16 at least): AMX tiles, else `vdpbf16ps`.
     fn bf16(level: Level) -> Layout {
         match level {
-            Level::Amx => Layout { mr: crate::amx::MR, nr: crate::amx::NR, ks: 2, a_rows: true },
-            _ => Layout { mr: 12, nr: 32, ks: 2, a_rows: false },
+            Level::Amx => Layout { mr: crate::amx::MR, nr: crate::amx::NR, ks: 2, amx: true },
+            _ => Layout { mr: 12, nr: 32, ks: 2, amx: false },
         }
     }
 
     /// Packed depth of a slice of `kc` depths (zero-padded up to it).
     fn padded(&self, kc: usize) -> usize {
-        let step = if self.a_rows { crate::amx::K_STEP } else { self.ks };
+        let step = if self.amx { crate::amx::K_STEP } else { self.ks };
         kc.div_ceil(step) * step
     }
 
     /// Consecutive depths per row of an A panel.
     fn a_interleave(&self) -> usize {
-        if self.a_rows {
+        if self.amx {
             crate::amx::K_STEP
         } else {
             self.ks
@@ -129,7 +129,7 @@ impl Layout {
 
     /// Configured AMX tiles for the products of one GEMM, when the layout is AMX's.
     fn tiles(&self) -> Option<crate::amx::Tiles> {
-        self.a_rows.then(crate::amx::Tiles::configure)
+        self.amx.then(crate::amx::Tiles::configure)
     }
 }
 
@@ -296,14 +296,9 @@ pub fn gemm_bf16(level: Level, (m, n, k): (usize, usize, usize), a: View<'_, bf1
 /// The bf16 microkernel of `level` (see [`Layout::bf16`]).
 fn bf16_microkernel(level: Level) -> &'static Tile<'static, u16> {
     match level {
-        Level::Amx => &amx_tile,
+        Level::Amx => &crate::amx::tile_bf16,
         _ => &bf16_tile,
     }
-}
-
-/// The AMX microkernel: a 32 × 32 tile from a row-major A panel and a B strip of pairs.
-fn amx_tile(kcp: usize, ap: &[u16], bp: &[u16], t: &mut [f32; TILE]) {
-    crate::amx::tile_bf16(kcp, ap, bp, t);
 }
 
 /// The bf16 microkernel on packed pairs: `tile[r * 32 + j] = Σ_p a[p][r] · b[p][j]` over `kcp` (even) k.

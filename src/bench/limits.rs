@@ -259,24 +259,32 @@ pub fn fma_peak(budget: Duration) -> Figure {
             _ => fma_chains::<false>(iters, x, y),
         }
     };
-    let threads = pool().threads();
     let inner = 100_000u64;
+    let gflops = pool_gflops(budget, (inner * 8 * 16 * 2) as f64, &|| {
+        std::hint::black_box(run(inner));
+    });
+    Figure {
+        name: "limits.fma_peak".into(),
+        params: vec![
+            ("level".to_string(), Value::from(level.name())),
+            ("threads".to_string(), Value::from(pool().threads())),
+        ],
+        value: gflops,
+        unit: "gflops",
+    }
+}
+
+/// GFLOPS of `call` (`flops` each) run by every pool thread at once, repeated for about `budget`.
+fn pool_gflops(budget: Duration, flops: f64, call: &(dyn Fn() + Sync)) -> f64 {
+    let threads = pool().threads();
     let t = per_iter(budget, |iters| {
         let t = Instant::now();
         for _ in 0..iters {
-            pool().parallel_for(threads, &|_| {
-                std::hint::black_box(run(inner));
-            });
+            pool().parallel_for(threads, &|_| call());
         }
         t.elapsed()
     });
-    let flops = (threads as u64 * inner * 8 * 16 * 2) as f64;
-    Figure {
-        name: "limits.fma_peak".into(),
-        params: vec![("level".to_string(), Value::from(level.name())), ("threads".to_string(), Value::from(threads))],
-        value: flops / t.as_secs_f64() / 1e9,
-        unit: "gflops",
-    }
+    threads as f64 * flops / t.as_secs_f64() / 1e9
 }
 
 /// The AMX tile unit's bf16 peak (GFLOPS, 2 per product) on all pool threads, when kernels run at
@@ -286,19 +294,12 @@ pub fn amx_peak(budget: Duration) -> Option<Figure> {
     if cpu::active() != cpu::Level::Amx {
         return None;
     }
-    let (threads, inner) = (pool().threads(), 20_000u64);
-    let t = per_iter(budget, |iters| {
-        let t = Instant::now();
-        for _ in 0..iters {
-            pool().parallel_for(threads, &|_| amx::product_probe(inner));
-        }
-        t.elapsed()
-    });
-    let flops = (threads as u64 * inner * 4 * amx::FLOPS_PER_PRODUCT) as f64;
+    let inner = 20_000u64;
+    let gflops = pool_gflops(budget, (inner * 4 * amx::FLOPS_PER_PRODUCT) as f64, &|| amx::product_probe(inner));
     Some(Figure {
         name: "limits.amx_peak".into(),
-        params: vec![("threads".to_string(), Value::from(threads))],
-        value: flops / t.as_secs_f64() / 1e9,
+        params: vec![("threads".to_string(), Value::from(pool().threads()))],
+        value: gflops,
         unit: "gflops",
     })
 }
