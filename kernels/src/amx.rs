@@ -123,68 +123,12 @@ pub fn tile_bf16(kcp: usize, a: &[u16], b: &[u16], tile: &mut [f32; NR * MR]) {
     let _tiles = Tiles::configure();
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the tiles are configured (the guard); every load reads inside `a` and `b` (lengths
-    // checked above) and the stores write the 32 × 32 `tile`.
+    // checked above: per step, two 16-row tiles of each) and the stores write the 32 × 32 `tile`.
     unsafe {
-        product(kcp, a.as_ptr(), b.as_ptr(), tile)
+        let a = Operand { ptr: a.as_ptr(), stride: K_STEP * 2, half: 16 * K_STEP, step: K_STEP * MR };
+        let b = Operand { ptr: b.as_ptr(), stride: NR * 2 * 2, half: 32, step: K_STEP * NR };
+        product_2x2(kcp / K_STEP, a, b, tile.as_mut_ptr(), NR * 4, false)
     };
-}
-
-/// The body of [`tile_bf16`].
-///
-/// # Safety
-/// Tiles configured with `CONFIG`; `a` and `b` hold `kcp · 32` values each.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn product(kcp: usize, a: *const u16, b: *const u16, tile: &mut [f32; NR * MR]) {
-    use std::arch::asm;
-    let (a_bytes, b_bytes, c_bytes) = (K_STEP * 2, NR * 2 * 2, NR * 4);
-    // SAFETY: the tiles are configured (the contract); zeroing touches tile registers only.
-    unsafe {
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-    }
-    for k in (0..kcp).step_by(K_STEP) {
-        // SAFETY: loads rows 0–15 and 16–31 of A at depths k..k+32 and B's pair rows
-        // k/2..k/2+16, columns 0–15 and 16–31: inside `a` and `b` by the contract.
-        unsafe {
-            let a0 = a.add(k * MR);
-            let a1 = a0.add(16 * K_STEP);
-            let b0 = b.add(k * NR);
-            let b1 = b0.add(32);
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa} * 1]",
-                "tileloadd tmm6, [{b0} + {sb} * 1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {sb} * 1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {sa} * 1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                sa = in(reg) a_bytes,
-                sb = in(reg) b_bytes,
-                options(nostack, readonly),
-            );
-        }
-    }
-    let t = tile.as_mut_ptr();
-    // SAFETY: the four 16 × 16 quarters of `tile` (32 × 32, row stride 32 floats).
-    unsafe {
-        asm!(
-            "tilestored [{t0} + {sc} * 1], tmm0",
-            "tilestored [{t1} + {sc} * 1], tmm1",
-            "tilestored [{t2} + {sc} * 1], tmm2",
-            "tilestored [{t3} + {sc} * 1], tmm3",
-            t0 = in(reg) t,
-            t1 = in(reg) t.add(16),
-            t2 = in(reg) t.add(16 * NR),
-            t3 = in(reg) t.add(16 * NR + 16),
-            sc = in(reg) c_bytes,
-            options(nostack),
-        );
-    }
 }
 
 /// bf16 FLOPs (two per product) of one `tdpbf16ps` on full 16 × 16 × 32 tiles.
@@ -209,5 +153,82 @@ pub fn product_probe(steps: u64) {
                 options(nostack, nomem),
             );
         }
+    }
+}
+
+/// One operand of [`product_2x2`] in memory: the two 16-row tiles of a depth step start at `ptr` and
+/// `ptr + half` (elements), their rows `stride` bytes apart; each further step of [`K_STEP`] depths
+/// starts `step` elements further. A tiles are 16 rows × 32 values; B tiles are 16 rows of 16
+/// (k, k+1) pairs (VNNI).
+#[derive(Clone, Copy)]
+pub(crate) struct Operand {
+    pub ptr: *const u16,
+    pub stride: usize,
+    pub half: usize,
+    pub step: usize,
+}
+
+/// `C (+)= A · B` for a 32 × 32 block over `steps` steps of [`K_STEP`] depths, operands read where
+/// they lie (no packing): `c` is the block's first f32, its rows `c_stride` bytes apart; with
+/// `accumulate` the block is loaded first, else the products start from zero.
+///
+/// # Safety
+/// A live [`Tiles`] guard on this thread; every tile the operands describe (16 rows of 64 bytes
+/// at their stride, for each step) is readable, and the 32 rows of 128 bytes at `c` are readable
+/// and writable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn product_2x2(steps: usize, a: Operand, b: Operand, c: *mut f32, c_stride: usize, accumulate: bool) {
+    use std::arch::asm;
+    // SAFETY (every block below): the contract, for the four 16 × 16 quarters of C and each step's
+    // tiles of A and B.
+    let (c1, c2) = unsafe { (c.add(16), c.byte_add(16 * c_stride)) };
+    let c3 = unsafe { c2.add(16) };
+    if accumulate {
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{c0} + {sc} * 1]",
+                "tileloadd tmm1, [{c1} + {sc} * 1]",
+                "tileloadd tmm2, [{c2} + {sc} * 1]",
+                "tileloadd tmm3, [{c3} + {sc} * 1]",
+                c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, sc = in(reg) c_stride,
+                options(nostack, readonly),
+            );
+        }
+    } else {
+        unsafe { asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)) };
+    }
+    for k in 0..steps {
+        unsafe {
+            let a0 = a.ptr.add(k * a.step);
+            let b0 = b.ptr.add(k * b.step);
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa} * 1]",
+                "tileloadd tmm6, [{b0} + {sb} * 1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {sb} * 1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa} * 1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a0.add(a.half),
+                b0 = in(reg) b0,
+                b1 = in(reg) b0.add(b.half),
+                sa = in(reg) a.stride,
+                sb = in(reg) b.stride,
+                options(nostack, readonly),
+            );
+        }
+    }
+    unsafe {
+        asm!(
+            "tilestored [{c0} + {sc} * 1], tmm0",
+            "tilestored [{c1} + {sc} * 1], tmm1",
+            "tilestored [{c2} + {sc} * 1], tmm2",
+            "tilestored [{c3} + {sc} * 1], tmm3",
+            c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, sc = in(reg) c_stride,
+            options(nostack),
+        );
     }
 }

@@ -467,7 +467,7 @@ fn pack_strip<B: Copy, P: Copy + Default>(
 /// Grows `v` so that `len` elements fit from its first 64-byte aligned one, and returns them (what
 /// they hold already is left as it is). Packed panels start on cache lines: AMX tile loads of rows
 /// that straddle two lines run at less than half speed, and so do the AVX-512 loads of strips.
-fn grow_aligned<P: Copy + Default>(v: &mut Vec<P>, len: usize) -> &mut [P] {
+pub(crate) fn grow_aligned<P: Copy + Default>(v: &mut Vec<P>, len: usize) -> &mut [P] {
     let slack = 64 / std::mem::size_of::<P>();
     if v.len() < len + slack {
         v.resize(len + slack, P::default());

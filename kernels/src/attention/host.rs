@@ -10,6 +10,8 @@
 //! and the partial results merged at the end; a sequence too short for that has its KV heads
 //! split instead (nothing to merge).
 
+mod amx;
+
 use super::softmax::{exp, RowState};
 use crate::cpu::Level;
 use crate::gemm::{gemm_rows, gemm_rows_bf16, Scratch};
@@ -154,12 +156,18 @@ pub(crate) fn attention<T: Element>(
         for i in lanes[l].clone() {
             let it = items[i];
             let then = (i + 1 < lanes[l].end).then(|| items[i + 1]);
-            let p = run_item(level, g, seqs, kv, q, it, then);
-            match it.partial {
-                Some(slot) => *slots[slot].lock().unwrap() = Some(p),
-                // SAFETY: items without a split own their rows (positions × heads of one KV head) of
-                // `out`, which outlives the parallel_for; no other item writes them.
-                None => unsafe { write_rows(g, seqs, it, &p, out_addr as *mut T) },
+            // Items without a split own their rows (positions × heads of one KV head) of `out`,
+            // which outlives the parallel_for; no other item writes them.
+            let own = it.partial.is_none().then_some(out_addr as *mut T);
+            // SAFETY: as just said.
+            let p = unsafe { run_item(level, g, seqs, kv, q, it, then, own) };
+            match (it.partial, p) {
+                (Some(slot), p) => *slots[slot].lock().unwrap() = p,
+                // SAFETY: as above.
+                (None, Some(p)) => unsafe {
+                    write_rows(g, seqs, it, (&p.rows, &p.acc, g.head_dim), out_addr as *mut T)
+                },
+                (None, None) => {} // written by the item itself
             }
         }
     });
@@ -269,8 +277,15 @@ fn visible_keys(g: &Geometry, kv_len: usize, p: usize) -> (usize, usize) {
     (lo, hi)
 }
 
-/// Runs one item; `then`, the item this thread runs next, is prefetched at the end.
-fn run_item<T: Element>(
+/// Runs one item; `then`, the item this thread runs next, is prefetched at the end. Returns its
+/// partial result, or None when it wrote its rows into `own` itself (the AMX path does, when given
+/// `own`).
+///
+/// # Safety
+/// `own`, if given, is the output (`[tokens, Hq, D]`), whose rows of this item nobody else writes
+/// meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_item<T: Element>(
     level: Level,
     g: &Geometry,
     seqs: &[Seq],
@@ -278,20 +293,24 @@ fn run_item<T: Element>(
     q: &[T],
     it: Item,
     then: Option<Item>,
-) -> Partial {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `attention`, the only caller, asserted the CPU has the level.
-        Level::Avx512 | Level::Avx512Bf16 | Level::Amx => unsafe { item_avx512(level, g, seqs, kv, q, it, then) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Level::Avx2 => unsafe { item_avx2(level, g, seqs, kv, q, it, then) },
-        _ => item_body::<T, Generic>(level, g, seqs, kv, q, it, then),
+    own: Option<*mut T>,
+) -> Option<Partial> {
+    // SAFETY (each arm): `attention`, the only caller, asserted the CPU has the level; `own` as
+    // the contract says.
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 | Level::Avx512Bf16 | Level::Amx => item_avx512(level, g, seqs, kv, q, it, then, own),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => item_avx2(level, g, seqs, kv, q, it, then, own),
+            _ => item_body::<T, Generic>(level, g, seqs, kv, q, it, then, own),
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn item_avx512<T: Element>(
     level: Level,
     g: &Geometry,
@@ -300,12 +319,15 @@ unsafe fn item_avx512<T: Element>(
     q: &[T],
     it: Item,
     then: Option<Item>,
-) -> Partial {
-    item_body::<T, crate::simd::Avx512>(level, g, seqs, kv, q, it, then)
+    own: Option<*mut T>,
+) -> Option<Partial> {
+    // SAFETY: as `run_item`.
+    unsafe { item_body::<T, crate::simd::Avx512>(level, g, seqs, kv, q, it, then, own) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn item_avx2<T: Element>(
     level: Level,
     g: &Geometry,
@@ -314,13 +336,19 @@ unsafe fn item_avx2<T: Element>(
     q: &[T],
     it: Item,
     then: Option<Item>,
-) -> Partial {
-    item_body::<T, Generic>(level, g, seqs, kv, q, it, then)
+    own: Option<*mut T>,
+) -> Option<Partial> {
+    // SAFETY: as `run_item`.
+    unsafe { item_body::<T, Generic>(level, g, seqs, kv, q, it, then, own) }
 }
 
 /// One item: rows are (query position, head of the group), position-major; queries pre-scaled.
+///
+/// # Safety
+/// As [`run_item`].
 #[inline(always)]
-fn item_body<T: Element, S: Simd>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn item_body<T: Element, S: Simd>(
     level: Level,
     g: &Geometry,
     seqs: &[Seq],
@@ -328,37 +356,50 @@ fn item_body<T: Element, S: Simd>(
     q: &[T],
     it: Item,
     then: Option<Item>,
-) -> Partial {
+    own: Option<*mut T>,
+) -> Option<Partial> {
     let (d, group) = (g.head_dim, g.group());
     let s = seqs[it.seq];
     let rows = it.rows(group);
-    let mut qs = vec![0f32; rows * d];
-    let mut pos = Vec::with_capacity(rows);
-    for (r, dst) in qs.chunks_exact_mut(d).enumerate() {
+    // The keys that row r (query position kv_len − q_len + i) sees, once per item.
+    let pos: Vec<_> = (0..rows).map(|r| visible_keys(g, s.kv_len, s.kv_len - s.q_len + it.row(r, group).0)).collect();
+    // The query row of item row r.
+    let src = |r: usize| {
         let (i, head) = it.row(r, group);
-        let src = ((s.q_start + i) * g.heads + head) * d;
-        T::slice_to_f32(&q[src..src + d], dst);
-        dst.iter_mut().for_each(|x| *x *= g.scale);
-        // The keys that row r (query position kv_len − q_len + i) sees, once per item.
-        pos.push(visible_keys(g, s.kv_len, s.kv_len - s.q_len + i));
-    }
+        ((s.q_start + i) * g.heads + head) * d
+    };
     // bf16 queries and keys with AVX-512 BF16: products straight from the raw bf16 values.
-    let raw = (level >= Level::Avx512Bf16).then(|| bf16_bits(q)).flatten().map(|bits| {
+    let bits = (level >= Level::Avx512Bf16).then(|| bf16_bits(q)).flatten();
+    let (kall, vall) = kv.kv();
+    if let (false, Level::Amx, true, Some(q), Some(k), Some(v)) =
+        (it.streams(group), level, amx::usable(g), bits, bf16_bits(kall), bf16_bits(vall))
+    {
+        let mut part = Partial { rows: vec![RowState::EMPTY; rows], acc: Vec::new() };
+        let starts: Vec<usize> = (0..rows).map(src).collect();
+        // SAFETY: `attention` asserted the CPU has the level; `usable` holds; `own` as our
+        // contract says.
+        let written = unsafe { amx::tiled(g, seqs, kv, (k, v), it, (q, &starts), &pos, &mut part, own) };
+        return (!written).then_some(part);
+    }
+    let mut part = Partial { rows: vec![RowState::EMPTY; rows], acc: vec![0f32; rows * d] };
+    let raw = bits.map(|bits| {
         let mut raw = vec![0u16; rows * d];
         for (r, dst) in raw.chunks_exact_mut(d).enumerate() {
-            let (i, head) = it.row(r, group);
-            let src = ((s.q_start + i) * g.heads + head) * d;
-            dst.copy_from_slice(&bits[src..src + d]);
+            dst.copy_from_slice(&bits[src(r)..src(r) + d]);
         }
         raw
     });
-    let mut part = Partial { rows: vec![RowState::EMPTY; rows], acc: vec![0f32; rows * d] };
+    let mut qs = vec![0f32; rows * d];
+    for (r, dst) in qs.chunks_exact_mut(d).enumerate() {
+        T::slice_to_f32(&q[src(r)..src(r) + d], dst);
+        dst.iter_mut().for_each(|x| *x *= g.scale);
+    }
     if !it.streams(group) {
         tiled(level, g, kv, it, &qs, raw.as_deref(), &pos, &mut part);
     } else {
         streaming::<T, S>(g, kv, it, then, &qs, raw.as_deref(), &pos, &mut part);
     }
-    part
+    Some(part)
 }
 
 /// Scores by GEMM per key tile, then `acc += P·V` by GEMM. The scores come out transposed
@@ -772,21 +813,28 @@ fn head_scores<T: Element, S: Simd>(
     }
 }
 
-/// Writes an item's normalised rows into `out`. A row that saw no key (possible only with a window
-/// of size 0, which validation refuses) would be written as zeros.
+/// Writes an item's normalised rows into `out`: per row its softmax state and its unnormalised
+/// output (the first `head_dim` of each `stride` values of `acc`). A row that saw no key (possible
+/// only with a window of size 0, which validation refuses) would be written as zeros.
 ///
 /// # Safety
 /// `out` holds `[tokens, Hq, D]` elements and the item's rows are written by nobody else meanwhile.
-unsafe fn write_rows<T: Element>(g: &Geometry, seqs: &[Seq], it: Item, p: &Partial, out: *mut T) {
+unsafe fn write_rows<T: Element>(
+    g: &Geometry,
+    seqs: &[Seq],
+    it: Item,
+    (states, acc, stride): (&[RowState], &[f32], usize),
+    out: *mut T,
+) {
     let (d, group) = (g.head_dim, g.group());
     let s = seqs[it.seq];
-    for (r, (st, acc)) in p.rows.iter().zip(p.acc.chunks_exact(d)).enumerate() {
+    for (r, (st, acc)) in states.iter().zip(acc.chunks(stride)).enumerate() {
         let (i, head) = it.row(r, group);
         let inv = if st.sum == 0.0 { 0.0 } else { 1.0 / st.sum };
         let o = ((s.q_start + i) * g.heads + head) * d;
         // SAFETY: the row lies inside `out` and is ours (contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(out.add(o), d) };
-        dst.iter_mut().zip(acc).for_each(|(y, x)| *y = T::from_f32(x * inv));
+        T::scaled_from_f32(&acc[..d], inv, dst);
     }
 }
 
@@ -820,7 +868,7 @@ fn merge_splits<T: Element>(
             }
         }
         // SAFETY: merging is sequential, each group of rows written once; `out` as in `attention`.
-        unsafe { write_rows(g, seqs, first, base, out) };
+        unsafe { write_rows(g, seqs, first, (&base.rows, &base.acc, g.head_dim), out) };
         i = j;
     }
 }
