@@ -100,9 +100,11 @@ pub fn quick(budget: Duration, mut progress: impl FnMut(&str)) -> Result<Vec<Fig
 
     progress("attention");
     let heads = Heads::new(32, 8, 128);
-    let f = attention::measure(Workload::Prefill { seq: 1024 }, heads, "f32", budget)?;
-    let v = f.value;
-    out.push(against(f, fma.as_ref(), v));
+    for dtype in ["f32", "bf16"] {
+        let f = attention::measure(Workload::Prefill { seq: 1024 }, heads, dtype, budget)?;
+        let v = f.value;
+        out.push(against(f, if dtype == "f32" { fma.as_ref() } else { bf16_peak.as_ref() }, v));
+    }
     let decode = Workload::Decode { batch: 8, context: 2048, block_size: 16 };
     let (f, r) = limits::around_if(read_limit.as_mut(), || attention::measure(decode, heads, "bf16", budget))?;
     let v = f.value;
