@@ -183,6 +183,8 @@ fn prefill_every_level_dtype_gqa_and_window() {
             magnitude: 1.0,
         },
         PrefillCase { lens: vec![61], heads: Heads::new(8, 1, 96), causal: false, window: None, magnitude: 1.0 },
+        // A head size the AMX path does not take (not whole 16-column tile halves).
+        PrefillCase { lens: vec![45, 3], heads: Heads::new(8, 2, 40), causal: true, window: None, magnitude: 1.0 },
     ];
     for level in cpu::available() {
         for (i, c) in cases.iter().enumerate() {

@@ -192,49 +192,12 @@ unsafe fn pack_keys(k: &[u16], offs: &[usize], d: usize, dp: usize, kb: &mut [u1
                     Some(&o) => _mm512_maskz_loadu_epi32(mask, k.as_ptr().add(o + 2 * p0) as *const i32),
                     None => _mm512_setzero_si512(),
                 });
-                for (i, row) in transpose16(rows).iter().enumerate() {
+                for (i, row) in crate::simd::transpose16(rows).iter().enumerate() {
                     _mm512_storeu_si512(group.as_mut_ptr().add((p0 + i) * 32) as *mut __m512i, *row);
                 }
             }
         }
     }
-}
-
-/// The 16 × 16 transpose of 32-bit words: unpacks of 32 and 64 bits within 128-bit lanes, then two
-/// rounds of lane shuffles.
-#[target_feature(enable = "avx512f")]
-fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
-    use std::arch::x86_64::*;
-    let t: [__m512i; 16] = std::array::from_fn(|i| {
-        let (a, b) = (r[i & !1], r[i | 1]);
-        if i % 2 == 0 {
-            _mm512_unpacklo_epi32(a, b)
-        } else {
-            _mm512_unpackhi_epi32(a, b)
-        }
-    });
-    // u[4i + j], lane l: rows 4i..4i + 4 of column 4l + j.
-    let u: [__m512i; 16] = std::array::from_fn(|x| {
-        let (i, j) = (x / 4, x % 4);
-        let (a, b) = (t[4 * i + j / 2], t[4 * i + j / 2 + 2]);
-        if j % 2 == 0 {
-            _mm512_unpacklo_epi64(a, b)
-        } else {
-            _mm512_unpackhi_epi64(a, b)
-        }
-    });
-    let mut out = [_mm512_setzero_si512(); 16];
-    for j in 0..4 {
-        let v0 = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
-        let v1 = _mm512_shuffle_i32x4::<0xdd>(u[j], u[4 + j]);
-        let w0 = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
-        let w1 = _mm512_shuffle_i32x4::<0xdd>(u[8 + j], u[12 + j]);
-        out[j] = _mm512_shuffle_i32x4::<0x88>(v0, w0);
-        out[4 + j] = _mm512_shuffle_i32x4::<0x88>(v1, w1);
-        out[8 + j] = _mm512_shuffle_i32x4::<0xdd>(v0, w0);
-        out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(v1, w1);
-    }
-    out
 }
 
 /// Packs the value rows at `offs` (and zero keys up to a multiple of [`GROUP`]) as B tiles of
