@@ -78,12 +78,24 @@ pub(crate) trait Simd {
         false
     }
 
-    /// [`Simd::weighted_sum`] for four weight vectors over the same rows.
+    /// [`Simd::weighted_sum`] for four weight vectors over the same rows. Where this level can,
+    /// the rows of `ahead` (offsets into its slice, as long as the rows' `d`) are prefetched into L2
+    /// meanwhile, one per row summed, and it returns true; else it returns false (nothing
+    /// prefetched). Spread so, the prefetches of the next key tile keep memory busy without
+    /// stalling the sums in a burst of them.
     #[inline(always)]
-    fn weighted_sum4<T: Lanes>(p: [&[f32]; 4], src: &[T], offs: &[usize], acc: [&mut [f32]; 4]) {
+    fn weighted_sum4<T: Lanes>(
+        p: [&[f32]; 4],
+        src: &[T],
+        offs: &[usize],
+        acc: [&mut [f32]; 4],
+        ahead: (&[T], &[usize]),
+    ) -> bool {
+        let _ = ahead;
         let [a0, a1, a2, a3] = acc;
         Self::weighted_sum2([p[0], p[1]], src, offs, [a0, a1]);
         Self::weighted_sum2([p[2], p[3]], src, offs, [a2, a3]);
+        false
     }
 }
 
@@ -495,33 +507,44 @@ impl Simd for Avx512 {
     }
 
     #[inline(always)]
-    fn weighted_sum4<T: Lanes>(p: [&[f32]; 4], src: &[T], offs: &[usize], acc: [&mut [f32]; 4]) {
+    fn weighted_sum4<T: Lanes>(
+        p: [&[f32]; 4],
+        src: &[T],
+        offs: &[usize],
+        acc: [&mut [f32]; 4],
+        (pf, ahead): (&[T], &[usize]),
+    ) -> bool {
         let d = acc[0].len();
         let n = p[0].len();
         let fits = acc.iter().all(|a| a.len() == d)
             && p.iter().all(|x| x.len() == n)
             && offs.len() >= n
-            && offs.iter().all(|&o| o + d <= src.len());
+            && offs.iter().all(|&o| o + d <= src.len())
+            && ahead.iter().all(|&o| o + d <= pf.len());
         if !fits || !matches!(d, 64 | 80 | 96 | 128) {
             let [a0, a1, a2, a3] = acc;
             Self::weighted_sum2([p[0], p[1]], src, offs, [a0, a1]);
             Self::weighted_sum2([p[2], p[3]], src, offs, [a2, a3]);
-            return;
+            return false;
         }
         let ap = acc.map(|a| a.as_mut_ptr());
-        // SAFETY: AVX-512F as above; every row and accumulator holds d values (checked by `fits`).
-        // At most 24 accumulators: d = 128 goes in two halves of 64.
+        let pf = (pf.as_ptr(), ahead);
+        // SAFETY: AVX-512F as above; every row and accumulator holds d values, and so does every
+        // row to prefetch (checked by `fits`). At most 24 accumulators: d = 128 goes in two halves
+        // of 64.
         unsafe {
             match d {
-                64 => x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 0),
-                80 => x86::weighted_sum4::<T, 5>(p, src.as_ptr(), offs, ap, 0),
-                96 => x86::weighted_sum4::<T, 6>(p, src.as_ptr(), offs, ap, 0),
+                64 => x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 0, pf),
+                80 => x86::weighted_sum4::<T, 5>(p, src.as_ptr(), offs, ap, 0, pf),
+                96 => x86::weighted_sum4::<T, 6>(p, src.as_ptr(), offs, ap, 0, pf),
                 _ => {
-                    x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 0);
-                    x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 64);
+                    x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 0, pf);
+                    x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 64, pf);
                 }
             }
         }
+        // Rows past the summed ones (more rows ahead than summed) were not prefetched.
+        ahead.len() <= n
     }
 
     #[inline(always)]
@@ -1064,10 +1087,12 @@ mod x86 {
     }
 
     /// Four weight vectors over the same rows, elements `d0 .. d0 + 16·NH` of each row: each row
-    /// chunk is loaded (and converted) once for all four accumulators.
+    /// chunk is loaded (and converted) once for all four accumulators. The same elements of row
+    /// `ahead[j]` of `pf` are prefetched into L2 with row j.
     ///
     /// # Safety
-    /// As [`weighted_sum`], for four weight vectors and accumulators holding `d0 + 16·NH` values.
+    /// As [`weighted_sum`], for four weight vectors and accumulators holding `d0 + 16·NH` values;
+    /// the rows at `ahead` hold `d0 + 16·NH` values too.
     #[target_feature(enable = "avx512f")]
     #[inline]
     pub unsafe fn weighted_sum4<T: Lanes, const NH: usize>(
@@ -1076,8 +1101,10 @@ mod x86 {
         offs: &[usize],
         acc: [*mut f32; 4],
         d0: usize,
+        (pf, ahead): (*const T, &[usize]),
     ) {
-        // SAFETY: every access is inside the accumulators or one of the rows (contract).
+        // SAFETY: every access is inside the accumulators or one of the rows (contract); the
+        // prefetches only hint, at rows the contract names.
         unsafe {
             let mut av = [[_mm512_setzero_ps(); NH]; 4];
             for (k, ak) in av.iter_mut().enumerate() {
@@ -1085,7 +1112,14 @@ mod x86 {
                     *v = _mm512_loadu_ps(acc[k].add(d0 + 16 * i));
                 }
             }
+            let bytes = 16 * NH * std::mem::size_of::<T>();
             for (j, &at) in offs.iter().enumerate().take(p[0].len()) {
+                if let Some(&next) = ahead.get(j) {
+                    let row = pf.add(next + d0) as *const i8;
+                    for off in (0..bytes).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T1>(row.add(off));
+                    }
+                }
                 let r = src.add(at + d0);
                 let w = [0, 1, 2, 3].map(|k| _mm512_set1_ps(*p[k].get_unchecked(j)));
                 for i in 0..NH {
@@ -1171,7 +1205,7 @@ mod tests {
             let mut b4 = a4.clone();
             {
                 let [x0, x1, x2, x3] = &mut a4;
-                S::weighted_sum4([&p, &p1, &p2, &p3], &src, &offs, [x0, x1, x2, x3]);
+                S::weighted_sum4([&p, &p1, &p2, &p3], &src, &offs, [x0, x1, x2, x3], (&src, &offs));
             }
             for (b, w) in b4.iter_mut().zip([&p, &p1, &p2, &p3]) {
                 S::weighted_sum(w, &src, &offs, b);
