@@ -12,8 +12,9 @@ pub(crate) trait Simd {
 
     /// `out[j] = q · src[offs[j] ..][.. q.len()]` for every j.
     fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]);
-    /// `acc += Σⱼ p[j] · src[offs[j] ..][.. acc.len()]`.
-    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32]);
+    /// `acc += Σⱼ p[j] · src[offs[j] ..][.. acc.len()]`, prefetching the rows of `ahead` as
+    /// [`Simd::weighted_sum4`] does (returns whether it did).
+    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32], ahead: (&[T], &[usize])) -> bool;
 
     /// `out[i] = a[i·lda ..][..w.len()] · w` for each of the `out.len()` (≤ 16) rows of `a`: one row of
     /// weights against a few activation rows (decode-shaped matmul); each weight is loaded once.
@@ -54,8 +55,8 @@ pub(crate) trait Simd {
     #[inline(always)]
     fn weighted_sum2<T: Lanes>(p: [&[f32]; 2], src: &[T], offs: &[usize], acc: [&mut [f32]; 2]) {
         let [a0, a1] = acc;
-        Self::weighted_sum(p[0], src, offs, a0);
-        Self::weighted_sum(p[1], src, offs, a1);
+        Self::weighted_sum(p[0], src, offs, a0, (src, &[]));
+        Self::weighted_sum(p[1], src, offs, a1, (src, &[]));
     }
 
     /// Scores of every query row of an item against the keys at `offs`, token by token: see
@@ -174,8 +175,7 @@ impl Lanes for half::f16 {}
 /// the bf16 keys at `offs` (KV head 0 of each token; the heads of a token are adjacent), written to
 /// `out[r · stride + j]` times `scale`. Tokens are taken in order with all their heads, so the cache is read front
 /// to back, and the rows of `prefetch` (the values) at the same offsets are prefetched into L2 meanwhile.
-/// Returns false (doing nothing) unless the head size is 64, 96 or 128, `per_head` is even and the
-/// CPU has AVX-512 BF16.
+/// Returns false (doing nothing) unless the head size is 64, 96 or 128 and the CPU has AVX-512 BF16.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn token_dots_bf16(
     q: &[u16],
@@ -216,7 +216,7 @@ pub(crate) fn token_dots_bf16(
 }
 
 /// The head size of a token-by-token score call, if its arguments are consistent: `rows = heads ·
-/// per_head` query rows (per_head even) in `q_len` values, every token's `heads` rows inside both
+/// per_head` query rows in `q_len` values, every token's `heads` rows inside both
 /// source slices (`lens`), and every output position inside `out_len`.
 fn token_shape(
     q_len: usize,
@@ -228,7 +228,7 @@ fn token_shape(
     stride: usize,
 ) -> Option<usize> {
     let rows = heads * per_head;
-    if rows == 0 || !per_head.is_multiple_of(2) || !q_len.is_multiple_of(rows) {
+    if rows == 0 || !q_len.is_multiple_of(rows) {
         return None;
     }
     let d = q_len / rows;
@@ -388,7 +388,8 @@ impl Simd for Generic {
     }
 
     #[inline(always)]
-    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32]) {
+    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32], ahead: (&[T], &[usize])) -> bool {
+        let _ = ahead;
         let d = acc.len();
         let mut row = vec![0f32; d];
         // Zero weights are not skipped: 0 · inf is NaN here as at every other level.
@@ -396,6 +397,7 @@ impl Simd for Generic {
             T::slice_to_f32(&src[at..at + d], &mut row);
             acc.iter_mut().zip(&row).for_each(|(a, r)| *a += w * r);
         }
+        false
     }
 }
 
@@ -455,20 +457,26 @@ impl Simd for Avx512 {
     }
 
     #[inline(always)]
-    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32]) {
+    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32], ahead: (&[T], &[usize])) -> bool {
         let d = acc.len();
         assert!(offs.len() >= p.len() && offs.iter().all(|&o| o + d <= src.len()));
-        // SAFETY: as above.
+        let (pf, ahead) = ahead;
+        // Rows to prefetch are all inside `pf`, or none is prefetched.
+        let fits = ahead.iter().all(|&o| o + d <= pf.len());
+        let (s, a, pf) = (src.as_ptr(), acc.as_mut_ptr(), (pf.as_ptr(), if fits { ahead } else { &[] }));
+        // SAFETY: as above, and every row to prefetch lies inside `pf` (checked above).
         unsafe {
             match d {
-                64 => x86::weighted_sum::<T, 4>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
-                80 => x86::weighted_sum::<T, 5>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
-                96 => x86::weighted_sum::<T, 6>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
-                128 => x86::weighted_sum::<T, 8>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
-                256 => x86::weighted_sum::<T, 16>(p, src.as_ptr(), offs, acc.as_mut_ptr()),
-                _ => Generic::weighted_sum(p, src, offs, acc),
+                64 => x86::weighted_sum::<T, 4>(p, s, offs, a, pf),
+                80 => x86::weighted_sum::<T, 5>(p, s, offs, a, pf),
+                96 => x86::weighted_sum::<T, 6>(p, s, offs, a, pf),
+                128 => x86::weighted_sum::<T, 8>(p, s, offs, a, pf),
+                256 => x86::weighted_sum::<T, 16>(p, s, offs, a, pf),
+                _ => return Generic::weighted_sum(p, src, offs, acc, (&[], &[])),
             }
         }
+        // Rows past the summed ones (more rows ahead than summed) were not prefetched.
+        fits && ahead.len() <= p.len()
     }
 
     #[inline(always)]
@@ -594,8 +602,8 @@ impl Simd for Avx512 {
                 }
             }
             _ => {
-                Self::weighted_sum(p[0], src, offs, a0);
-                Self::weighted_sum(p[1], src, offs, a1);
+                Self::weighted_sum(p[0], src, offs, a0, (src, &[]));
+                Self::weighted_sum(p[1], src, offs, a1, (src, &[]));
             }
         }
     }
@@ -823,7 +831,8 @@ mod x86 {
     /// Scores of every query row against keys `offs` in token order: for each pair of tokens, every
     /// KV head in turn, so the cache is read front to back; the value rows at the same offsets of
     /// `pf` are prefetched into L2 as the keys are read, and the keys four tokens ahead once more.
-    /// Rows are head-major, `per_head` (even) per KV head, `LANES·NV` values each at `q`; key `j` of
+    /// Rows are head-major, `per_head` per KV head (two at a time: each key chunk loaded once per
+    /// pair), `LANES·NV` values each at `q`; key `j` of
     /// head `h` at `src + offs[j] + LANES·NV·h`; `scale` times the score goes to
     /// `out + r·stride + j`.
     ///
@@ -869,8 +878,8 @@ mod x86 {
                     let (a, b) = (src.add(ja + h * d), src.add(jb + h * d));
                     let ka: [C::V; NV] = std::array::from_fn(|i| C::key(a.add(C::LANES * i)));
                     let kb: [C::V; NV] = std::array::from_fn(|i| C::key(b.add(C::LANES * i)));
-                    let mut r = h * per_head;
-                    while r < (h + 1) * per_head {
+                    let (mut r, end) = (h * per_head, (h + 1) * per_head);
+                    while r + 1 < end {
                         let mut acc = [_mm512_setzero_ps(); 4];
                         for i in 0..NV {
                             let q0 = C::query(q.add(r * d + C::LANES * i));
@@ -882,6 +891,24 @@ mod x86 {
                         }
                         store_pair(_mm_mul_ps(reduce4(acc), scale), out.add(r * stride + j), stride, j + 1 < n);
                         r += 2;
+                    }
+                    if r < end {
+                        // An odd row out (one row per head: plain multi-head attention), alone:
+                        // two chains per key, so that the FMA latency does not bound it.
+                        let mut acc = [_mm512_setzero_ps(); 4];
+                        for i in 0..NV {
+                            let q0 = C::query(q.add(r * d + C::LANES * i));
+                            acc[i % 2] = C::madd(acc[i % 2], q0, ka[i]);
+                            acc[2 + i % 2] = C::madd(acc[2 + i % 2], q0, kb[i]);
+                        }
+                        // [a0, a1, b0, b1] (two half sums per key) → [a, b].
+                        let s = reduce4(acc);
+                        let s = _mm_add_ps(s, _mm_shuffle_ps::<0b11_11_11_01>(s, s));
+                        let s = _mm_mul_ps(_mm_shuffle_ps::<0b00_00_10_00>(s, s), scale);
+                        match j + 1 < n {
+                            true => _mm_storel_pd(out.add(r * stride + j) as *mut f64, _mm_castps_pd(s)),
+                            false => _mm_store_ss(out.add(r * stride + j), s),
+                        }
                     }
                 }
                 j += 2;
@@ -1137,20 +1164,36 @@ mod x86 {
         }
     }
 
-    /// `acc (NV·16 values, kept in registers) += Σⱼ p[j]·row j`.
+    /// `acc (NV·16 values, kept in registers) += Σⱼ p[j]·row j`, prefetching row `ahead[j]` of
+    /// `pf` into L2 with row j.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `acc` holds NV·16 values, each row NV·16 values.
+    /// The CPU must support AVX-512F; `acc` holds NV·16 values, each row NV·16 values, and so does
+    /// each row to prefetch.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    pub unsafe fn weighted_sum<T: Lanes, const NV: usize>(p: &[f32], src: *const T, offs: &[usize], acc: *mut f32) {
-        // SAFETY: every access is inside `acc` or one of the rows (contract).
+    pub unsafe fn weighted_sum<T: Lanes, const NV: usize>(
+        p: &[f32],
+        src: *const T,
+        offs: &[usize],
+        acc: *mut f32,
+        (pf, ahead): (*const T, &[usize]),
+    ) {
+        // SAFETY: every access is inside `acc` or one of the rows (contract); the prefetches only
+        // hint, at rows the contract names.
         unsafe {
             let mut av = [_mm512_setzero_ps(); NV];
             for (i, v) in av.iter_mut().enumerate() {
                 *v = _mm512_loadu_ps(acc.add(16 * i));
             }
-            for (&w, &at) in p.iter().zip(offs) {
+            let bytes = 16 * NV * std::mem::size_of::<T>();
+            for (j, (&w, &at)) in p.iter().zip(offs).enumerate() {
+                if let Some(&next) = ahead.get(j) {
+                    let row = pf.add(next) as *const i8;
+                    for off in (0..bytes).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T1>(row.add(off));
+                    }
+                }
                 let (r, wv) = (src.add(at), _mm512_set1_ps(w));
                 for (i, v) in av.iter_mut().enumerate() {
                     *v = _mm512_fmadd_ps(wv, T::load16(r.add(16 * i)), *v);
@@ -1183,7 +1226,7 @@ mod tests {
             assert_eq!(got, want, "dots d = {d}");
             let p: Vec<f32> = (0..keys).map(|j| j as f32 - 2.0).collect();
             let mut acc: Vec<f32> = (0..d).map(|i| i as f32).collect();
-            S::weighted_sum(&p, &src, &offs, &mut acc);
+            S::weighted_sum(&p, &src, &offs, &mut acc, (&src, &offs));
             let want: Vec<f32> = (0..d).map(|i| i as f32 + (0..keys).map(|j| p[j] * row(j, i)).sum::<f32>()).collect();
             assert_eq!(acc, want, "weighted_sum d = {d}");
             let q1: Vec<f32> = q.iter().map(|x| 2.0 - x).collect();
@@ -1196,8 +1239,8 @@ mod tests {
             let (mut a0, mut a1) = (vec![1.0; d], vec![2.0; d]);
             S::weighted_sum2([&p, &p1], &src, &offs, [&mut a0, &mut a1]);
             let (mut b0, mut b1) = (vec![1.0; d], vec![2.0; d]);
-            S::weighted_sum(&p, &src, &offs, &mut b0);
-            S::weighted_sum(&p1, &src, &offs, &mut b1);
+            S::weighted_sum(&p, &src, &offs, &mut b0, (&src, &[]));
+            S::weighted_sum(&p1, &src, &offs, &mut b1, (&src, &[]));
             assert_eq!((a0, a1), (b0, b1), "weighted_sum2 d = {d}");
             let p2: Vec<f32> = p.iter().map(|x| 1.0 - x).collect();
             let p3: Vec<f32> = p.iter().map(|x| x * -2.0).collect();
@@ -1208,26 +1251,34 @@ mod tests {
                 S::weighted_sum4([&p, &p1, &p2, &p3], &src, &offs, [x0, x1, x2, x3], (&src, &offs));
             }
             for (b, w) in b4.iter_mut().zip([&p, &p1, &p2, &p3]) {
-                S::weighted_sum(w, &src, &offs, b);
+                S::weighted_sum(w, &src, &offs, b, (&src, &[]));
             }
             assert_eq!(a4, b4, "weighted_sum4 d = {d}");
-            // Token by token, two heads of two rows: the same sums where the level has the kernel.
-            let (heads, per_head, stride) = (2, 2, 8);
-            let width = heads * d + 3;
-            let toks: Vec<usize> = (0..keys).map(|j| (keys - 1 - j) * width).collect();
-            let rows: Vec<f32> = (0..4 * d).map(|i| (i % 5) as f32 - 2.0).collect();
-            let tsrc: Vec<T> = (0..keys * width).map(|i| T::from_f32((i % 11) as f32 - 5.0)).collect();
-            let mut got = vec![f32::NAN; 4 * stride];
-            if S::token_dots(&rows, heads, per_head, &tsrc, &tsrc, &toks, &mut got, stride) {
-                for r in 0..4 {
-                    for (j, &o) in toks.iter().enumerate() {
-                        let k = |i: usize| tsrc[o + (r / per_head) * d + i].to_f32();
-                        let want: f32 = (0..d).map(|i| rows[r * d + i] * k(i)).sum();
-                        assert_eq!(got[r * stride + j], want, "token_dots d = {d} row {r} key {j}");
+            // Token by token (rows per head paired, alone, and both): the same sums where the
+            // level has the kernel.
+            for (heads, per_head) in [(2, 2), (4, 1), (1, 3)] {
+                let (rows, stride) = (heads * per_head, 8);
+                let width = heads * d + 3;
+                let toks: Vec<usize> = (0..keys).map(|j| (keys - 1 - j) * width).collect();
+                let q: Vec<f32> = (0..rows * d).map(|i| (i % 5) as f32 - 2.0).collect();
+                let tsrc: Vec<T> = (0..keys * width).map(|i| T::from_f32((i % 11) as f32 - 5.0)).collect();
+                let mut got = vec![f32::NAN; rows * stride];
+                if S::token_dots(&q, heads, per_head, &tsrc, &tsrc, &toks, &mut got, stride) {
+                    for r in 0..rows {
+                        for (j, &o) in toks.iter().enumerate() {
+                            let k = |i: usize| tsrc[o + (r / per_head) * d + i].to_f32();
+                            let want: f32 = (0..d).map(|i| q[r * d + i] * k(i)).sum();
+                            assert_eq!(
+                                got[r * stride + j],
+                                want,
+                                "token_dots d = {d} {heads}×{per_head} row {r} key {j}"
+                            );
+                        }
+                        assert!(got[r * stride + keys..(r + 1) * stride].iter().all(|x| x.is_nan()), "past the keys");
                     }
+                } else {
+                    assert!(!token_dots || ![64, 80, 96, 128].contains(&d), "token_dots refused d = {d}");
                 }
-            } else {
-                assert!(!token_dots || ![64, 80, 96, 128].contains(&d), "token_dots refused d = {d}");
             }
             for m in [1, 3, 16] {
                 let a: Vec<f32> = (0..m * (d + 5)).map(|i| (i % 7) as f32 - 3.0).collect();
@@ -1253,7 +1304,7 @@ mod tests {
         let bits = |v: f32| bf16::from_f32(v).to_bits();
         let f = |b: u16| bf16::from_bits(b).to_f32();
         for d in [64, 96, 128] {
-            for (heads, per_head) in [(1, 2), (3, 4), (2, 8)] {
+            for (heads, per_head) in [(1, 2), (3, 4), (2, 8), (4, 1), (2, 3)] {
                 for keys in [1, 2, 7, 32] {
                     let (rows, width, stride) = (heads * per_head, heads * d, 40);
                     // Tokens spaced unevenly (as blocks of a paged cache are), heads adjacent.
@@ -1283,11 +1334,10 @@ mod tests {
                 }
             }
         }
-        // An odd number of rows per head, an unsupported head size, or a row past the end: refused.
-        let q = vec![0u16; 3 * 64];
+        // An unsupported head size, or a row past the end: refused.
         let src = vec![0u16; 64];
-        let mut out = vec![0f32; 3 * 8];
-        assert!(!token_dots_bf16(&q, 1, 3, &src, &src, &[0], 1.0, &mut out, 8));
+        let mut out = vec![0f32; 2 * 8];
+        let q = vec![0u16; 2 * 128];
         assert!(!token_dots_bf16(&q[..2 * 80], 1, 2, &[0u16; 80], &[0u16; 80], &[0], 1.0, &mut out, 8));
         assert!(!token_dots_bf16(&q[..128], 1, 2, &src, &src, &[1], 1.0, &mut out, 8));
     }
