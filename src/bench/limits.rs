@@ -1,6 +1,7 @@
 //! The machine's limits, measured by the bench itself so that kernel figures can be quoted as a
 //! fraction of them in the same run: multi-threaded streaming-read bandwidth (what a bandwidth-bound
-//! kernel such as decode matmul or paged attention can reach at best), copy bandwidth (bytes copied
+//! kernel such as decode matmul or paged attention can reach; plain sequential loads, so a kernel
+//! that prefetches in software can beat it by a few per cent), copy bandwidth (bytes copied
 //! per second, what copies and collectives move), and an FMA peak estimate (f32 GFLOPS of
 //! independent fused multiply-adds on every pool thread at the best SIMD level).
 
