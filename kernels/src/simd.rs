@@ -175,7 +175,7 @@ impl Lanes for half::f16 {}
 /// the bf16 keys at `offs` (KV head 0 of each token; the heads of a token are adjacent), written to
 /// `out[r · stride + j]` times `scale`. Tokens are taken in order with all their heads, so the cache is read front
 /// to back, and the rows of `prefetch` (the values) at the same offsets are prefetched into L2 meanwhile.
-/// Returns false (doing nothing) unless the head size is 64, 96 or 128 and the CPU has AVX-512 BF16.
+/// Returns false (doing nothing) unless the head size is 64, 96, 128 or 256 and the CPU has AVX-512 BF16.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn token_dots_bf16(
     q: &[u16],
@@ -203,6 +203,7 @@ pub(crate) fn token_dots_bf16(
                 64 if fits => x86::token_dots_bf16::<2>(qp, heads, per_head, sp, pp, offs, scale, op, stride),
                 96 if fits => x86::token_dots_bf16::<3>(qp, heads, per_head, sp, pp, offs, scale, op, stride),
                 128 if fits => x86::token_dots_bf16::<4>(qp, heads, per_head, sp, pp, offs, scale, op, stride),
+                256 if fits => x86::token_dots_bf16::<8>(qp, heads, per_head, sp, pp, offs, scale, op, stride),
                 _ => return false,
             }
         }
@@ -241,7 +242,7 @@ fn token_shape(
 
 /// Whether [`weighted_sum4_bf16`] runs for head size `d` and `n` keys on this CPU.
 pub(crate) fn bf16_pairs_fit(d: usize, n: usize) -> bool {
-    matches!(d, 64 | 96 | 128) && n <= 64 && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16
+    matches!(d, 64 | 96 | 128 | 256) && n <= 64 && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16
 }
 
 /// `acc[k] += Σⱼ p[k][j] · row j` for four weight vectors given in bf16 over bf16 rows, with AVX-512
@@ -270,14 +271,15 @@ pub(crate) fn weighted_sum4_bf16(
         let pp = p.map(|x| x.as_ptr());
         let ap = acc.map(|a| a.as_mut_ptr());
         // SAFETY: checked above: rows and accumulators hold d values, the weights n rounded up to
-        // even; AVX-512 BF16 present. d = 128 goes in two halves of 64 (16 accumulators).
+        // even; AVX-512 BF16 present. d = 128 and 256 go in pieces of 64 (16 accumulators).
         unsafe {
             match d {
                 64 => x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0, (pf.as_ptr(), ahead)),
                 96 => x86::weighted_sum4_bf16::<3>(pp, src.as_ptr(), offs, ap, 0, (pf.as_ptr(), ahead)),
                 _ => {
-                    x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 0, (pf.as_ptr(), ahead));
-                    x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, 64, (pf.as_ptr(), ahead));
+                    for d0 in (0..d).step_by(64) {
+                        x86::weighted_sum4_bf16::<2>(pp, src.as_ptr(), offs, ap, d0, (pf.as_ptr(), ahead));
+                    }
                 }
             }
         }
@@ -433,6 +435,7 @@ impl Simd for Avx512 {
                 80 => x86::token_dots_widened::<T, 5>(qp, heads, per_head, sp, pp, offs, op, stride),
                 96 => x86::token_dots_widened::<T, 6>(qp, heads, per_head, sp, pp, offs, op, stride),
                 128 => x86::token_dots_widened::<T, 8>(qp, heads, per_head, sp, pp, offs, op, stride),
+                256 => x86::token_dots_widened::<T, 16>(qp, heads, per_head, sp, pp, offs, op, stride),
                 _ => return false,
             }
         }
@@ -451,6 +454,7 @@ impl Simd for Avx512 {
                 80 => x86::dots::<T, 5>(q.as_ptr(), src.as_ptr(), offs, out),
                 96 => x86::dots::<T, 6>(q.as_ptr(), src.as_ptr(), offs, out),
                 128 => x86::dots::<T, 8>(q.as_ptr(), src.as_ptr(), offs, out),
+                256 => x86::dots::<T, 16>(q.as_ptr(), src.as_ptr(), offs, out),
                 _ => Generic::dots(q, src, offs, out),
             }
         }
@@ -529,7 +533,7 @@ impl Simd for Avx512 {
             && offs.len() >= n
             && offs.iter().all(|&o| o + d <= src.len())
             && ahead.iter().all(|&o| o + d <= pf.len());
-        if !fits || !matches!(d, 64 | 80 | 96 | 128) {
+        if !fits || !matches!(d, 64 | 80 | 96 | 128 | 256) {
             let [a0, a1, a2, a3] = acc;
             Self::weighted_sum2([p[0], p[1]], src, offs, [a0, a1]);
             Self::weighted_sum2([p[2], p[3]], src, offs, [a2, a3]);
@@ -538,16 +542,17 @@ impl Simd for Avx512 {
         let ap = acc.map(|a| a.as_mut_ptr());
         let pf = (pf.as_ptr(), ahead);
         // SAFETY: AVX-512F as above; every row and accumulator holds d values, and so does every
-        // row to prefetch (checked by `fits`). At most 24 accumulators: d = 128 goes in two halves
-        // of 64.
+        // row to prefetch (checked by `fits`). At most 24 accumulators: d = 128 and 256 go in
+        // pieces of 64.
         unsafe {
             match d {
                 64 => x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 0, pf),
                 80 => x86::weighted_sum4::<T, 5>(p, src.as_ptr(), offs, ap, 0, pf),
                 96 => x86::weighted_sum4::<T, 6>(p, src.as_ptr(), offs, ap, 0, pf),
                 _ => {
-                    x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 0, pf);
-                    x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, 64, pf);
+                    for d0 in (0..d).step_by(64) {
+                        x86::weighted_sum4::<T, 4>(p, src.as_ptr(), offs, ap, d0, pf);
+                    }
                 }
             }
         }
@@ -1212,7 +1217,7 @@ mod tests {
     use half::bf16;
 
     /// Small integers: every product and sum is exact in f32, so any correct order gives equal results.
-    /// `token_dots`: whether the level must have the token-by-token kernel (head sizes 64–128).
+    /// `token_dots`: whether the level must have the token-by-token kernel (head sizes 64, 80, 96, 128 and 256).
     fn check<S: Simd, T: Lanes + crate::Element>(token_dots: bool) {
         for d in [16, 40, 64, 80, 96, 128, 256] {
             let keys = 5;
@@ -1277,7 +1282,7 @@ mod tests {
                         assert!(got[r * stride + keys..(r + 1) * stride].iter().all(|x| x.is_nan()), "past the keys");
                     }
                 } else {
-                    assert!(!token_dots || ![64, 80, 96, 128].contains(&d), "token_dots refused d = {d}");
+                    assert!(!token_dots || ![64, 80, 96, 128, 256].contains(&d), "token_dots refused d = {d}");
                 }
             }
             for m in [1, 3, 16] {
@@ -1303,7 +1308,7 @@ mod tests {
     fn bf16_token_dots_are_exact_on_small_integers() {
         let bits = |v: f32| bf16::from_f32(v).to_bits();
         let f = |b: u16| bf16::from_bits(b).to_f32();
-        for d in [64, 96, 128] {
+        for d in [64, 96, 128, 256] {
             for (heads, per_head) in [(1, 2), (3, 4), (2, 8), (4, 1), (2, 3)] {
                 for keys in [1, 2, 7, 32] {
                     let (rows, width, stride) = (heads * per_head, heads * d, 40);
@@ -1344,7 +1349,7 @@ mod tests {
 
     #[test]
     fn bf16_pair_value_sums_are_exact_on_small_integers() {
-        for d in [64, 96, 128] {
+        for d in [64, 96, 128, 256] {
             for keys in [1, 2, 7, 32] {
                 if !bf16_pairs_fit(d, keys) {
                     return; // no AVX-512 BF16 here

@@ -1,5 +1,6 @@
 //! Attention against a naive f64 ndarray reference: prefill (variable lengths, causal and not,
-//! sliding windows, GQA 1/4/8, head dims 64..256), paged decode (block sizes 16..128, split keys),
+//! sliding windows, GQA 1/4/8, head dims 64..256), paged decode (block sizes 16..128, split keys,
+//! head dims 64..256, GQA 1..4),
 //! chunked prefill over a cached prefix, reshape_and_cache, large score magnitudes, every dispatch
 //! level, every dtype; and bad arguments refused with nothing enqueued.
 //!
@@ -313,6 +314,29 @@ fn paged_decode_block_sizes_gqa_and_levels() {
             check_paged::<f32>(level, &c, bs as u64);
             check_paged::<bf16>(level, &c, bs as u64 + 1);
             check_paged::<f16>(level, &c, bs as u64 + 2);
+        }
+    }
+}
+
+#[test]
+fn paged_decode_head_dims_and_odd_groups() {
+    // Every head size the decode kernels specialise (and 256, the largest), with one, two, three
+    // and four query heads per KV head: rows taken in pairs, alone, and both.
+    for level in cpu::available() {
+        for (d, heads) in [(80, Heads::new(6, 2, 80)), (96, Heads::new(4, 4, 96)), (256, Heads::new(6, 2, 256))] {
+            for heads in [heads, Heads::new(8, 2, d), Heads::new(4, 2, d), Heads::new(2, 2, d)] {
+                let c = PagedCase {
+                    q_lens: vec![1; 3],
+                    kv_lens: vec![1, 70, 200],
+                    heads,
+                    block_size: 16,
+                    window: None,
+                    magnitude: 1.0,
+                };
+                check_paged::<f32>(level, &c, d as u64);
+                check_paged::<bf16>(level, &c, d as u64 + 1);
+                check_paged::<f16>(level, &c, d as u64 + 2);
+            }
         }
     }
 }

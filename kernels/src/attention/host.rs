@@ -735,7 +735,7 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 /// Few rows (decode): scores of the item's rows against a tile of keys, the online-softmax update,
 /// then the value sums, straight from the cache (converted in registers).
 ///
-/// At the AVX-512 levels (head sizes 64–128) the cache is read in order: the scores of every head
+/// At the AVX-512 levels (head sizes 64, 80, 96, 128 and 256) the cache is read in order: the scores of every head
 /// token by token (a token's heads are adjacent), prefetching the tile's values meanwhile; then per
 /// head the softmax step and the value sums, which prefetch the next tile's keys (after the last
 /// tile, those of `then`, the item this thread runs next) one row per value row summed, so memory
