@@ -264,13 +264,25 @@ pub(crate) mod x86 {
             // A positive scale keeps the order (rounding too): the largest scaled score is the
             // largest score, scaled.
             let positive = scale > 0.0;
-            let mut top = _mm512_set1_ps(f32::NEG_INFINITY);
-            for ci in first..last {
+            // Four running maxima: one would chain every chunk on the latency of the last max.
+            let mut tops = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+            let fold = |top: __m512, ci: usize| {
                 let x = _mm512_loadu_ps(s.as_ptr().add(16 * ci));
                 let x = if positive { x } else { _mm512_mul_ps(x, _mm512_set1_ps(scale)) };
                 // NaN second: the max ignores NaN (exp2_16 makes it NaN below).
-                top = _mm512_mask_max_ps(top, visible(ci), x, top);
+                _mm512_mask_max_ps(top, visible(ci), x, top)
+            };
+            let mut ci = first;
+            while ci + 4 <= last {
+                for (u, top) in tops.iter_mut().enumerate() {
+                    *top = fold(*top, ci + u);
+                }
+                ci += 4;
             }
+            for ci in ci..last {
+                tops[0] = fold(tops[0], ci);
+            }
+            let top = _mm512_max_ps(_mm512_max_ps(tops[0], tops[1]), _mm512_max_ps(tops[2], tops[3]));
             let top = _mm512_reduce_max_ps(top);
             let max = state.max.max(if positive { top * scale } else { top });
             if max == f32::NEG_INFINITY {
@@ -279,21 +291,29 @@ pub(crate) mod x86 {
             let alpha = if state.max == max { 1.0 } else { super::exp_with(state.max - max, true) };
             // exp(scale · s − max) = 2^(s · scale·log₂e − max·log₂e): one fused multiply-add.
             const LOG2E: f32 = std::f32::consts::LOG2_E;
-            let (k, shift, mut sum) =
-                (_mm512_set1_ps(scale * LOG2E), _mm512_set1_ps(-max * LOG2E), _mm512_setzero_ps());
-            let zeros = _mm256_setzero_si256();
-            for ci in 0..n / 16 {
-                let at = p.as_mut_ptr().add(16 * ci) as *mut __m256i;
-                if ci < first || ci >= last {
-                    _mm256_storeu_si256(at, zeros);
-                    continue;
-                }
+            let (k, shift) = (_mm512_set1_ps(scale * LOG2E), _mm512_set1_ps(-max * LOG2E));
+            // Chunks outside [first, last) are zeros; the rest summed in two running sums.
+            p[..16 * first].fill(0);
+            p[16 * last..n].fill(0);
+            let pp = p.as_mut_ptr();
+            let exp = |ci: usize| {
                 let y = _mm512_fmadd_ps(_mm512_loadu_ps(s.as_ptr().add(16 * ci)), k, shift);
                 let e = _mm512_maskz_mov_ps(visible(ci), exp2_16(y));
-                sum = _mm512_add_ps(sum, e);
+                let at = pp.add(16 * ci) as *mut __m256i;
                 _mm256_storeu_si256(at, std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e)));
+                e
+            };
+            let mut sums = [_mm512_setzero_ps(); 2];
+            let mut ci = first;
+            while ci + 2 <= last {
+                sums[0] = _mm512_add_ps(sums[0], exp(ci));
+                sums[1] = _mm512_add_ps(sums[1], exp(ci + 1));
+                ci += 2;
             }
-            state.sum = state.sum * alpha + _mm512_reduce_add_ps(sum);
+            if ci < last {
+                sums[0] = _mm512_add_ps(sums[0], exp(ci));
+            }
+            state.sum = state.sum * alpha + _mm512_reduce_add_ps(_mm512_add_ps(sums[0], sums[1]));
             state.max = max;
             alpha
         }
@@ -379,8 +399,15 @@ mod tests {
         if crate::cpu::detected() < crate::cpu::Level::Avx512Bf16 {
             return; // no AVX-512 BF16 here
         }
-        let scores: Vec<f32> = (0..96).map(|i| ((i * 37) % 23) as f32 * 0.77 - 9.0).collect();
-        for (visible, scale) in [((0, 96), 0.3), ((5, 70), 0.3), ((17, 18), 1.0), ((0, 96), -0.5), ((40, 40), 0.3)] {
+        let base: Vec<f32> = (0..96).map(|i| ((i * 37) % 23) as f32 * 0.77 - 9.0).collect();
+        // Also the largest score alone in each chunk in turn (the chunks' maxima are kept apart).
+        let spiked = (0..6).map(|c| {
+            let mut s = base.clone();
+            s[16 * c + 3] = 40.0;
+            (s, (0, 96), 0.3)
+        });
+        let cases = [((0, 96), 0.3), ((5, 70), 0.3), ((17, 18), 1.0), ((0, 96), -0.5), ((40, 40), 0.3)];
+        for (scores, visible, scale) in cases.into_iter().map(|(v, sc)| (base.clone(), v, sc)).chain(spiked) {
             let start = RowState { max: 2.5, sum: 3.0 };
             let (mut plain, mut fast) = (start, start);
             // The plain update of the visible scores, scaled.
