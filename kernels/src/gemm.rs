@@ -559,16 +559,14 @@ impl Packed for f32 {
     ) {
         let (mr, ks) = layout;
         #[cfg(target_arch = "x86_64")]
-        if ks == 1 && mr <= 16 && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F is present; the conditions on the layout hold (and `at.cs == 1`).
-            match (at.rs, at.cs) {
-                (1, _) => unsafe { x86::pack_rows_f32(at, depths, pi, m, mr, panel) },
-                (_, 1) => unsafe { x86::pack_depths_f32(at, depths, pi, m, mr, panel) },
-                _ => pack_strip(at, &|x| x, depths, pi, m, layout, panel),
-            }
+        if at.rs == 1 && ks == 1 && mr <= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present; the conditions on the layout hold.
+            unsafe { x86::pack_rows_f32(at, depths, pi, m, mr, panel) };
             return;
         }
-        pack_strip(at, &|x| x, depths, pi, m, layout, panel);
+        // Otherwise a panel of Aᵀ is a strip of it (row-major Aᵀ, such as the attention's `Pᵀ`,
+        // takes the vector copies).
+        Self::pack_b_strip(at, depths, pi, m, layout, panel);
     }
 
     /// Row-major B strips up to 32 wide (no interleave) by masked vector copies, one or two per

@@ -621,6 +621,16 @@ mod x86 {
     use super::Lanes;
     use std::arch::x86_64::*;
 
+    /// Prefetches the `len` elements from `row` into L2, a cache line at a time.
+    #[inline(always)]
+    fn prefetch_row<T>(row: *const T, len: usize) {
+        let row = row as *const i8;
+        for off in (0..len * std::mem::size_of::<T>()).step_by(64) {
+            // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(off)) };
+        }
+    }
+
     /// Dot products of `q` (NV·16 values, kept in registers) with the rows at `src + offs[j]`.
     ///
     /// # Safety
@@ -861,12 +871,7 @@ mod x86 {
         unsafe {
             let scale = _mm_set1_ps(scale);
             let d = C::LANES * NV;
-            let row_bytes = d * std::mem::size_of::<C::K>();
-            let prefetch = |p: *const C::K| {
-                for off in (0..row_bytes).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T1>((p as *const i8).add(off));
-                }
-            };
+            let prefetch = |p: *const C::K| prefetch_row(p, d);
             let n = offs.len();
             let mut j = 0;
             while j < n {
@@ -1144,13 +1149,9 @@ mod x86 {
                     *v = _mm512_loadu_ps(acc[k].add(d0 + 16 * i));
                 }
             }
-            let bytes = 16 * NH * std::mem::size_of::<T>();
             for (j, &at) in offs.iter().enumerate().take(p[0].len()) {
                 if let Some(&next) = ahead.get(j) {
-                    let row = pf.add(next + d0) as *const i8;
-                    for off in (0..bytes).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T1>(row.add(off));
-                    }
+                    prefetch_row(pf.add(next + d0), 16 * NH);
                 }
                 let r = src.add(at + d0);
                 let w = [0, 1, 2, 3].map(|k| _mm512_set1_ps(*p[k].get_unchecked(j)));
@@ -1191,13 +1192,9 @@ mod x86 {
             for (i, v) in av.iter_mut().enumerate() {
                 *v = _mm512_loadu_ps(acc.add(16 * i));
             }
-            let bytes = 16 * NV * std::mem::size_of::<T>();
             for (j, (&w, &at)) in p.iter().zip(offs).enumerate() {
                 if let Some(&next) = ahead.get(j) {
-                    let row = pf.add(next) as *const i8;
-                    for off in (0..bytes).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T1>(row.add(off));
-                    }
+                    prefetch_row(pf.add(next), 16 * NV);
                 }
                 let (r, wv) = (src.add(at), _mm512_set1_ps(w));
                 for (i, v) in av.iter_mut().enumerate() {
@@ -1217,7 +1214,8 @@ mod tests {
     use half::bf16;
 
     /// Small integers: every product and sum is exact in f32, so any correct order gives equal results.
-    /// `token_dots`: whether the level must have the token-by-token kernel (head sizes 64, 80, 96, 128 and 256).
+    /// `token_dots`: whether the level must have the token-by-token kernel (head sizes 64, 80, 96,
+    /// 128 and 256).
     fn check<S: Simd, T: Lanes + crate::Element>(token_dots: bool) {
         for d in [16, 40, 64, 80, 96, 128, 256] {
             let keys = 5;

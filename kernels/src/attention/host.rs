@@ -735,14 +735,14 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 /// Few rows (decode): scores of the item's rows against a tile of keys, the online-softmax update,
 /// then the value sums, straight from the cache (converted in registers).
 ///
-/// At the AVX-512 levels (head sizes 64, 80, 96, 128 and 256) the cache is read in order: the scores of every head
-/// token by token (a token's heads are adjacent), prefetching the tile's values meanwhile; then per
-/// head the softmax step and the value sums, which prefetch the next tile's keys (after the last
-/// tile, those of `then`, the item this thread runs next) one row per value row summed, so memory
-/// is busy while the products run (issued in a burst after the sums instead, they stalled f32
-/// decode: 0.82 → 0.93 of the read limit at 16 × 512; and multi-head decode, one row per head,
-/// which had neither, ran at 0.46: now 1.05, medians of 5). bf16 with AVX-512 BF16 works on the
-/// raw bf16 values throughout. Otherwise each head takes its scores and value sums in turn and the
+/// At the AVX-512 levels (head sizes 64, 80, 96, 128 and 256) the cache is read in order: the
+/// scores of every head token by token (a token's heads are adjacent), prefetching the tile's
+/// values meanwhile; then per head the softmax step and the value sums, which prefetch the next
+/// tile's keys (after the last tile, those of `then`, the item this thread runs next) one row per
+/// value row summed, so memory is busy while the products run (issued in a burst after the sums
+/// instead, they stalled f32 decode: 0.82 → 0.93 of the read limit at 16 × 512; and multi-head
+/// decode, one row per head, which had neither, ran at 0.46: now 1.05, medians of 5). bf16 with
+/// AVX-512 BF16 works on the raw bf16 values throughout. Otherwise each head takes its scores and value sums in turn and the
 /// next tile is prefetched head by head. Prefetches go to L2: into L1 they would evict the rows in
 /// use.
 #[inline(always)]
@@ -823,24 +823,21 @@ fn streaming<T: Element, S: Simd>(
                 let p = |k: usize| &scores[(r + k) * STREAM_KEYS..(r + k) * STREAM_KEYS + kt];
                 let mut acc = part.acc[r * d..(r + n) * d].chunks_exact_mut(d);
                 let mut row = || acc.next().expect("n rows");
+                // The next tile's keys, until one of the value sums has prefetched them.
+                let ahead = if prefetched { &[][..] } else { &head_next[..] };
                 match (n, raw) {
                     (4, Some((_, k, v))) if bf16_values => {
-                        let ahead = if prefetched { &[][..] } else { &head_next[..] };
                         let acc = [row(), row(), row(), row()];
                         let pb = |k: usize| &probs[(i + k) * STREAM_KEYS..(i + k + 1) * STREAM_KEYS];
                         crate::simd::weighted_sum4_bf16([pb(0), pb(1), pb(2), pb(3)], v, &head_offs, acc, (k, ahead));
                         prefetched = true;
                     }
                     (4, _) => {
-                        let ahead = if prefetched { &[][..] } else { &head_next[..] };
                         let acc = [row(), row(), row(), row()];
                         prefetched |= S::weighted_sum4([p(0), p(1), p(2), p(3)], vall, &head_offs, acc, (kall, ahead));
                     }
                     (2, _) => S::weighted_sum2([p(0), p(1)], vall, &head_offs, [row(), row()]),
-                    _ => {
-                        let ahead = if prefetched { &[][..] } else { &head_next[..] };
-                        prefetched |= S::weighted_sum(p(0), vall, &head_offs, row(), (kall, ahead));
-                    }
+                    _ => prefetched |= S::weighted_sum(p(0), vall, &head_offs, row(), (kall, ahead)),
                 }
                 i += n;
             }
