@@ -99,7 +99,7 @@ enum BenchKind {
         #[arg(long, requires = "m")]
         transpose_b: bool,
         /// Force a SIMD level: portable, avx2, avx512, avx512bf16 or amx (default: ASCEND_KERNELS_LEVEL
-        /// if set, else the best this CPU has).
+        /// if set, else the fastest this CPU has).
         #[arg(long)]
         level: Option<String>,
         /// One JSON object per line instead of a table.

@@ -1,6 +1,6 @@
-//! The SIMD level host kernels run at: the best the CPU supports, decided at run time, or a lower one
-//! forced with `ASCEND_KERNELS_LEVEL=portable|avx2|avx512|avx512bf16|amx` (a level the CPU lacks is
-//! never used).
+//! The SIMD level host kernels run at: the fastest the CPU supports, decided at run time, or another
+//! one forced with `ASCEND_KERNELS_LEVEL=portable|avx2|avx512|avx512bf16|amx` (a level the CPU lacks
+//! is never used).
 
 use std::sync::OnceLock;
 
@@ -66,7 +66,8 @@ pub fn available() -> Vec<Level> {
     Level::ALL.into_iter().filter(|&l| l <= detected()).collect()
 }
 
-/// The level kernels use: [`detected`], lowered by `ASCEND_KERNELS_LEVEL` (read once).
+/// The level kernels use: [`preferred`], or `ASCEND_KERNELS_LEVEL` (read once) where it names a
+/// level the CPU has (a higher one is lowered to [`detected`]).
 pub fn active() -> Level {
     static ACTIVE: OnceLock<Level> = OnceLock::new();
     *ACTIVE.get_or_init(|| {
@@ -74,13 +75,27 @@ pub fn active() -> Level {
         match std::env::var("ASCEND_KERNELS_LEVEL").ok().as_deref().map(Level::parse) {
             Some(Some(forced)) => forced.min(best),
             Some(None) => {
+                let level = preferred();
                 eprintln!(
                     "ascend-kernels: ASCEND_KERNELS_LEVEL must be portable, avx2, avx512, avx512bf16 or amx; using {}",
-                    best.name()
+                    level.name()
                 );
-                best
+                level
             }
-            None => best,
+            None => preferred(),
         }
     })
+}
+
+/// The fastest level for this CPU: [`detected`], except AVX-512 BF16 without AMX where its bf16
+/// dot products (`vdpbf16ps`) are clearly slower than f32 FMAs on converted values, as on Sapphire
+/// Rapids-class cores in VMs that hide AMX (0.56× the product rate; bf16 prefill 127 vs 226 GFLOPS
+/// at AVX-512): there it is [`Level::Avx512`]. That comparison is timed once per process, in about
+/// a millisecond (both microkernels on the same products in L1); the levels above stay available
+/// to tests and to `ASCEND_KERNELS_LEVEL`.
+pub fn preferred() -> Level {
+    match detected() {
+        Level::Avx512Bf16 if !crate::gemm::bf16_products_pay() => Level::Avx512,
+        best => best,
+    }
 }

@@ -316,6 +316,45 @@ fn bf16_tile(kcp: usize, ap: &[u16], bp: &[u16], t: &mut [f32; TILE]) {
     }
 }
 
+/// Whether the bf16 microkernel (`vdpbf16ps`) multiplies about as fast as the f32 one on converted
+/// values, or faster (its promise: two products per lane). Timed once: both on panels of 256
+/// depths in L1, the same products each, alternating, best of seven runs of 32 tiles each (about
+/// 1 ms). False where the CPU lacks AVX-512 BF16.
+pub(crate) fn bf16_products_pay() -> bool {
+    static PAYS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAYS.get_or_init(|| {
+        if crate::cpu::detected() < Level::Avx512Bf16 {
+            return false;
+        }
+        const DEPTH: usize = 256;
+        let (a, b) = (vec![0.5f32; DEPTH * 12], vec![0.25f32; DEPTH * 32]);
+        let (a16, b16) =
+            (vec![bf16::from_f32(0.5).to_bits(); DEPTH * 12], vec![bf16::from_f32(0.25).to_bits(); DEPTH * 32]);
+        let mut t = TileBuffer::new();
+        let mut time = |run: &mut dyn FnMut(&mut [f32; TILE])| {
+            let start = std::time::Instant::now();
+            for _ in 0..32 {
+                run(&mut t.0);
+                std::hint::black_box(&t.0);
+            }
+            start.elapsed()
+        };
+        let (mut native, mut converted) = (std::time::Duration::MAX, std::time::Duration::MAX);
+        for _ in 0..7 {
+            native = native.min(time(&mut |t| bf16_tile(DEPTH, &a16, &b16, t)));
+            converted = converted.min(time(&mut |t| microkernel(Level::Avx512, DEPTH, &a, &b, t)));
+        }
+        native_pays(native, converted)
+    })
+}
+
+/// The decision of [`bf16_products_pay`] from the times of the same products: native unless clearly
+/// slower (a near tie keeps the native products, so the choice does not flip from run to run on a
+/// CPU where they are even).
+fn native_pays(native: std::time::Duration, converted: std::time::Duration) -> bool {
+    native.as_secs_f64() <= 1.25 * converted.as_secs_f64()
+}
+
 /// A microkernel: `(kcp, A panel, B strip, tile)`.
 type Tile<'t, P> = dyn Fn(usize, &[P], &[P], &mut [f32; TILE]) + Sync + 't;
 
@@ -884,6 +923,19 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_bf16_products_are_kept_unless_clearly_slower() {
+        let ms = std::time::Duration::from_millis;
+        assert!(native_pays(ms(5), ms(10)), "twice as fast (Zen 4-like)");
+        assert!(native_pays(ms(11), ms(10)), "a near tie keeps the native products");
+        assert!(!native_pays(ms(18), ms(10)), "0.56× (Sapphire Rapids without AMX)");
+        // Whatever this CPU answers, the default level is one it has, and never below AVX-512 on an
+        // AVX-512 CPU.
+        let (best, chosen) = (crate::cpu::detected(), crate::cpu::preferred());
+        assert!(chosen <= best && (chosen == best || chosen == Level::Avx512), "{chosen:?} for {best:?}");
+        assert_eq!(chosen == Level::Avx512Bf16, best == Level::Avx512Bf16 && bf16_products_pay());
+    }
 
     /// The levels with a bf16 microkernel this CPU can run.
     fn bf16_levels() -> Vec<Level> {

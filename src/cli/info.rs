@@ -59,7 +59,7 @@ pub fn print_text(v: &Value) {
     }
     println!("backend: {} ({})", s("backend"), s("reason"));
     println!("ASCEND_BACKEND: {}", s("ascend_backend_env"));
-    println!("host kernels: {} SIMD level (ASCEND_KERNELS_LEVEL lowers it)", s("kernels_level"));
+    println!("host kernels: {} SIMD level (ASCEND_KERNELS_LEVEL forces another)", s("kernels_level"));
     if let Some(e) = v["cann_error"].as_str() {
         println!("CANN: {}", e.replace('\n', "\n  "));
     }
