@@ -2,6 +2,7 @@
 //! vectorises plain loops over short rows poorly (dot products come out two lanes wide), and
 //! converting bf16/f16 rows into f32 buffers first costs more cache traffic than the arithmetic.
 
+use crate::attention::softmax::RowState;
 use crate::gemm::ToF32;
 
 /// Row operations on f32 vectors against rows of a source type (f32, f16 or bf16) at arbitrary
@@ -9,6 +10,13 @@ use crate::gemm::ToF32;
 pub(crate) trait Simd {
     /// Whether `f32::mul_add` is a fused instruction at this level (a slow library call otherwise).
     const FMA: bool;
+
+    /// The online-softmax step of one row ([`RowState::update`]), in vector registers where this
+    /// level can.
+    #[inline(always)]
+    fn softmax_update(state: &mut RowState, scores: &mut [f32]) -> f32 {
+        state.update(scores, Self::FMA)
+    }
 
     /// `out[j] = q · src[offs[j] ..][.. q.len()]` for every j.
     fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]);
@@ -410,6 +418,14 @@ pub(crate) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
     const FMA: bool = true;
+
+    #[inline(always)]
+    fn softmax_update(state: &mut RowState, scores: &mut [f32]) -> f32 {
+        match state.update_wide(scores) {
+            Some(alpha) => alpha,
+            None => state.update(scores, true),
+        }
+    }
 
     #[inline(always)]
     fn token_dots<T: Lanes>(

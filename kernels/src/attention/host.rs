@@ -804,7 +804,7 @@ fn streaming<T: Element, S: Simd>(
                 let pb = &mut probs[(r - r0) * STREAM_KEYS..(r - r0 + 1) * STREAM_KEYS];
                 let alpha = match bf16_values {
                     true => part.rows[r].update_bf16(sc, pb).expect("AVX-512 BF16, at most 64 keys"),
-                    false => part.rows[r].update(sc, S::FMA),
+                    false => S::softmax_update(&mut part.rows[r], sc),
                 };
                 if alpha != 1.0 {
                     part.acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);

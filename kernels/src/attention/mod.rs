@@ -15,7 +15,7 @@
 
 mod host;
 pub mod npu;
-mod softmax;
+pub(crate) mod softmax;
 
 use crate::args::expect_len;
 use crate::cpu::{self, Level};

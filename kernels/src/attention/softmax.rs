@@ -46,6 +46,21 @@ impl RowState {
         None
     }
 
+    /// [`RowState::update`] (with fused multiply-adds) in AVX-512 registers, for at most 64 scores:
+    /// the same probabilities, bit for bit, and the same sum up to the order of its additions
+    /// (a few ulps); the scalar code's horizontal folds cost as much as its exps. Returns None
+    /// (doing nothing) for more scores or without AVX-512F.
+    #[inline(always)]
+    pub fn update_wide(&mut self, scores: &mut [f32]) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if scores.len() <= 64 && crate::cpu::detected() >= crate::cpu::Level::Avx512 {
+            // SAFETY: AVX-512F present; at most 64 scores.
+            return Some(unsafe { x86::update(self, scores) });
+        }
+        let _ = scores;
+        None
+    }
+
     /// A tile in which no key is visible (every score −∞, or NaN): nothing to add, unless a score
     /// is NaN (the max ignores NaN), which makes the row NaN.
     #[cold]
@@ -158,12 +173,39 @@ pub(crate) mod x86 {
         _mm512_maskz_mul_ps(keep, p, two_n)
     }
 
+    /// See [`RowState::update_wide`].
+    ///
+    /// # Safety
+    /// AVX-512F; at most 64 scores.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn update(state: &mut RowState, scores: &mut [f32]) -> f32 {
+        // SAFETY: forwarded contract; nothing to round.
+        unsafe { update_with(state, scores, None::<(&mut [u16], fn(__m512) -> __m256i)>) }
+    }
+
     /// See [`RowState::update_bf16`].
     ///
     /// # Safety
     /// AVX-512F and AVX-512 BF16; at most 64 scores; `pb` holds their count rounded up to 16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn update_bf16(state: &mut RowState, scores: &mut [f32], pb: &mut [u16]) -> f32 {
+        // SAFETY: __m256bh and __m256i are both 256-bit vectors; the rest is forwarded.
+        let round = |p: __m512| unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(p)) };
+        // SAFETY: forwarded contract.
+        unsafe { update_with(state, scores, Some((pb, round))) }
+    }
+
+    /// The body of [`update`] and [`update_bf16`]: with `round`, the probabilities also go to its
+    /// slice, 16 per chunk, rounded by its function.
+    ///
+    /// # Safety
+    /// As [`update`], and `round`'s slice holds the scores' count rounded up to 16.
+    #[inline(always)]
+    unsafe fn update_with<R: Fn(__m512) -> __m256i>(
+        state: &mut RowState,
+        scores: &mut [f32],
+        mut round: Option<(&mut [u16], R)>,
+    ) -> f32 {
         let n = scores.len();
         let chunks = n.div_ceil(16);
         let mask = |c: usize| -> __mmask16 {
@@ -174,7 +216,8 @@ pub(crate) mod x86 {
                 (1u16 << left) - 1
             }
         };
-        // SAFETY: masked loads and stores stay inside `scores`; `pb` holds 16 per chunk (contract).
+        // SAFETY: masked loads and stores stay inside `scores`; the rounded slice holds 16 per
+        // chunk (contract).
         unsafe {
             let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
             let mut x = [ninf; 4];
@@ -187,9 +230,11 @@ pub(crate) mod x86 {
             let max = state.max.max(_mm512_reduce_max_ps(top));
             if max == f32::NEG_INFINITY {
                 state.nothing_seen(scores);
-                let p = if state.sum.is_nan() { half::bf16::NAN.to_bits() } else { 0 };
-                pb[..16 * chunks].fill(0);
-                pb[..n].fill(p);
+                if let Some((pb, _)) = round {
+                    let p = if state.sum.is_nan() { half::bf16::NAN.to_bits() } else { 0 };
+                    pb[..16 * chunks].fill(0);
+                    pb[..n].fill(p);
+                }
                 return 1.0;
             }
             let alpha = if state.max == max { 1.0 } else { super::exp_with(state.max - max, true) };
@@ -198,14 +243,16 @@ pub(crate) mod x86 {
                 let p = exp16(_mm512_sub_ps(xc, shift));
                 sum = _mm512_add_ps(sum, p);
                 _mm512_mask_storeu_ps(scores.as_mut_ptr().add(16 * c), mask(c), p);
-                let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(p));
-                _mm256_storeu_si256(pb.as_mut_ptr().add(16 * c) as *mut __m256i, b);
+                if let Some((pb, round)) = &mut round {
+                    _mm256_storeu_si256(pb.as_mut_ptr().add(16 * c) as *mut __m256i, round(p));
+                }
             }
             state.sum = state.sum * alpha + _mm512_reduce_add_ps(sum);
             state.max = max;
             alpha
         }
     }
+
     /// e^x for `y = x · log₂e` on 16 lanes, for probabilities that are rounded to bf16 next:
     /// `2^y = 2ⁿ · 2^f` with `n` the nearest integer and `|f| ≤ ½`, `2^f` by a degree-4 polynomial
     /// fitted for relative error (at most 2.8·10⁻⁶, measured in f32 over the interval: a thousandth
@@ -362,6 +409,43 @@ mod tests {
         a.merge(b);
         assert_eq!(a.max, whole.max);
         assert!((a.sum - whole.sum).abs() <= 1e-5 * whole.sum);
+    }
+
+    #[test]
+    fn wide_update_matches_the_plain_update() {
+        let ninf = f32::NEG_INFINITY;
+        for n in [1, 2, 15, 16, 17, 32, 33, 64] {
+            let scores: Vec<f32> =
+                (0..n).map(|i| if i % 7 == 3 { ninf } else { ((i * 37) % 23) as f32 * 0.77 - 9.0 }).collect();
+            // A row that has seen keys (the max moves or not), and one that has not.
+            for start in [RowState { max: 2.5, sum: 3.0 }, RowState { max: 40.0, sum: 1.5 }, RowState::EMPTY] {
+                let (mut plain, mut wide) = (start, start);
+                let mut want = scores.clone();
+                let alpha = plain.update(&mut want, true);
+                let mut got = scores.clone();
+                let Some(beta) = wide.update_wide(&mut got) else {
+                    return; // no AVX-512 here
+                };
+                assert_eq!((alpha.to_bits(), plain.max), (beta.to_bits(), wide.max), "n = {n}");
+                assert!((plain.sum - wide.sum).abs() <= 4.0 * f32::EPSILON * plain.sum, "n = {n}");
+                assert_eq!(
+                    got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "n = {n}"
+                );
+            }
+        }
+        // Nothing visible: zeros, or NaN when a score is NaN; more than 64 scores: not taken.
+        let mut st = RowState::EMPTY;
+        let mut s = [ninf; 20];
+        if st.update_wide(&mut s).is_some() {
+            assert!(s.iter().all(|&p| p == 0.0) && st.sum == 0.0);
+            let mut s = [ninf, f32::NAN, ninf];
+            assert_eq!(st.update_wide(&mut s), Some(1.0));
+            assert!(s.iter().all(|p| p.is_nan()) && st.sum.is_nan());
+        }
+        let mut st = RowState::EMPTY;
+        assert_eq!(st.update_wide(&mut [0.0; 65]), None);
     }
 
     #[test]
