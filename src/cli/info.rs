@@ -11,6 +11,7 @@ pub fn gather() -> Value {
         "build": { "target": build_info::TARGET, "profile": build_info::PROFILE, "cann_headers": build_info::CANN_HEADERS },
         "ascend_backend_env": std::env::var("ASCEND_BACKEND").unwrap_or_else(|_| "auto (unset)".into()),
         "kernels_level": ascend::kernels::cpu::active().name(),
+        "kernels_cpu_level": ascend::kernels::cpu::detected().name(),
     });
     let rt = match Runtime::get() {
         Ok(rt) => rt,
@@ -59,7 +60,9 @@ pub fn print_text(v: &Value) {
     }
     println!("backend: {} ({})", s("backend"), s("reason"));
     println!("ASCEND_BACKEND: {}", s("ascend_backend_env"));
-    println!("host kernels: {} SIMD level (ASCEND_KERNELS_LEVEL forces another)", s("kernels_level"));
+    let (level, cpu_level) = (s("kernels_level"), s("kernels_cpu_level"));
+    let has = if level == cpu_level { String::new() } else { format!("the CPU has up to {cpu_level}; ") };
+    println!("host kernels: {level} SIMD level ({has}ASCEND_KERNELS_LEVEL forces another)");
     if let Some(e) = v["cann_error"].as_str() {
         println!("CANN: {}", e.replace('\n', "\n  "));
     }
