@@ -156,7 +156,8 @@ pub fn gemm_into<A: ToF32, B: ToF32>(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    let tile = |kcp: usize, ap: &[f32], bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kcp, ap, bp, t);
+    let tile =
+        |kcp: usize, ap: &[f32], lda: usize, bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kcp, ap, lda, bp, t);
     drive(level, (m, n, k), Layout::f32(level), (&a, ToF32::to_f32), (&b, ToF32::to_f32), &tile, c, accumulate);
 }
 
@@ -184,7 +185,8 @@ pub(crate) fn gemm_rows(
     scratch: &mut Scratch,
 ) {
     assert!(level <= crate::cpu::detected());
-    let tile = |kc: usize, ap: &[f32], bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kc, ap, bp, t);
+    let tile =
+        |kc: usize, ap: &[f32], lda: usize, bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kc, ap, lda, bp, t);
     rows_with(dims, Layout::f32(level), a, b, c, accumulate, scratch, &tile);
 }
 
@@ -223,6 +225,11 @@ fn rows_with<P: Packed>(
 ) {
     let Layout { mr, nr, ks, .. } = layout;
     assert!(m > 0 && n > 0 && k > 0 && matches!(ks, 1 | 2));
+    // The f32 microkernels read full panels of a transposed A (its rows are runs of m values, such
+    // as the attention's probabilities `Pᵀ`) where they are, `lda` apart: packing them was a copy of
+    // all of A per call.
+    let in_place = a_transposed && ks == 1 && !layout.amx;
+    let packed_lda = mr * layout.a_interleave();
     let a_extent = if a_transposed { (k - 1) * lda + m } else { (m - 1) * lda + k };
     assert!(a.len() >= a_extent && b.len() >= (k - 1) * ldb + n && c.len() >= (m - 1) * ldc + n);
     let strips = n.div_ceil(nr);
@@ -243,14 +250,19 @@ fn rows_with<P: Packed>(
             P::pack_b_strip(&b_view, (pc, kc, kcp), sidx, n, (nr, ks), strip);
         }
         for (pi, panel) in packed_a.chunks_exact_mut(a_panel).enumerate() {
-            P::pack_a_panel(&at_view, (pc, kc, kcp), pi, m, (mr, layout.a_interleave()), panel);
+            if !(in_place && (pi + 1) * mr <= m) {
+                P::pack_a_panel(&at_view, (pc, kc, kcp), pi, m, (mr, layout.a_interleave()), panel);
+            }
         }
         let _tiles = layout.tiles();
         for (sidx, strip) in packed_b.chunks_exact(kcp * nr).enumerate() {
             let cols = nr.min(n - sidx * nr);
             for (pi, panel) in packed_a.chunks_exact(a_panel).enumerate() {
                 let rows = mr.min(m - pi * mr);
-                tile(kcp, panel, strip, &mut t.0);
+                match in_place && rows == mr {
+                    true => tile(kcp, &a[pc * lda + pi * mr..], lda, strip, &mut t.0),
+                    false => tile(kcp, panel, packed_lda, strip, &mut t.0),
+                }
                 // SAFETY: the block (rows × cols at row pi·mr, column sidx·nr) is inside `c`, whose
                 // length was checked above.
                 unsafe {
@@ -296,13 +308,19 @@ pub fn gemm_bf16(level: Level, (m, n, k): (usize, usize, usize), a: View<'_, bf1
 /// The bf16 microkernel of `level` (see [`Layout::bf16`]).
 fn bf16_microkernel(level: Level) -> &'static Tile<'static, u16> {
     match level {
-        Level::Amx => &crate::amx::tile_bf16,
+        Level::Amx => &amx_tile,
         _ => &bf16_tile,
     }
 }
 
-/// The bf16 microkernel on packed pairs: `tile[r * 32 + j] = Σ_p a[p][r] · b[p][j]` over `kcp` (even) k.
-fn bf16_tile(kcp: usize, ap: &[u16], bp: &[u16], t: &mut [f32; TILE]) {
+/// [`crate::amx::tile_bf16`] as a [`Tile`] (panels always packed: `_lda` is theirs).
+fn amx_tile(kcp: usize, ap: &[u16], _lda: usize, bp: &[u16], t: &mut [f32; TILE]) {
+    crate::amx::tile_bf16(kcp, ap, bp, t)
+}
+
+/// The bf16 microkernel on packed pairs: `tile[r * 32 + j] = Σ_p a[p][r] · b[p][j]` over `kcp` (even) k
+/// (panels always packed: `_lda` is theirs).
+fn bf16_tile(kcp: usize, ap: &[u16], _lda: usize, bp: &[u16], t: &mut [f32; TILE]) {
     assert!(ap.len() >= kcp * 12 && bp.len() >= kcp * 32 && kcp.is_multiple_of(2));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: callers checked that the CPU has AVX-512 BF16; the panels' lengths were just checked.
@@ -341,8 +359,8 @@ pub(crate) fn bf16_products_pay() -> bool {
         };
         let (mut native, mut converted) = (std::time::Duration::MAX, std::time::Duration::MAX);
         for _ in 0..7 {
-            native = native.min(time(&mut |t| bf16_tile(DEPTH, &a16, &b16, t)));
-            converted = converted.min(time(&mut |t| microkernel(Level::Avx512, DEPTH, &a, &b, t)));
+            native = native.min(time(&mut |t| bf16_tile(DEPTH, &a16, 24, &b16, t)));
+            converted = converted.min(time(&mut |t| microkernel(Level::Avx512, DEPTH, &a, 12, &b, t)));
         }
         native_pays(native, converted)
     })
@@ -355,8 +373,9 @@ fn native_pays(native: std::time::Duration, converted: std::time::Duration) -> b
     native.as_secs_f64() <= 1.25 * converted.as_secs_f64()
 }
 
-/// A microkernel: `(kcp, A panel, B strip, tile)`.
-type Tile<'t, P> = dyn Fn(usize, &[P], &[P], &mut [f32; TILE]) + Sync + 't;
+/// A microkernel: `(kcp, A panel, lda, B strip, tile)`. `lda` separates the panel's depths (or
+/// pairs of depths): its packed width, or for the f32 microkernels an A read in place.
+type Tile<'t, P> = dyn Fn(usize, &[P], usize, &[P], &mut [f32; TILE]) + Sync + 't;
 
 /// A packing source: a matrix view and how to turn its elements into packed elements (a function
 /// item, so each conversion is compiled into the packing loops rather than called through a pointer).
@@ -414,7 +433,7 @@ fn drive<P, A, B, FA, FB>(
                 for (pi, a_panel) in a_panels.chunks_exact(a_panel).enumerate() {
                     let r0 = pi * mr;
                     let prows = mr.min(rows - r0);
-                    tile(kcp, a_panel, b_strip, &mut t.0);
+                    tile(kcp, a_panel, mr * layout.a_interleave(), b_strip, &mut t.0);
                     // SAFETY: items write disjoint blocks of `c` (their rows × their strips), which
                     // holds m × n elements and outlives the parallel_for.
                     unsafe {
@@ -715,25 +734,30 @@ unsafe fn store(tile: &[f32], nr: usize, c: *mut f32, ldc: usize, rows: usize, c
     }
 }
 
-/// `tile[r * NR + j] = Σ_p a[p * MR + r] · b[p * NR + j]`.
-fn microkernel(level: Level, kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; TILE]) {
+/// `tile[r * NR + j] = Σ_p a[p * lda + r] · b[p * NR + j]` (MR × NR: the level's f32 [`Layout`]).
+/// Panics if a panel is shorter than that.
+fn microkernel(level: Level, kc: usize, a: &[f32], lda: usize, b: &[f32], tile: &mut [f32; TILE]) {
+    let Layout { mr, nr, .. } = Layout::f32(level);
+    assert!(kc > 0 && lda >= mr && a.len() >= (kc - 1) * lda + mr && b.len() >= kc * nr);
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `gemm` checked that the CPU supports the level; the panels hold kc × MR and
-        // kc × NR values.
-        Level::Avx512 | Level::Avx512Bf16 | Level::Amx => unsafe { x86::tile_avx512(kc, a.as_ptr(), b.as_ptr(), tile) },
+        // SAFETY: `gemm` checked that the CPU supports the level; the panels' lengths were just
+        // checked.
+        Level::Avx512 | Level::Avx512Bf16 | Level::Amx => unsafe {
+            x86::tile_avx512(kc, a.as_ptr(), lda, b.as_ptr(), tile)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Level::Avx2 => unsafe { x86::tile_avx2(kc, a.as_ptr(), b.as_ptr(), tile) },
-        _ => tile_portable(kc, a, b, tile),
+        Level::Avx2 => unsafe { x86::tile_avx2(kc, a.as_ptr(), lda, b.as_ptr(), tile) },
+        _ => tile_portable(kc, a, lda, b, tile),
     }
 }
 
-fn tile_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; TILE]) {
+fn tile_portable(kc: usize, a: &[f32], lda: usize, b: &[f32], tile: &mut [f32; TILE]) {
     const MR: usize = 4;
     const NR: usize = 16;
     let mut acc = [[0f32; NR]; MR];
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+    for (ap, bp) in a.chunks(lda).zip(b.chunks_exact(NR)).take(kc) {
         for (row, &av) in acc.iter_mut().zip(ap) {
             for (x, &bv) in row.iter_mut().zip(bp) {
                 *x += av * bv;
@@ -832,12 +856,13 @@ mod x86 {
     }
     use std::arch::x86_64::*;
 
-    /// 12 × 32 tile: 24 accumulators, two B vectors and one broadcast per step.
+    /// 12 × 32 tile: 24 accumulators, two B vectors and one broadcast per step; A's depths `lda`
+    /// apart.
     ///
     /// # Safety
-    /// AVX-512F must be available; `a` holds `kc × 12` and `b` `kc × 32` values.
+    /// AVX-512F must be available; `a` holds `(kc − 1) × lda + 12` and `b` `kc × 32` values.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile_avx512(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; super::TILE]) {
+    pub unsafe fn tile_avx512(kc: usize, a: *const f32, lda: usize, b: *const f32, tile: &mut [f32; super::TILE]) {
         let mut acc = [[_mm512_setzero_ps(); 2]; 12];
         for p in 0..kc {
             // SAFETY: in bounds by the contract.
@@ -845,7 +870,7 @@ mod x86 {
                 let b0 = _mm512_loadu_ps(b.add(p * 32));
                 let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
                 for (r, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(p * 12 + r));
+                    let av = _mm512_set1_ps(*a.add(p * lda + r));
                     row[0] = _mm512_fmadd_ps(av, b0, row[0]);
                     row[1] = _mm512_fmadd_ps(av, b1, row[1]);
                 }
@@ -891,12 +916,12 @@ mod x86 {
         }
     }
 
-    /// 6 × 16 tile: 12 accumulators.
+    /// 6 × 16 tile: 12 accumulators; A's depths `lda` apart.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `a` holds `kc × 6` and `b` `kc × 16` values.
+    /// AVX2 and FMA must be available; `a` holds `(kc − 1) × lda + 6` and `b` `kc × 16` values.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_avx2(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; super::TILE]) {
+    pub unsafe fn tile_avx2(kc: usize, a: *const f32, lda: usize, b: *const f32, tile: &mut [f32; super::TILE]) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         for p in 0..kc {
             // SAFETY: in bounds by the contract.
@@ -904,7 +929,7 @@ mod x86 {
                 let b0 = _mm256_loadu_ps(b.add(p * 16));
                 let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
                 for (r, row) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(p * 6 + r));
+                    let av = _mm256_set1_ps(*a.add(p * lda + r));
                     row[0] = _mm256_fmadd_ps(av, b0, row[0]);
                     row[1] = _mm256_fmadd_ps(av, b1, row[1]);
                 }
