@@ -89,8 +89,8 @@ pub fn active() -> Level {
 
 /// The fastest level for this CPU: [`detected`], except AVX-512 BF16 without AMX where its bf16
 /// dot products (`vdpbf16ps`) are clearly slower than f32 FMAs on converted values, as on Sapphire
-/// Rapids-class cores in VMs that hide AMX (0.56× the product rate; bf16 prefill 127 vs 226 GFLOPS
-/// at AVX-512): there it is [`Level::Avx512`]. That comparison is timed once per process, in about
+/// Rapids-class cores in VMs that hide AMX (half the product rate: 70 vs 36 µs for the same
+/// products; bf16 prefill 127 vs 226 GFLOPS): there it is [`Level::Avx512`]. That comparison is timed once per process, in about
 /// a millisecond (both microkernels on the same products in L1); the levels above stay available
 /// to tests and to `ASCEND_KERNELS_LEVEL`.
 pub fn preferred() -> Level {
