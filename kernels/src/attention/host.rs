@@ -442,6 +442,7 @@ fn tiled<T: Element>(
     let (mut max, mut shift, mut alpha, mut sums) =
         (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows], vec![0f32; rows]);
     let (all_lo, all_hi) = (pos.iter().map(|p| p.0).max().unwrap_or(0), pos.iter().map(|p| p.1).min().unwrap_or(0));
+    let ordered = pos.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1);
     let mut offs = Vec::with_capacity(TILED_KEYS);
     for j0 in (it.k0..it.k1).step_by(TILED_KEYS) {
         let j1 = it.k1.min(j0 + TILED_KEYS);
@@ -450,13 +451,7 @@ fn tiled<T: Element>(
         let st = &mut st[..kt * rows];
         ops.scores(level, g, kv, &offs, st);
         if j0 < all_lo || j1 > all_hi {
-            for (j, srow) in (j0..j1).zip(st.chunks_exact_mut(rows)) {
-                for (x, &(lo, hi)) in srow.iter_mut().zip(pos) {
-                    if j < lo || j >= hi {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
-            }
+            mask_keys(pos, ordered, j0, st);
         }
         // Online softmax across rows: new maxima, rescale factors, probabilities, their sums.
         max.iter_mut().zip(&part.rows).for_each(|(m, r)| *m = r.max);
@@ -725,6 +720,28 @@ fn prefetch_hint<const HINT: i32, T>(s: &[T]) {
     for off in (0..std::mem::size_of_val(s)).step_by(64) {
         // SAFETY: prefetching is only a hint and cannot fault; the address lies inside `s`.
         unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(s.as_ptr().cast::<i8>().add(off)) };
+    }
+}
+
+/// Sets the scores `Sᵀ` (`st`: keys from `j0` × rows) of keys outside their row's visible range
+/// (`pos`) to −∞. Where the ranges are `ordered` (both ends never decreasing from row to row, as
+/// a tiled item's rows are: positions in order), a key's hidden rows are a prefix (rows that end
+/// before it) and a suffix (rows whose window starts after it): two fills per key instead of two
+/// tests per score (those took 18 % of `item_avx2`'s samples in a one-core AVX2 prefill profile).
+fn mask_keys(pos: &[(usize, usize)], ordered: bool, j0: usize, st: &mut [f32]) {
+    for (j, srow) in (j0..).zip(st.chunks_exact_mut(pos.len())) {
+        if ordered {
+            let a = pos.partition_point(|p| p.1 <= j);
+            let b = pos.partition_point(|p| p.0 <= j).max(a);
+            srow[..a].fill(f32::NEG_INFINITY);
+            srow[b..].fill(f32::NEG_INFINITY);
+        } else {
+            for (x, &(lo, hi)) in srow.iter_mut().zip(pos) {
+                if j < lo || j >= hi {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
     }
 }
 
