@@ -156,9 +156,16 @@ pub fn gemm_into<A: ToF32, B: ToF32>(
     c: &mut [f32],
     accumulate: bool,
 ) {
-    let tile =
-        |kcp: usize, ap: &[f32], lda: usize, bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kcp, ap, lda, bp, t);
-    drive(level, (m, n, k), Layout::f32(level), (&a, ToF32::to_f32), (&b, ToF32::to_f32), &tile, c, accumulate);
+    drive(
+        level,
+        (m, n, k),
+        Layout::f32(level),
+        (&a, ToF32::to_f32),
+        (&b, ToF32::to_f32),
+        &f32_microkernel(level),
+        c,
+        accumulate,
+    );
 }
 
 /// Packing buffers reused across calls of [`gemm_rows`] (f32) or [`gemm_rows_bf16`] (u16).
@@ -185,9 +192,7 @@ pub(crate) fn gemm_rows(
     scratch: &mut Scratch,
 ) {
     assert!(level <= crate::cpu::detected());
-    let tile =
-        |kc: usize, ap: &[f32], lda: usize, bp: &[f32], t: &mut [f32; TILE]| microkernel(level, kc, ap, lda, bp, t);
-    rows_with(dims, Layout::f32(level), a, b, c, accumulate, scratch, &tile);
+    rows_with(dims, Layout::f32(level), a, b, c, accumulate, scratch, &f32_microkernel(level));
 }
 
 /// [`gemm_rows`] for bf16 operands (their raw bits), multiplied with f32 sums by AMX tiles at
@@ -622,8 +627,8 @@ impl Packed for f32 {
             unsafe { x86::pack_rows_f32(at, depths, pi, m, mr, panel) };
             return;
         }
-        // Otherwise a panel of Aᵀ is a strip of it (row-major Aᵀ, such as the attention's `Pᵀ`,
-        // takes the vector copies).
+        // Otherwise a panel of Aᵀ is a strip of it (a row-major Aᵀ, such as the last, partial panel
+        // of the attention's `Pᵀ`, takes the vector copies; `rows_with` reads full ones in place).
         Self::pack_b_strip(at, depths, pi, m, layout, panel);
     }
 
@@ -732,6 +737,11 @@ unsafe fn store(tile: &[f32], nr: usize, c: *mut f32, ldc: usize, rows: usize, c
             dst.copy_from_slice(src);
         }
     }
+}
+
+/// [`microkernel`] at `level` as a [`Tile`].
+fn f32_microkernel(level: Level) -> impl Fn(usize, &[f32], usize, &[f32], &mut [f32; TILE]) + Sync {
+    move |kc, a, lda, b, tile| microkernel(level, kc, a, lda, b, tile)
 }
 
 /// `tile[r * NR + j] = Σ_p a[p * lda + r] · b[p * NR + j]` (MR × NR: the level's f32 [`Layout`]).

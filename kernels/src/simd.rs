@@ -359,7 +359,7 @@ pub(crate) struct Generic;
 
 impl Generic {
     /// `x · y` with `L` (a power of two) independent partial sums, so the loop vectorises, `x`
-    /// converted inline: 8 for short rows (head sizes), 64 for long ones (weight rows).
+    /// converted inline: 16 or 32 for head-sized rows ([`Generic::head_dot`]), 64 for weight rows.
     #[inline(always)]
     fn dot<X: ToF32, const L: usize>(x: &[X], y: &[f32]) -> f32 {
         let mut acc = [0f32; L];

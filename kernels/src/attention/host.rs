@@ -763,10 +763,10 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 /// tile's keys (after the last tile, those of `then`, the item this thread runs next) one row per
 /// value row summed, so memory is busy while the products run (issued in a burst after the sums
 /// instead, they stalled f32 decode: 0.82 → 0.93 of the read limit at 16 × 512; and multi-head
-/// decode, one row per head, which had neither, ran at 0.46: now 1.05, medians of 5). bf16 with
-/// AVX-512 BF16 works on the raw bf16 values throughout. Otherwise each head takes its scores and value sums in turn and the
-/// next tile is prefetched head by head. Prefetches go to L2: into L1 they would evict the rows in
-/// use.
+/// decode, one row per head, which had neither, ran at 0.46: now 1.05, medians of 5). Given raw
+/// bf16 queries (`raw_q`: where `vdpbf16ps` pays, see `item_body`) it works on the raw bf16
+/// values throughout. Otherwise each head takes its scores and value sums in turn and the next
+/// tile is prefetched head by head. Prefetches go to L2: into L1 they would evict the rows in use.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn streaming<T: Element, S: Simd>(
