@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 pub enum Level {
     /// Plain Rust the compiler vectorises for the baseline target (any CPU, aarch64 included).
     Portable,
-    /// x86-64 AVX2 + FMA.
+    /// x86-64 AVX2 + FMA (and F16C).
     Avx2,
     /// x86-64 AVX-512F.
     Avx512,
@@ -46,8 +46,11 @@ pub fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
         // The AVX-512 levels run AVX2/FMA code too (edge tiles, lower-level kernels): a VM exposing
-        // avx512f but masking FMA gets the portable level, not an illegal instruction.
-        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        // avx512f but masking FMA gets the portable level, not an illegal instruction. F16C (f16
+        // rows at the AVX2 level) came before AVX2 on every CPU that has both.
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c");
         if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
             if std::arch::is_x86_feature_detected!("avx512bf16") {
                 return if crate::amx::enabled() { Level::Amx } else { Level::Avx512Bf16 };

@@ -77,7 +77,7 @@ unsafe fn x86_avx512<B: ToF32 + Lanes>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn x86_avx2<B: ToF32 + Lanes>(
     m: usize,
@@ -89,8 +89,8 @@ unsafe fn x86_avx2<B: ToF32 + Lanes>(
     j0: usize,
     j1: usize,
 ) {
-    // SAFETY: as above, with AVX2 and FMA.
-    unsafe { body::<B, Generic>(m, n, k, a, b, c, j0, j1) }
+    // SAFETY: as above, with AVX2, FMA and F16C.
+    unsafe { body::<B, crate::simd::Avx2>(m, n, k, a, b, c, j0, j1) }
 }
 
 #[inline(always)]

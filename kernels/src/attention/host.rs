@@ -335,7 +335,7 @@ unsafe fn item_avx512<T: Element>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn item_avx2<T: Element>(
     level: Level,
@@ -348,7 +348,7 @@ unsafe fn item_avx2<T: Element>(
     own: Option<*mut T>,
 ) -> Option<Partial> {
     // SAFETY: as `run_item`.
-    unsafe { item_body::<T, Generic>(level, g, seqs, kv, q, it, then, own) }
+    unsafe { item_body::<T, crate::simd::Avx2>(level, g, seqs, kv, q, it, then, own) }
 }
 
 /// One item: rows are (query position, head of the group), position-major; queries pre-scaled.
@@ -757,7 +757,7 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 /// Few rows (decode): scores of the item's rows against a tile of keys, the online-softmax update,
 /// then the value sums, straight from the cache (converted in registers).
 ///
-/// At the AVX-512 levels (head sizes 64, 80, 96, 128 and 256) the cache is read in order: the
+/// At the x86 levels (head sizes 64, 80, 96, 128 and 256) the cache is read in order: the
 /// scores of every head token by token (a token's heads are adjacent), prefetching the tile's
 /// values meanwhile; then per head the softmax step and the value sums, which prefetch the next
 /// tile's keys (after the last tile, those of `then`, the item this thread runs next) one row per

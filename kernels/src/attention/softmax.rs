@@ -46,18 +46,17 @@ impl RowState {
         None
     }
 
-    /// [`RowState::update`] (with fused multiply-adds) in AVX-512 registers, for at most 64 scores:
-    /// the same probabilities, bit for bit, and the same sum up to the order of its additions
-    /// (a few ulps); the scalar code's horizontal folds cost as much as its exps. Returns None
-    /// (doing nothing) for more scores or without AVX-512F.
+    /// [`RowState::update`] (with fused multiply-adds) in registers of width `W`, for at most 64
+    /// scores: the same probabilities, bit for bit, and the same sum up to the order of its
+    /// additions (a few ulps); the scalar code's horizontal folds cost as much as its exps.
+    /// Returns None (doing nothing) for more scores or on a CPU without the width's features.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub fn update_wide(&mut self, scores: &mut [f32]) -> Option<f32> {
-        #[cfg(target_arch = "x86_64")]
-        if scores.len() <= 64 && crate::cpu::detected() >= crate::cpu::Level::Avx512 {
-            // SAFETY: AVX-512F present; at most 64 scores.
-            return Some(unsafe { x86::update(self, scores) });
+    pub fn update_wide<W: crate::simd::width::Width>(&mut self, scores: &mut [f32]) -> Option<f32> {
+        if scores.len() <= 64 && crate::cpu::detected() >= W::LEVEL {
+            // SAFETY: the width's features present; at most 64 scores.
+            return Some(unsafe { x86::update::<W>(self, scores) });
         }
-        let _ = scores;
         None
     }
 
@@ -147,40 +146,40 @@ pub(crate) fn exp_with(x: f32, fma: bool) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::RowState;
+    use crate::simd::width::{Width, W512};
     use std::arch::x86_64::*;
 
-    /// [`super::exp_with`]`(x, true)` on 16 lanes, the same operations in the same order (so the same
-    /// bits).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn exp16(x: __m512) -> __m512 {
-        let magic = _mm512_set1_ps(12_582_912.0);
-        // The constants first: min/max return their second operand when one is NaN, so NaN stays.
-        let xc = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
-        let t = _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E)), magic);
-        let n = _mm512_sub_ps(t, magic);
-        let r = _mm512_sub_ps(
-            _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(0.693_145_75))),
-            _mm512_mul_ps(n, _mm512_set1_ps(1.428_606_8e-6)),
-        );
-        let mut p = _mm512_set1_ps(1.0 / 5040.0);
-        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    /// [`super::exp_with`]`(x, true)` on a register of any width, the same operations in the same
+    /// order (so the same bits).
+    ///
+    /// # Safety
+    /// As [`Width`].
+    #[inline(always)]
+    unsafe fn exp<W: Width>(x: W::F) -> W::F {
+        // SAFETY: the width's features (contract).
+        unsafe {
+            let magic = W::splat(12_582_912.0);
+            // The constants first: min/max return their second operand when one is NaN, so NaN stays.
+            let xc = W::min(W::splat(88.0), W::max(W::splat(-87.0), x));
+            let t = W::add(W::mul(xc, W::splat(std::f32::consts::LOG2_E)), magic);
+            let n = W::sub(t, magic);
+            let r = W::sub(W::sub(xc, W::mul(n, W::splat(0.693_145_75))), W::mul(n, W::splat(1.428_606_8e-6)));
+            let mut p = W::splat(1.0 / 5040.0);
+            for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                p = W::fmadd(p, r, W::splat(c));
+            }
+            W::zero_below(x, -87.0, W::mul(p, W::pow2(t, magic)))
         }
-        let bits = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(magic));
-        let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127))));
-        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(-87.0));
-        _mm512_maskz_mul_ps(keep, p, two_n)
     }
 
     /// See [`RowState::update_wide`].
     ///
     /// # Safety
-    /// AVX-512F; at most 64 scores.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn update(state: &mut RowState, scores: &mut [f32]) -> f32 {
+    /// The width's features ([`Width`]); at most 64 scores.
+    #[inline(always)]
+    pub unsafe fn update<W: Width>(state: &mut RowState, scores: &mut [f32]) -> f32 {
         // SAFETY: forwarded contract; nothing to round.
-        unsafe { update_with(state, scores, None::<(&mut [u16], fn(__m512) -> __m256i)>) }
+        unsafe { update_with::<W, fn(W::F, *mut u16)>(state, scores, None) }
     }
 
     /// See [`RowState::update_bf16`].
@@ -189,65 +188,60 @@ pub(crate) mod x86 {
     /// AVX-512F and AVX-512 BF16; at most 64 scores; `pb` holds their count rounded up to 16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn update_bf16(state: &mut RowState, scores: &mut [f32], pb: &mut [u16]) -> f32 {
-        // SAFETY: __m256bh and __m256i are both 256-bit vectors; the rest is forwarded.
-        let round = |p: __m512| unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(p)) };
+        // SAFETY: 16 values to write at `at` (update_with's contract); __m256bh and __m256i are
+        // both 256-bit vectors.
+        let round = |p: __m512, at: *mut u16| unsafe {
+            _mm256_storeu_si256(at as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(p)))
+        };
         // SAFETY: forwarded contract.
-        unsafe { update_with(state, scores, Some((pb, round))) }
+        unsafe { update_with::<W512, _>(state, scores, Some((pb, round))) }
     }
 
     /// The body of [`update`] and [`update_bf16`]: with `round`, the probabilities also go to its
-    /// slice, 16 per chunk, rounded by its function.
+    /// slice, a chunk of `LANES` at a time, written by its function.
     ///
     /// # Safety
-    /// As [`update`], and `round`'s slice holds the scores' count rounded up to 16.
+    /// As [`update`], and `round`'s slice holds the scores' count rounded up to `LANES`.
     #[inline(always)]
-    unsafe fn update_with<R: Fn(__m512) -> __m256i>(
+    unsafe fn update_with<W: Width, R: Fn(W::F, *mut u16)>(
         state: &mut RowState,
         scores: &mut [f32],
         mut round: Option<(&mut [u16], R)>,
     ) -> f32 {
         let n = scores.len();
-        let chunks = n.div_ceil(16);
-        let mask = |c: usize| -> __mmask16 {
-            let left = n - 16 * c;
-            if left >= 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            }
-        };
-        // SAFETY: masked loads and stores stay inside `scores`; the rounded slice holds 16 per
+        let chunks = n.div_ceil(W::LANES);
+        // SAFETY: partial loads and stores stay inside `scores`; the rounded slice holds LANES per
         // chunk (contract).
         unsafe {
-            let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-            let mut x = [ninf; 4];
-            let mut top = ninf;
+            let ninf = f32::NEG_INFINITY;
+            let mut x = [W::splat(ninf); 8];
+            let mut top = W::splat(ninf);
             for (c, xc) in x.iter_mut().enumerate().take(chunks) {
-                *xc = _mm512_mask_loadu_ps(ninf, mask(c), scores.as_ptr().add(16 * c));
-                // NaN second: the max ignores NaN, as the scalar one does (exp16 makes it NaN later).
-                top = _mm512_max_ps(*xc, top);
+                *xc = W::load_first(scores.as_ptr().add(W::LANES * c), n - W::LANES * c, ninf);
+                // NaN second: the max ignores NaN, as the scalar one does (exp makes it NaN later).
+                top = W::max(*xc, top);
             }
-            let max = state.max.max(_mm512_reduce_max_ps(top));
+            let max = state.max.max(W::max_lane(top));
             if max == f32::NEG_INFINITY {
                 state.nothing_seen(scores);
                 if let Some((pb, _)) = round {
                     let p = if state.sum.is_nan() { half::bf16::NAN.to_bits() } else { 0 };
-                    pb[..16 * chunks].fill(0);
+                    pb[..W::LANES * chunks].fill(0);
                     pb[..n].fill(p);
                 }
                 return 1.0;
             }
             let alpha = if state.max == max { 1.0 } else { super::exp_with(state.max - max, true) };
-            let (shift, mut sum) = (_mm512_set1_ps(max), _mm512_setzero_ps());
+            let (shift, mut sum) = (W::splat(max), W::zero());
             for (c, &xc) in x.iter().enumerate().take(chunks) {
-                let p = exp16(_mm512_sub_ps(xc, shift));
-                sum = _mm512_add_ps(sum, p);
-                _mm512_mask_storeu_ps(scores.as_mut_ptr().add(16 * c), mask(c), p);
+                let p = exp::<W>(W::sub(xc, shift));
+                sum = W::add(sum, p);
+                W::store_first(scores.as_mut_ptr().add(W::LANES * c), p, n - W::LANES * c);
                 if let Some((pb, round)) = &mut round {
-                    _mm256_storeu_si256(pb.as_mut_ptr().add(16 * c) as *mut __m256i, round(p));
+                    round(p, pb.as_mut_ptr().add(W::LANES * c));
                 }
             }
-            state.sum = state.sum * alpha + _mm512_reduce_add_ps(sum);
+            state.sum = state.sum * alpha + W::sum(sum);
             state.max = max;
             alpha
         }
@@ -412,7 +406,15 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn wide_update_matches_the_plain_update() {
+        use crate::simd::width::{W256, W512};
+        wide_update_matches::<W512>();
+        wide_update_matches::<W256>();
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn wide_update_matches<W: crate::simd::width::Width>() {
         let ninf = f32::NEG_INFINITY;
         for n in [1, 2, 15, 16, 17, 32, 33, 64] {
             let scores: Vec<f32> =
@@ -423,8 +425,8 @@ mod tests {
                 let mut want = scores.clone();
                 let alpha = plain.update(&mut want, true);
                 let mut got = scores.clone();
-                let Some(beta) = wide.update_wide(&mut got) else {
-                    return; // no AVX-512 here
+                let Some(beta) = wide.update_wide::<W>(&mut got) else {
+                    return; // not on this CPU
                 };
                 assert_eq!((alpha.to_bits(), plain.max), (beta.to_bits(), wide.max), "n = {n}");
                 assert!((plain.sum - wide.sum).abs() <= 4.0 * f32::EPSILON * plain.sum, "n = {n}");
@@ -438,14 +440,14 @@ mod tests {
         // Nothing visible: zeros, or NaN when a score is NaN; more than 64 scores: not taken.
         let mut st = RowState::EMPTY;
         let mut s = [ninf; 20];
-        if st.update_wide(&mut s).is_some() {
+        if st.update_wide::<W>(&mut s).is_some() {
             assert!(s.iter().all(|&p| p == 0.0) && st.sum == 0.0);
             let mut s = [ninf, f32::NAN, ninf];
-            assert_eq!(st.update_wide(&mut s), Some(1.0));
+            assert_eq!(st.update_wide::<W>(&mut s), Some(1.0));
             assert!(s.iter().all(|p| p.is_nan()) && st.sum.is_nan());
         }
         let mut st = RowState::EMPTY;
-        assert_eq!(st.update_wide(&mut [0.0; 65]), None);
+        assert_eq!(st.update_wide::<W>(&mut [0.0; 65]), None);
     }
 
     #[test]

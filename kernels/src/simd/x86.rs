@@ -1,0 +1,738 @@
+//! The x86 row kernels: written once against a register [`Width`] and compiled per width through
+//! [`Entry`], plus the AVX-512-only ones (BF16 dot products, weight-row products).
+
+// The register arrays are indexed by the same i that addresses memory (offset LANES·i).
+#![allow(clippy::needless_range_loop)]
+
+use super::width::{Width, W256, W512};
+use super::Lanes;
+use crate::attention::softmax::RowState;
+use std::arch::x86_64::*;
+
+/// Prefetches the `len` elements from `row` into L2, a cache line at a time.
+#[inline(always)]
+fn prefetch_row<T>(row: *const T, len: usize) {
+    let row = row as *const i8;
+    for off in (0..len * std::mem::size_of::<T>()).step_by(64) {
+        // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(off)) };
+    }
+}
+
+/// `out[i] = a row i · w` for M rows: each 16 weights are loaded (and converted) once and used by
+/// all M accumulators.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `a` holds M rows of `w.len()` values at stride `lda`; `out` M.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn rows_dot<T: Lanes, const M: usize>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) {
+    // SAFETY: forwarded contract (one row of weights).
+    unsafe { rows_dot_j::<T, M, 1>(a, lda, [w.as_ptr()], w.len(), [out.as_mut_ptr()]) }
+}
+
+/// `out[r][i] = a row i · w[r]` for M activation rows and J weight rows: each 16 weights are
+/// loaded (and converted) once for all M rows, each 16 activations once for all J rows.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `a` holds M rows of `k` values at stride `lda`; each `w[r]`
+/// holds k values and each `out[r]` M.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn rows_dot_j<T: Lanes, const M: usize, const J: usize>(
+    a: *const f32,
+    lda: usize,
+    w: [*const T; J],
+    k: usize,
+    out: [*mut f32; J],
+) {
+    // SAFETY: every access is inside a row of `w`, one of the M rows of `a`, or `out` (contract).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); M]; J];
+        let mut p = 0;
+        let step = |acc: &mut [[__m512; M]; J], p: usize| {
+            let wv: [__m512; J] = std::array::from_fn(|r| T::load16(w[r].add(p)));
+            for i in 0..M {
+                let av = _mm512_loadu_ps(a.add(i * lda + p));
+                for r in 0..J {
+                    acc[r][i] = _mm512_fmadd_ps(av, wv[r], acc[r][i]);
+                }
+            }
+        };
+        if M * J <= 4 {
+            // Few dot products: four sets of accumulators over consecutive chunks, or the FMA
+            // latency of one chain per product bounds the loop (m = 1 is one chain).
+            let mut more = [[[_mm512_setzero_ps(); M]; J]; 3];
+            while p + 64 <= k {
+                step(&mut acc, p);
+                for (u, set) in more.iter_mut().enumerate() {
+                    step(set, p + 16 * (u + 1));
+                }
+                p += 64;
+            }
+            for set in &more {
+                for r in 0..J {
+                    for i in 0..M {
+                        acc[r][i] = _mm512_add_ps(acc[r][i], set[r][i]);
+                    }
+                }
+            }
+        }
+        while p + 16 <= k {
+            step(&mut acc, p);
+            p += 16;
+        }
+        for r in 0..J {
+            for i in 0..M {
+                let mut s = _mm512_reduce_add_ps(acc[r][i]);
+                for q in p..k {
+                    s += *a.add(i * lda + q) * (*w[r].add(q)).to_f32();
+                }
+                *out[r].add(i) = s;
+            }
+        }
+    }
+}
+
+/// Stores `[r·a, r·b, (r+1)·a, (r+1)·b]` (two rows' scores for two keys) at `out` (row r, key a)
+/// and `out + stride`; only the `a` scores when `both` is false.
+///
+/// # Safety
+/// The positions written exist.
+#[inline(always)]
+unsafe fn store_pair(s: __m128, out: *mut f32, stride: usize, both: bool) {
+    // SAFETY: as the contract says.
+    unsafe {
+        if both {
+            _mm_storel_pd(out as *mut f64, _mm_castps_pd(s));
+            _mm_storeh_pd(out.add(stride) as *mut f64, _mm_castps_pd(s));
+        } else {
+            _mm_store_ss(out, s);
+            _mm_store_ss(out.add(stride), _mm_movehl_ps(s, s));
+        }
+    }
+}
+
+/// What differs between the score kernels: how a chunk of a query row and of a key row is
+/// loaded, and how their products are accumulated.
+pub trait Chunks {
+    /// The width of the accumulators.
+    type W: Width;
+    /// Query and key element types.
+    type Q;
+    type K;
+    /// A chunk in a register.
+    type V: Copy;
+    /// Elements per chunk.
+    const LANES: usize;
+    /// # Safety
+    /// The CPU has what the kernel needs; `p` is valid for `LANES` reads.
+    unsafe fn query(p: *const Self::Q) -> Self::V;
+    /// # Safety
+    /// As [`Chunks::query`].
+    unsafe fn key(p: *const Self::K) -> Self::V;
+    /// # Safety
+    /// As [`Chunks::query`].
+    unsafe fn madd(acc: Acc<Self>, q: Self::V, k: Self::V) -> Acc<Self>;
+}
+
+/// An accumulator register of a [`Chunks`].
+type Acc<C> = <<C as Chunks>::W as Width>::F;
+
+/// Raw bf16 queries and keys, 32 per chunk, by `vdpbf16ps` (needs AVX-512 BF16).
+pub struct Bf16Pairs;
+
+impl Chunks for Bf16Pairs {
+    type W = W512;
+    type Q = u16;
+    type K = u16;
+    type V = __m512bh;
+    const LANES: usize = 32;
+    #[inline(always)]
+    unsafe fn query(p: *const u16) -> __m512bh {
+        // SAFETY: 32 values at p (contract); __m512bh and __m512i are both 512-bit vectors.
+        unsafe { std::mem::transmute(_mm512_loadu_si512(p as *const _)) }
+    }
+    #[inline(always)]
+    unsafe fn key(p: *const u16) -> __m512bh {
+        // SAFETY: as above.
+        unsafe { Self::query(p) }
+    }
+    #[inline(always)]
+    unsafe fn madd(acc: __m512, q: __m512bh, k: __m512bh) -> __m512 {
+        // SAFETY: AVX-512 BF16 (contract).
+        unsafe { _mm512_dpbf16_ps(acc, q, k) }
+    }
+}
+
+/// f32 queries and keys of any source type converted in registers of width `W`, by FMA.
+pub struct Widened<W, T>(std::marker::PhantomData<(W, T)>);
+
+impl<W: Width, T: Lanes> Chunks for Widened<W, T> {
+    type W = W;
+    type Q = f32;
+    type K = T;
+    type V = W::F;
+    const LANES: usize = W::LANES;
+    #[inline(always)]
+    unsafe fn query(p: *const f32) -> W::F {
+        // SAFETY: LANES values at p, the width's features (contract).
+        unsafe { W::load(p) }
+    }
+    #[inline(always)]
+    unsafe fn key(p: *const T) -> W::F {
+        // SAFETY: as above.
+        unsafe { W::row(p) }
+    }
+    #[inline(always)]
+    unsafe fn madd(acc: W::F, q: W::F, k: W::F) -> W::F {
+        // SAFETY: as above.
+        unsafe { W::fmadd(q, k, acc) }
+    }
+}
+
+/// Scores of every query row against keys `offs` in token order: for each pair of tokens, every
+/// KV head in turn, so the cache is read front to back; the value rows at the same offsets of
+/// `pf` are prefetched into L2 as the keys are read, and the keys four tokens ahead once more.
+/// Rows are head-major, `per_head` per KV head, `LANES·NV` values each at `q`; key `j` of head
+/// `h` at `src + offs[j] + LANES·NV·h`; `scale` times the score goes to `out + r·stride + j`.
+///
+/// # Safety
+/// Called from a function compiled for what `C` needs (its width's features, and AVX-512 BF16
+/// for [`Bf16Pairs`]), on a CPU that has it; every row, query and output position named exists.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn token_dots<C: Chunks, const NV: usize>(
+    q: *const C::Q,
+    heads: usize,
+    per_head: usize,
+    src: *const C::K,
+    pf: *const C::K,
+    offs: &[usize],
+    scale: f32,
+    out: *mut f32,
+    stride: usize,
+) {
+    // SAFETY: every access is inside the queries, rows or outputs (contract).
+    unsafe {
+        let scale = _mm_set1_ps(scale);
+        let d = C::LANES * NV;
+        let prefetch = |p: *const C::K| prefetch_row(p, d);
+        let n = offs.len();
+        // Rows per group: as many as leave room in the registers for their two accumulators
+        // each, the two key chunks and a query chunk (AVX-512: 8; AVX2: 4).
+        let big = if 2 * 8 + 3 <= C::W::REGS { 8 } else { 4 };
+        let mut j = 0;
+        while j < n {
+            // An odd last token is paired with itself (its second score is not stored).
+            let (ja, jb) = (offs[j], offs[(j + 1).min(n - 1)]);
+            let both = j + 1 < n;
+            for h in 0..heads {
+                prefetch(pf.add(ja + h * d));
+                prefetch(pf.add(jb + h * d));
+                // Keys of a tile should be in L2 already (prefetched during the previous value
+                // sums); a second prefetch four tokens ahead catches the ones that are not.
+                for &at in offs.get(j + 4..(j + 6).min(n)).unwrap_or_default() {
+                    prefetch(src.add(at + h * d));
+                }
+                let keys = (src.add(ja + h * d), src.add(jb + h * d));
+                let (mut r, end) = (h * per_head, (h + 1) * per_head);
+                while r < end {
+                    let at = (q.add(r * d), out.add(r * stride + j));
+                    r += match end - r {
+                        g if g >= 8 && big == 8 => group::<C, NV, 8>(at, keys, scale, stride, both),
+                        4.. => group::<C, NV, 4>(at, keys, scale, stride, both),
+                        2 | 3 => group::<C, NV, 2>(at, keys, scale, stride, both),
+                        _ => group::<C, NV, 1>(at, keys, scale, stride, both),
+                    };
+                }
+            }
+            j += 2;
+        }
+    }
+}
+
+/// The scores of G consecutive query rows (at `q`, `LANES·NV` values each) against keys `a` and
+/// `b`, chunk by chunk: each key chunk is loaded (and converted) once for the G rows, and the 2·G
+/// sums stay in registers. Writes `scale` times them at `out` (row 0, key a; the next key after
+/// it, rows `stride` apart; key b only when `both`). Returns G.
+///
+/// # Safety
+/// As [`token_dots`].
+#[inline(always)]
+unsafe fn group<C: Chunks, const NV: usize, const G: usize>(
+    (q, out): (*const C::Q, *mut f32),
+    (a, b): (*const C::K, *const C::K),
+    scale: __m128,
+    stride: usize,
+    both: bool,
+) -> usize {
+    let d = C::LANES * NV;
+    // SAFETY: every access is inside the G query rows, the two keys or the outputs (contract).
+    unsafe {
+        if G == 1 {
+            // One row (plain multi-head attention): two chains per key, so that the FMA latency
+            // does not bound it.
+            let mut acc = [C::W::zero(); 4];
+            for i in 0..NV {
+                let q0 = C::query(q.add(C::LANES * i));
+                acc[i % 2] = C::madd(acc[i % 2], q0, C::key(a.add(C::LANES * i)));
+                acc[2 + i % 2] = C::madd(acc[2 + i % 2], q0, C::key(b.add(C::LANES * i)));
+            }
+            // [a0, a1, b0, b1] (two half sums per key) → [a, b].
+            let s = C::W::sum4(acc);
+            let s = _mm_add_ps(s, _mm_shuffle_ps::<0b11_11_11_01>(s, s));
+            let s = _mm_mul_ps(_mm_shuffle_ps::<0b00_00_10_00>(s, s), scale);
+            match both {
+                true => _mm_storel_pd(out as *mut f64, _mm_castps_pd(s)),
+                false => _mm_store_ss(out, s),
+            }
+            return 1;
+        }
+        let mut acc = [[C::W::zero(); 2]; G];
+        for i in 0..NV {
+            let (ka, kb) = (C::key(a.add(C::LANES * i)), C::key(b.add(C::LANES * i)));
+            for t in 0..G {
+                let qt = C::query(q.add(t * d + C::LANES * i));
+                acc[t][0] = C::madd(acc[t][0], qt, ka);
+                acc[t][1] = C::madd(acc[t][1], qt, kb);
+            }
+        }
+        for t in (0..G).step_by(2) {
+            let s = C::W::sum4([acc[t][0], acc[t][1], acc[t + 1][0], acc[t + 1][1]]);
+            store_pair(_mm_mul_ps(s, scale), out.add(t * stride), stride, both);
+        }
+        G
+    }
+}
+
+/// [`token_dots`] on raw bf16 values.
+///
+/// # Safety
+/// AVX-512F and AVX-512 BF16; as [`token_dots`].
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn token_dots_bf16<const NV: usize>(
+    q: *const u16,
+    heads: usize,
+    per_head: usize,
+    src: *const u16,
+    pf: *const u16,
+    offs: &[usize],
+    scale: f32,
+    out: *mut f32,
+    stride: usize,
+) {
+    // SAFETY: compiled with what Bf16Pairs needs; the rest is the caller's contract.
+    unsafe { token_dots::<Bf16Pairs, NV>(q, heads, per_head, src, pf, offs, scale, out, stride) }
+}
+
+/// [`super::round_to_bf16`].
+///
+/// # Safety
+/// AVX-512F and AVX-512 BF16; `dst` at least as long as `src`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    let whole = src.len() / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: 16 values at i in both slices (contract); __m256bh and __m256i are 256-bit.
+        unsafe {
+            let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i))));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, b);
+        }
+    }
+    for (d, &x) in dst[whole..].iter_mut().zip(&src[whole..]) {
+        *d = super::bf16_bits(x);
+    }
+}
+
+/// `acc[k] += Σⱼ p[k][j] · row j` for four weight vectors given as bf16 (`pb[k]`, kt values,
+/// padded to an even count) over bf16 rows, by `vdpbf16ps` on pairs of keys: two value rows are
+/// interleaved (`unpacklo/hi_epi16`) so each lane holds the same element of both, and the pair of
+/// weights is broadcast. The sums come out in the interleaved lane order and are put back in
+/// element order once at the end. Elements `d0 .. d0 + 32·NC` of each row.
+///
+/// # Safety
+/// AVX-512F and AVX-512 BF16; rows hold `d0 + 32·NC` values at `src + offs[j]`; `pb[k]` holds
+/// `offs.len()` rounded up to even values; the accumulators `d0 + 32·NC`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn weighted_sum4_bf16<const NC: usize>(
+    pb: [*const u16; 4],
+    src: *const u16,
+    offs: &[usize],
+    acc: [*mut f32; 4],
+    d0: usize,
+    (pf, ahead): (*const u16, &[usize]),
+) {
+    // SAFETY: every access is inside the rows, the weights or the accumulators (contract);
+    // __m512bh and __m512i are both 512-bit vectors.
+    unsafe {
+        let bh = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
+        let mut lo = [[_mm512_setzero_ps(); NC]; 4];
+        let mut hi = [[_mm512_setzero_ps(); NC]; 4];
+        let n = offs.len();
+        let mut j = 0;
+        while j < n {
+            let ra = src.add(offs[j] + d0);
+            let rb = if j + 1 < n { Some(src.add(offs[j + 1] + d0)) } else { None };
+            let w = [0, 1, 2, 3].map(|k| bh(_mm512_set1_epi32((pb[k].add(j) as *const i32).read_unaligned())));
+            for &at in ahead.get(j..(j + 2).min(ahead.len())).unwrap_or_default() {
+                for c in 0..NC {
+                    _mm_prefetch::<_MM_HINT_T1>(pf.add(at + d0 + 32 * c) as *const i8);
+                }
+            }
+            for c in 0..NC {
+                let a = _mm512_loadu_si512(ra.add(32 * c) as *const _);
+                let b = match rb {
+                    Some(rb) => _mm512_loadu_si512(rb.add(32 * c) as *const _),
+                    None => _mm512_setzero_si512(),
+                };
+                let (pl, ph) = (bh(_mm512_unpacklo_epi16(a, b)), bh(_mm512_unpackhi_epi16(a, b)));
+                for k in 0..4 {
+                    lo[k][c] = _mm512_dpbf16_ps(lo[k][c], w[k], pl);
+                    hi[k][c] = _mm512_dpbf16_ps(hi[k][c], w[k], ph);
+                }
+            }
+            j += 2;
+        }
+        // Lane 4L + i of `lo` is element 8L + i of the chunk, of `hi` element 8L + 4 + i.
+        let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+        let second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+        for k in 0..4 {
+            for c in 0..NC {
+                let at = acc[k].add(d0 + 32 * c);
+                let e0 = _mm512_permutex2var_ps(lo[k][c], first, hi[k][c]);
+                let e1 = _mm512_permutex2var_ps(lo[k][c], second, hi[k][c]);
+                _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), e0));
+                _mm512_storeu_ps(at.add(16), _mm512_add_ps(_mm512_loadu_ps(at.add(16)), e1));
+            }
+        }
+    }
+}
+
+/// Dot products of `q` (NV registers, kept in them) with the rows at `src + offs[j]`.
+///
+/// # Safety
+/// The width's features (see [`Width`]); `q` holds `LANES·NV` values, each row as many.
+#[inline(always)]
+unsafe fn dots<W: Width, T: Lanes, const NV: usize>(q: *const f32, src: *const T, offs: &[usize], out: &mut [f32]) {
+    // SAFETY: every access is inside `q` or one of the rows (contract).
+    unsafe {
+        let mut qv = [W::zero(); NV];
+        for i in 0..NV {
+            qv[i] = W::load(q.add(W::LANES * i));
+        }
+        for (o, &at) in out.iter_mut().zip(offs) {
+            let r = src.add(at);
+            // Two chains, each half as long (FMA latency, not throughput, would bound one).
+            let (mut a, mut b) = (W::mul(qv[0], W::row(r)), W::zero());
+            for i in 1..NV {
+                if i % 2 == 1 {
+                    b = W::fmadd(qv[i], W::row(r.add(W::LANES * i)), b);
+                } else {
+                    a = W::fmadd(qv[i], W::row(r.add(W::LANES * i)), a);
+                }
+            }
+            *o = W::sum(W::add(a, b));
+        }
+    }
+}
+
+/// [`dots`] for two queries: each row is loaded (and converted) once for both.
+///
+/// # Safety
+/// As [`dots`], for both queries and outputs.
+#[inline(always)]
+unsafe fn dots2<W: Width, T: Lanes, const NV: usize>(
+    q: [*const f32; 2],
+    src: *const T,
+    offs: &[usize],
+    out: [&mut [f32]; 2],
+) {
+    // SAFETY: every access is inside the queries or one of the rows (contract).
+    unsafe {
+        let mut qv = [[W::zero(); NV]; 2];
+        for k in 0..2 {
+            for i in 0..NV {
+                qv[k][i] = W::load(q[k].add(W::LANES * i));
+            }
+        }
+        let [o0, o1] = out;
+        for ((x0, x1), &at) in o0.iter_mut().zip(o1.iter_mut()).zip(offs) {
+            let r = src.add(at);
+            // Two chains per query, as in `dots`.
+            let mut acc = [W::zero(); 4];
+            for i in 0..NV {
+                let row = W::row(r.add(W::LANES * i));
+                acc[i % 2] = W::fmadd(qv[0][i], row, acc[i % 2]);
+                acc[2 + i % 2] = W::fmadd(qv[1][i], row, acc[2 + i % 2]);
+            }
+            *x0 = W::sum(W::add(acc[0], acc[1]));
+            *x1 = W::sum(W::add(acc[2], acc[3]));
+        }
+    }
+}
+
+/// `acc[k] += Σⱼ p[k][j] · row j` for K weight vectors over the same rows, elements `d0 .. d0 +
+/// LANES·NH` of each: the K·NH sums stay in registers and each row chunk is loaded (and
+/// converted) once for all K. The same elements of row `ahead[j]` of `pf` are prefetched into L2
+/// with row j.
+///
+/// # Safety
+/// The width's features (see [`Width`]); the rows at `src + offs[j]` (j < `p[0].len()`), the
+/// accumulators and the rows at `ahead` hold `d0 + LANES·NH` values; each `p[k]` holds as many
+/// weights as `p[0]`.
+#[inline(always)]
+unsafe fn weighted_sums<W: Width, T: Lanes, const K: usize, const NH: usize>(
+    p: [&[f32]; K],
+    src: *const T,
+    offs: &[usize],
+    acc: [*mut f32; K],
+    d0: usize,
+    (pf, ahead): (*const T, &[usize]),
+) {
+    // SAFETY: every access is inside the accumulators or one of the rows (contract); the
+    // prefetches only hint, at rows the contract names.
+    unsafe {
+        let mut av = [[W::zero(); NH]; K];
+        for k in 0..K {
+            for i in 0..NH {
+                av[k][i] = W::load(acc[k].add(d0 + W::LANES * i));
+            }
+        }
+        // A piece shorter than a cache line prefetches the line it starts, if it starts one
+        // (else the line would be prefetched again by each of its pieces).
+        let bytes = W::LANES * NH * std::mem::size_of::<T>();
+        let start = d0 * std::mem::size_of::<T>();
+        let prefetch =
+            if bytes >= 64 || start.is_multiple_of(64) { bytes.max(64) / std::mem::size_of::<T>() } else { 0 };
+        for (j, &at) in offs.iter().enumerate().take(p[0].len()) {
+            if let Some(&next) = ahead.get(j) {
+                prefetch_row(pf.add(next + d0), prefetch);
+            }
+            let r = src.add(at + d0);
+            let mut w = [W::zero(); K];
+            for k in 0..K {
+                w[k] = W::splat(*p[k].get_unchecked(j));
+            }
+            for i in 0..NH {
+                let row = W::row(r.add(W::LANES * i));
+                for k in 0..K {
+                    av[k][i] = W::fmadd(w[k], row, av[k][i]);
+                }
+            }
+        }
+        for (a, v) in acc.iter().zip(&av) {
+            for i in 0..NH {
+                W::store(a.add(d0 + W::LANES * i), v[i]);
+            }
+        }
+    }
+}
+
+/// Registers per piece of a K-row weighted sum of `d` values at width `W`: the largest divisor
+/// of `d / LANES` whose K·NH accumulators, K weights and the row fit in the registers (AVX-512
+/// d 128, four rows: 4; AVX2: 2).
+const fn piece<W: Width>(d: usize, k: usize) -> usize {
+    let nv = d / W::LANES;
+    let mut nh = nv;
+    while nh > 1 && (!nv.is_multiple_of(nh) || k * (nh + 1) + 1 > W::REGS) {
+        nh -= 1;
+    }
+    nh
+}
+
+/// The head sizes the kernels of [`Entry`] take (others go to the generic code).
+pub const HEAD_SIZES: [usize; 5] = [64, 80, 96, 128, 256];
+
+/// The kernels of a width, compiled for its features, for head sizes in [`HEAD_SIZES`]; each
+/// returns false (doing nothing) for other sizes.
+///
+/// # Safety (every method)
+/// The CPU has the width's features; every row, query, weight and output named exists, as the
+/// kernel each calls requires.
+pub trait Entry: Width {
+    /// The online-softmax step in registers ([`RowState::update_wide`]).
+    unsafe fn softmax_update(state: &mut RowState, scores: &mut [f32]) -> Option<f32>;
+    /// [`token_dots`] on f32 queries (already scaled), head size `d`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn token_dots<T: Lanes>(
+        d: usize,
+        q: *const f32,
+        heads: usize,
+        per_head: usize,
+        src: *const T,
+        pf: *const T,
+        offs: &[usize],
+        out: *mut f32,
+        stride: usize,
+    ) -> bool;
+    /// [`dots`] for a query of `d` values.
+    unsafe fn dots<T: Lanes>(q: *const f32, d: usize, src: *const T, offs: &[usize], out: &mut [f32]) -> bool;
+    /// [`dots2`] for queries of `d` values.
+    unsafe fn dots2<T: Lanes>(
+        q: [*const f32; 2],
+        d: usize,
+        src: *const T,
+        offs: &[usize],
+        out: [&mut [f32]; 2],
+    ) -> bool;
+    /// [`weighted_sums`] over whole rows of `d` values, in pieces that fit the registers.
+    unsafe fn weighted_sums<T: Lanes, const K: usize>(
+        p: [&[f32]; K],
+        d: usize,
+        src: *const T,
+        offs: &[usize],
+        acc: [*mut f32; K],
+        ahead: (*const T, &[usize]),
+    ) -> bool;
+    /// `out[i] = a row i · w` for the `out.len()` rows of `a` (`w.len()` values at stride `lda`),
+    /// where this width has the kernel and takes that many rows.
+    unsafe fn rows_dot<T: Lanes>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) -> bool {
+        let _ = (a, lda, w, out);
+        false
+    }
+    /// [`Entry::rows_dot`] for two rows of weights (as long as each other).
+    unsafe fn rows_dot2<T: Lanes>(a: *const f32, lda: usize, w: [&[T]; 2], out: [&mut [f32]; 2]) -> bool {
+        let _ = (a, lda, w, out);
+        false
+    }
+}
+
+/// Implements [`Entry`] for a width: its target features, the register counts its head sizes
+/// need (`vectors`: d / LANES), the piece sizes [`piece`] picks for it (`pieces`), and after a
+/// `;` the methods only this width has.
+macro_rules! entry {
+    ($w:ty, $features:literal, vectors: [$($nv:literal)*], pieces: [$($nh:literal)*] $(; $($extra:tt)*)?) => {
+        impl Entry for $w {
+            $($($extra)*)?
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn softmax_update(state: &mut RowState, scores: &mut [f32]) -> Option<f32> {
+                state.update_wide::<$w>(scores)
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn token_dots<T: Lanes>(
+                d: usize,
+                q: *const f32,
+                heads: usize,
+                per_head: usize,
+                src: *const T,
+                pf: *const T,
+                offs: &[usize],
+                out: *mut f32,
+                stride: usize,
+            ) -> bool {
+                if !HEAD_SIZES.contains(&d) {
+                    return false;
+                }
+                match d / <$w>::LANES {
+                    // SAFETY: the trait's contract.
+                    $($nv => unsafe {
+                        token_dots::<Widened<$w, T>, $nv>(q, heads, per_head, src, pf, offs, 1.0, out, stride)
+                    },)*
+                    _ => return false,
+                }
+                true
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn dots<T: Lanes>(q: *const f32, d: usize, src: *const T, offs: &[usize], out: &mut [f32]) -> bool {
+                if !HEAD_SIZES.contains(&d) {
+                    return false;
+                }
+                match d / <$w>::LANES {
+                    // SAFETY: the trait's contract.
+                    $($nv => unsafe { dots::<$w, T, $nv>(q, src, offs, out) },)*
+                    _ => return false,
+                }
+                true
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn dots2<T: Lanes>(
+                q: [*const f32; 2],
+                d: usize,
+                src: *const T,
+                offs: &[usize],
+                out: [&mut [f32]; 2],
+            ) -> bool {
+                if !HEAD_SIZES.contains(&d) {
+                    return false;
+                }
+                match d / <$w>::LANES {
+                    // SAFETY: the trait's contract.
+                    $($nv => unsafe { dots2::<$w, T, $nv>(q, src, offs, out) },)*
+                    _ => return false,
+                }
+                true
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn weighted_sums<T: Lanes, const K: usize>(
+                p: [&[f32]; K],
+                d: usize,
+                src: *const T,
+                offs: &[usize],
+                acc: [*mut f32; K],
+                ahead: (*const T, &[usize]),
+            ) -> bool {
+                if !HEAD_SIZES.contains(&d) {
+                    return false;
+                }
+                let nh = piece::<$w>(d, K);
+                match nh {
+                    $($nh => {
+                        for d0 in (0..d).step_by(<$w>::LANES * $nh) {
+                            // SAFETY: the trait's contract; pieces of LANES·NH up to d.
+                            unsafe { weighted_sums::<$w, T, K, $nh>(p, src, offs, acc, d0, ahead) };
+                        }
+                    })*
+                    _ => return false,
+                }
+                true
+            }
+        }
+    };
+}
+
+entry!(W512, "avx512f", vectors: [4 5 6 8 16], pieces: [4 5 6 8 16];
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_dot<T: Lanes>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) -> bool {
+        macro_rules! rows {
+            ($($m:literal)*) => {
+                match out.len() {
+                    // SAFETY: the trait's contract.
+                    $($m => unsafe { rows_dot::<T, $m>(a, lda, w, out) },)*
+                    _ => return false,
+                }
+            };
+        }
+        rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+        true
+    }
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_dot2<T: Lanes>(a: *const f32, lda: usize, w: [&[T]; 2], out: [&mut [f32]; 2]) -> bool {
+        let k = w[0].len();
+        let [o0, o1] = out;
+        let (wp, op) = ([w[0].as_ptr(), w[1].as_ptr()], [o0.as_mut_ptr(), o1.as_mut_ptr()]);
+        macro_rules! rows {
+            ($($m:literal)*) => {
+                match o0.len() {
+                    // SAFETY: the trait's contract.
+                    $($m => unsafe { rows_dot_j::<T, $m, 2>(a, lda, wp, k, op) },)*
+                    _ => return false,
+                }
+            };
+        }
+        rows!(1 2 3 4 5 6 7 8);
+        true
+    }
+);
+entry!(W256, "avx2,fma,f16c", vectors: [8 10 12 16 32], pieces: [2 4 5 6 8 10 12]);
