@@ -168,7 +168,7 @@ pub(crate) mod x86 {
             for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
                 p = W::fmadd(p, r, W::splat(c));
             }
-            W::zero_below(x, -87.0, W::mul(p, W::pow2(t, magic)))
+            W::mul_unless_below(x, -87.0, p, W::pow2(t, magic))
         }
     }
 
@@ -216,10 +216,13 @@ pub(crate) mod x86 {
             let ninf = f32::NEG_INFINITY;
             let mut x = [W::splat(ninf); 8];
             let mut top = W::splat(ninf);
-            for (c, xc) in x.iter_mut().enumerate().take(chunks) {
-                *xc = W::load_first(scores.as_ptr().add(W::LANES * c), n - W::LANES * c, ninf);
-                // NaN second: the max ignores NaN, as the scalar one does (exp makes it NaN later).
-                top = W::max(*xc, top);
+            // Loops of a constant count (4 or 8), so that they unroll and `x` stays in registers.
+            for (c, xc) in x.iter_mut().enumerate().take(64 / W::LANES) {
+                if c < chunks {
+                    *xc = W::load_first(scores.as_ptr().add(W::LANES * c), n - W::LANES * c, ninf);
+                    // NaN second: the max ignores NaN, as the scalar one does (exp makes it NaN later).
+                    top = W::max(*xc, top);
+                }
             }
             let max = state.max.max(W::max_lane(top));
             if max == f32::NEG_INFINITY {
@@ -233,8 +236,8 @@ pub(crate) mod x86 {
             }
             let alpha = if state.max == max { 1.0 } else { super::exp_with(state.max - max, true) };
             let (shift, mut sum) = (W::splat(max), W::zero());
-            for (c, &xc) in x.iter().enumerate().take(chunks) {
-                let p = exp::<W>(W::sub(xc, shift));
+            for c in (0..64 / W::LANES).take_while(|&c| c < chunks) {
+                let p = exp::<W>(W::sub(x[c], shift));
                 sum = W::add(sum, p);
                 W::store_first(scores.as_mut_ptr().add(W::LANES * c), p, n - W::LANES * c);
                 if let Some((pb, round)) = &mut round {

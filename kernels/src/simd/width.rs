@@ -44,8 +44,8 @@ pub trait Width {
     /// `2ⁿ` per lane, for `t = n + magic` where `magic` (1.5·2²³) left the integer n in the low
     /// mantissa bits: the exponent step of [`crate::attention::softmax::exp`].
     unsafe fn pow2(t: Self::F, magic: Self::F) -> Self::F;
-    /// `v` where `x` is not below `limit` (or is NaN), else 0.
-    unsafe fn zero_below(x: Self::F, limit: f32, v: Self::F) -> Self::F;
+    /// `a · b` where `x` is not below `limit` (or is NaN), else 0.
+    unsafe fn mul_unless_below(x: Self::F, limit: f32, a: Self::F, b: Self::F) -> Self::F;
     /// The first `n` (at most `LANES`) values at `p`, `fill` in the other lanes (their memory is not
     /// read).
     unsafe fn load_first(p: *const f32, n: usize, fill: f32) -> Self::F;
@@ -156,9 +156,9 @@ impl Width for W512 {
         }
     }
     #[inline(always)]
-    unsafe fn zero_below(x: __m512, limit: f32, v: __m512) -> __m512 {
+    unsafe fn mul_unless_below(x: __m512, limit: f32, a: __m512, b: __m512) -> __m512 {
         // SAFETY: the trait's contract.
-        unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(limit)), v) }
+        unsafe { _mm512_maskz_mul_ps(_mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(limit)), a, b) }
     }
     #[inline(always)]
     unsafe fn load_first(p: *const f32, n: usize, fill: f32) -> __m512 {
@@ -278,9 +278,9 @@ impl Width for W256 {
         }
     }
     #[inline(always)]
-    unsafe fn zero_below(x: __m256, limit: f32, v: __m256) -> __m256 {
+    unsafe fn mul_unless_below(x: __m256, limit: f32, a: __m256, b: __m256) -> __m256 {
         // SAFETY: the trait's contract.
-        unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_NLT_UQ>(x, _mm256_set1_ps(limit)), v) }
+        unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_NLT_UQ>(x, _mm256_set1_ps(limit)), _mm256_mul_ps(a, b)) }
     }
     #[inline(always)]
     unsafe fn load_first(p: *const f32, n: usize, fill: f32) -> __m256 {
