@@ -606,7 +606,7 @@ impl<W: x86::Entry> Simd for X86<W> {
         let d = q.len();
         assert!(offs.len() >= out.len() && offs.iter().all(|&o| o + d <= src.len()));
         // SAFETY: the width's features (type contract); every row lies inside `src` (checked above).
-        if !unsafe { W::dots(q.as_ptr(), d, src.as_ptr(), offs, out) } {
+        if !unsafe { W::dots([q.as_ptr()], d, src.as_ptr(), offs, [&mut *out]) } {
             Generic::dots(q, src, offs, out);
         }
     }
@@ -619,7 +619,7 @@ impl<W: x86::Entry> Simd for X86<W> {
         let [o0, o1] = out;
         // SAFETY: the width's features (type contract); every row lies inside `src` and both
         // outputs hold n values (checked by `fits`).
-        if !(fits && unsafe { W::dots2([q[0].as_ptr(), q[1].as_ptr()], d, src.as_ptr(), offs, [o0, o1]) }) {
+        if !(fits && unsafe { W::dots([q[0].as_ptr(), q[1].as_ptr()], d, src.as_ptr(), offs, [&mut *o0, &mut *o1]) }) {
             Self::dots(q[0], src, offs, o0);
             Self::dots(q[1], src, offs, o1);
         }

@@ -410,65 +410,40 @@ pub unsafe fn weighted_sum4_bf16<const NC: usize>(
     }
 }
 
-/// Dot products of `q` (NV registers, kept in them) with the rows at `src + offs[j]`.
+/// Dot products of K queries (`LANES·NV` values each, kept in registers) with the rows at `src +
+/// offs[j]`: each row is loaded (and converted) once for all K, and each product is summed in two
+/// chains, each half as long (FMA latency, not throughput, would bound one).
 ///
 /// # Safety
-/// The width's features (see [`Width`]); `q` holds `LANES·NV` values, each row as many.
+/// The width's features (see [`Width`]); each query holds `LANES·NV` values, and so does each row.
 #[inline(always)]
-unsafe fn dots<W: Width, T: Lanes, const NV: usize>(q: *const f32, src: *const T, offs: &[usize], out: &mut [f32]) {
-    // SAFETY: every access is inside `q` or one of the rows (contract).
-    unsafe {
-        let mut qv = [W::zero(); NV];
-        for i in 0..NV {
-            qv[i] = W::load(q.add(W::LANES * i));
-        }
-        for (o, &at) in out.iter_mut().zip(offs) {
-            let r = src.add(at);
-            // Two chains, each half as long (FMA latency, not throughput, would bound one).
-            let (mut a, mut b) = (W::mul(qv[0], W::row(r)), W::zero());
-            for i in 1..NV {
-                if i % 2 == 1 {
-                    b = W::fmadd(qv[i], W::row(r.add(W::LANES * i)), b);
-                } else {
-                    a = W::fmadd(qv[i], W::row(r.add(W::LANES * i)), a);
-                }
-            }
-            *o = W::sum(W::add(a, b));
-        }
-    }
-}
-
-/// [`dots`] for two queries: each row is loaded (and converted) once for both.
-///
-/// # Safety
-/// As [`dots`], for both queries and outputs.
-#[inline(always)]
-unsafe fn dots2<W: Width, T: Lanes, const NV: usize>(
-    q: [*const f32; 2],
+unsafe fn dots<W: Width, T: Lanes, const K: usize, const NV: usize>(
+    q: [*const f32; K],
     src: *const T,
     offs: &[usize],
-    out: [&mut [f32]; 2],
+    out: [&mut [f32]; K],
 ) {
     // SAFETY: every access is inside the queries or one of the rows (contract).
     unsafe {
-        let mut qv = [[W::zero(); NV]; 2];
-        for k in 0..2 {
+        let mut qv = [[W::zero(); NV]; K];
+        for k in 0..K {
             for i in 0..NV {
                 qv[k][i] = W::load(q[k].add(W::LANES * i));
             }
         }
-        let [o0, o1] = out;
-        for ((x0, x1), &at) in o0.iter_mut().zip(o1.iter_mut()).zip(offs) {
+        let n = out.iter().map(|o| o.len()).min().unwrap_or(0);
+        for (j, &at) in offs.iter().enumerate().take(n) {
             let r = src.add(at);
-            // Two chains per query, as in `dots`.
-            let mut acc = [W::zero(); 4];
+            let mut acc = [[W::zero(); 2]; K];
             for i in 0..NV {
                 let row = W::row(r.add(W::LANES * i));
-                acc[i % 2] = W::fmadd(qv[0][i], row, acc[i % 2]);
-                acc[2 + i % 2] = W::fmadd(qv[1][i], row, acc[2 + i % 2]);
+                for k in 0..K {
+                    acc[k][i % 2] = W::fmadd(qv[k][i], row, acc[k][i % 2]);
+                }
             }
-            *x0 = W::sum(W::add(acc[0], acc[1]));
-            *x1 = W::sum(W::add(acc[2], acc[3]));
+            for k in 0..K {
+                out[k][j] = W::sum(W::add(acc[k][0], acc[k][1]));
+            }
         }
     }
 }
@@ -567,15 +542,13 @@ pub trait Entry: Width {
         out: *mut f32,
         stride: usize,
     ) -> bool;
-    /// [`dots`] for a query of `d` values.
-    unsafe fn dots<T: Lanes>(q: *const f32, d: usize, src: *const T, offs: &[usize], out: &mut [f32]) -> bool;
-    /// [`dots2`] for queries of `d` values.
-    unsafe fn dots2<T: Lanes>(
-        q: [*const f32; 2],
+    /// [`dots`] for K queries of `d` values.
+    unsafe fn dots<T: Lanes, const K: usize>(
+        q: [*const f32; K],
         d: usize,
         src: *const T,
         offs: &[usize],
-        out: [&mut [f32]; 2],
+        out: [&mut [f32]; K],
     ) -> bool;
     /// [`weighted_sums`] over whole rows of `d` values, in pieces that fit the registers.
     unsafe fn weighted_sums<T: Lanes, const K: usize>(
@@ -643,33 +616,19 @@ macro_rules! entry {
 
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn dots<T: Lanes>(q: *const f32, d: usize, src: *const T, offs: &[usize], out: &mut [f32]) -> bool {
-                if !HEAD_SIZES.contains(&d) {
-                    return false;
-                }
-                match d / <$w>::LANES {
-                    // SAFETY: the trait's contract.
-                    $($nv => unsafe { dots::<$w, T, $nv>(q, src, offs, out) },)*
-                    _ => return false,
-                }
-                true
-            }
-
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn dots2<T: Lanes>(
-                q: [*const f32; 2],
+            unsafe fn dots<T: Lanes, const K: usize>(
+                q: [*const f32; K],
                 d: usize,
                 src: *const T,
                 offs: &[usize],
-                out: [&mut [f32]; 2],
+                out: [&mut [f32]; K],
             ) -> bool {
                 if !HEAD_SIZES.contains(&d) {
                     return false;
                 }
                 match d / <$w>::LANES {
                     // SAFETY: the trait's contract.
-                    $($nv => unsafe { dots2::<$w, T, $nv>(q, src, offs, out) },)*
+                    $($nv => unsafe { dots::<$w, T, K, $nv>(q, src, offs, out) },)*
                     _ => return false,
                 }
                 true
