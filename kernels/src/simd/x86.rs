@@ -448,18 +448,53 @@ unsafe fn dots<W: Width, T: Lanes, const K: usize, const NV: usize>(
     }
 }
 
-/// `acc[k] += Σⱼ p[k][j] · row j` for K weight vectors over the same rows, elements `d0 .. d0 +
+/// The K weight vectors of [`weighted_sums`], as given (K pointers) or row by row (one pointer:
+/// AVX2 has too few registers for K pointers beside the sums, and reloaded them for each row).
+trait Weights<const K: usize>: Copy {
+    /// Rows of weights.
+    fn rows(&self) -> usize;
+    /// Weight k of row j.
+    ///
+    /// # Safety
+    /// `j < self.rows()`, `k < K`.
+    unsafe fn at(&self, j: usize, k: usize) -> f32;
+}
+
+impl<const K: usize> Weights<K> for [&[f32]; K] {
+    #[inline(always)]
+    fn rows(&self) -> usize {
+        self.iter().map(|p| p.len()).min().unwrap_or(0)
+    }
+    #[inline(always)]
+    unsafe fn at(&self, j: usize, k: usize) -> f32 {
+        // SAFETY: j below every vector's length (contract).
+        unsafe { *self[k].get_unchecked(j) }
+    }
+}
+
+impl<const K: usize> Weights<K> for &[[f32; K]] {
+    #[inline(always)]
+    fn rows(&self) -> usize {
+        self.len()
+    }
+    #[inline(always)]
+    unsafe fn at(&self, j: usize, k: usize) -> f32 {
+        // SAFETY: j below the length (contract).
+        unsafe { self.get_unchecked(j)[k] }
+    }
+}
+
+/// `acc[k] += Σⱼ w(j, k) · row j` for K weight vectors over the same rows, elements `d0 .. d0 +
 /// LANES·NH` of each: the K·NH sums stay in registers and each row chunk is loaded (and
 /// converted) once for all K. The same elements of row `ahead[j]` of `pf` are prefetched into L2
 /// with row j.
 ///
 /// # Safety
-/// The width's features (see [`Width`]); the rows at `src + offs[j]` (j < `p[0].len()`), the
-/// accumulators and the rows at `ahead` hold `d0 + LANES·NH` values; each `p[k]` holds as many
-/// weights as `p[0]`.
+/// The width's features (see [`Width`]); the rows at `src + offs[j]` (j < `w.rows()`), the
+/// accumulators and the rows at `ahead` hold `d0 + LANES·NH` values.
 #[inline(always)]
 unsafe fn weighted_sums<W: Width, T: Lanes, const K: usize, const NH: usize>(
-    p: [&[f32]; K],
+    w: impl Weights<K>,
     src: *const T,
     offs: &[usize],
     acc: [*mut f32; K],
@@ -481,19 +516,19 @@ unsafe fn weighted_sums<W: Width, T: Lanes, const K: usize, const NH: usize>(
         let start = d0 * std::mem::size_of::<T>();
         let prefetch =
             if bytes >= 64 || start.is_multiple_of(64) { bytes.max(64) / std::mem::size_of::<T>() } else { 0 };
-        for (j, &at) in offs.iter().enumerate().take(p[0].len()) {
+        for (j, &at) in offs.iter().enumerate().take(w.rows()) {
             if let Some(&next) = ahead.get(j) {
                 prefetch_row(pf.add(next + d0), prefetch);
             }
             let r = src.add(at + d0);
-            let mut w = [W::zero(); K];
+            let mut wv = [W::zero(); K];
             for k in 0..K {
-                w[k] = W::splat(*p[k].get_unchecked(j));
+                wv[k] = W::splat(w.at(j, k));
             }
             for i in 0..NH {
                 let row = W::row(r.add(W::LANES * i));
                 for k in 0..K {
-                    av[k][i] = W::fmadd(w[k], row, av[k][i]);
+                    av[k][i] = W::fmadd(wv[k], row, av[k][i]);
                 }
             }
         }
@@ -648,14 +683,51 @@ macro_rules! entry {
                     return false;
                 }
                 let nh = piece::<$w>(d, K);
-                match nh {
-                    $($nh => {
-                        for d0 in (0..d).step_by(<$w>::LANES * $nh) {
-                            // SAFETY: the trait's contract; pieces of LANES·NH up to d.
-                            unsafe { weighted_sums::<$w, T, K, $nh>(p, src, offs, acc, d0, ahead) };
+                if ![$($nh),*].contains(&nh) {
+                    return false;
+                }
+                /// The sums in pieces of LANES·NH values up to d.
+                ///
+                /// # Safety
+                /// As the method's.
+                #[inline(always)]
+                unsafe fn pieces<T: Lanes, const K: usize>(
+                    (nh, d): (usize, usize),
+                    w: impl Weights<K>,
+                    src: *const T,
+                    offs: &[usize],
+                    acc: [*mut f32; K],
+                    ahead: (*const T, &[usize]),
+                ) {
+                    match nh {
+                        $($nh => {
+                            for d0 in (0..d).step_by(<$w>::LANES * $nh) {
+                                // SAFETY: the method's contract; the pieces stay below d.
+                                unsafe { weighted_sums::<$w, T, K, $nh>(w, src, offs, acc, d0, ahead) };
+                            }
+                        })*
+                        _ => unreachable!("checked by the caller"),
+                    }
+                }
+                if <$w>::REGS >= 32 {
+                    // SAFETY: the trait's contract.
+                    unsafe { pieces((nh, d), p, src, offs, acc, ahead) };
+                    return true;
+                }
+                // Few registers: the weights row by row, a block of rows at a time.
+                const BLOCK: usize = 64;
+                let mut w = [[0f32; K]; BLOCK];
+                let n = p.rows().min(offs.len());
+                for j0 in (0..n).step_by(BLOCK) {
+                    let j1 = n.min(j0 + BLOCK);
+                    for (j, wj) in (j0..j1).zip(&mut w) {
+                        for k in 0..K {
+                            wj[k] = p[k][j];
                         }
-                    })*
-                    _ => return false,
+                    }
+                    let ahead = (ahead.0, ahead.1.get(j0..j1.min(ahead.1.len())).unwrap_or_default());
+                    // SAFETY: the trait's contract, for rows j0 .. j1.
+                    unsafe { pieces((nh, d), &w[..j1 - j0], src, &offs[j0..j1], acc, ahead) };
                 }
                 true
             }
