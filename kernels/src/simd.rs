@@ -18,11 +18,22 @@ pub(crate) trait Simd {
         state.update(scores, Self::FMA)
     }
 
-    /// `out[j] = q · src[offs[j] ..][.. q.len()]` for every j.
-    fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]);
-    /// `acc += Σⱼ p[j] · src[offs[j] ..][.. acc.len()]`, prefetching the rows of `ahead` as
-    /// [`Simd::weighted_sum4`] does (returns whether it did).
-    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32], ahead: (&[T], &[usize])) -> bool;
+    /// `out[k][j] = q[k] · src[offs[j] ..][.. q[k].len()]` for every j, for K queries of the same
+    /// length against the same rows (each row read once for all K).
+    fn dots<T: Lanes, const K: usize>(q: [&[f32]; K], src: &[T], offs: &[usize], out: [&mut [f32]; K]);
+
+    /// `acc[k] += Σⱼ p[k][j] · src[offs[j] ..][.. acc[k].len()]` for K weight vectors over the same
+    /// rows (each row read once for all K). Where this level can, the rows of `ahead` (offsets into
+    /// its slice, as long as the rows' `d`) are prefetched into L2 meanwhile, one per row summed,
+    /// and it returns true; else it returns false (nothing prefetched). Spread so, the prefetches
+    /// of the next key tile keep memory busy without stalling the sums in a burst of them.
+    fn weighted_sums<T: Lanes, const K: usize>(
+        p: [&[f32]; K],
+        src: &[T],
+        offs: &[usize],
+        acc: [&mut [f32]; K],
+        ahead: (&[T], &[usize]),
+    ) -> bool;
 
     /// `out[i] = a[i·lda ..][..w.len()] · w` for each of the `out.len()` (≤ 16) rows of `a`: one row of
     /// weights against a few activation rows (decode-shaped matmul); each weight is loaded once.
@@ -51,22 +62,6 @@ pub(crate) trait Simd {
         Self::rows_dot(a, lda, w[1], o1);
     }
 
-    /// [`Simd::dots`] for two queries against the same rows (each row read once for both).
-    #[inline(always)]
-    fn dots2<T: Lanes>(q: [&[f32]; 2], src: &[T], offs: &[usize], out: [&mut [f32]; 2]) {
-        let [o0, o1] = out;
-        Self::dots(q[0], src, offs, o0);
-        Self::dots(q[1], src, offs, o1);
-    }
-
-    /// [`Simd::weighted_sum`] for two weight vectors over the same rows (each row read once).
-    #[inline(always)]
-    fn weighted_sum2<T: Lanes>(p: [&[f32]; 2], src: &[T], offs: &[usize], acc: [&mut [f32]; 2]) {
-        let [a0, a1] = acc;
-        Self::weighted_sum(p[0], src, offs, a0, (src, &[]));
-        Self::weighted_sum(p[1], src, offs, a1, (src, &[]));
-    }
-
     /// Scores of every query row of an item against the keys at `offs`, token by token: see
     /// [`token_dots_bf16`], here with f32 queries (`heads · per_head` rows, already scaled) and rows
     /// of any source type. Returns false (doing nothing) where this level has no such kernel or the
@@ -84,26 +79,6 @@ pub(crate) trait Simd {
         stride: usize,
     ) -> bool {
         let _ = (q, heads, per_head, src, prefetch, offs, out, stride);
-        false
-    }
-
-    /// [`Simd::weighted_sum`] for four weight vectors over the same rows. Where this level can,
-    /// the rows of `ahead` (offsets into its slice, as long as the rows' `d`) are prefetched into L2
-    /// meanwhile, one per row summed, and it returns true; else it returns false (nothing
-    /// prefetched). Spread so, the prefetches of the next key tile keep memory busy without
-    /// stalling the sums in a burst of them.
-    #[inline(always)]
-    fn weighted_sum4<T: Lanes>(
-        p: [&[f32]; 4],
-        src: &[T],
-        offs: &[usize],
-        acc: [&mut [f32]; 4],
-        ahead: (&[T], &[usize]),
-    ) -> bool {
-        let _ = ahead;
-        let [a0, a1, a2, a3] = acc;
-        Self::weighted_sum2([p[0], p[1]], src, offs, [a0, a1]);
-        Self::weighted_sum2([p[2], p[3]], src, offs, [a2, a3]);
         false
     }
 }
@@ -459,11 +434,33 @@ impl Generic {
             }
         }
     }
+}
 
-    /// `acc[k] += Σⱼ p[k][j] · row j` for `K` weight vectors, each row converted once for all.
-    /// Zero weights are not skipped: 0 · inf is NaN here as at every other level.
+impl Simd for Generic {
+    const FMA: bool = false;
+
     #[inline(always)]
-    fn weighted_sums<T: Lanes, const K: usize>(p: [&[f32]; K], src: &[T], offs: &[usize], mut acc: [&mut [f32]; K]) {
+    fn dots<T: Lanes, const K: usize>(q: [&[f32]; K], src: &[T], offs: &[usize], mut out: [&mut [f32]; K]) {
+        let mut buf = vec![0f32; q[0].len()];
+        let n = out.iter().map(|o| o.len()).min().unwrap_or(0);
+        for (j, &at) in offs.iter().enumerate().take(n) {
+            let row = Self::row(src, at, &mut buf);
+            for (o, q) in out.iter_mut().zip(q) {
+                o[j] = Self::head_dot(q, row);
+            }
+        }
+    }
+
+    /// Each row converted once for all K. Zero weights are not skipped: 0 · inf is NaN here as at
+    /// every other level.
+    #[inline(always)]
+    fn weighted_sums<T: Lanes, const K: usize>(
+        p: [&[f32]; K],
+        src: &[T],
+        offs: &[usize],
+        mut acc: [&mut [f32]; K],
+        _ahead: (&[T], &[usize]),
+    ) -> bool {
         let mut buf = vec![0f32; acc[0].len()];
         for (j, &at) in offs.iter().enumerate().take(p[0].len()) {
             let row = Self::row(src, at, &mut buf);
@@ -471,52 +468,6 @@ impl Generic {
                 a.iter_mut().zip(row).for_each(|(a, r)| *a += w * r);
             }
         }
-    }
-}
-
-impl Simd for Generic {
-    const FMA: bool = false;
-
-    #[inline(always)]
-    fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]) {
-        let mut buf = vec![0f32; q.len()];
-        for (o, &at) in out.iter_mut().zip(offs) {
-            *o = Self::head_dot(q, Self::row(src, at, &mut buf));
-        }
-    }
-
-    #[inline(always)]
-    fn dots2<T: Lanes>(q: [&[f32]; 2], src: &[T], offs: &[usize], out: [&mut [f32]; 2]) {
-        let mut buf = vec![0f32; q[0].len()];
-        let [o0, o1] = out;
-        for ((o0, o1), &at) in o0.iter_mut().zip(o1.iter_mut()).zip(offs) {
-            let row = Self::row(src, at, &mut buf);
-            (*o0, *o1) = (Self::head_dot(q[0], row), Self::head_dot(q[1], row));
-        }
-    }
-
-    #[inline(always)]
-    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32], ahead: (&[T], &[usize])) -> bool {
-        let _ = ahead;
-        Self::weighted_sums([p], src, offs, [acc]);
-        false
-    }
-
-    #[inline(always)]
-    fn weighted_sum2<T: Lanes>(p: [&[f32]; 2], src: &[T], offs: &[usize], acc: [&mut [f32]; 2]) {
-        Self::weighted_sums(p, src, offs, acc);
-    }
-
-    #[inline(always)]
-    fn weighted_sum4<T: Lanes>(
-        p: [&[f32]; 4],
-        src: &[T],
-        offs: &[usize],
-        acc: [&mut [f32]; 4],
-        ahead: (&[T], &[usize]),
-    ) -> bool {
-        let _ = ahead;
-        Self::weighted_sums(p, src, offs, acc);
         false
     }
 }
@@ -534,39 +485,6 @@ pub(crate) type Avx512 = X86<width::W512>;
 /// AVX2, FMA and F16C (the AVX2 level).
 #[cfg(target_arch = "x86_64")]
 pub(crate) type Avx2 = X86<width::W256>;
-
-#[cfg(target_arch = "x86_64")]
-impl<W: x86::Entry> X86<W> {
-    /// `acc[k] += Σⱼ p[k][j] · row j` by the width's kernel where the shapes fit it (prefetching
-    /// `ahead`, if every such row lies inside its slice: returns whether it did), else by the
-    /// generic one (returns false).
-    #[inline(always)]
-    fn weighted_sums<T: Lanes, const K: usize>(
-        p: [&[f32]; K],
-        src: &[T],
-        offs: &[usize],
-        mut acc: [&mut [f32]; K],
-        (pf, ahead): (&[T], &[usize]),
-    ) -> bool {
-        let (d, n) = (acc[0].len(), p[0].len());
-        let fits = acc.iter().all(|a| a.len() == d)
-            && p.iter().all(|x| x.len() == n)
-            && offs.len() >= n
-            && offs[..n].iter().all(|&o| o + d <= src.len());
-        let ahead = if ahead.iter().all(|&o| o + d <= pf.len()) { Some(ahead) } else { None };
-        let ap = acc.each_mut().map(|a| a.as_mut_ptr());
-        let pre = (pf.as_ptr(), ahead.unwrap_or_default());
-        // SAFETY: only used where the CPU has the width's features (type contract); every row and
-        // accumulator holds d values, every weight vector n, and so does every row to prefetch
-        // (checked above).
-        if fits && unsafe { W::weighted_sums(p, d, src.as_ptr(), &offs[..n], ap, pre) } {
-            // Rows past the summed ones (more rows ahead than summed) were not prefetched.
-            return ahead.is_some_and(|a| a.len() <= n);
-        }
-        Generic::weighted_sums(p, src, offs, acc);
-        false
-    }
-}
 
 #[cfg(target_arch = "x86_64")]
 impl<W: x86::Entry> Simd for X86<W> {
@@ -602,48 +520,43 @@ impl<W: x86::Entry> Simd for X86<W> {
     }
 
     #[inline(always)]
-    fn dots<T: Lanes>(q: &[f32], src: &[T], offs: &[usize], out: &mut [f32]) {
-        let d = q.len();
-        assert!(offs.len() >= out.len() && offs.iter().all(|&o| o + d <= src.len()));
-        // SAFETY: the width's features (type contract); every row lies inside `src` (checked above).
-        if !unsafe { W::dots([q.as_ptr()], d, src.as_ptr(), offs, [&mut *out]) } {
+    fn dots<T: Lanes, const K: usize>(q: [&[f32]; K], src: &[T], offs: &[usize], mut out: [&mut [f32]; K]) {
+        let d = q[0].len();
+        let n = out.iter().map(|o| o.len()).min().unwrap_or(0);
+        let fits = q.iter().all(|q| q.len() == d) && offs.len() >= n && offs[..n].iter().all(|&o| o + d <= src.len());
+        let op = out.each_mut().map(|o| &mut o[..n]);
+        // SAFETY: the width's features (type contract); every row and query holds d values and
+        // every output n (checked by `fits`).
+        if !(fits && unsafe { W::dots(q.map(|q| q.as_ptr()), d, src.as_ptr(), &offs[..n], op) }) {
             Generic::dots(q, src, offs, out);
         }
     }
 
+    /// Where the shapes fit the width's kernel; rows of `ahead` are prefetched if every one lies
+    /// inside its slice.
     #[inline(always)]
-    fn dots2<T: Lanes>(q: [&[f32]; 2], src: &[T], offs: &[usize], out: [&mut [f32]; 2]) {
-        let d = q[0].len();
-        let n = out[0].len();
-        let fits = q[1].len() == d && out[1].len() == n && offs.len() >= n && offs.iter().all(|&o| o + d <= src.len());
-        let [o0, o1] = out;
-        // SAFETY: the width's features (type contract); every row lies inside `src` and both
-        // outputs hold n values (checked by `fits`).
-        if !(fits && unsafe { W::dots([q[0].as_ptr(), q[1].as_ptr()], d, src.as_ptr(), offs, [&mut *o0, &mut *o1]) }) {
-            Self::dots(q[0], src, offs, o0);
-            Self::dots(q[1], src, offs, o1);
-        }
-    }
-
-    #[inline(always)]
-    fn weighted_sum<T: Lanes>(p: &[f32], src: &[T], offs: &[usize], acc: &mut [f32], ahead: (&[T], &[usize])) -> bool {
-        Self::weighted_sums([p], src, offs, [acc], ahead)
-    }
-
-    #[inline(always)]
-    fn weighted_sum2<T: Lanes>(p: [&[f32]; 2], src: &[T], offs: &[usize], acc: [&mut [f32]; 2]) {
-        Self::weighted_sums(p, src, offs, acc, (src, &[]));
-    }
-
-    #[inline(always)]
-    fn weighted_sum4<T: Lanes>(
-        p: [&[f32]; 4],
+    fn weighted_sums<T: Lanes, const K: usize>(
+        p: [&[f32]; K],
         src: &[T],
         offs: &[usize],
-        acc: [&mut [f32]; 4],
-        ahead: (&[T], &[usize]),
+        mut acc: [&mut [f32]; K],
+        (pf, ahead): (&[T], &[usize]),
     ) -> bool {
-        Self::weighted_sums(p, src, offs, acc, ahead)
+        let (d, n) = (acc[0].len(), p[0].len());
+        let fits = acc.iter().all(|a| a.len() == d)
+            && p.iter().all(|x| x.len() == n)
+            && offs.len() >= n
+            && offs[..n].iter().all(|&o| o + d <= src.len());
+        let ahead = if ahead.iter().all(|&o| o + d <= pf.len()) { Some(ahead) } else { None };
+        let ap = acc.each_mut().map(|a| a.as_mut_ptr());
+        let pre = (pf.as_ptr(), ahead.unwrap_or_default());
+        // SAFETY: the width's features (type contract); every row and accumulator holds d values,
+        // every weight vector n, and so does every row to prefetch (checked above).
+        if fits && unsafe { W::weighted_sums(p, d, src.as_ptr(), &offs[..n], ap, pre) } {
+            // Rows past the summed ones (more rows ahead than summed) were not prefetched.
+            return ahead.is_some_and(|a| a.len() <= n);
+        }
+        Generic::weighted_sums(p, src, offs, acc, (pf, &[]))
     }
 
     #[inline(always)]
@@ -689,39 +602,39 @@ mod tests {
             let src: Vec<T> = (0..keys * (d + 3) + 1).map(|i| T::from_f32((i % 11) as f32 - 5.0)).collect();
             let row = |j: usize, i: usize| src[offs[j] + i].to_f32();
             let mut got = vec![0.0; keys];
-            S::dots(&q, &src, &offs, &mut got);
+            S::dots([&q], &src, &offs, [&mut got]);
             let want: Vec<f32> = (0..keys).map(|j| (0..d).map(|i| q[i] * row(j, i)).sum()).collect();
             assert_eq!(got, want, "dots d = {d}");
             let p: Vec<f32> = (0..keys).map(|j| j as f32 - 2.0).collect();
             let mut acc: Vec<f32> = (0..d).map(|i| i as f32).collect();
-            S::weighted_sum(&p, &src, &offs, &mut acc, (&src, &offs));
+            S::weighted_sums([&p], &src, &offs, [&mut acc], (&src, &offs));
             let want: Vec<f32> = (0..d).map(|i| i as f32 + (0..keys).map(|j| p[j] * row(j, i)).sum::<f32>()).collect();
-            assert_eq!(acc, want, "weighted_sum d = {d}");
+            assert_eq!(acc, want, "weighted sum d = {d}");
             let q1: Vec<f32> = q.iter().map(|x| 2.0 - x).collect();
             let (mut g0, mut g1) = (vec![0.0; keys], vec![0.0; keys]);
-            S::dots2([&q, &q1], &src, &offs, [&mut g0, &mut g1]);
+            S::dots([&q, &q1], &src, &offs, [&mut g0, &mut g1]);
             let mut w1 = vec![0.0; keys];
-            S::dots(&q1, &src, &offs, &mut w1);
-            assert_eq!((&g0, &g1), (&got, &w1), "dots2 d = {d}");
+            S::dots([&q1], &src, &offs, [&mut w1]);
+            assert_eq!((&g0, &g1), (&got, &w1), "two queries, d = {d}");
             let p1: Vec<f32> = p.iter().map(|x| x * 3.0).collect();
             let (mut a0, mut a1) = (vec![1.0; d], vec![2.0; d]);
-            S::weighted_sum2([&p, &p1], &src, &offs, [&mut a0, &mut a1]);
+            S::weighted_sums([&p, &p1], &src, &offs, [&mut a0, &mut a1], (&src, &[]));
             let (mut b0, mut b1) = (vec![1.0; d], vec![2.0; d]);
-            S::weighted_sum(&p, &src, &offs, &mut b0, (&src, &[]));
-            S::weighted_sum(&p1, &src, &offs, &mut b1, (&src, &[]));
-            assert_eq!((a0, a1), (b0, b1), "weighted_sum2 d = {d}");
+            S::weighted_sums([&p], &src, &offs, [&mut b0], (&src, &[]));
+            S::weighted_sums([&p1], &src, &offs, [&mut b1], (&src, &[]));
+            assert_eq!((a0, a1), (b0, b1), "two weight vectors, d = {d}");
             let p2: Vec<f32> = p.iter().map(|x| 1.0 - x).collect();
             let p3: Vec<f32> = p.iter().map(|x| x * -2.0).collect();
             let mut a4: [Vec<f32>; 4] = [0, 1, 2, 3].map(|k| vec![k as f32; d]);
             let mut b4 = a4.clone();
             {
                 let [x0, x1, x2, x3] = &mut a4;
-                S::weighted_sum4([&p, &p1, &p2, &p3], &src, &offs, [x0, x1, x2, x3], (&src, &offs));
+                S::weighted_sums([&p, &p1, &p2, &p3], &src, &offs, [x0, x1, x2, x3], (&src, &offs));
             }
             for (b, w) in b4.iter_mut().zip([&p, &p1, &p2, &p3]) {
-                S::weighted_sum(w, &src, &offs, b, (&src, &[]));
+                S::weighted_sums([w], &src, &offs, [b], (&src, &[]));
             }
-            assert_eq!(a4, b4, "weighted_sum4 d = {d}");
+            assert_eq!(a4, b4, "four weight vectors, d = {d}");
             // Token by token (rows per head paired, alone, and both): the same sums where the
             // level has the kernel.
             for (heads, per_head) in [(2, 2), (4, 1), (1, 3)] {

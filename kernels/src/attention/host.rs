@@ -856,10 +856,12 @@ fn streaming<T: Element, S: Simd>(
                     }
                     (4, _) => {
                         let acc = [row(), row(), row(), row()];
-                        prefetched |= S::weighted_sum4([p(0), p(1), p(2), p(3)], vall, &head_offs, acc, (kall, ahead));
+                        prefetched |= S::weighted_sums([p(0), p(1), p(2), p(3)], vall, &head_offs, acc, (kall, ahead));
                     }
-                    (2, _) => S::weighted_sum2([p(0), p(1)], vall, &head_offs, [row(), row()]),
-                    _ => prefetched |= S::weighted_sum(p(0), vall, &head_offs, row(), (kall, ahead)),
+                    (2, _) => {
+                        S::weighted_sums([p(0), p(1)], vall, &head_offs, [row(), row()], (kall, &[]));
+                    }
+                    _ => prefetched |= S::weighted_sums([p(0)], vall, &head_offs, [row()], (kall, ahead)),
                 }
                 i += n;
             }
@@ -892,10 +894,10 @@ fn head_scores<T: Element, S: Simd>(
         let (sc0, rest) = scores[r * STREAM_KEYS..].split_at_mut(STREAM_KEYS);
         let q0 = &qs[r * d..(r + 1) * d];
         if r + 1 == rows.end {
-            S::dots(q0, kall, offs, &mut sc0[..kt]);
+            S::dots([q0], kall, offs, [&mut sc0[..kt]]);
             r += 1;
         } else {
-            S::dots2([q0, &qs[(r + 1) * d..(r + 2) * d]], kall, offs, [&mut sc0[..kt], &mut rest[..kt]]);
+            S::dots([q0, &qs[(r + 1) * d..(r + 2) * d]], kall, offs, [&mut sc0[..kt], &mut rest[..kt]]);
             r += 2;
         }
     }
