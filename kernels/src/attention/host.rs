@@ -30,12 +30,6 @@ const TILED_KEYS: usize = 512;
 const STREAM_KEYS: usize = 32;
 /// Fewest keys worth a split of their own.
 const MIN_SPLIT_KEYS: usize = 256;
-/// Runs of chained streaming items per pool thread. The thread that submits the job runs one run
-/// itself besides the pool's threads, sharing a core meanwhile (measured: 2.25 thread-seconds busy
-/// per second of a two-core decode step of 64 sequences): with 4 runs per thread that run was an
-/// eighth of the step, and its end came late. With 16 the late part is a 32nd; the read fraction
-/// of bf16 decode rose in 4 of 5 noisy A/B sets (medians of 5 alternating runs).
-const LANES_PER_THREAD: usize = 16;
 
 /// The heads and masking of an attention call.
 #[derive(Clone, Copy, Debug)]
@@ -157,26 +151,22 @@ pub(crate) fn attention<T: Element>(
     assert!(level <= crate::cpu::detected());
     let threads = ascend_rt::host::pool().threads();
     let (items, partials) = plan(g, seqs, threads);
-    let lanes = lanes(g, &items, threads);
     let out_addr = out.as_mut_ptr() as usize;
     let slots: Vec<std::sync::Mutex<Option<Partial>>> = (0..partials).map(|_| Default::default()).collect();
-    ascend_rt::host::pool().parallel_for(lanes.len(), &|l| {
-        for i in lanes[l].clone() {
-            let it = items[i];
-            let then = (i + 1 < lanes[l].end).then(|| items[i + 1]);
-            // Items without a split own their rows (positions × heads of one KV head) of `out`,
-            // which outlives the parallel_for; no other item writes them.
-            let own = it.partial.is_none().then_some(out_addr as *mut T);
-            // SAFETY: as just said.
-            let p = unsafe { run_item(level, g, seqs, kv, q, it, then, own) };
-            match (it.partial, p) {
-                (Some(slot), p) => *slots[slot].lock().unwrap() = p,
-                // SAFETY: as above.
-                (None, Some(p)) => unsafe {
-                    write_rows(g, seqs, it, (&p.rows, &p.acc, g.head_dim), out_addr as *mut T)
-                },
-                (None, None) => {} // written by the item itself
-            }
+    // A streaming item prefetches the first keys of the item its thread runs next.
+    let streams = |i: usize| items[i].streams(g.group());
+    claim_ahead(items.len(), threads, &streams, &|i, then| {
+        let it = items[i];
+        // Items without a split own their rows (positions × heads of one KV head) of `out`,
+        // which outlives the parallel_for; no other item writes them.
+        let own = it.partial.is_none().then_some(out_addr as *mut T);
+        // SAFETY: as just said.
+        let p = unsafe { run_item(level, g, seqs, kv, q, it, then.map(|j| items[j]), own) };
+        match (it.partial, p) {
+            (Some(slot), p) => *slots[slot].lock().unwrap() = p,
+            // SAFETY: as above.
+            (None, Some(p)) => unsafe { write_rows(g, seqs, it, (&p.rows, &p.acc, g.head_dim), out_addr as *mut T) },
+            (None, None) => {} // written by the item itself
         }
     });
     if partials > 0 {
@@ -250,21 +240,30 @@ fn plan(g: &Geometry, seqs: &[Seq], threads: usize) -> (Vec<Item>, usize) {
     (items, partials)
 }
 
-/// Runs of consecutive items that one thread takes in turn: whole streaming items (decode of many
-/// short sequences) in about `LANES_PER_THREAD × threads` runs, so that each one prefetches the next
-/// one's first keys while summing its own last values; every other item alone (they balance better
-/// that way).
-fn lanes(g: &Geometry, items: &[Item], threads: usize) -> Vec<std::ops::Range<usize>> {
-    let chained = |it: &Item| it.partial.is_none() && it.streams(g.group());
-    let per_lane = items.iter().filter(|it| chained(it)).count().div_ceil(LANES_PER_THREAD * threads).max(1);
-    let mut lanes: Vec<std::ops::Range<usize>> = Vec::new();
-    for (i, it) in items.iter().enumerate() {
-        match lanes.last_mut() {
-            Some(l) if chained(it) && chained(&items[l.start]) && l.len() < per_lane => l.end = i + 1,
-            _ => lanes.push(i..i + 1),
+/// Runs `run(i, then)` for every item `i < n` on `threads` pool threads, each claiming items
+/// from a shared counter as it goes. After claiming an item for which `ahead(i)` holds, a thread
+/// claims its next one at once and passes it as `then`, so the first can prefetch for the second
+/// (without that, a decode step of 64 short sequences started every eighth key tile cold). Other
+/// items, and the last `threads` ones, are run with `then` None: claiming early binds an item to
+/// a busy thread, and long items (prefill) balance better without it.
+fn claim_ahead(
+    n: usize,
+    threads: usize,
+    ahead: &(dyn Fn(usize) -> bool + Sync),
+    run: &(dyn Fn(usize, Option<usize>) + Sync),
+) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let claim = || Some(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).filter(|&i| i < n);
+    ascend_rt::host::pool().parallel_for(threads.min(n), &|_| {
+        let mut current = claim();
+        while let Some(i) = current {
+            // The last items go to whichever thread is free first.
+            let plenty = next.load(std::sync::atomic::Ordering::Relaxed) + threads < n;
+            let then = if ahead(i) && plenty { claim() } else { None };
+            run(i, then);
+            current = then.or_else(claim);
         }
-    }
-    lanes
+    });
 }
 
 /// Keys that any of the queries `q0..q1` of `s` may see.
@@ -1028,21 +1027,30 @@ mod tests {
     }
 
     #[test]
-    fn lanes_chain_whole_streaming_items_only() {
-        let g = decode_geometry(8);
-        // 70 decode sequences on two threads: lanes of at most 70 / (16 · 2) → 3 consecutive items.
-        assert_eq!(LANES_PER_THREAD, 16, "the expected lanes below assume it");
-        let (items, _) = plan(&g, &vec![decode(100); 70], 2);
-        let l = lanes(&g, &items, 2);
-        let mut expected = vec![3; 23];
-        expected.push(1);
-        assert_eq!(l.iter().map(|r| r.len()).collect::<Vec<_>>(), expected);
-        assert!(l.windows(2).all(|w| w[0].end == w[1].start) && l[0].start == 0 && l[23].end == 70);
-        // Key splits and tiled prefill items run alone.
-        let (items, _) = plan(&g, &[decode(4096)], 2);
-        assert!(lanes(&g, &items, 2).iter().all(|r| r.len() == 1));
-        let prefill = Seq { q_start: 0, q_len: 64, kv_len: 64 };
-        let (items, _) = plan(&g, &[prefill; 3], 2);
-        assert!(lanes(&g, &items, 2).iter().all(|r| r.len() == 1));
+    fn claimed_items_run_once_each_and_then_is_what_runs_next() {
+        let threads = ascend_rt::host::pool().threads().max(2);
+        for n in [0, 1, 2, 3, 17, 200] {
+            // Items divisible by 3 run without a successor.
+            let ahead = |i: usize| !i.is_multiple_of(3);
+            let runs = std::sync::Mutex::new(Vec::new());
+            claim_ahead(n, threads, &ahead, &|i, then| {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+                assert!(then.is_none() || !i.is_multiple_of(3));
+                runs.lock().unwrap().push((std::thread::current().id(), i, then));
+            });
+            let runs = runs.into_inner().unwrap();
+            if n == 200 {
+                assert!(runs.iter().any(|r| r.2.is_some()), "no item ran with a successor");
+            }
+            let mut seen: Vec<usize> = runs.iter().map(|r| r.1).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{n} items");
+            for (k, &(thread, i, then)) in runs.iter().enumerate() {
+                let after = runs[k + 1..].iter().find(|r| r.0 == thread).map(|r| r.1);
+                if let Some(j) = then {
+                    assert!(ahead(i) && after == Some(j), "{i} then {j}, ran {after:?}");
+                }
+            }
+        }
     }
 }
