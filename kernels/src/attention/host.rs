@@ -1035,7 +1035,6 @@ mod tests {
             let runs = std::sync::Mutex::new(Vec::new());
             claim_ahead(n, threads, &ahead, &|i, then| {
                 std::thread::sleep(std::time::Duration::from_micros(50));
-                assert!(then.is_none() || !i.is_multiple_of(3));
                 runs.lock().unwrap().push((std::thread::current().id(), i, then));
             });
             let runs = runs.into_inner().unwrap();
