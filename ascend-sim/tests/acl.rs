@@ -928,6 +928,22 @@ fn aclnn_descriptors_work_and_operators_need_an_npu() {
         assert!(aclCreateTensor(many.as_ptr(), 65, ACL_FLOAT, many.as_ptr(), 0, ACL_FORMAT_ND, null(), 0, null_mut())
             .is_null());
         assert!(aclCreateTensor(null(), 2, ACL_FLOAT, null(), 0, ACL_FORMAT_ND, null(), 0, null_mut()).is_null());
+        let negative = [2i64, -3];
+        assert!(
+            aclCreateTensor(
+                dims.as_ptr(),
+                2,
+                ACL_FLOAT,
+                strides.as_ptr(),
+                0,
+                ACL_FORMAT_ND,
+                negative.as_ptr(),
+                2,
+                null_mut()
+            )
+            .is_null(),
+            "a negative storage dim"
+        );
         assert_eq!(aclnnMm(null_mut(), 0, null_mut(), null_mut()), ACLNN_ERR_INNER_FIND_KERNEL_ERROR);
     }
 }

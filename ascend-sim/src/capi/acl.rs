@@ -8,7 +8,7 @@ use crate::event::{elapsed_ms, Event};
 use crate::fail::{entry, fail, Fail, Result};
 use crate::memory::{Location, Span};
 use crate::pool::Pool;
-use crate::report::{this_thread, Pending};
+use crate::report::Pending;
 use crate::runtime::runtime;
 use crate::stream::Kind;
 use ascend_sys::*;
@@ -23,6 +23,9 @@ const PARALLEL_COPY_BYTES: usize = 4 << 20;
 // ---------------------------------------------------------------------------------------------------
 // Init, version, errors
 
+/// Initialises the runtime. A non-NULL `configPath` must name a readable file (`ACL_ERROR_INVALID_FILE`)
+/// whose text starts with `{` (`ACL_ERROR_PARSE_FILE`); its contents are otherwise ignored. A repeated call
+/// is counted and returns `ACL_ERROR_REPEAT_INITIALIZE`.
 #[no_mangle]
 pub unsafe extern "C" fn aclInit(configPath: *const c_char) -> aclError {
     entry("aclInit", || {
@@ -45,6 +48,9 @@ pub unsafe extern "C" fn aclInit(configPath: *const c_char) -> aclError {
     })
 }
 
+/// Waits for the work queued on every stream, then releases all streams, contexts, events, callback
+/// subscriptions, and device and pinned memory, and leaves every thread without a current context. One call
+/// ends any number of `aclInit` calls; `ACL_ERROR_REPEAT_FINALIZE` when the runtime is not initialised.
 #[no_mangle]
 pub unsafe extern "C" fn aclFinalize() -> aclError {
     entry("aclFinalize", || {
@@ -61,6 +67,8 @@ pub unsafe extern "C" fn aclFinalize() -> aclError {
     })
 }
 
+/// Writes the ACL version the simulator reports ([`VERSION`]) to the three outputs; `ACL_ERROR_INVALID_PARAM`
+/// if any of them is NULL. Needs no `aclInit`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtGetVersion(
     majorVersion: *mut i32,
@@ -77,6 +85,8 @@ pub unsafe extern "C" fn aclrtGetVersion(
     })
 }
 
+/// Returns the message of the calling thread's latest failure and clears it: NULL when nothing failed on this
+/// thread since the previous call. The string stays valid until the thread calls this function again.
 #[no_mangle]
 pub unsafe extern "C" fn aclGetRecentErrMsg() -> *const c_char {
     crate::fail::take_recent()
@@ -85,16 +95,25 @@ pub unsafe extern "C" fn aclGetRecentErrMsg() -> *const c_char {
 // ---------------------------------------------------------------------------------------------------
 // Devices
 
+/// Makes `deviceId`'s default context (made with its default stream on first use) current on the calling
+/// thread, counting the call for `aclrtResetDevice`. Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_RT_INVALID_DEVICEID`, or `ACL_ERROR_RT_NO_STREAM_RESOURCE` (no stream thread).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSetDevice(deviceId: i32) -> aclError {
     entry("aclrtSetDevice", || runtime().set_device(deviceId))
 }
 
+/// Undoes one `aclrtSetDevice`; the last one destroys the device's default context and its streams once their
+/// queued work has run (contexts from `aclrtCreateContext` stay). A device that is not set is left alone,
+/// with success. Fails with `ACL_ERROR_UNINITIALIZE` or `ACL_ERROR_RT_INVALID_DEVICEID`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtResetDevice(deviceId: i32) -> aclError {
     entry("aclrtResetDevice", || runtime().reset_device(deviceId))
 }
 
+/// Writes the device of the calling thread's current context to `*deviceId`. Fails with
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL` (no device set on this thread) or
+/// `ACL_ERROR_INVALID_PARAM` (NULL).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtGetDevice(deviceId: *mut i32) -> aclError {
     entry("aclrtGetDevice", || {
@@ -104,6 +123,8 @@ pub unsafe extern "C" fn aclrtGetDevice(deviceId: *mut i32) -> aclError {
     })
 }
 
+/// Writes the number of visible simulated devices to `*count`. Fails with `ACL_ERROR_UNINITIALIZE` or
+/// `ACL_ERROR_INVALID_PARAM` (NULL).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> aclError {
     entry("aclrtGetDeviceCount", || {
@@ -114,6 +135,9 @@ pub unsafe extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> aclError {
     })
 }
 
+/// Waits for the work queued on every stream of the current device and returns the first failure met, in no
+/// set order: a sticky stream error, or `ACL_ERROR_RT_PARAM_INVALID` if called from one of those streams'
+/// host functions or callbacks. Also `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeDevice() -> aclError {
     entry("aclrtSynchronizeDevice", || {
@@ -130,6 +154,8 @@ pub unsafe extern "C" fn aclrtSynchronizeDevice() -> aclError {
     })
 }
 
+/// Writes `ACL_HOST` to `*runMode`: the simulator always runs on the host. Fails with
+/// `ACL_ERROR_UNINITIALIZE` or `ACL_ERROR_INVALID_PARAM` (NULL).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtGetRunMode(runMode: *mut aclrtRunMode) -> aclError {
     entry("aclrtGetRunMode", || {
@@ -139,6 +165,8 @@ pub unsafe extern "C" fn aclrtGetRunMode(runMode: *mut aclrtRunMode) -> aclError
     })
 }
 
+/// Returns the configured SoC name (`ASCEND_SIM_SOC`), a string that lives as long as the process; NULL, with
+/// a message for `aclGetRecentErrMsg`, before `aclInit`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtGetSocName() -> *const c_char {
     static NAME: OnceLock<CString> = OnceLock::new();
@@ -150,6 +178,9 @@ pub unsafe extern "C" fn aclrtGetSocName() -> *const c_char {
     NAME.get_or_init(|| CString::new(rt.config.soc_name.replace('\0', "")).unwrap_or_default()).as_ptr()
 }
 
+/// Writes the current device's free and total bytes to `*free` and `*total` for any HBM `attr`, and 0 and 0
+/// for a DDR one (the simulated device has no DDR). Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_RT_CONTEXT_NULL`, or `ACL_ERROR_INVALID_PARAM` (NULL output, unknown `attr`).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtGetMemInfo(attr: aclrtMemAttr, free: *mut usize, total: *mut usize) -> aclError {
     entry("aclrtGetMemInfo", || {
@@ -178,6 +209,9 @@ pub unsafe extern "C" fn aclrtGetMemInfo(attr: aclrtMemAttr, free: *mut usize, t
     })
 }
 
+/// Writes 1 to `*canAccessPeer`: any two distinct simulated devices can access each other. Fails with
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_INVALID_DEVICEID`, `ACL_ERROR_RT_PARAM_INVALID` (the same device
+/// twice) or `ACL_ERROR_INVALID_PARAM` (NULL).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDeviceCanAccessPeer(
     canAccessPeer: *mut i32,
@@ -197,6 +231,9 @@ pub unsafe extern "C" fn aclrtDeviceCanAccessPeer(
     })
 }
 
+/// Records `peerDeviceId` as a peer of the current device (again: no change); copies do not consult the
+/// record. Fails with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL`, `ACL_ERROR_RT_INVALID_DEVICEID`,
+/// or `ACL_ERROR_RT_PARAM_INVALID` (non-zero `flags`, or the current device itself).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDeviceEnablePeerAccess(peerDeviceId: i32, flags: u32) -> aclError {
     entry("aclrtDeviceEnablePeerAccess", || {
@@ -217,6 +254,9 @@ pub unsafe extern "C" fn aclrtDeviceEnablePeerAccess(peerDeviceId: i32, flags: u
     })
 }
 
+/// Removes `peerDeviceId` from the current device's peers. Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_RT_CONTEXT_NULL`, `ACL_ERROR_RT_INVALID_DEVICEID`, or `ACL_ERROR_RT_PARAM_INVALID` if access to
+/// it was not enabled.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDeviceDisablePeerAccess(peerDeviceId: i32) -> aclError {
     entry("aclrtDeviceDisablePeerAccess", || {
@@ -235,6 +275,9 @@ pub unsafe extern "C" fn aclrtDeviceDisablePeerAccess(peerDeviceId: i32) -> aclE
 // ---------------------------------------------------------------------------------------------------
 // Contexts
 
+/// Creates a context on `deviceId` with its own default stream, makes it current on the calling thread and
+/// writes it to `*context` (no `aclrtSetDevice` needed). Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_INVALID_PARAM` (NULL), `ACL_ERROR_RT_INVALID_DEVICEID` or `ACL_ERROR_RT_NO_STREAM_RESOURCE`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateContext(context: *mut aclrtContext, deviceId: i32) -> aclError {
     entry("aclrtCreateContext", || {
@@ -252,6 +295,9 @@ pub unsafe extern "C" fn aclrtCreateContext(context: *mut aclrtContext, deviceId
     })
 }
 
+/// Destroys a context made by `aclrtCreateContext`: its streams once their queued work has run, then the
+/// context (threads that had it current have none). Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_INVALID_PARAM` (NULL) or `ACL_ERROR_RT_PARAM_INVALID` (dead, or a device's default context).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDestroyContext(context: aclrtContext) -> aclError {
     entry("aclrtDestroyContext", || {
@@ -269,6 +315,8 @@ pub unsafe extern "C" fn aclrtDestroyContext(context: aclrtContext) -> aclError 
     })
 }
 
+/// Makes `context`, and so its device, current on the calling thread. Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_INVALID_PARAM` (NULL) or `ACL_ERROR_RT_PARAM_INVALID` (not a live context).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSetCurrentContext(context: aclrtContext) -> aclError {
     entry("aclrtSetCurrentContext", || {
@@ -280,6 +328,8 @@ pub unsafe extern "C" fn aclrtSetCurrentContext(context: aclrtContext) -> aclErr
     })
 }
 
+/// Writes the calling thread's current context to `*context`. Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_RT_CONTEXT_NULL` (none) or `ACL_ERROR_INVALID_PARAM` (NULL).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtGetCurrentContext(context: *mut aclrtContext) -> aclError {
     entry("aclrtGetCurrentContext", || {
@@ -294,11 +344,16 @@ pub unsafe extern "C" fn aclrtGetCurrentContext(context: *mut aclrtContext) -> a
 
 const STREAM_FLAGS: u32 = 0x3f;
 
+/// Creates a stream in the current context, run by a thread of its own, and writes it to `*stream`. Fails
+/// with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL`, `ACL_ERROR_INVALID_PARAM` (NULL) or
+/// `ACL_ERROR_RT_NO_STREAM_RESOURCE` (the thread cannot start).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateStream(stream: *mut aclrtStream) -> aclError {
     entry("aclrtCreateStream", || create_stream(stream, 0, 0))
 }
 
+/// As `aclrtCreateStream`. `priority` must be 0..=7 and `flag` only `ACL_STREAM_*` bits
+/// (`ACL_ERROR_RT_PARAM_INVALID` otherwise); both are then ignored.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateStreamWithConfig(stream: *mut aclrtStream, priority: u32, flag: u32) -> aclError {
     entry("aclrtCreateStreamWithConfig", || create_stream(stream, priority, flag))
@@ -322,6 +377,9 @@ fn create_stream(stream: *mut aclrtStream, priority: u32, flag: u32) -> Result<(
     Ok(())
 }
 
+/// Destroys `stream` once its queued work, callbacks included, has run, then ends its callback subscription
+/// (a subscribed calling thread runs the callbacks delivered meanwhile). Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_INVALID_PARAM` (NULL) or `ACL_ERROR_RT_PARAM_INVALID` (not a live stream, or a default stream).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDestroyStream(stream: aclrtStream) -> aclError {
     entry("aclrtDestroyStream", || {
@@ -335,11 +393,16 @@ pub unsafe extern "C" fn aclrtDestroyStream(stream: aclrtStream) -> aclError {
     })
 }
 
+/// Waits until the work queued on `stream` (NULL: the current context's default stream) has run and returns
+/// its sticky error, if a task failed. Also `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL` or
+/// `ACL_ERROR_RT_PARAM_INVALID` (bad `stream`, or called from its own host function or callback).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeStream(stream: aclrtStream) -> aclError {
     entry("aclrtSynchronizeStream", || runtime().stream(stream as usize)?.core.synchronize(None))
 }
 
+/// As `aclrtSynchronizeStream`, waiting at most `timeout` ms (-1: no limit; 0: check without waiting):
+/// `ACL_ERROR_RT_STREAM_SYNC_TIMEOUT` on expiry, `ACL_ERROR_RT_PARAM_INVALID` for a timeout below -1.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeStreamWithTimeout(stream: aclrtStream, timeout: i32) -> aclError {
     entry("aclrtSynchronizeStreamWithTimeout", || {
@@ -348,6 +411,9 @@ pub unsafe extern "C" fn aclrtSynchronizeStreamWithTimeout(stream: aclrtStream, 
     })
 }
 
+/// Writes `ACL_STREAM_STATUS_COMPLETE` to `*status` if all work queued on `stream` has run, else
+/// `ACL_STREAM_STATUS_NOT_READY`; a failed task is not reported. Fails with `ACL_ERROR_INVALID_PARAM` (NULL),
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL` or `ACL_ERROR_RT_PARAM_INVALID` (bad `stream`).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtStreamQuery(stream: aclrtStream, status: *mut aclrtStreamStatus) -> aclError {
     entry("aclrtStreamQuery", || {
@@ -358,6 +424,10 @@ pub unsafe extern "C" fn aclrtStreamQuery(stream: aclrtStream, status: *mut aclr
     })
 }
 
+/// Queues on `stream` a wait for the work captured by `event`'s latest record and returns at once (no wait if
+/// it is unrecorded or was recorded on `stream`); if that work failed, `stream` fails too. Fails with
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL`, `ACL_ERROR_INVALID_PARAM` (NULL `event`) or
+/// `ACL_ERROR_RT_PARAM_INVALID` (dead handle, or an event lacking `ACL_EVENT_SYNC`).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtEvent) -> aclError {
     entry("aclrtStreamWaitEvent", || {
@@ -387,16 +457,23 @@ pub unsafe extern "C" fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtE
 
 const EVENT_FLAGS: u32 = 0x7b;
 
+/// Creates an event with `ACL_EVENT_SYNC | ACL_EVENT_TIME_LINE` and writes it to `*event`. Fails with
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL` (no device set) or `ACL_ERROR_INVALID_PARAM` (NULL).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateEvent(event: *mut aclrtEvent) -> aclError {
     entry("aclrtCreateEvent", || create_event(event, ACL_EVENT_SYNC as u32 | ACL_EVENT_TIME_LINE as u32, false, false))
 }
 
+/// As `aclrtCreateEvent`, with the flags `flag` (`ACL_EVENT_*` bits only, else `ACL_ERROR_RT_PARAM_INVALID`).
+/// Without `ACL_EVENT_SYNC` streams cannot wait on the event; without `ACL_EVENT_TIME_LINE` it cannot be
+/// timed.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateEventWithFlag(event: *mut aclrtEvent, flag: u32) -> aclError {
     entry("aclrtCreateEventWithFlag", || create_event(event, flag, false, true))
 }
 
+/// As `aclrtCreateEventWithFlag`, for an Ex event: it reads complete until first recorded, and cannot be
+/// reset.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateEventExWithFlag(event: *mut aclrtEvent, flag: u32) -> aclError {
     entry("aclrtCreateEventExWithFlag", || create_event(event, flag, true, true))
@@ -418,6 +495,10 @@ fn create_event(event: *mut aclrtEvent, flags: u32, ex: bool, with_flag: bool) -
     Ok(())
 }
 
+/// Queues a record of `event` on `stream`, returning at once: the event now captures the work queued there so
+/// far, and completes when the stream reaches the record. Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_RT_CONTEXT_NULL` or `ACL_ERROR_RT_PARAM_INVALID` (bad `stream`), `ACL_ERROR_INVALID_PARAM`
+/// (NULL `event`) or `ACL_ERROR_RT_PARAM_INVALID` (dead `event`).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtRecordEvent(event: aclrtEvent, stream: aclrtStream) -> aclError {
     entry("aclrtRecordEvent", || {
@@ -429,6 +510,9 @@ pub unsafe extern "C" fn aclrtRecordEvent(event: aclrtEvent, stream: aclrtStream
     })
 }
 
+/// Queues a reset of `event` on `stream`, returning at once: once reached, the event is unrecorded unless
+/// recorded again meanwhile. Only `aclrtCreateEventWithFlag` events with `ACL_EVENT_SYNC` can be reset
+/// (`ACL_ERROR_RT_PARAM_INVALID`); other errors as in `aclrtRecordEvent`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtResetEvent(event: aclrtEvent, stream: aclrtStream) -> aclError {
     entry("aclrtResetEvent", || {
@@ -446,6 +530,10 @@ pub unsafe extern "C" fn aclrtResetEvent(event: aclrtEvent, stream: aclrtStream)
     })
 }
 
+/// Writes `ACL_EVENT_RECORDED_STATUS_COMPLETE` to `*status` once the latest record is reached, else
+/// `ACL_EVENT_RECORDED_STATUS_NOT_READY` (an unrecorded Ex event reads complete; failed work is not
+/// reported). Fails with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (NULL) or
+/// `ACL_ERROR_RT_PARAM_INVALID` (dead).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtQueryEventStatus(event: aclrtEvent, status: *mut aclrtEventRecordedStatus) -> aclError {
     entry("aclrtQueryEventStatus", || {
@@ -456,6 +544,9 @@ pub unsafe extern "C" fn aclrtQueryEventStatus(event: aclrtEvent, status: *mut a
     })
 }
 
+/// Waits until its stream reaches `event`'s latest record (at once if unrecorded); returns the stream's error
+/// if that work failed. Also `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (NULL) or
+/// `ACL_ERROR_RT_PARAM_INVALID` (dead, or called from that stream's own host function or callback).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
     entry("aclrtSynchronizeEvent", || {
@@ -465,6 +556,8 @@ pub unsafe extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
     })
 }
 
+/// As `aclrtSynchronizeEvent`, waiting at most `timeout` ms (-1: no limit; 0: check without waiting):
+/// `ACL_ERROR_RT_EVENT_SYNC_TIMEOUT` on expiry, `ACL_ERROR_RT_PARAM_INVALID` for a timeout below -1.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(event: aclrtEvent, timeout: i32) -> aclError {
     entry("aclrtSynchronizeEventWithTimeout", || {
@@ -475,6 +568,10 @@ pub unsafe extern "C" fn aclrtSynchronizeEventWithTimeout(event: aclrtEvent, tim
     })
 }
 
+/// Writes to `*ms` the milliseconds between the moments the streams reached the two events' records. Fails
+/// with `ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID` (unrecorded, or no `ACL_EVENT_TIME_LINE`),
+/// `ACL_ERROR_RT_EVENT_NOT_COMPLETE`, `ACL_ERROR_RT_EVENT_TIMESTAMP_REVERSAL` (end first),
+/// `ACL_ERROR_INVALID_PARAM` (NULL), `ACL_ERROR_RT_PARAM_INVALID` (dead) or `ACL_ERROR_UNINITIALIZE`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtEventElapsedTime(ms: *mut f32, startEvent: aclrtEvent, endEvent: aclrtEvent) -> aclError {
     entry("aclrtEventElapsedTime", || {
@@ -491,6 +588,8 @@ pub unsafe extern "C" fn aclrtEventElapsedTime(ms: *mut f32, startEvent: aclrtEv
     })
 }
 
+/// Destroys `event` at once; records and waits already queued still run. Fails with `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_INVALID_PARAM` (NULL) or `ACL_ERROR_RT_PARAM_INVALID` (dead handle).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtDestroyEvent(event: aclrtEvent) -> aclError {
     entry("aclrtDestroyEvent", || {
@@ -502,11 +601,16 @@ pub unsafe extern "C" fn aclrtDestroyEvent(event: aclrtEvent) -> aclError {
 // ---------------------------------------------------------------------------------------------------
 // Memory
 
+/// Allocates `size` bytes on the current device and writes the address (64-byte aligned;
+/// `round_up(size, 32) + 32` bytes reserved) to `*devPtr`; `policy` is ignored. Fails with
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL`, `ACL_ERROR_INVALID_PARAM` (NULL, zero or
+/// overflowing `size`) or `ACL_ERROR_RT_MEMORY_ALLOCATION` (no room).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtMalloc(devPtr: *mut *mut c_void, size: usize, policy: aclrtMemMallocPolicy) -> aclError {
     entry("aclrtMalloc", || malloc(devPtr, size, policy, false))
 }
 
+/// As `aclrtMalloc`, without the 32 bytes of padding: `round_up(size, 32)` bytes are reserved.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtMallocAlign32(
     devPtr: *mut *mut c_void,
@@ -529,6 +633,9 @@ fn malloc(dev_ptr: *mut *mut c_void, size: usize, _policy: aclrtMemMallocPolicy,
     Ok(())
 }
 
+/// Frees a device allocation at once: queued work using it fails when it runs; work already running keeps it
+/// until done. Fails with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (NULL) or
+/// `ACL_ERROR_RT_PARAM_INVALID` (not the start of a live device allocation).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtFree(devPtr: *mut c_void) -> aclError {
     entry("aclrtFree", || {
@@ -541,6 +648,9 @@ pub unsafe extern "C" fn aclrtFree(devPtr: *mut c_void) -> aclError {
     })
 }
 
+/// Allocates `size` bytes of pinned host memory (tracked, 64-byte aligned) and writes the address to
+/// `*hostPtr`; needs no device. Fails with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (NULL, zero
+/// `size`) or `ACL_ERROR_RT_MEMORY_ALLOCATION` (the pinned region, the size of physical memory, is full).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtMallocHost(hostPtr: *mut *mut c_void, size: usize) -> aclError {
     entry("aclrtMallocHost", || {
@@ -556,6 +666,9 @@ pub unsafe extern "C" fn aclrtMallocHost(hostPtr: *mut *mut c_void, size: usize)
     })
 }
 
+/// Frees an `aclrtMallocHost` block at once, as `aclrtFree` does device memory. Fails with
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (NULL) or `ACL_ERROR_RT_PARAM_INVALID` (not a live
+/// `aclrtMallocHost` block).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtFreeHost(hostPtr: *mut c_void) -> aclError {
     entry("aclrtFreeHost", || {
@@ -614,6 +727,9 @@ fn copy_bytes(dst: usize, src: usize, n: usize) {
     });
 }
 
+/// Copies `count` bytes from `src` to `dst` now, not ordered with any stream; `kind` is range-checked only.
+/// Fails with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (NULL, unknown `kind`) or
+/// `ACL_ERROR_RT_PARAM_INVALID` (`count > destMax`, a device or pinned range outside one live allocation).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtMemcpy(
     dst: *mut c_void,
@@ -633,6 +749,10 @@ pub unsafe extern "C" fn aclrtMemcpy(
     })
 }
 
+/// Queues the copy on `stream`, returning at once, or after it ran (with the stream's error) when a side is
+/// pageable host memory. Checks as `aclrtMemcpy`, plus `ACL_ERROR_RT_CONTEXT_NULL` or
+/// `ACL_ERROR_RT_PARAM_INVALID` (bad `stream`), `ACL_ERROR_RT_FEATURE_NOT_SUPPORT` (no device side); a range
+/// freed before the copy runs fails the stream with `ACL_ERROR_RT_DEVICE_MEM_ERROR`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtMemcpyAsync(
     dst: *mut c_void,
@@ -696,6 +816,9 @@ fn check_memset(dev_ptr: *mut c_void, max_count: usize, count: usize) -> Result<
     Ok(Some(Span { addr: dev_ptr as usize, len: count, write: true }))
 }
 
+/// Sets `count` bytes at `devPtr` to the low byte of `value`, on the calling thread; `count` 0 does nothing.
+/// Fails with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (NULL) or `ACL_ERROR_RT_PARAM_INVALID`
+/// (`count > maxCount`, memory neither device nor pinned, or a range not inside one live allocation).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtMemset(devPtr: *mut c_void, maxCount: usize, value: i32, count: usize) -> aclError {
     entry("aclrtMemset", || {
@@ -710,6 +833,9 @@ pub unsafe extern "C" fn aclrtMemset(devPtr: *mut c_void, maxCount: usize, value
     })
 }
 
+/// Queues `aclrtMemset`'s work on `stream` and returns at once. Checks as `aclrtMemset`, plus
+/// `ACL_ERROR_RT_CONTEXT_NULL` or `ACL_ERROR_RT_PARAM_INVALID` (bad `stream`); a range freed before it runs
+/// fails the stream with `ACL_ERROR_RT_DEVICE_MEM_ERROR`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtMemsetAsync(
     devPtr: *mut c_void,
@@ -737,6 +863,9 @@ pub unsafe extern "C" fn aclrtMemsetAsync(
     })
 }
 
+/// Copies `height` rows of `width` bytes from `src` (rows `spitch` apart) to `dst` (rows `dpitch` apart) now.
+/// Fails with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (NULL, unknown `kind`) or
+/// `ACL_ERROR_RT_PARAM_INVALID` (`width` above a pitch, overflow, a range outside one live allocation).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtMemcpy2d(
     dst: *mut c_void,
@@ -779,6 +908,10 @@ pub unsafe extern "C" fn aclrtMemcpy2d(
 // ---------------------------------------------------------------------------------------------------
 // Host callbacks and host functions
 
+/// Makes thread `threadId` (a `pthread_self` value, not checked) run `stream`'s callbacks through
+/// `aclrtProcessReport`; a thread may serve several streams. Fails with `ACL_ERROR_REPEAT_SUBSCRIBE` (the
+/// stream has one), `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL` or `ACL_ERROR_RT_PARAM_INVALID`
+/// (bad `stream`).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtSubscribeReport(threadId: u64, stream: aclrtStream) -> aclError {
     entry("aclrtSubscribeReport", || {
@@ -788,6 +921,9 @@ pub unsafe extern "C" fn aclrtSubscribeReport(threadId: u64, stream: aclrtStream
     })
 }
 
+/// Ends `threadId`'s subscription to `stream`; if it was the thread's last, callbacks still waiting for the
+/// thread are dropped unrun. Fails with `ACL_ERROR_RT_STREAM_SUBSCRIBE` (not subscribed to it),
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL` or `ACL_ERROR_RT_PARAM_INVALID` (bad `stream`).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtUnSubscribeReport(threadId: u64, stream: aclrtStream) -> aclError {
     entry("aclrtUnSubscribeReport", || {
@@ -797,6 +933,10 @@ pub unsafe extern "C" fn aclrtUnSubscribeReport(threadId: u64, stream: aclrtStre
     })
 }
 
+/// Queues `fn_(userData)` on `stream`, returning at once; once reached it goes to the subscribed thread's
+/// `aclrtProcessReport`, holding the stream until it has run if `ACL_CALLBACK_BLOCK`. Fails with
+/// `ACL_ERROR_INVALID_PARAM` (NULL `fn_`, bad `blockType`), `ACL_ERROR_RT_STREAM_NO_CB_REG` (no subscriber),
+/// `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_RT_CONTEXT_NULL` or `ACL_ERROR_RT_PARAM_INVALID` (bad `stream`).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtLaunchCallback(
     fn_: aclrtCallback,
@@ -838,17 +978,23 @@ pub unsafe extern "C" fn aclrtLaunchCallback(
     })
 }
 
+/// Runs one callback delivered to the calling thread, waiting up to `timeout` ms (-1: no limit) for it. Fails
+/// with `ACL_ERROR_UNINITIALIZE`, `ACL_ERROR_INVALID_PARAM` (`timeout` 0 or < -1),
+/// `ACL_ERROR_RT_THREAD_SUBSCRIBE` (no subscription, or it ended while waiting) or
+/// `ACL_ERROR_RT_REPORT_TIMEOUT`.
 #[no_mangle]
 pub unsafe extern "C" fn aclrtProcessReport(timeout: i32) -> aclError {
     entry("aclrtProcessReport", || {
         let rt = runtime();
         rt.ensure_init()?;
         let timeout = duration_ms(timeout, ACL_ERROR_INVALID_PARAM, false)?;
-        let _ = this_thread;
         rt.reports.process(timeout)
     })
 }
 
+/// Queues `fn_(args)` on `stream` and returns at once; the stream's thread calls it when it gets there, even
+/// after an earlier task failed. Fails with `ACL_ERROR_INVALID_PARAM` (NULL `fn_`), `ACL_ERROR_UNINITIALIZE`,
+/// `ACL_ERROR_RT_CONTEXT_NULL` or `ACL_ERROR_RT_PARAM_INVALID` (bad `stream`).
 #[no_mangle]
 pub unsafe extern "C" fn aclrtLaunchHostFunc(stream: aclrtStream, fn_: aclrtHostFunc, args: *mut c_void) -> aclError {
     entry("aclrtLaunchHostFunc", || {

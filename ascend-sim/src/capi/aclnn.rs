@@ -99,6 +99,9 @@ unsafe fn read_i64s(p: *const i64, n: u64, max: u64) -> Option<Vec<i64>> {
     Some(if n == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec() })
 }
 
+/// Records the tensor's descriptor under a new handle and returns it; NULL, with a message for
+/// `aclGetRecentErrMsg`, for a NULL array with a non-zero count, over 64 dims, or a negative dim (view or
+/// storage), stride or offset. `dataType`, `format` and `tensorData` are not checked.
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateTensor(
     viewDims: *const i64,
@@ -123,7 +126,8 @@ pub unsafe extern "C" fn aclCreateTensor(
         set_recent("aclCreateTensor: a dims or strides pointer is NULL, or more than 64 dims");
         return std::ptr::null_mut();
     };
-    if offset < 0 || strides.iter().any(|&s| s < 0) || view_dims.iter().any(|&d| d < 0) {
+    let negative = |v: &[i64]| v.iter().any(|&x| x < 0);
+    if offset < 0 || negative(&strides) || negative(&view_dims) || negative(&storage_dims) {
         set_recent("aclCreateTensor: negative dim, stride or offset");
         return std::ptr::null_mut();
     }
@@ -147,6 +151,8 @@ pub unsafe fn tensor_desc<'a>(t: *const aclTensor) -> &'a TensorDesc {
     unsafe { &*p }
 }
 
+/// Destroys a tensor handle. Returns `ACLNN_ERR_PARAM_NULLPTR` for NULL and `ACLNN_ERR_PARAM_INVALID` for
+/// anything but a live tensor (destroyed already, or another kind of object).
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyTensor(tensor: *const aclTensor) -> aclnnStatus {
     if tensor.is_null() {
@@ -159,6 +165,8 @@ pub unsafe extern "C" fn aclDestroyTensor(tensor: *const aclTensor) -> aclnnStat
     }
 }
 
+/// Copies `size` values into a new int array and returns its handle; NULL, with a message for
+/// `aclGetRecentErrMsg`, for a NULL `value` with a non-zero `size` or more than 2^24 values.
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateIntArray(value: *const i64, size: u64) -> *mut aclIntArray {
     // SAFETY: `value` holds `size` values by the API contract.
@@ -185,6 +193,8 @@ pub unsafe fn int_array<'a>(a: *const aclIntArray) -> &'a [i64] {
     unsafe { &*p }
 }
 
+/// Destroys an int array handle. Returns `ACLNN_ERR_PARAM_NULLPTR` for NULL and `ACLNN_ERR_PARAM_INVALID` for
+/// anything but a live int array.
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyIntArray(array: *const aclIntArray) -> aclnnStatus {
     if array.is_null() {
@@ -197,6 +207,9 @@ pub unsafe extern "C" fn aclDestroyIntArray(array: *const aclIntArray) -> aclnnS
     }
 }
 
+/// Returns a new scalar handle; NULL, with a message for `aclGetRecentErrMsg`, if `value` is NULL or
+/// `dataType` is not bool, an 8- to 64-bit integer, fp16, bf16, float or double. The value is neither read
+/// nor kept.
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dataType: aclDataType) -> *mut aclScalar {
     let typed = matches!(
@@ -222,6 +235,8 @@ pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dataType: aclDataTy
     handle(Object::Scalar)
 }
 
+/// Destroys a scalar handle. Returns `ACLNN_ERR_PARAM_NULLPTR` for NULL and `ACLNN_ERR_PARAM_INVALID` for
+/// anything but a live scalar.
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyScalar(scalar: *const aclScalar) -> aclnnStatus {
     if scalar.is_null() {
@@ -234,6 +249,9 @@ pub unsafe extern "C" fn aclDestroyScalar(scalar: *const aclScalar) -> aclnnStat
     }
 }
 
+/// Makes a list of the `size` tensors at `value` and returns its handle; the list owns them. Returns NULL,
+/// with a message for `aclGetRecentErrMsg`, for a NULL `value`, a `size` outside 1..=1024, or an entry that
+/// is not a live tensor.
 #[no_mangle]
 pub unsafe extern "C" fn aclCreateTensorList(value: *const *const aclTensor, size: u64) -> *mut aclTensorList {
     if value.is_null() || size == 0 || size > 1024 {
@@ -250,6 +268,9 @@ pub unsafe extern "C" fn aclCreateTensorList(value: *const *const aclTensor, siz
     handle(Object::TensorList(tensors))
 }
 
+/// Destroys a tensor list and each of its tensors. Returns `ACLNN_ERR_PARAM_NULLPTR` for NULL, and
+/// `ACLNN_ERR_PARAM_INVALID` for anything but a live list, or if one of its tensors was destroyed already
+/// (the others are still destroyed).
 #[no_mangle]
 pub unsafe extern "C" fn aclDestroyTensorList(array: *const aclTensorList) -> aclnnStatus {
     if array.is_null() {
@@ -279,6 +300,8 @@ fn no_npu(name: &str) -> aclnnStatus {
 
 macro_rules! npu_only {
     ($($name:ident($($arg:ident: $ty:ty),* $(,)?);)*) => {$(
+        /// An aclnn operator, which needs an NPU: ignores its arguments and returns
+        /// `ACLNN_ERR_INNER_FIND_KERNEL_ERROR`, with a message for `aclGetRecentErrMsg`.
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> aclnnStatus {
             $(let _ = $arg;)*

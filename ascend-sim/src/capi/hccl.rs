@@ -71,12 +71,18 @@ fn register(c: Comm) -> HcclComm {
     h as HcclComm
 }
 
+/// Writes a fresh root info (a random shared-memory segment name and key) to `*rootInfo`, for every rank to
+/// pass to `HcclCommInitRootInfo`. Needs no `aclInit`; `HCCL_E_PTR` if `rootInfo` is NULL.
 #[no_mangle]
 pub unsafe extern "C" fn HcclGetRootInfo(rootInfo: *mut HcclRootInfo) -> HcclResult {
     // SAFETY: `out` checks NULL; otherwise the caller provides a writable HcclRootInfo.
     hentry("HcclGetRootInfo", || unsafe { out(rootInfo, Root::generate().encode()) })
 }
 
+/// Joins `rootInfo`'s communicator as `rank` of `nRanks` on the current device, blocking until all ranks have
+/// joined, and writes it to `*comm`. Fails with `HCCL_E_PTR` (NULL), `HCCL_E_TIMEOUT` (ranks missing after
+/// `HCCL_CONNECT_TIMEOUT`), `HCCL_E_MEMORY` (`/dev/shm` full) or `HCCL_E_PARA` (no device set; bad root info,
+/// `rank` or `nRanks`; ranks disagreeing on `nRanks`; a rank joining twice).
 #[no_mangle]
 pub unsafe extern "C" fn HcclCommInitRootInfo(
     nRanks: u32,
@@ -88,6 +94,9 @@ pub unsafe extern "C" fn HcclCommInitRootInfo(
     hentry("HcclCommInitRootInfo", || unsafe { init_root(nRanks, rootInfo, rank, None, comm) })
 }
 
+/// As `HcclCommInitRootInfo`; of `config` only `hcclCommName` (the communicator's name) and, from version 10,
+/// a positive exec timeout (in place of `HCCL_EXEC_TIMEOUT`) are used. `HCCL_E_PTR` for a NULL `config`,
+/// `HCCL_E_PARA` for one not set up by `HcclCommConfigInit` (magic, version or size).
 #[no_mangle]
 pub unsafe extern "C" fn HcclCommInitRootInfoConfig(
     nRanks: u32,
@@ -178,6 +187,10 @@ unsafe fn init_root(
     Ok(())
 }
 
+/// Creates an `ndev`-rank communicator in this process, rank `i` on device `devices[i]`, and writes the
+/// `ndev` handles to `comms_out`; no device need be set. Fails with `HCCL_E_PTR` (NULL), `HCCL_E_PARA`
+/// (`ndev` not 1..=64, no `aclInit`, unknown or repeated device), or `HCCL_E_MEMORY` or `HCCL_E_TIMEOUT` from
+/// the rendezvous (bounded by `HCCL_CONNECT_TIMEOUT`).
 #[no_mangle]
 pub unsafe extern "C" fn HcclCommInitAll(ndev: u32, devices: *mut i32, comms_out: *mut HcclComm) -> HcclResult {
     hentry("HcclCommInitAll", || {
@@ -199,7 +212,7 @@ pub unsafe extern "C" fn HcclCommInitAll(ndev: u32, devices: *mut i32, comms_out
             }
             devs.push(d);
         }
-        let all = Comm::create_all(&devs, timeouts().1)?;
+        let all = Comm::create_all(&devs, timeouts())?;
         for (i, c) in all.into_iter().enumerate() {
             // SAFETY: the caller provides room for `ndev` handles.
             unsafe { *comms_out.add(i) = register(c) };
@@ -208,6 +221,9 @@ pub unsafe extern "C" fn HcclCommInitAll(ndev: u32, devices: *mut i32, comms_out
     })
 }
 
+/// Releases this rank's communicator (peers that then wait for the rank fail). Fails with `HCCL_E_AGAIN`
+/// while collectives of it are queued or running (synchronize their streams first), `HCCL_E_PTR` (NULL) or
+/// `HCCL_E_PARA` (not a live communicator).
 #[no_mangle]
 pub unsafe extern "C" fn HcclCommDestroy(comm_: HcclComm) -> HcclResult {
     hentry("HcclCommDestroy", || {
@@ -222,24 +238,34 @@ pub unsafe extern "C" fn HcclCommDestroy(comm_: HcclComm) -> HcclResult {
     })
 }
 
+/// Writes the communicator's number of ranks to `*rankSize`. Fails with `HCCL_E_PTR` (NULL) or `HCCL_E_PARA`
+/// (not a live communicator).
 #[no_mangle]
 pub unsafe extern "C" fn HcclGetRankSize(comm_: HcclComm, rankSize: *mut u32) -> HcclResult {
     // SAFETY: `out` checks NULL.
     hentry("HcclGetRankSize", || unsafe { out(rankSize, comm(comm_)?.n as u32) })
 }
 
+/// Writes this rank's number in the communicator to `*rank`. Fails with `HCCL_E_PTR` (NULL) or `HCCL_E_PARA`
+/// (not a live communicator).
 #[no_mangle]
 pub unsafe extern "C" fn HcclGetRankId(comm_: HcclComm, rank: *mut u32) -> HcclResult {
     // SAFETY: `out` checks NULL.
     hentry("HcclGetRankId", || unsafe { out(rank, comm(comm_)?.rank as u32) })
 }
 
+/// Writes to `*asyncError` the code of this rank's latest collective that failed while running
+/// (`HCCL_SUCCESS` if none; reading does not clear it). Fails with `HCCL_E_PTR` (NULL) or `HCCL_E_PARA` (not
+/// a live communicator).
 #[no_mangle]
 pub unsafe extern "C" fn HcclGetCommAsyncError(comm_: HcclComm, asyncError: *mut HcclResult) -> HcclResult {
     // SAFETY: `out` checks NULL.
     hentry("HcclGetCommAsyncError", || unsafe { out(asyncError, comm(comm_)?.async_error.load(Acquire)) })
 }
 
+/// Copies the communicator's name (the config's `hcclCommName`, else the segment name) to `commName`,
+/// NUL-terminated and cut to `COMM_NAME_MAX_LENGTH - 1` bytes. Fails with `HCCL_E_PTR` (NULL) or
+/// `HCCL_E_PARA` (not a live communicator).
 #[no_mangle]
 pub unsafe extern "C" fn HcclGetCommName(comm_: HcclComm, commName: *mut c_char) -> HcclResult {
     hentry("HcclGetCommName", || {
@@ -399,6 +425,10 @@ impl Call {
     }
 }
 
+/// Queues on `stream` an all-reduce of `count` elements: every rank's `recvBuf` gets `op` over all `sendBuf`s
+/// (in place allowed); returns at once. Fails with `HCCL_E_PTR` (NULL `comm_` or buffer),
+/// `HCCL_E_NOT_SUPPORT` (`dataType`, or `op` for it) or `HCCL_E_PARA` (dead comm or stream, stream on another
+/// device, unknown type or op, buffer misaligned or not in one live allocation of the comm's device).
 #[no_mangle]
 pub unsafe extern "C" fn HcclAllReduce(
     sendBuf: *mut c_void,
@@ -419,6 +449,9 @@ pub unsafe extern "C" fn HcclAllReduce(
     })
 }
 
+/// Queues on `stream` a broadcast of the root's `buf` (`count` elements) to every rank's `buf`; returns at
+/// once. Fails as `HcclAllReduce` does (without `op`), and with `HCCL_E_PARA` for a `root` outside the
+/// communicator.
 #[no_mangle]
 pub unsafe extern "C" fn HcclBroadcast(
     buf: *mut c_void,
@@ -437,6 +470,8 @@ pub unsafe extern "C" fn HcclBroadcast(
     })
 }
 
+/// Queues on `stream` a reduce-scatter: rank r's `recvBuf` (`recvCount` elements) gets `op` over every rank's
+/// block r of `sendBuf` (`recvCount` × ranks elements); returns at once. Fails as `HcclAllReduce` does.
 #[no_mangle]
 pub unsafe extern "C" fn HcclReduceScatter(
     sendBuf: *mut c_void,
@@ -457,6 +492,8 @@ pub unsafe extern "C" fn HcclReduceScatter(
     })
 }
 
+/// Queues on `stream` an all-gather: block r of every rank's `recvBuf` (`sendCount` × ranks elements) gets
+/// rank r's `sendBuf` (`sendCount` elements); returns at once. Fails as `HcclAllReduce` does (without `op`).
 #[no_mangle]
 pub unsafe extern "C" fn HcclAllGather(
     sendBuf: *mut c_void,
@@ -475,6 +512,8 @@ pub unsafe extern "C" fn HcclAllGather(
     })
 }
 
+/// Queues on `stream` a scatter: rank r's `recvBuf` (`recvCount` elements) gets block r of the root's
+/// `sendBuf`, which other ranks may pass NULL; returns at once. Fails as `HcclBroadcast` does.
 #[no_mangle]
 pub unsafe extern "C" fn HcclScatter(
     sendBuf: *mut c_void,
@@ -496,6 +535,9 @@ pub unsafe extern "C" fn HcclScatter(
     })
 }
 
+/// Queues on `stream` a reduce of `count` elements: the root's `recvBuf` gets `op` over all ranks' `sendBuf`
+/// (other ranks' `recvBuf` is ignored); returns at once. Fails as `HcclAllReduce` does, and with
+/// `HCCL_E_PARA` for a `root` outside the communicator.
 #[no_mangle]
 pub unsafe extern "C" fn HcclReduce(
     sendBuf: *mut c_void,
@@ -518,6 +560,9 @@ pub unsafe extern "C" fn HcclReduce(
     })
 }
 
+/// Queues on `stream` an all-to-all: block r of `recvBuf` gets rank r's block for this rank, blocks of
+/// `sendCount` elements; returns at once. `HCCL_E_PARA` unless send and receive counts and types are equal;
+/// otherwise fails as `HcclAllGather` does.
 #[no_mangle]
 pub unsafe extern "C" fn HcclAlltoAll(
     sendBuf: *const c_void,
@@ -553,6 +598,10 @@ unsafe fn u64s(p: *const c_void, n: usize, what: &str) -> Result<Vec<u64>, HFail
     Ok((0..n).map(|i| unsafe { (p as *const u64).add(i).read_unaligned() }).collect())
 }
 
+/// Queues on `stream` an all-to-all with per-rank element counts and displacements (one `uint64_t` per rank
+/// in each array); returns at once. Fails with `HCCL_E_PTR` (NULL array), `HCCL_E_PARA` (unequal types, a
+/// count plus its displacement overflowing) or as `HcclAllGather` does; counts the ranks disagree on fail at
+/// run time.
 #[no_mangle]
 pub unsafe extern "C" fn HcclAlltoAllV(
     sendBuf: *const c_void,
@@ -594,6 +643,9 @@ pub unsafe extern "C" fn HcclAlltoAllV(
     })
 }
 
+/// Queues on `stream` a barrier, which completes once every rank's stream has reached its own; returns at
+/// once. Fails with `HCCL_E_PTR` (NULL `comm_`) or `HCCL_E_PARA` (dead communicator or stream, stream of
+/// another device).
 #[no_mangle]
 pub unsafe extern "C" fn HcclBarrier(comm_: HcclComm, stream: aclrtStream) -> HcclResult {
     hentry("HcclBarrier", || {
@@ -622,6 +674,9 @@ fn p2p(
     c.enqueue(name, move |comm| unsafe { comm.send_recv(&mut plan) })
 }
 
+/// Queues on `stream` a send of `count` elements of `sendBuf` to `destRank`, complete once that rank has
+/// received them; returns at once. Fails as `HcclAllGather` does, and with `HCCL_E_PARA` if `destRank` is not
+/// another rank; a size or type the receiver disagrees with fails when it runs.
 #[no_mangle]
 pub unsafe extern "C" fn HcclSend(
     sendBuf: *mut c_void,
@@ -634,6 +689,8 @@ pub unsafe extern "C" fn HcclSend(
     hentry("HcclSend", || p2p(comm_, stream, &[(sendBuf, count, dataType, destRank, true)], "HcclSend"))
 }
 
+/// Queues on `stream` a receive of `count` elements into `recvBuf` from `srcRank`; returns at once. Fails as
+/// `HcclSend` does.
 #[no_mangle]
 pub unsafe extern "C" fn HcclRecv(
     recvBuf: *mut c_void,
@@ -646,6 +703,9 @@ pub unsafe extern "C" fn HcclRecv(
     hentry("HcclRecv", || p2p(comm_, stream, &[(recvBuf, count, dataType, srcRank, false)], "HcclRecv"))
 }
 
+/// Queues on `stream` the `itemNum` sends and receives of `sendRecvInfo` as one task, all progressing
+/// together (in order per peer and direction); returns at once. Fails with `HCCL_E_PTR` (NULL array),
+/// `HCCL_E_PARA` (unknown `sendRecvType`) or as `HcclSend` does for an item.
 #[no_mangle]
 pub unsafe extern "C" fn HcclBatchSendRecv(
     sendRecvInfo: *mut HcclSendRecvItem,
@@ -678,6 +738,8 @@ pub unsafe extern "C" fn HcclBatchSendRecv(
 
 macro_rules! not_supported {
     ($($name:ident($($arg:ident: $ty:ty),* $(,)?);)*) => {$(
+        /// Declared by the API but not provided by the simulator: ignores its arguments and returns
+        /// `HCCL_E_NOT_SUPPORT`, with a message for `aclGetRecentErrMsg`.
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> HcclResult {
             $(let _ = $arg;)*

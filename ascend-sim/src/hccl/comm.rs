@@ -443,8 +443,12 @@ impl Comm {
         Ok(comm)
     }
 
-    /// Creates all `n` ranks of a communicator in this process at once (`HcclCommInitAll`).
-    pub fn create_all(devices: &[usize], exec_timeout: Duration) -> Result<Vec<Comm>, HFail> {
+    /// Creates all `n` ranks of a communicator in this process at once (`HcclCommInitAll`); the
+    /// rendezvous is bounded by `connect_timeout` as [`Comm::join`]'s is.
+    pub fn create_all(
+        devices: &[usize],
+        (connect_timeout, exec_timeout): (Duration, Duration),
+    ) -> Result<Vec<Comm>, HFail> {
         let root = Root::generate();
         let n = devices.len();
         // Each rank's join completes only when all have arrived: join them from scoped threads.
@@ -454,7 +458,7 @@ impl Comm {
                 .enumerate()
                 .map(|(r, &d)| {
                     let root = &root;
-                    s.spawn(move || Comm::join(root, n, r, d, Duration::from_secs(30), exec_timeout))
+                    s.spawn(move || Comm::join(root, n, r, d, connect_timeout, exec_timeout))
                 })
                 .collect();
             hs.into_iter()

@@ -7,26 +7,42 @@ use half::f16;
 /// A supported element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
+    /// 8-bit signed integer (`HCCL_DATA_TYPE_INT8`).
     I8,
+    /// 16-bit signed integer (`HCCL_DATA_TYPE_INT16`).
     I16,
+    /// 32-bit signed integer (`HCCL_DATA_TYPE_INT32`).
     I32,
+    /// 64-bit signed integer (`HCCL_DATA_TYPE_INT64`).
     I64,
+    /// 8-bit unsigned integer (`HCCL_DATA_TYPE_UINT8`).
     U8,
+    /// 16-bit unsigned integer (`HCCL_DATA_TYPE_UINT16`).
     U16,
+    /// 32-bit unsigned integer (`HCCL_DATA_TYPE_UINT32`).
     U32,
+    /// 64-bit unsigned integer (`HCCL_DATA_TYPE_UINT64`).
     U64,
+    /// IEEE half precision (`HCCL_DATA_TYPE_FP16`).
     F16,
+    /// bfloat16 (`HCCL_DATA_TYPE_BFP16`).
     Bf16,
+    /// IEEE single precision (`HCCL_DATA_TYPE_FP32`).
     F32,
+    /// IEEE double precision (`HCCL_DATA_TYPE_FP64`).
     F64,
 }
 
 /// A reduce operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// Element-wise sum (`HCCL_REDUCE_SUM`).
     Sum,
+    /// Element-wise product (`HCCL_REDUCE_PROD`).
     Prod,
+    /// Element-wise maximum (`HCCL_REDUCE_MAX`); for floats a NaN loses to any number.
     Max,
+    /// Element-wise minimum (`HCCL_REDUCE_MIN`); for floats a NaN loses to any number.
     Min,
 }
 

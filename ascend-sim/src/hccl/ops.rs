@@ -29,14 +29,23 @@ const ONE_SHOT_BYTES: usize = 64 << 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum Kind {
+    /// `HcclAllReduce`.
     AllReduce = 1,
+    /// `HcclBroadcast`.
     Broadcast,
+    /// `HcclAllGather`.
     AllGather,
+    /// `HcclReduceScatter`.
     ReduceScatter,
+    /// `HcclReduce`.
     Reduce,
+    /// `HcclScatter`.
     Scatter,
+    /// `HcclAlltoAll`.
     AllToAll,
+    /// `HcclAlltoAllV`.
     AllToAllV,
+    /// `HcclBarrier`.
     Barrier,
 }
 
