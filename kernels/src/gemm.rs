@@ -655,9 +655,11 @@ impl Packed for f32 {
         &PACKED_B_F32
     }
 
-    /// Rows of A along their depth (a row-major A, not interleaved, at most 16 rows a panel): 16 × 16
-    /// blocks transposed in AVX-512 registers where the CPU has it, instead of one strided store per
-    /// value (which cost 12 % of an f32 prefill). The same values land in the same slots.
+    /// Rows of A along their depth (a row-major A, not interleaved, at most 32 rows a panel; also the
+    /// columns of transposed weights into a B strip): 16 × 16 blocks transposed in AVX-512
+    /// registers where the CPU has it, instead of one strided store per value (which cost 12 % of
+    /// an f32 prefill, and made transposed-weight matmuls 5-15 % slower). The same values land in
+    /// the same slots.
     #[inline(always)]
     fn pack_a_panel(
         at: &View<'_, f32>,
@@ -669,7 +671,7 @@ impl Packed for f32 {
     ) {
         let (mr, ks) = layout;
         #[cfg(target_arch = "x86_64")]
-        if at.rs == 1 && ks == 1 && mr <= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+        if at.rs == 1 && ks == 1 && mr <= 32 && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F is present; the conditions on the layout hold.
             unsafe { x86::pack_rows_f32(at, depths, pi, m, mr, panel) };
             return;
@@ -812,11 +814,11 @@ mod x86 {
     use super::View;
 
     /// [`super::Packed::pack_a_panel`] for f32 rows of A along their depth (`at.rs == 1`, `mr` at
-    /// most 16, no interleave): per 16 depths, the panel's rows (zero rows past `m`) loaded with
-    /// the depths past `kc` masked to zero, transposed, and stored `mr` values per depth.
+    /// most 32, no interleave): per 16 rows and 16 depths, the rows (zero rows past `m`) loaded
+    /// with the depths past `kc` masked to zero, transposed, and stored up to 16 values per depth.
     ///
     /// # Safety
-    /// AVX-512F; `at.rs == 1` and `mr <= 16`; `panel` holds `mr · kcp` values.
+    /// AVX-512F; `at.rs == 1` and `mr <= 32`; `panel` holds `mr · kcp` values.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn pack_rows_f32(
         at: &View<'_, f32>,
@@ -827,25 +829,31 @@ mod x86 {
         panel: &mut [f32],
     ) {
         let rows = mr.min(m - pi * mr);
-        assert!(panel.len() >= mr * kcp && mr <= 16);
-        let keep = ((1u32 << mr) - 1) as __mmask16;
-        for p0 in (0..kcp).step_by(16) {
-            let n = kc.saturating_sub(p0).min(16);
-            let mask = ((1u32 << n) - 1) as __mmask16;
-            let block: [__m512i; 16] = std::array::from_fn(|r| {
-                let start = (pi * mr + r) * at.cs + pc + p0;
-                match r < rows && n > 0 {
-                    true => {
-                        let line = &at.data[start..start + n];
-                        // SAFETY: the masked load reads the n values of `line` only.
-                        unsafe { _mm512_maskz_loadu_epi32(mask, line.as_ptr() as *const i32) }
+        assert!(panel.len() >= mr * kcp && mr <= 32);
+        for g0 in (0..mr).step_by(16) {
+            let keep = ((1u32 << (mr - g0).min(16)) - 1) as __mmask16;
+            for p0 in (0..kcp).step_by(16) {
+                let n = kc.saturating_sub(p0).min(16);
+                let mask = ((1u32 << n) - 1) as __mmask16;
+                let block: [__m512i; 16] = std::array::from_fn(|r| {
+                    let start = (pi * mr + g0 + r) * at.cs + pc + p0;
+                    match g0 + r < rows && n > 0 {
+                        true => {
+                            let line = &at.data[start..start + n];
+                            // SAFETY: the masked load reads the n values of `line` only.
+                            unsafe { _mm512_maskz_loadu_epi32(mask, line.as_ptr() as *const i32) }
+                        }
+                        false => _mm512_setzero_si512(),
                     }
-                    false => _mm512_setzero_si512(),
+                });
+                for (p, depth) in crate::simd::transpose16(block).iter().enumerate().take(kcp - p0) {
+                    // SAFETY: up to 16 values from slot g0 of depth p0 + p < kcp, inside the panel
+                    // (length checked above; `keep` stops at mr).
+                    unsafe {
+                        let at = panel.as_mut_ptr().add((p0 + p) * mr + g0) as *mut i32;
+                        _mm512_mask_storeu_epi32(at, keep, *depth)
+                    };
                 }
-            });
-            for (p, depth) in crate::simd::transpose16(block).iter().enumerate().take(kcp - p0) {
-                // SAFETY: mr values at depth p0 + p < kcp of the panel (length checked above).
-                unsafe { _mm512_mask_storeu_epi32(panel.as_mut_ptr().add((p0 + p) * mr) as *mut i32, keep, *depth) };
             }
         }
     }
