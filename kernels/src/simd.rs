@@ -42,14 +42,14 @@ pub(crate) trait Simd {
         let k = w.len();
         if T::INLINE_CONVERT {
             for (i, o) in out.iter_mut().enumerate() {
-                *o = Generic::dot::<T, 64>(w, &a[i * lda..i * lda + k]);
+                *o = Generic::dot::<T, 64, WEIGHTS_AHEAD>(w, &a[i * lda..i * lda + k]);
             }
             return;
         }
         let mut row = vec![0f32; k];
         T::slice_to_f32(w, &mut row);
         for (i, o) in out.iter_mut().enumerate() {
-            *o = Generic::dot::<f32, 64>(&row, &a[i * lda..i * lda + k]);
+            *o = Generic::dot::<f32, 64, 0>(&row, &a[i * lda..i * lda + k]);
         }
     }
 
@@ -81,6 +81,23 @@ pub(crate) trait Simd {
         let _ = (q, heads, per_head, src, prefetch, offs, out, stride);
         false
     }
+}
+
+/// How far ahead (bytes) the decode-shaped matmul prefetches each weight row. The hardware
+/// prefetchers alone kept too few lines in flight: m = 1 weights (4096², transposed, 2 threads,
+/// AVX-512) read at 21 GB/s in bf16, 23 in f16 and 37 in f32 without it, 36, 36 and 46 with it.
+pub(crate) const WEIGHTS_AHEAD: usize = 4096;
+
+/// Hints that the cache line at `p` will be read soon (into L1 on x86; nothing elsewhere).
+#[inline(always)]
+pub(crate) fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing (it cannot fault), whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Source element types of the row operations.
@@ -388,14 +405,20 @@ pub(crate) struct Generic;
 impl Generic {
     /// `x · y` with `L` (a power of two) independent partial sums, so the loop vectorises, `x`
     /// converted inline: 16 or 32 for head-sized rows ([`Generic::head_dot`]), 64 for weight rows.
+    /// `AHEAD` (bytes, 0 for none): how far ahead `x` is prefetched, for rows that come from memory.
     #[inline(always)]
-    fn dot<X: ToF32, const L: usize>(x: &[X], y: &[f32]) -> f32 {
+    fn dot<X: ToF32, const L: usize, const AHEAD: usize>(x: &[X], y: &[f32]) -> f32 {
         let mut acc = [0f32; L];
         let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
         let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a.to_f32() * b).sum();
         for (xs, ys) in xc.zip(yc) {
             // Fixed-size arrays: no bounds checks, so the lanes become vector operations.
             let (xs, ys): (&[X; L], &[f32; L]) = (xs.try_into().unwrap(), ys.try_into().unwrap());
+            if AHEAD > 0 {
+                for line in (0..std::mem::size_of_val(xs)).step_by(64) {
+                    prefetch_line((xs.as_ptr() as *const u8).wrapping_add(line + AHEAD));
+                }
+            }
             for l in 0..L {
                 acc[l] += xs[l].to_f32() * ys[l];
             }
@@ -416,8 +439,8 @@ impl Generic {
     #[inline(always)]
     fn head_dot(x: &[f32], y: &[f32]) -> f32 {
         match x.len() % 32 {
-            0 => Self::dot::<f32, 32>(x, y),
-            _ => Self::dot::<f32, 16>(x, y),
+            0 => Self::dot::<f32, 32, 0>(x, y),
+            _ => Self::dot::<f32, 16, 0>(x, y),
         }
     }
 

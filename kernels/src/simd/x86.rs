@@ -19,72 +19,68 @@ fn prefetch_row<T>(row: *const T, len: usize) {
     }
 }
 
-/// `out[i] = a row i · w` for M rows: each 16 weights are loaded (and converted) once and used by
-/// all M accumulators.
+/// `out[r][i] = a row i · w[r]` for M activation rows and J weight rows: each chunk of weights is
+/// loaded (and converted) once for all M rows, each chunk of activations once for all J rows, and
+/// the weights are prefetched [`super::WEIGHTS_AHEAD`] bytes ahead.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `a` holds M rows of `w.len()` values at stride `lda`; `out` M.
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub unsafe fn rows_dot<T: Lanes, const M: usize>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) {
-    // SAFETY: forwarded contract (one row of weights).
-    unsafe { rows_dot_j::<T, M, 1>(a, lda, [w.as_ptr()], w.len(), [out.as_mut_ptr()]) }
-}
-
-/// `out[r][i] = a row i · w[r]` for M activation rows and J weight rows: each 16 weights are
-/// loaded (and converted) once for all M rows, each 16 activations once for all J rows.
-///
-/// # Safety
-/// The CPU must support AVX-512F; `a` holds M rows of `k` values at stride `lda`; each `w[r]`
-/// holds k values and each `out[r]` M.
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub unsafe fn rows_dot_j<T: Lanes, const M: usize, const J: usize>(
+/// The width's features (see [`Width`]); `a` holds M rows of `k` values at stride `lda`; each
+/// `w[r]` holds k values and each `out[r]` M.
+#[inline(always)]
+unsafe fn rows_dot_j<W: Width, T: Lanes, const M: usize, const J: usize>(
     a: *const f32,
     lda: usize,
     w: [*const T; J],
     k: usize,
     out: [*mut f32; J],
 ) {
+    let lanes = W::LANES;
     // SAFETY: every access is inside a row of `w`, one of the M rows of `a`, or `out` (contract).
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); M]; J];
+        let mut acc = [[W::zero(); M]; J];
         let mut p = 0;
-        let step = |acc: &mut [[__m512; M]; J], p: usize| {
-            let wv: [__m512; J] = std::array::from_fn(|r| T::load16(w[r].add(p)));
+        let step = |acc: &mut [[W::F; M]; J], p: usize| {
+            // Each weight line once (a chunk may be a line, half or a quarter of one).
+            if (p * std::mem::size_of::<T>()).is_multiple_of(64) {
+                for &row in &w {
+                    super::prefetch_line((row.add(p) as *const u8).wrapping_add(super::WEIGHTS_AHEAD));
+                }
+            }
+            let wv: [W::F; J] = std::array::from_fn(|r| W::row(w[r].add(p)));
             for i in 0..M {
-                let av = _mm512_loadu_ps(a.add(i * lda + p));
+                let av = W::load(a.add(i * lda + p));
                 for r in 0..J {
-                    acc[r][i] = _mm512_fmadd_ps(av, wv[r], acc[r][i]);
+                    acc[r][i] = W::fmadd(av, wv[r], acc[r][i]);
                 }
             }
         };
-        if M * J <= 4 {
-            // Few dot products: four sets of accumulators over consecutive chunks, or the FMA
-            // latency of one chain per product bounds the loop (m = 1 is one chain).
-            let mut more = [[[_mm512_setzero_ps(); M]; J]; 3];
-            while p + 64 <= k {
+        if M * J <= 4 && 4 * M * J + J < W::REGS {
+            // Few dot products: four sets of accumulators over consecutive chunks (where they, the
+            // weights and an activation chunk fit the registers), or the FMA latency of one chain
+            // per product bounds the loop (m = 1 is one chain).
+            let mut more = [[[W::zero(); M]; J]; 3];
+            while p + 4 * lanes <= k {
                 step(&mut acc, p);
                 for (u, set) in more.iter_mut().enumerate() {
-                    step(set, p + 16 * (u + 1));
+                    step(set, p + lanes * (u + 1));
                 }
-                p += 64;
+                p += 4 * lanes;
             }
             for set in &more {
                 for r in 0..J {
                     for i in 0..M {
-                        acc[r][i] = _mm512_add_ps(acc[r][i], set[r][i]);
+                        acc[r][i] = W::add(acc[r][i], set[r][i]);
                     }
                 }
             }
         }
-        while p + 16 <= k {
+        while p + lanes <= k {
             step(&mut acc, p);
-            p += 16;
+            p += lanes;
         }
         for r in 0..J {
             for i in 0..M {
-                let mut s = _mm512_reduce_add_ps(acc[r][i]);
+                let mut s = W::sum(acc[r][i]);
                 for q in p..k {
                     s += *a.add(i * lda + q) * (*w[r].add(q)).to_f32();
                 }
@@ -602,24 +598,54 @@ pub trait Entry: Width {
     ) -> bool;
     /// `out[i] = a row i · w` for the `out.len()` rows of `a` (`w.len()` values at stride `lda`),
     /// where this width has the kernel and takes that many rows.
-    unsafe fn rows_dot<T: Lanes>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) -> bool {
-        let _ = (a, lda, w, out);
-        false
-    }
+    unsafe fn rows_dot<T: Lanes>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) -> bool;
     /// [`Entry::rows_dot`] for two rows of weights (as long as each other).
-    unsafe fn rows_dot2<T: Lanes>(a: *const f32, lda: usize, w: [&[T]; 2], out: [&mut [f32]; 2]) -> bool {
-        let _ = (a, lda, w, out);
-        false
-    }
+    unsafe fn rows_dot2<T: Lanes>(a: *const f32, lda: usize, w: [&[T]; 2], out: [&mut [f32]; 2]) -> bool;
 }
 
 /// Implements [`Entry`] for a width: its target features, the register counts its head sizes
-/// need (`vectors`: d / LANES), the piece sizes [`piece`] picks for it (`pieces`), and after a
-/// `;` the methods only this width has.
+/// need (`vectors`: d / LANES), the piece sizes [`piece`] picks for it (`pieces`), and the
+/// activation rows its decode dot products take with one row of weights (`rows`) and with two
+/// (`pairs`): as many as keep the sums, weights and an activation chunk in registers (AVX2 pairs of
+/// 7 and 8 rows spill a few, and still ran m = 16 at 2.6 times the per-row fallback).
 macro_rules! entry {
-    ($w:ty, $features:literal, vectors: [$($nv:literal)*], pieces: [$($nh:literal)*] $(; $($extra:tt)*)?) => {
+    (
+        $w:ty,
+        $features:literal,
+        vectors: [$($nv:literal)*],
+        pieces: [$($nh:literal)*],
+        rows: [$($m:literal)*],
+        pairs: [$($m2:literal)*]
+    ) => {
         impl Entry for $w {
-            $($($extra)*)?
+            #[target_feature(enable = $features)]
+            unsafe fn rows_dot<T: Lanes>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) -> bool {
+                let (k, o) = (w.len(), out.as_mut_ptr());
+                match out.len() {
+                    // SAFETY: the trait's contract.
+                    $($m => unsafe { rows_dot_j::<$w, T, $m, 1>(a, lda, [w.as_ptr()], k, [o]) },)*
+                    _ => return false,
+                }
+                true
+            }
+
+            #[target_feature(enable = $features)]
+            unsafe fn rows_dot2<T: Lanes>(
+                a: *const f32,
+                lda: usize,
+                w: [&[T]; 2],
+                out: [&mut [f32]; 2],
+            ) -> bool {
+                let k = w[0].len();
+                let [o0, o1] = out;
+                let (wp, op) = ([w[0].as_ptr(), w[1].as_ptr()], [o0.as_mut_ptr(), o1.as_mut_ptr()]);
+                match o0.len() {
+                    // SAFETY: the trait's contract.
+                    $($m2 => unsafe { rows_dot_j::<$w, T, $m2, 2>(a, lda, wp, k, op) },)*
+                    _ => return false,
+                }
+                true
+            }
 
             #[target_feature(enable = $features)]
             #[inline]
@@ -741,37 +767,19 @@ macro_rules! entry {
     };
 }
 
-entry!(W512, "avx512f", vectors: [4 5 6 8 16], pieces: [4 5 6 8 16];
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rows_dot<T: Lanes>(a: *const f32, lda: usize, w: &[T], out: &mut [f32]) -> bool {
-        macro_rules! rows {
-            ($($m:literal)*) => {
-                match out.len() {
-                    // SAFETY: the trait's contract.
-                    $($m => unsafe { rows_dot::<T, $m>(a, lda, w, out) },)*
-                    _ => return false,
-                }
-            };
-        }
-        rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
-        true
-    }
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rows_dot2<T: Lanes>(a: *const f32, lda: usize, w: [&[T]; 2], out: [&mut [f32]; 2]) -> bool {
-        let k = w[0].len();
-        let [o0, o1] = out;
-        let (wp, op) = ([w[0].as_ptr(), w[1].as_ptr()], [o0.as_mut_ptr(), o1.as_mut_ptr()]);
-        macro_rules! rows {
-            ($($m:literal)*) => {
-                match o0.len() {
-                    // SAFETY: the trait's contract.
-                    $($m => unsafe { rows_dot_j::<T, $m, 2>(a, lda, wp, k, op) },)*
-                    _ => return false,
-                }
-            };
-        }
-        rows!(1 2 3 4 5 6 7 8);
-        true
-    }
+entry!(
+    W512,
+    "avx512f",
+    vectors: [4 5 6 8 16],
+    pieces: [4 5 6 8 16],
+    rows: [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16],
+    pairs: [1 2 3 4 5 6 7 8]
 );
-entry!(W256, "avx2,fma,f16c", vectors: [8 10 12 16 32], pieces: [2 4 5 6 8 10 12]);
+entry!(
+    W256,
+    "avx2,fma,f16c",
+    vectors: [8 10 12 16 32],
+    pieces: [2 4 5 6 8 10 12],
+    rows: [1 2 3 4 5 6 7 8 9 10 11 12],
+    pairs: [1 2 3 4 5 6 7 8]
+);
