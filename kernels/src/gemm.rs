@@ -359,9 +359,9 @@ pub fn gemm_bf16(level: Level, (m, n, k): (usize, usize, usize), a: View<'_, bf1
     let tile = bf16_microkernel(level);
     let layout = Layout::bf16(level);
     let at = View { data: a.data, rs: a.cs, cs: a.rs };
-    let a_layout = (layout.mr, layout.a_interleave());
+    let (a_layout, b_layout) = ((layout.mr, layout.a_interleave()), (layout.nr, layout.ks));
     let pack_a = |depths, pi, panel: &mut [u16]| pack_strip(&at, &bf16::to_bits, depths, pi, m, a_layout, panel);
-    let pack_b = |depths, s, strip: &mut [u16]| pack_strip(&b, &bf16::to_bits, depths, s, n, (layout.nr, 2), strip);
+    let pack_b = |depths, s, strip: &mut [u16]| pack_strip(&b, &bf16::to_bits, depths, s, n, b_layout, strip);
     drive(level, (m, n, k), layout, (&pack_a, &pack_b), tile, c, false);
 }
 
