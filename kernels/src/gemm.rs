@@ -914,11 +914,9 @@ mod x86 {
     fn prefetch_step(a: *const f32, lda: usize, b: *const f32, nr: usize, p: usize) {
         let b = b.wrapping_add(p * nr);
         for line in (0..nr).step_by(16) {
-            // SAFETY: a prefetch reads nothing (it cannot fault), whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(line) as *const i8) };
+            crate::simd::prefetch_line(b.wrapping_add(line) as *const u8);
         }
-        // SAFETY: as above.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(p * lda) as *const i8) };
+        crate::simd::prefetch_line(a.wrapping_add(p * lda) as *const u8);
     }
 
     /// 12 × 32 tile: 24 accumulators, two B vectors and one broadcast per step; A's depths `lda`
