@@ -12,6 +12,7 @@ pub mod cpu;
 mod decode;
 pub mod elementwise;
 mod gemm;
+mod lines;
 pub mod matmul;
 pub mod npu;
 mod simd;

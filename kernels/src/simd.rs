@@ -62,10 +62,20 @@ pub(crate) trait Simd {
         Self::rows_dot(a, lda, w[1], o1);
     }
 
+    /// The query rows (`d` values each) in the order in which [`Simd::token_dots`] reads them
+    /// against rows of `T`, where that differs from the order given (bf16 at AVX-512 reads each 32
+    /// values as the even-indexed then the odd ones, the halves its keys split into with one
+    /// operation each); None where they are read as they are.
+    #[inline(always)]
+    fn token_ordered<T: Lanes>(q: &[f32], d: usize) -> Option<crate::lines::Lines> {
+        let _ = (q, d);
+        None
+    }
+
     /// Scores of every query row of an item against the keys at `offs`, token by token: see
-    /// [`token_dots_bf16`], here with f32 queries (`heads · per_head` rows, already scaled) and rows
-    /// of any source type. Returns false (doing nothing) where this level has no such kernel or the
-    /// shapes do not fit it.
+    /// [`token_dots_bf16`], here with f32 queries (`heads · per_head` rows, already scaled, in
+    /// [`Simd::token_ordered`]'s order) and rows of any source type. Returns false (doing nothing)
+    /// where this level has no such kernel or the shapes do not fit it.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn token_dots<T: Lanes>(
@@ -115,6 +125,25 @@ pub trait Lanes: ToF32 {
     /// The CPU must support AVX2 and F16C; `p` must be valid for 8 reads.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Whether [`Lanes::load32`] splits the values into even- and odd-indexed ones.
+    const SPLIT: bool = false;
+
+    /// 32 values at `p` as two registers of f32 lanes: the first 16 and the next 16, or where
+    /// [`Lanes::SPLIT`] (bf16, whose pairs of values fill 32-bit lanes and convert with one
+    /// operation per half, not two per 16 values) the 16 even-indexed values and the 16 odd.
+    ///
+    /// # Safety
+    /// As [`Lanes::load16`], for 32 reads.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load32(p: *const Self) -> [std::arch::x86_64::__m512; 2]
+    where
+        Self: Sized,
+    {
+        // SAFETY: forwarded contract.
+        unsafe { [Self::load16(p), Self::load16(p.add(16))] }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -147,6 +176,12 @@ mod lanes {
             // SAFETY: forwarded contract.
             unsafe { load8_bf16(p as *const u16) }
         }
+        const SPLIT: bool = true;
+        #[inline(always)]
+        unsafe fn load32(p: *const bf16) -> [__m512; 2] {
+            // SAFETY: forwarded contract.
+            unsafe { load32_bf16(p as *const u16) }
+        }
     }
 
     impl Lanes for f16 {
@@ -176,6 +211,17 @@ mod lanes {
         // SAFETY: 16 readable values (contract).
         let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    /// Value 2i is the low half of 32-bit lane i, value 2i + 1 the high half: a shift and a mask
+    /// make them f32.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load32_bf16(p: *const u16) -> [__m512; 2] {
+        // SAFETY: 32 readable values (contract).
+        let x = unsafe { _mm512_loadu_si512(p as *const _) };
+        let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+        [_mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)), _mm512_castsi512_ps(_mm512_and_si512(x, high))]
     }
 
     #[target_feature(enable = "avx512f")]
@@ -523,6 +569,11 @@ impl<W: x86::Entry> Simd for X86<W> {
     }
 
     #[inline(always)]
+    fn token_ordered<T: Lanes>(q: &[f32], d: usize) -> Option<crate::lines::Lines> {
+        x86::token_ordered::<W, T>(q, d)
+    }
+
+    #[inline(always)]
     fn token_dots<T: Lanes>(
         q: &[f32],
         heads: usize,
@@ -667,7 +718,17 @@ mod tests {
                 let q: Vec<f32> = (0..rows * d).map(|i| (i % 5) as f32 - 2.0).collect();
                 let tsrc: Vec<T> = (0..keys * width).map(|i| T::from_f32((i % 11) as f32 - 5.0)).collect();
                 let mut got = vec![f32::NAN; rows * stride];
-                if S::token_dots(&q, heads, per_head, &tsrc, &tsrc, &toks, &mut got, stride) {
+                let ordered = S::token_ordered::<T>(&q, d);
+                if S::token_dots(
+                    ordered.as_deref().unwrap_or(&q),
+                    heads,
+                    per_head,
+                    &tsrc,
+                    &tsrc,
+                    &toks,
+                    &mut got,
+                    stride,
+                ) {
                     for r in 0..rows {
                         for (j, &o) in toks.iter().enumerate() {
                             let k = |i: usize| tsrc[o + (r / per_head) * d + i].to_f32();

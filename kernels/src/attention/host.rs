@@ -785,6 +785,9 @@ fn streaming<T: Element, S: Simd>(
     let heads = it.h1 - it.h0;
     let per_head = rows / heads;
     let mut scores = vec![0f32; rows * STREAM_KEYS];
+    // The queries in the order the token-by-token kernel on f32 values reads them, made when
+    // first needed (not on the raw bf16 path).
+    let ordered = std::cell::OnceCell::new();
     // One head's probabilities in bf16 (the value kernel's input on the bf16 path).
     let mut probs = vec![0u16; per_head * STREAM_KEYS];
     let (mut offs, mut next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
@@ -807,7 +810,10 @@ fn streaming<T: Element, S: Simd>(
         kv.offsets(seq, it.h0, keys, g, &mut next);
         let token_major = raw.is_some_and(|(q, k, v)| {
             crate::simd::token_dots_bf16(q, heads, per_head, k, v, &offs, g.scale, &mut scores, STREAM_KEYS)
-        }) || S::token_dots(qs, heads, per_head, kall, vall, &offs, &mut scores, STREAM_KEYS);
+        }) || {
+            let qs = ordered.get_or_init(|| S::token_ordered::<T>(qs, d)).as_deref().unwrap_or(qs);
+            S::token_dots(qs, heads, per_head, kall, vall, &offs, &mut scores, STREAM_KEYS)
+        };
         for hh in 0..heads {
             let r0 = hh * per_head;
             head_offs.clear();

@@ -26,6 +26,16 @@ pub trait Width {
     unsafe fn store(p: *mut f32, v: Self::F);
     /// `LANES` values of any source type, as f32.
     unsafe fn row<T: Lanes>(p: *const T) -> Self::F;
+    /// Whether [`Width::row2`] splits rows of `T` into even- and odd-indexed values
+    /// ([`Lanes::SPLIT`], at AVX-512).
+    fn split<T: Lanes>() -> bool;
+    /// `2·LANES` values of any source type, as f32: the first `LANES` and the next, or the
+    /// even-indexed and the odd ones where [`Width::split`].
+    unsafe fn row2<T: Lanes>(p: *const T) -> [Self::F; 2];
+    /// `2·LANES` f32 values in the order [`Width::row2`] gives values of `T`.
+    unsafe fn load2<T: Lanes>(p: *const f32) -> [Self::F; 2];
+    /// Stores two registers in [`Width::row2`]'s order for `T` as `2·LANES` values in order.
+    unsafe fn store2<T: Lanes>(p: *mut f32, v: [Self::F; 2]);
     unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
     /// `a · b + c`, fused.
@@ -88,6 +98,44 @@ impl Width for W512 {
     unsafe fn row<T: Lanes>(p: *const T) -> __m512 {
         // SAFETY: the trait's contract.
         unsafe { T::load16(p) }
+    }
+    #[inline(always)]
+    fn split<T: Lanes>() -> bool {
+        T::SPLIT
+    }
+    #[inline(always)]
+    unsafe fn row2<T: Lanes>(p: *const T) -> [__m512; 2] {
+        // SAFETY: the trait's contract.
+        unsafe { T::load32(p) }
+    }
+    #[inline(always)]
+    unsafe fn load2<T: Lanes>(p: *const f32) -> [__m512; 2] {
+        // SAFETY: the trait's contract.
+        unsafe {
+            let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            if !T::SPLIT {
+                return [a, b];
+            }
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            [_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b)]
+        }
+    }
+    #[inline(always)]
+    unsafe fn store2<T: Lanes>(p: *mut f32, [a, b]: [__m512; 2]) {
+        // SAFETY: the trait's contract.
+        unsafe {
+            let (first, second) = match T::SPLIT {
+                false => (a, b),
+                true => {
+                    let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+                    let second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+                    (_mm512_permutex2var_ps(a, first, b), _mm512_permutex2var_ps(a, second, b))
+                }
+            };
+            _mm512_storeu_ps(p, first);
+            _mm512_storeu_ps(p.add(16), second);
+        }
     }
     #[inline(always)]
     unsafe fn add(a: __m512, b: __m512) -> __m512 {
@@ -207,6 +255,29 @@ impl Width for W256 {
     unsafe fn row<T: Lanes>(p: *const T) -> __m256 {
         // SAFETY: the trait's contract.
         unsafe { T::load8(p) }
+    }
+    /// Never: an AVX2 lane split would take a shuffle per register.
+    #[inline(always)]
+    fn split<T: Lanes>() -> bool {
+        false
+    }
+    #[inline(always)]
+    unsafe fn row2<T: Lanes>(p: *const T) -> [__m256; 2] {
+        // SAFETY: the trait's contract.
+        unsafe { [T::load8(p), T::load8(p.add(8))] }
+    }
+    #[inline(always)]
+    unsafe fn load2<T: Lanes>(p: *const f32) -> [__m256; 2] {
+        // SAFETY: the trait's contract.
+        unsafe { [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))] }
+    }
+    #[inline(always)]
+    unsafe fn store2<T: Lanes>(p: *mut f32, [a, b]: [__m256; 2]) {
+        // SAFETY: the trait's contract.
+        unsafe {
+            _mm256_storeu_ps(p, a);
+            _mm256_storeu_ps(p.add(8), b);
+        }
     }
     #[inline(always)]
     unsafe fn add(a: __m256, b: __m256) -> __m256 {
