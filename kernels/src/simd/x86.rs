@@ -243,9 +243,7 @@ impl<W: Width, T: Lanes> Chunks for Widened<W, T> {
 /// Scores of every query row against keys `offs` in token order: for each pair of tokens, every
 /// KV head in turn, so the cache is read front to back; the value rows at the same offsets of
 /// `pf` are prefetched into L2 meanwhile, two per key row read, head by head (the order the
-/// value sums read them). The keys themselves were prefetched during the previous tile's value
-/// sums: prefetching them again four tokens ahead cost about 1 ns per token and KV head (bf16
-/// d 128, one core, cache-hot: 35.3 ns without it 34.4) and gained nothing from memory.
+/// value sums read them), and the keys four tokens ahead once more.
 /// Rows are head-major, `per_head` per KV head, `LANES·NV` values each at `q`; key `j` of head
 /// `h` at `src + offs[j] + LANES·NV·h`; `scale` times the score goes to `out + r·stride + j`.
 ///
@@ -286,6 +284,14 @@ pub unsafe fn token_dots<C: Chunks, const NV: usize>(
                 let i = 2 * ((j / 2) * heads + h);
                 for v in i..(i + 2).min(n * heads) {
                     prefetch(pf.add(offs[v % n] + (v / n) * d));
+                }
+                // Keys of a tile should be in L2 already (prefetched during the previous value
+                // sums); a second prefetch four tokens ahead catches the ones that are not (the
+                // first tile of a short item: 64 × 128 bf16 decode read 0.587 of the memory's
+                // limit without it, 0.599 with it, medians of 7; it costs about 1 ns per token and
+                // KV head cache-hot).
+                for &at in offs.get(j + 4..(j + 6).min(n)).unwrap_or_default() {
+                    prefetch(src.add(at + h * d));
                 }
                 let keys = (src.add(ja + h * d), src.add(jb + h * d));
                 let (mut r, end) = (h * per_head, (h + 1) * per_head);
