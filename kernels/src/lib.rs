@@ -19,3 +19,4 @@ mod simd;
 
 pub use attention::{reshape_and_cache, BlockTables, Heads, PagedAttention, Prefill};
 pub use matmul::{Element, Matmul, Shape};
+pub use simd::prefetch_line;

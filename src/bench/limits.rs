@@ -76,13 +76,7 @@ fn sum(words: &[u64]) -> u64 {
     let chunks = words.chunks_exact(8);
     let tail: u64 = chunks.remainder().iter().fold(0, |a, &w| a.wrapping_add(w));
     for c in chunks {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch reads nothing (it cannot fault), whatever the address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                (c.as_ptr() as *const i8).wrapping_add(PREFETCH_AHEAD),
-            )
-        };
+        ascend_kernels::prefetch_line((c.as_ptr() as *const u8).wrapping_add(PREFETCH_AHEAD));
         for (l, &w) in lanes.iter_mut().zip(c) {
             *l = l.wrapping_add(w);
         }

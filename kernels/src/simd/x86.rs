@@ -203,6 +203,8 @@ pub fn token_ordered<W: Width, T: Lanes>(q: &[f32], d: usize) -> Option<Lines> {
     if !pairs::<W, T>(d) {
         return None;
     }
+    // The permutation of `Width::load2`, in plain code: once per item, and a `#[target_feature]`
+    // entry point for it made every decode path 25 % slower (layout, as far as I could tell).
     let mut out = Lines::zeroed(q.len());
     let half = W::LANES;
     for (dst, src) in out.chunks_exact_mut(2 * half).zip(q.chunks_exact(2 * half)) {
