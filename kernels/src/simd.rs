@@ -11,11 +11,12 @@ pub(crate) trait Simd {
     /// Whether `f32::mul_add` is a fused instruction at this level (a slow library call otherwise).
     const FMA: bool;
 
-    /// The online-softmax step of one row ([`RowState::update`]), in vector registers where this
-    /// level can.
+    /// The online-softmax step ([`RowState::update`]) of each row of `states`: row i's `n` scores
+    /// at `scores[i·stride..]` (`rows` is `(stride, n)`), its factor to `alphas[i]`; in vector
+    /// registers where this level can. Panics if a row lies outside `scores` or `alphas` is short.
     #[inline(always)]
-    fn softmax_update(state: &mut RowState, scores: &mut [f32]) -> f32 {
-        state.update(scores, Self::FMA)
+    fn softmax_rows(states: &mut [RowState], scores: &mut [f32], rows: (usize, usize), alphas: &mut [f32]) {
+        update_rows(states, scores, rows, alphas, Self::FMA);
     }
 
     /// `out[k][j] = q[k] · src[offs[j] ..][.. q[k].len()]` for every j, for K queries of the same
@@ -543,6 +544,20 @@ impl Simd for Generic {
     }
 }
 
+/// [`Simd::softmax_rows`] one row at a time in plain code (`fma`: see [`RowState::update`]).
+fn update_rows(
+    states: &mut [RowState],
+    scores: &mut [f32],
+    (stride, n): (usize, usize),
+    alphas: &mut [f32],
+    fma: bool,
+) {
+    assert!(alphas.len() >= states.len(), "a factor per row");
+    for (i, (st, alpha)) in states.iter_mut().zip(alphas).enumerate() {
+        *alpha = st.update(&mut scores[i * stride..i * stride + n], fma);
+    }
+}
+
 /// The x86 levels: f32 arithmetic in registers of width `W` (see `x86::Entry`); the head sizes
 /// of `x86::HEAD_SIZES` run its kernels, others the generic ones. Only to be used inside functions
 /// compiled for the width's features, on a CPU that has them.
@@ -562,11 +577,10 @@ impl<W: x86::Entry> Simd for X86<W> {
     const FMA: bool = true;
 
     #[inline(always)]
-    fn softmax_update(state: &mut RowState, scores: &mut [f32]) -> f32 {
+    fn softmax_rows(states: &mut [RowState], scores: &mut [f32], rows: (usize, usize), alphas: &mut [f32]) {
         // SAFETY: the width's features (type contract).
-        match unsafe { W::softmax_update(state, scores) } {
-            Some(alpha) => alpha,
-            None => state.update(scores, true),
+        if !unsafe { W::softmax_rows(states, scores, rows, alphas) } {
+            update_rows(states, scores, rows, alphas, true);
         }
     }
 

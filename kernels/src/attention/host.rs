@@ -790,6 +790,8 @@ fn streaming<T: Element, S: Simd>(
     let ordered = std::cell::OnceCell::new();
     // One head's probabilities in bf16 (the value kernel's input on the bf16 path).
     let mut probs = vec![0u16; per_head * STREAM_KEYS];
+    // One head's softmax factors.
+    let mut alphas = vec![0f32; per_head];
     let (mut offs, mut next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     let (mut head_offs, mut head_next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
@@ -826,15 +828,23 @@ fn streaming<T: Element, S: Simd>(
             // bf16 values: probabilities also rounded to bf16 for the value kernel, in one pass.
             let bf16_values = raw.is_some() && crate::simd::bf16_pairs_fit(d, kt);
             for r in r0..r0 + per_head {
-                let sc = &mut scores[r * STREAM_KEYS..r * STREAM_KEYS + kt];
-                mask(pos[r], j0, sc);
-                let pb = &mut probs[(r - r0) * STREAM_KEYS..(r - r0 + 1) * STREAM_KEYS];
-                let alpha = match bf16_values {
-                    true => part.rows[r].update_bf16(sc, pb).expect("AVX-512 BF16, at most 64 keys"),
-                    false => S::softmax_update(&mut part.rows[r], sc),
-                };
+                mask(pos[r], j0, &mut scores[r * STREAM_KEYS..r * STREAM_KEYS + kt]);
+            }
+            let states = &mut part.rows[r0..r0 + per_head];
+            let alphas = &mut alphas[..per_head];
+            match bf16_values {
+                true => {
+                    for (i, (st, alpha)) in states.iter_mut().zip(alphas.iter_mut()).enumerate() {
+                        let sc = &mut scores[(r0 + i) * STREAM_KEYS..(r0 + i) * STREAM_KEYS + kt];
+                        let pb = &mut probs[i * STREAM_KEYS..(i + 1) * STREAM_KEYS];
+                        *alpha = st.update_bf16(sc, pb).expect("AVX-512 BF16, at most 64 keys");
+                    }
+                }
+                false => S::softmax_rows(states, &mut scores[r0 * STREAM_KEYS..], (STREAM_KEYS, kt), alphas),
+            }
+            for (i, &alpha) in alphas.iter().enumerate() {
                 if alpha != 1.0 {
-                    part.acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+                    part.acc[(r0 + i) * d..(r0 + i + 1) * d].iter_mut().for_each(|x| *x *= alpha);
                 }
             }
             // Value rows, four query rows at a time (each value row is loaded once per four).

@@ -46,18 +46,28 @@ impl RowState {
         None
     }
 
-    /// [`RowState::update`] (with fused multiply-adds) in registers of width `W`, for at most 64
-    /// scores: the same probabilities, bit for bit, and the same sum up to the order of its
-    /// additions (a few ulps); the scalar code's horizontal folds cost as much as its exps.
-    /// Returns None (doing nothing) for more scores or on a CPU without the width's features.
+    /// [`RowState::update`] (with fused multiply-adds) of each row of `states`, in registers of
+    /// width `W`: row i's `n` scores at `scores[i·stride..]`, its factor to `alphas[i]`. The same
+    /// probabilities, bit for bit, and the same sums up to the order of their additions (a few
+    /// ulps); the scalar code's horizontal folds cost as much as its exps. Returns false (doing
+    /// nothing) for more than 64 scores, rows that do not fit `scores` or `alphas`, or on a CPU
+    /// without the width's features.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub fn update_wide<W: crate::simd::width::Width>(&mut self, scores: &mut [f32]) -> Option<f32> {
-        if scores.len() <= 64 && crate::cpu::detected() >= W::LEVEL {
-            // SAFETY: the width's features present; at most 64 scores.
-            return Some(unsafe { x86::update::<W>(self, scores) });
+    pub fn update_wide<W: crate::simd::width::Width>(
+        states: &mut [RowState],
+        scores: &mut [f32],
+        (stride, n): (usize, usize),
+        alphas: &mut [f32],
+    ) -> bool {
+        let rows = states.len();
+        let fits = rows == 0 || (rows == 1 || stride >= n) && (rows - 1) * stride + n <= scores.len();
+        if n > 64 || !fits || alphas.len() < rows || crate::cpu::detected() < W::LEVEL {
+            return false;
         }
-        None
+        // SAFETY: the width's features present; at most 64 scores; every row inside `scores`.
+        unsafe { x86::update_each::<W>(states, scores.as_mut_ptr(), stride, n, alphas) };
+        true
     }
 
     /// A tile in which no key is visible (every score −∞, or NaN): nothing to add, unless a score
@@ -172,14 +182,36 @@ pub(crate) mod x86 {
         }
     }
 
-    /// See [`RowState::update_wide`].
+    /// See [`RowState::update_wide`]: row i's `n` scores at `scores + i·stride`, its factor to
+    /// `alphas[i]`. Four rows at a time, interleaved (see [`update_rows`]).
     ///
     /// # Safety
-    /// The width's features ([`Width`]); at most 64 scores.
+    /// The width's features ([`Width`]); `n` at most 64; `scores` holds every row named, and
+    /// `alphas` one factor per row.
     #[inline(always)]
-    pub unsafe fn update<W: Width>(state: &mut RowState, scores: &mut [f32]) -> f32 {
-        // SAFETY: forwarded contract; nothing to round.
-        unsafe { update_with::<W, fn(W::F, *mut u16)>(state, scores, None) }
+    pub unsafe fn update_each<W: Width>(
+        states: &mut [RowState],
+        scores: *mut f32,
+        stride: usize,
+        n: usize,
+        alphas: &mut [f32],
+    ) {
+        let mut quads = states.chunks_exact_mut(4);
+        let mut at = 0;
+        // SAFETY: rows at..at + 4 (or at) exist (contract); nothing to round.
+        unsafe {
+            for quad in &mut quads {
+                let quad: &mut [RowState; 4] = quad.try_into().expect("chunks of 4");
+                let [a, b, c, d] = quad.each_mut();
+                let f = update_rows::<W, fn(W::F, *mut u16), 4>([a, b, c, d], scores.add(at * stride), stride, n, None);
+                alphas[at..at + 4].copy_from_slice(&f);
+                at += 4;
+            }
+            for st in quads.into_remainder() {
+                alphas[at] = update_rows::<W, fn(W::F, *mut u16), 1>([st], scores.add(at * stride), 0, n, None)[0];
+                at += 1;
+            }
+        }
     }
 
     /// See [`RowState::update_bf16`].
@@ -188,65 +220,87 @@ pub(crate) mod x86 {
     /// AVX-512F and AVX-512 BF16; at most 64 scores; `pb` holds their count rounded up to 16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn update_bf16(state: &mut RowState, scores: &mut [f32], pb: &mut [u16]) -> f32 {
-        // SAFETY: 16 values to write at `at` (update_with's contract); __m256bh and __m256i are
+        // SAFETY: 16 values to write at `at` (update_rows' contract); __m256bh and __m256i are
         // both 256-bit vectors.
         let round = |p: __m512, at: *mut u16| unsafe {
             _mm256_storeu_si256(at as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(p)))
         };
-        // SAFETY: forwarded contract.
-        unsafe { update_with::<W512, _>(state, scores, Some((pb, round))) }
+        let n = scores.len();
+        // SAFETY: one row of n scores; `pb` holds n rounded up to 16 (contract).
+        unsafe { update_rows::<W512, _, 1>([state], scores.as_mut_ptr(), 0, n, Some(([pb.as_mut_ptr()], round)))[0] }
     }
 
-    /// The body of [`update`] and [`update_bf16`]: with `round`, the probabilities also go to its
-    /// slice, a chunk of `LANES` at a time, written by its function.
+    /// The body of [`update_each`] and [`update_bf16`]: the step for R rows (row i's
+    /// `n` scores at `scores + i·stride`), each stage run for every row before the next, so that
+    /// the rows' chains of latencies (horizontal max, exp, horizontal sum) overlap: one row per
+    /// call took about 100 cycles for 32 scores. With `round`, row i's probabilities also go to
+    /// its pointer, a chunk of `LANES` at a time, written by its function. Returns the rows'
+    /// factors.
     ///
     /// # Safety
-    /// As [`update`], and `round`'s slice holds the scores' count rounded up to `LANES`.
+    /// The width's features ([`Width`]); `n` at most 64; the R rows exist; each of `round`'s
+    /// pointers holds `n` rounded up to `LANES` values.
     #[inline(always)]
-    unsafe fn update_with<W: Width, R: Fn(W::F, *mut u16)>(
-        state: &mut RowState,
-        scores: &mut [f32],
-        mut round: Option<(&mut [u16], R)>,
-    ) -> f32 {
-        let n = scores.len();
+    unsafe fn update_rows<W: Width, R: Fn(W::F, *mut u16), const N: usize>(
+        states: [&mut RowState; N],
+        scores: *mut f32,
+        stride: usize,
+        n: usize,
+        round: Option<([*mut u16; N], R)>,
+    ) -> [f32; N] {
         let chunks = n.div_ceil(W::LANES);
-        // SAFETY: partial loads and stores stay inside `scores`; the rounded slice holds LANES per
-        // chunk (contract).
+        // SAFETY: partial loads and stores stay inside each row's n scores; the rounded rows hold
+        // LANES per chunk (contract).
         unsafe {
+            let row = |i: usize| scores.add(i * stride);
             let ninf = f32::NEG_INFINITY;
-            let mut x = [W::splat(ninf); 8];
-            let mut top = W::splat(ninf);
+            let mut x = [[W::splat(ninf); 8]; N];
+            let mut top = [W::splat(ninf); N];
             // Loops of a constant count (4 or 8), so that they unroll and `x` stays in registers.
-            for (c, xc) in x.iter_mut().enumerate().take(64 / W::LANES) {
-                if c < chunks {
-                    *xc = W::load_first(scores.as_ptr().add(W::LANES * c), n - W::LANES * c, ninf);
-                    // NaN second: the max ignores NaN, as the scalar one does (exp makes it NaN later).
-                    top = W::max(*xc, top);
-                }
-            }
-            let max = state.max.max(W::max_lane(top));
-            if max == f32::NEG_INFINITY {
-                state.nothing_seen(scores);
-                if let Some((pb, _)) = round {
-                    let p = if state.sum.is_nan() { half::bf16::NAN.to_bits() } else { 0 };
-                    pb[..W::LANES * chunks].fill(0);
-                    pb[..n].fill(p);
-                }
-                return 1.0;
-            }
-            let alpha = if state.max == max { 1.0 } else { super::exp_with(state.max - max, true) };
-            let (shift, mut sum) = (W::splat(max), W::zero());
             for c in (0..64 / W::LANES).take_while(|&c| c < chunks) {
-                let p = exp::<W>(W::sub(x[c], shift));
-                sum = W::add(sum, p);
-                W::store_first(scores.as_mut_ptr().add(W::LANES * c), p, n - W::LANES * c);
-                if let Some((pb, round)) = &mut round {
-                    round(p, pb.as_mut_ptr().add(W::LANES * c));
+                for i in 0..N {
+                    x[i][c] = W::load_first(row(i).add(W::LANES * c), n - W::LANES * c, ninf);
+                    // NaN second: the max ignores NaN, as the scalar one does (exp makes it NaN later).
+                    top[i] = W::max(x[i][c], top[i]);
                 }
             }
-            state.sum = state.sum * alpha + W::sum(sum);
-            state.max = max;
-            alpha
+            let mut alphas = [1.0; N];
+            let mut seen = [true; N];
+            let (mut maxes, mut shift) = ([ninf; N], [W::zero(); N]);
+            for (i, state) in states.iter().enumerate() {
+                let max = state.max.max(W::max_lane(top[i]));
+                (maxes[i], shift[i]) = (max, W::splat(max));
+                seen[i] = max != ninf;
+                if seen[i] && state.max != max {
+                    alphas[i] = super::exp_with(state.max - max, true);
+                }
+            }
+            let mut sum = [W::zero(); N];
+            for c in (0..64 / W::LANES).take_while(|&c| c < chunks) {
+                for i in (0..N).filter(|&i| seen[i]) {
+                    let p = exp::<W>(W::sub(x[i][c], shift[i]));
+                    sum[i] = W::add(sum[i], p);
+                    W::store_first(row(i).add(W::LANES * c), p, n - W::LANES * c);
+                    if let Some((pb, round)) = &round {
+                        round(p, pb[i].add(W::LANES * c));
+                    }
+                }
+            }
+            for (i, state) in states.into_iter().enumerate() {
+                if !seen[i] {
+                    state.nothing_seen(std::slice::from_raw_parts_mut(row(i), n));
+                    if let Some((pb, _)) = &round {
+                        let pb = std::slice::from_raw_parts_mut(pb[i], W::LANES * chunks);
+                        let p = if state.sum.is_nan() { half::bf16::NAN.to_bits() } else { 0 };
+                        pb.fill(0);
+                        pb[..n].fill(p);
+                    }
+                    continue;
+                }
+                state.sum = state.sum * alphas[i] + W::sum(sum[i]);
+                state.max = maxes[i];
+            }
+            alphas
         }
     }
 
@@ -419,38 +473,50 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn wide_update_matches<W: crate::simd::width::Width>() {
         let ninf = f32::NEG_INFINITY;
+        // Rows that have seen keys (the max moves or not) and one that has not, in every position
+        // of a group of four rows and of the rows left after them.
+        let starts = [RowState { max: 2.5, sum: 3.0 }, RowState { max: 40.0, sum: 1.5 }, RowState::EMPTY];
+        let stride = 70;
         for n in [1, 2, 15, 16, 17, 32, 33, 64] {
-            let scores: Vec<f32> =
-                (0..n).map(|i| if i % 7 == 3 { ninf } else { ((i * 37) % 23) as f32 * 0.77 - 9.0 }).collect();
-            // A row that has seen keys (the max moves or not), and one that has not.
-            for start in [RowState { max: 2.5, sum: 3.0 }, RowState { max: 40.0, sum: 1.5 }, RowState::EMPTY] {
-                let (mut plain, mut wide) = (start, start);
-                let mut want = scores.clone();
-                let alpha = plain.update(&mut want, true);
-                let mut got = scores.clone();
-                let Some(beta) = wide.update_wide::<W>(&mut got) else {
-                    return; // not on this CPU
+            for rows in [1, 3, 4, 7] {
+                let score = |r: usize, i: usize| match (i + r) % 7 {
+                    3 => ninf,
+                    _ => ((i * 37 + r * 11) % 23) as f32 * 0.77 - 9.0,
                 };
-                assert_eq!((alpha.to_bits(), plain.max), (beta.to_bits(), wide.max), "n = {n}");
-                assert!((plain.sum - wide.sum).abs() <= 4.0 * f32::EPSILON * plain.sum, "n = {n}");
-                assert_eq!(
-                    got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    "n = {n}"
-                );
+                let mut got: Vec<f32> = (0..rows * stride).map(|k| score(k / stride, k % stride)).collect();
+                let mut want = got.clone();
+                let mut plain: Vec<RowState> = (0..rows).map(|r| starts[r % 3]).collect();
+                let mut wide = plain.clone();
+                let mut alphas = vec![0.0; rows];
+                if !RowState::update_wide::<W>(&mut wide, &mut got, (stride, n), &mut alphas) {
+                    return; // not on this CPU
+                }
+                for r in 0..rows {
+                    let alpha = plain[r].update(&mut want[r * stride..r * stride + n], true);
+                    assert_eq!((alpha.to_bits(), plain[r].max), (alphas[r].to_bits(), wide[r].max), "n {n}, row {r}");
+                    let sum = plain[r].sum;
+                    assert!((sum - wide[r].sum).abs() <= 4.0 * f32::EPSILON * sum, "n {n}, row {r}");
+                }
+                // Every probability, bit for bit, and nothing past a row's n scores touched.
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "n = {n}, {rows} rows");
             }
         }
-        // Nothing visible: zeros, or NaN when a score is NaN; more than 64 scores: not taken.
-        let mut st = RowState::EMPTY;
-        let mut s = [ninf; 20];
-        if st.update_wide::<W>(&mut s).is_some() {
-            assert!(s.iter().all(|&p| p == 0.0) && st.sum == 0.0);
-            let mut s = [ninf, f32::NAN, ninf];
-            assert_eq!(st.update_wide::<W>(&mut s), Some(1.0));
-            assert!(s.iter().all(|p| p.is_nan()) && st.sum.is_nan());
-        }
-        let mut st = RowState::EMPTY;
-        assert_eq!(st.update_wide::<W>(&mut [0.0; 65]), None);
+        // Nothing visible: zeros, or NaN when a score is NaN; more than 64 scores or rows beyond
+        // the scores: not taken.
+        let mut st = [RowState::EMPTY; 2];
+        let mut s = [ninf; 40];
+        let mut alphas = [0.0; 2];
+        assert!(RowState::update_wide::<W>(&mut st, &mut s, (20, 20), &mut alphas));
+        assert!(s.iter().all(|&p| p == 0.0) && st.iter().all(|st| st.sum == 0.0));
+        let mut s = [ninf, f32::NAN, ninf, 1.0];
+        assert!(RowState::update_wide::<W>(&mut st, &mut s, (2, 2), &mut alphas));
+        assert!(s[..2].iter().all(|p| p.is_nan()) && st[0].sum.is_nan(), "{s:?}");
+        assert_eq!((s[3], st[1].max, st[1].sum), (1.0, 1.0, 1.0));
+        let mut st = [RowState::EMPTY; 2];
+        assert!(!RowState::update_wide::<W>(&mut st[..1], &mut [0.0; 65], (65, 65), &mut alphas));
+        assert!(!RowState::update_wide::<W>(&mut st, &mut [0.0; 39], (20, 20), &mut alphas));
+        assert!(!RowState::update_wide::<W>(&mut st, &mut [0.0; 40], (20, 20), &mut alphas[..1]));
     }
 
     #[test]

@@ -645,8 +645,13 @@ pub const HEAD_SIZES: [usize; 5] = [64, 80, 96, 128, 256];
 /// The CPU has the width's features; every row, query, weight and output named exists, as the
 /// kernel each calls requires.
 pub trait Entry: Width {
-    /// The online-softmax step in registers ([`RowState::update_wide`]).
-    unsafe fn softmax_update(state: &mut RowState, scores: &mut [f32]) -> Option<f32>;
+    /// The online-softmax step of several rows in registers ([`RowState::update_wide`]).
+    unsafe fn softmax_rows(
+        states: &mut [RowState],
+        scores: &mut [f32],
+        rows: (usize, usize),
+        alphas: &mut [f32],
+    ) -> bool;
     /// [`token_dots`] on f32 queries (already scaled, in the order [`token_ordered`] gives),
     /// head size `d`.
     #[allow(clippy::too_many_arguments)]
@@ -732,8 +737,13 @@ macro_rules! entry {
 
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn softmax_update(state: &mut RowState, scores: &mut [f32]) -> Option<f32> {
-                state.update_wide::<$w>(scores)
+            unsafe fn softmax_rows(
+                states: &mut [RowState],
+                scores: &mut [f32],
+                rows: (usize, usize),
+                alphas: &mut [f32],
+            ) -> bool {
+                RowState::update_wide::<$w>(states, scores, rows, alphas)
             }
 
             #[target_feature(enable = $features)]
