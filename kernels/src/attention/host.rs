@@ -832,15 +832,13 @@ fn streaming<T: Element, S: Simd>(
             }
             let states = &mut part.rows[r0..r0 + per_head];
             let alphas = &mut alphas[..per_head];
+            let sc = &mut scores[r0 * STREAM_KEYS..];
             match bf16_values {
-                true => {
-                    for (i, (st, alpha)) in states.iter_mut().zip(alphas.iter_mut()).enumerate() {
-                        let sc = &mut scores[(r0 + i) * STREAM_KEYS..(r0 + i) * STREAM_KEYS + kt];
-                        let pb = &mut probs[i * STREAM_KEYS..(i + 1) * STREAM_KEYS];
-                        *alpha = st.update_bf16(sc, pb).expect("AVX-512 BF16, at most 64 keys");
-                    }
-                }
-                false => S::softmax_rows(states, &mut scores[r0 * STREAM_KEYS..], (STREAM_KEYS, kt), alphas),
+                true => assert!(
+                    RowState::update_bf16(states, sc, (STREAM_KEYS, kt), &mut probs, alphas),
+                    "AVX-512 BF16, at most 64 keys"
+                ),
+                false => S::softmax_rows(states, sc, (STREAM_KEYS, kt), alphas),
             }
             for (i, &alpha) in alphas.iter().enumerate() {
                 if alpha != 1.0 {

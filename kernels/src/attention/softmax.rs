@@ -28,22 +28,31 @@ impl RowState {
         alpha
     }
 
-    /// [`RowState::update`] (with fused multiply-adds) for value sums on bf16 pairs: also writes the
-    /// probabilities rounded to bf16 (nearest even) into `pb`, zeros after them up to a multiple of
-    /// 16. Needs AVX-512 BF16 and at most 64 scores; returns None (doing nothing) otherwise. `pb`
-    /// must hold the scores rounded up to 16.
+    /// [`RowState::update_wide`] at AVX-512 for value sums on bf16 pairs: also writes row i's
+    /// probabilities rounded to bf16 (nearest even) at `pb[i·stride..]`, zeros after them up to a
+    /// multiple of 16. Returns false (doing nothing) without AVX-512 BF16, for more than 64
+    /// scores, or where a row (its probabilities rounded up to 16) does not fit `scores`, `pb` or
+    /// `alphas`.
     #[inline(always)]
-    pub fn update_bf16(&mut self, scores: &mut [f32], pb: &mut [u16]) -> Option<f32> {
+    pub fn update_bf16(
+        states: &mut [RowState],
+        scores: &mut [f32],
+        (stride, n): (usize, usize),
+        pb: &mut [u16],
+        alphas: &mut [f32],
+    ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if scores.len() <= 64
-            && pb.len() >= scores.len().next_multiple_of(16)
+        if fits(states.len(), (stride, n.next_multiple_of(16)), pb.len())
+            && Self::fit(states, scores, (stride, n), alphas)
             && crate::cpu::detected() >= crate::cpu::Level::Avx512Bf16
         {
-            // SAFETY: AVX-512 BF16 present; at most 64 scores and room for them rounded up to 16.
-            return Some(unsafe { x86::update_bf16(self, scores, pb) });
+            // SAFETY: AVX-512 BF16 present; at most 64 scores; every row inside `scores` and,
+            // rounded up to 16, inside `pb`.
+            unsafe { x86::update_bf16(states, scores.as_mut_ptr(), (stride, n), pb.as_mut_ptr(), alphas) };
+            return true;
         }
-        let _ = (scores, pb);
-        None
+        let _ = (states, scores, stride, n, pb, alphas);
+        false
     }
 
     /// [`RowState::update`] (with fused multiply-adds) of each row of `states`, in registers of
@@ -60,14 +69,19 @@ impl RowState {
         (stride, n): (usize, usize),
         alphas: &mut [f32],
     ) -> bool {
-        let rows = states.len();
-        let fits = rows == 0 || (rows == 1 || stride >= n) && (rows - 1) * stride + n <= scores.len();
-        if n > 64 || !fits || alphas.len() < rows || crate::cpu::detected() < W::LEVEL {
+        if !Self::fit(states, scores, (stride, n), alphas) || crate::cpu::detected() < W::LEVEL {
             return false;
         }
         // SAFETY: the width's features present; at most 64 scores; every row inside `scores`.
-        unsafe { x86::update_each::<W>(states, scores.as_mut_ptr(), stride, n, alphas) };
+        unsafe { x86::update_each::<W, fn(W::F, *mut u16)>(states, scores.as_mut_ptr(), (stride, n), None, alphas) };
         true
+    }
+
+    /// Whether the rows of a vector update fit: at most 64 scores, every row inside `scores`, a
+    /// factor per row.
+    #[cfg(target_arch = "x86_64")]
+    fn fit(states: &[RowState], scores: &[f32], (stride, n): (usize, usize), alphas: &[f32]) -> bool {
+        n <= 64 && fits(states.len(), (stride, n), scores.len()) && alphas.len() >= states.len()
     }
 
     /// A tile in which no key is visible (every score −∞, or NaN): nothing to add, unless a score
@@ -94,6 +108,12 @@ impl RowState {
         self.max = max;
         (a, b)
     }
+}
+
+/// Whether `rows` rows of `n` values, `stride` apart (rows may not overlap), fit in `len` values.
+#[cfg(target_arch = "x86_64")]
+fn fits(rows: usize, (stride, n): (usize, usize), len: usize) -> bool {
+    rows == 0 || (rows == 1 || stride >= n) && (rows - 1) * stride + n <= len
 }
 
 /// Folds `xs` with `op` over 16 independent lanes (so the loop vectorises; a single running value
@@ -183,32 +203,36 @@ pub(crate) mod x86 {
     }
 
     /// See [`RowState::update_wide`]: row i's `n` scores at `scores + i·stride`, its factor to
-    /// `alphas[i]`. Four rows at a time, interleaved (see [`update_rows`]).
+    /// `alphas[i]`; with `round`, its probabilities also go to its pointer plus `i·stride` (see
+    /// [`update_rows`]). Four rows at a time, interleaved.
     ///
     /// # Safety
-    /// The width's features ([`Width`]); `n` at most 64; `scores` holds every row named, and
-    /// `alphas` one factor per row.
+    /// The width's features ([`Width`]); `n` at most 64; `scores` holds every row named, `round`'s
+    /// pointer every row rounded up to `LANES`, and `alphas` one factor per row.
     #[inline(always)]
-    pub unsafe fn update_each<W: Width>(
+    pub unsafe fn update_each<W: Width, R: Fn(W::F, *mut u16) + Copy>(
         states: &mut [RowState],
         scores: *mut f32,
-        stride: usize,
-        n: usize,
+        (stride, n): (usize, usize),
+        round: Option<(*mut u16, R)>,
         alphas: &mut [f32],
     ) {
         let mut quads = states.chunks_exact_mut(4);
         let mut at = 0;
-        // SAFETY: rows at..at + 4 (or at) exist (contract); nothing to round.
+        // SAFETY: rows at..at + 4 (or at) exist (contract).
         unsafe {
+            let rounded = |rows: [usize; 4]| round.map(|(p, f)| (rows.map(|r| p.add(r * stride)), f));
             for quad in &mut quads {
                 let quad: &mut [RowState; 4] = quad.try_into().expect("chunks of 4");
                 let [a, b, c, d] = quad.each_mut();
-                let f = update_rows::<W, fn(W::F, *mut u16), 4>([a, b, c, d], scores.add(at * stride), stride, n, None);
+                let round = rounded([at, at + 1, at + 2, at + 3]);
+                let f = update_rows::<W, R, 4>([a, b, c, d], scores.add(at * stride), stride, n, round);
                 alphas[at..at + 4].copy_from_slice(&f);
                 at += 4;
             }
             for st in quads.into_remainder() {
-                alphas[at] = update_rows::<W, fn(W::F, *mut u16), 1>([st], scores.add(at * stride), 0, n, None)[0];
+                let round = rounded([at; 4]).map(|(p, f)| ([p[0]], f));
+                alphas[at] = update_rows::<W, R, 1>([st], scores.add(at * stride), 0, n, round)[0];
                 at += 1;
             }
         }
@@ -217,20 +241,25 @@ pub(crate) mod x86 {
     /// See [`RowState::update_bf16`].
     ///
     /// # Safety
-    /// AVX-512F and AVX-512 BF16; at most 64 scores; `pb` holds their count rounded up to 16.
+    /// AVX-512F and AVX-512 BF16; as [`update_each`], with `pb` as `round`'s pointer (16 lanes).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn update_bf16(state: &mut RowState, scores: &mut [f32], pb: &mut [u16]) -> f32 {
+    pub unsafe fn update_bf16(
+        states: &mut [RowState],
+        scores: *mut f32,
+        rows: (usize, usize),
+        pb: *mut u16,
+        alphas: &mut [f32],
+    ) {
         // SAFETY: 16 values to write at `at` (update_rows' contract); __m256bh and __m256i are
         // both 256-bit vectors.
         let round = |p: __m512, at: *mut u16| unsafe {
             _mm256_storeu_si256(at as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(p)))
         };
-        let n = scores.len();
-        // SAFETY: one row of n scores; `pb` holds n rounded up to 16 (contract).
-        unsafe { update_rows::<W512, _, 1>([state], scores.as_mut_ptr(), 0, n, Some(([pb.as_mut_ptr()], round)))[0] }
+        // SAFETY: forwarded contract.
+        unsafe { update_each::<W512, _>(states, scores, rows, Some((pb, round)), alphas) }
     }
 
-    /// The body of [`update_each`] and [`update_bf16`]: the step for R rows (row i's
+    /// The body of [`update_each`]: the step for R rows (row i's
     /// `n` scores at `scores + i·stride`), each stage run for every row before the next, so that
     /// the rows' chains of latencies (horizontal max, exp, horizontal sum) overlap: one row per
     /// call took about 100 cycles for 32 scores. With `round`, row i's probabilities also go to
@@ -521,32 +550,46 @@ mod tests {
 
     #[test]
     fn bf16_update_matches_the_plain_update() {
+        let starts = [RowState { max: 2.5, sum: 3.0 }, RowState { max: 40.0, sum: 1.5 }, RowState::EMPTY];
+        let stride = 64;
         for n in [1, 2, 15, 16, 17, 32, 33, 64] {
-            let scores: Vec<f32> = (0..n)
-                .map(|i| if i % 7 == 3 { f32::NEG_INFINITY } else { ((i * 37) % 23) as f32 * 0.77 - 9.0 })
-                .collect();
-            let start = RowState { max: 2.5, sum: 3.0 };
-            let (mut plain, mut fast) = (start, start);
-            let mut want = scores.clone();
-            let alpha = plain.update(&mut want, true);
-            let mut got = scores.clone();
-            let mut pb = [7u16; 64];
-            let Some(beta) = fast.update_bf16(&mut got, &mut pb) else {
-                return; // no AVX-512 BF16 here
-            };
-            assert_eq!((alpha.to_bits(), plain.max), (beta.to_bits(), fast.max), "n = {n}");
-            // The sums are added in another order: equal to a few ulps.
-            assert!((plain.sum - fast.sum).abs() <= 4.0 * f32::EPSILON * plain.sum, "n = {n}");
-            assert_eq!(
-                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-            );
-            let rounded: Vec<u16> = want.iter().map(|&p| half::bf16::from_f32(p).to_bits()).collect();
-            assert_eq!(&pb[..n], &rounded[..], "n = {n}");
-            assert!(pb[n..n.next_multiple_of(16)].iter().all(|&b| b == 0), "padding, n = {n}");
+            for rows in [1, 3, 4, 6] {
+                let score = |r: usize, i: usize| match (i + r) % 7 {
+                    3 => f32::NEG_INFINITY,
+                    _ => ((i * 37 + r * 11) % 23) as f32 * 0.77 - 9.0,
+                };
+                let mut got: Vec<f32> = (0..rows * stride).map(|k| score(k / stride, k % stride)).collect();
+                let mut want = got.clone();
+                let mut plain: Vec<RowState> = (0..rows).map(|r| starts[r % 3]).collect();
+                let mut fast = plain.clone();
+                let (mut pb, mut alphas) = (vec![7u16; rows * stride], vec![0.0; rows]);
+                if !RowState::update_bf16(&mut fast, &mut got, (stride, n), &mut pb, &mut alphas) {
+                    return; // no AVX-512 BF16 here
+                }
+                for r in 0..rows {
+                    let want = &mut want[r * stride..r * stride + n];
+                    let alpha = plain[r].update(want, true);
+                    assert_eq!((alpha.to_bits(), plain[r].max), (alphas[r].to_bits(), fast[r].max), "n {n}, row {r}");
+                    // The sums are added in another order: equal to a few ulps.
+                    let sum = plain[r].sum;
+                    assert!((sum - fast[r].sum).abs() <= 4.0 * f32::EPSILON * sum, "n {n}, row {r}");
+                    let pb = &pb[r * stride..(r + 1) * stride];
+                    let rounded: Vec<u16> = want.iter().map(|&p| half::bf16::from_f32(p).to_bits()).collect();
+                    assert_eq!(&pb[..n], &rounded[..], "n {n}, row {r}");
+                    let padding = n.next_multiple_of(16);
+                    assert!(pb[n..padding].iter().all(|&b| b == 0), "padding, n {n}, row {r}");
+                    assert!(pb[padding..].iter().all(|&b| b == 7), "past the padding, n {n}, row {r}");
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "n = {n}, {rows} rows");
+            }
         }
-        let mut st = RowState::EMPTY;
-        assert_eq!(st.update_bf16(&mut [0.0; 65], &mut [0; 80]), None);
+        // Rows whose rounded probabilities would overlap or pass the end: not taken.
+        let mut st = [RowState::EMPTY; 2];
+        let mut alphas = [0.0; 2];
+        assert!(!RowState::update_bf16(&mut st, &mut [0.0; 40], (20, 20), &mut [0; 64], &mut alphas));
+        assert!(!RowState::update_bf16(&mut st, &mut [0.0; 64], (32, 32), &mut [0; 63], &mut alphas));
+        assert!(!RowState::update_bf16(&mut st[..1], &mut [0.0; 65], (65, 65), &mut [0; 80], &mut alphas));
     }
 
     #[test]
