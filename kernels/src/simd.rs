@@ -16,7 +16,7 @@ pub(crate) trait Simd {
     /// registers where this level can. Panics if a row lies outside `scores` or `alphas` is short.
     #[inline(always)]
     fn softmax_rows(states: &mut [RowState], scores: &mut [f32], rows: (usize, usize), alphas: &mut [f32]) {
-        update_rows(states, scores, rows, alphas, Self::FMA);
+        plain_softmax_rows(states, scores, rows, alphas, Self::FMA);
     }
 
     /// `out[k][j] = q[k] · src[offs[j] ..][.. q[k].len()]` for every j, for K queries of the same
@@ -545,7 +545,7 @@ impl Simd for Generic {
 }
 
 /// [`Simd::softmax_rows`] one row at a time in plain code (`fma`: see [`RowState::update`]).
-fn update_rows(
+fn plain_softmax_rows(
     states: &mut [RowState],
     scores: &mut [f32],
     (stride, n): (usize, usize),
@@ -580,7 +580,7 @@ impl<W: x86::Entry> Simd for X86<W> {
     fn softmax_rows(states: &mut [RowState], scores: &mut [f32], rows: (usize, usize), alphas: &mut [f32]) {
         // SAFETY: the width's features (type contract).
         if !unsafe { W::softmax_rows(states, scores, rows, alphas) } {
-            update_rows(states, scores, rows, alphas, true);
+            plain_softmax_rows(states, scores, rows, alphas, true);
         }
     }
 

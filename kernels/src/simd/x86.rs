@@ -14,10 +14,10 @@ use std::arch::x86_64::*;
 ///
 /// Such prefetches are dropped when the core's line fill buffers are full (measured on a
 /// Sapphire Rapids-class VM: 1 MiB prefetched in one burst, then read 200 µs later, read in
-/// 29 µs; prefetched a line per ~30 cycles, in 9 µs; not prefetched, in 67 µs), so they must be
-/// spread over the work rather than issued in bursts. `_MM_HINT_T0` ones wait instead of being
-/// dropped, but they evict the rows in use from L1: decode read 0.51 of the memory's limit with
-/// them, 0.56-0.58 with these.
+/// 29 µs; prefetched with a short busy loop between lines, in 9 µs; not prefetched, in 67 µs),
+/// so they must be spread over the work rather than issued in bursts. `_MM_HINT_T0` ones wait
+/// instead of being dropped, but they evict the rows in use from L1: decode read 0.51 of the
+/// memory's limit with them, 0.56-0.58 with these.
 #[inline(always)]
 fn prefetch_row<T>(row: *const T, len: usize) {
     let row = row as *const i8;
