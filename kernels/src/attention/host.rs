@@ -155,13 +155,16 @@ pub(crate) fn attention<T: Element>(
     let slots: Vec<std::sync::Mutex<Option<Partial>>> = (0..partials).map(|_| Default::default()).collect();
     // A streaming item prefetches the first keys of the item its thread runs next.
     let streams = |i: usize| items[i].streams(g.group());
-    claim_ahead(items.len(), threads, &streams, &|i, then| {
+    claim_ahead(items.len(), threads, &streams, &|i, prev, then| {
         let it = items[i];
+        // Its first keys were prefetched by the item before it, which read the same heads (see
+        // `streaming`).
+        let warm = prev.is_some_and(|p| (items[p].h0, items[p].h1) == (it.h0, it.h1));
         // Items without a split own their rows (positions × heads of one KV head) of `out`,
         // which outlives the parallel_for; no other item writes them.
         let own = it.partial.is_none().then_some(out_addr as *mut T);
         // SAFETY: as just said.
-        let p = unsafe { run_item(level, g, seqs, kv, q, it, then.map(|j| items[j]), own) };
+        let p = unsafe { run_item(level, g, seqs, kv, q, it, (warm, then.map(|j| items[j])), own) };
         match (it.partial, p) {
             (Some(slot), p) => *slots[slot].lock().unwrap() = p,
             // SAFETY: as above.
@@ -240,27 +243,29 @@ fn plan(g: &Geometry, seqs: &[Seq], threads: usize) -> (Vec<Item>, usize) {
     (items, partials)
 }
 
-/// Runs `run(i, then)` for every item `i < n` on `threads` pool threads, each claiming items
+/// Runs `run(i, prev, then)` for every item `i < n` on `threads` pool threads, each claiming items
 /// from a shared counter as it goes. After claiming an item for which `ahead(i)` holds, a thread
 /// claims its next one at once and passes it as `then`, so the first can prefetch for the second
-/// (without that, a decode step of 64 short sequences started every eighth key tile cold). Other
-/// items, and the last `threads` ones, are run with `then` None: claiming early binds an item to
-/// a busy thread, and long items (prefill) balance better without it.
+/// (without that, a decode step of 64 short sequences started every eighth key tile cold); the
+/// second then gets the first as `prev`, and need not prefetch its start again. Other items, and
+/// the last `threads` ones, are run with `then` None: claiming early binds an item to a busy
+/// thread, and long items (prefill) balance better without it.
 fn claim_ahead(
     n: usize,
     threads: usize,
     ahead: &(dyn Fn(usize) -> bool + Sync),
-    run: &(dyn Fn(usize, Option<usize>) + Sync),
+    run: &(dyn Fn(usize, Option<usize>, Option<usize>) + Sync),
 ) {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let claim = || Some(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).filter(|&i| i < n);
     ascend_rt::host::pool().parallel_for(threads.min(n), &|_| {
-        let mut current = claim();
+        let (mut current, mut prev) = (claim(), None);
         while let Some(i) = current {
             // The last items go to whichever thread is free first.
             let plenty = next.load(std::sync::atomic::Ordering::Relaxed) + threads < n;
             let then = if ahead(i) && plenty { claim() } else { None };
-            run(i, then);
+            run(i, prev, then);
+            prev = then.map(|_| i);
             current = then.or_else(claim);
         }
     });
@@ -285,7 +290,8 @@ fn visible_keys(g: &Geometry, kv_len: usize, p: usize) -> (usize, usize) {
     (lo, hi)
 }
 
-/// Runs one item; `then`, the item this thread runs next, is prefetched at the end. Returns its
+/// Runs one item; `then`, the item this thread runs next, is prefetched at the end, and `warm`
+/// says the item run before did so for this one (streaming items only, see [`streaming`]). Returns its
 /// partial result, or None when it wrote its rows into `own` itself (the AMX path does, when given
 /// `own`).
 ///
@@ -300,7 +306,7 @@ unsafe fn run_item<T: Element>(
     kv: &KvSource<'_, T>,
     q: &[T],
     it: Item,
-    then: Option<Item>,
+    (warm, then): (bool, Option<Item>),
     own: Option<*mut T>,
 ) -> Option<Partial> {
     // SAFETY (each arm): `attention`, the only caller, asserted the CPU has the level; `own` as
@@ -308,10 +314,10 @@ unsafe fn run_item<T: Element>(
     unsafe {
         match level {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 | Level::Avx512Bf16 | Level::Amx => item_avx512(level, g, seqs, kv, q, it, then, own),
+            Level::Avx512 | Level::Avx512Bf16 | Level::Amx => item_avx512(level, g, seqs, kv, q, it, (warm, then), own),
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => item_avx2(level, g, seqs, kv, q, it, then, own),
-            _ => item_body::<T, Generic>(level, g, seqs, kv, q, it, then, own),
+            Level::Avx2 => item_avx2(level, g, seqs, kv, q, it, (warm, then), own),
+            _ => item_body::<T, Generic>(level, g, seqs, kv, q, it, (warm, then), own),
         }
     }
 }
@@ -326,11 +332,11 @@ unsafe fn item_avx512<T: Element>(
     kv: &KvSource<'_, T>,
     q: &[T],
     it: Item,
-    then: Option<Item>,
+    (warm, then): (bool, Option<Item>),
     own: Option<*mut T>,
 ) -> Option<Partial> {
     // SAFETY: as `run_item`.
-    unsafe { item_body::<T, crate::simd::Avx512>(level, g, seqs, kv, q, it, then, own) }
+    unsafe { item_body::<T, crate::simd::Avx512>(level, g, seqs, kv, q, it, (warm, then), own) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -343,11 +349,11 @@ unsafe fn item_avx2<T: Element>(
     kv: &KvSource<'_, T>,
     q: &[T],
     it: Item,
-    then: Option<Item>,
+    (warm, then): (bool, Option<Item>),
     own: Option<*mut T>,
 ) -> Option<Partial> {
     // SAFETY: as `run_item`.
-    unsafe { item_body::<T, crate::simd::Avx2>(level, g, seqs, kv, q, it, then, own) }
+    unsafe { item_body::<T, crate::simd::Avx2>(level, g, seqs, kv, q, it, (warm, then), own) }
 }
 
 /// One item: rows are (query position, head of the group), position-major; queries pre-scaled.
@@ -363,7 +369,7 @@ unsafe fn item_body<T: Element, S: Simd>(
     kv: &KvSource<'_, T>,
     q: &[T],
     it: Item,
-    then: Option<Item>,
+    (warm, then): (bool, Option<Item>),
     own: Option<*mut T>,
 ) -> Option<Partial> {
     let (d, group) = (g.head_dim, g.group());
@@ -410,7 +416,7 @@ unsafe fn item_body<T: Element, S: Simd>(
         // their rate (Sapphire Rapids-class VMs that hide AMX), bf16 decode read 0.69 of the
         // memory's limit with it and 0.74 without (d 64; d 128: 0.78 and 0.82).
         let native = level == Level::Avx512Bf16 || crate::gemm::bf16_products_pay();
-        streaming::<T, S>(g, kv, it, then, &qs, raw.as_deref().filter(|_| native), &pos, &mut part);
+        streaming::<T, S>(g, kv, it, (warm, then), &qs, raw.as_deref().filter(|_| native), &pos, &mut part);
     }
     Some(part)
 }
@@ -772,7 +778,7 @@ fn streaming<T: Element, S: Simd>(
     g: &Geometry,
     kv: &KvSource<'_, T>,
     it: Item,
-    then: Option<Item>,
+    (warm, then): (bool, Option<Item>),
     qs: &[f32],
     raw_q: Option<&[u16]>,
     pos: &[(usize, usize)],
@@ -795,10 +801,12 @@ fn streaming<T: Element, S: Simd>(
     let (mut offs, mut next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     let (mut head_offs, mut head_next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
     kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
-    // Nothing fetched the first tile's keys ahead: start them now (the item's heads of a token are
-    // adjacent).
-    for &o in &next {
-        prefetch_l2(&kall[o..o + heads * d]);
+    // Nothing fetched the first tile's keys ahead unless the item before it on this thread did
+    // (`warm`): start them now (the item's heads of a token are adjacent).
+    if !warm {
+        for &o in &next {
+            prefetch_l2(&kall[o..o + heads * d]);
+        }
     }
     for j0 in (it.k0..it.k1).step_by(STREAM_KEYS) {
         let j1 = it.k1.min(j0 + STREAM_KEYS);
@@ -1041,28 +1049,32 @@ mod tests {
     }
 
     #[test]
-    fn claimed_items_run_once_each_and_then_is_what_runs_next() {
+    fn claimed_items_run_once_each_and_then_is_what_runs_next_and_prev_what_ran_before() {
         let threads = ascend_rt::host::pool().threads().max(2);
         for n in [0, 1, 2, 3, 17, 200] {
             // Items divisible by 3 run without a successor.
             let ahead = |i: usize| !i.is_multiple_of(3);
             let runs = std::sync::Mutex::new(Vec::new());
-            claim_ahead(n, threads, &ahead, &|i, then| {
+            claim_ahead(n, threads, &ahead, &|i, prev, then| {
                 std::thread::sleep(std::time::Duration::from_micros(50));
-                runs.lock().unwrap().push((std::thread::current().id(), i, then));
+                runs.lock().unwrap().push((std::thread::current().id(), i, prev, then));
             });
             let runs = runs.into_inner().unwrap();
             if n == 200 {
-                assert!(runs.iter().any(|r| r.2.is_some()), "no item ran with a successor");
+                assert!(runs.iter().any(|r| r.3.is_some()), "no item ran with a successor");
             }
             let mut seen: Vec<usize> = runs.iter().map(|r| r.1).collect();
             seen.sort_unstable();
             assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{n} items");
-            for (k, &(thread, i, then)) in runs.iter().enumerate() {
+            for (k, &(thread, i, prev, then)) in runs.iter().enumerate() {
                 let after = runs[k + 1..].iter().find(|r| r.0 == thread).map(|r| r.1);
                 if let Some(j) = then {
                     assert!(ahead(i) && after == Some(j), "{i} then {j}, ran {after:?}");
                 }
+                // `prev` is exactly the item this thread ran before, when that one named i as `then`.
+                let before = runs[..k].iter().rev().find(|r| r.0 == thread);
+                let expected = before.filter(|r| r.3 == Some(i)).map(|r| r.1);
+                assert_eq!(prev, expected, "item {i} after {before:?}");
             }
         }
     }
