@@ -16,14 +16,21 @@ use std::arch::x86_64::*;
 /// Sapphire Rapids-class VM: 1 MiB prefetched in one burst, then read 200 µs later, read in
 /// 29 µs; prefetched with a short busy loop between lines, in 9 µs; not prefetched, in 67 µs),
 /// so they must be spread over the work rather than issued in bursts. `_MM_HINT_T0` ones wait
-/// instead of being dropped, but they evict the rows in use from L1: decode read 0.51 of the
-/// memory's limit with them, 0.56-0.58 with these.
+/// instead of being dropped, but issued far ahead they evict the rows in use from L1 (every
+/// decode prefetch as T0: 0.51 of the memory's limit, 0.56-0.58 with these); only rows read
+/// next are fetched so (see [`token_dots`]).
 #[inline(always)]
 fn prefetch_row<T>(row: *const T, len: usize) {
+    prefetch_row_to::<_MM_HINT_T1, T>(row, len);
+}
+
+/// Prefetches the `len` values at `row` with `HINT`.
+#[inline(always)]
+fn prefetch_row_to<const HINT: i32, T>(row: *const T, len: usize) {
     let row = row as *const i8;
     for off in (0..len * std::mem::size_of::<T>()).step_by(64) {
         // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(off)) };
+        unsafe { _mm_prefetch::<HINT>(row.wrapping_add(off)) };
     }
 }
 
@@ -301,12 +308,15 @@ pub unsafe fn token_dots<C: Chunks, const NV: usize>(
                     prefetch(pf.add(offs[v % n] + (v / n) * d));
                 }
                 // Keys of a tile should be in L2 already (prefetched during the previous value
-                // sums); a second prefetch four tokens ahead catches the ones that are not (the
+                // sums); a second prefetch two tokens ahead catches the ones that are not (the
                 // first tile of a short item: 64 × 128 bf16 decode read 0.587 of the memory's
-                // limit without it, 0.599 with it, medians of 7; it costs about 1 ns per token and
-                // KV head cache-hot).
-                for &at in offs.get(j + 4..(j + 6).min(n)).unwrap_or_default() {
-                    prefetch(src.add(at + h * d));
+                // limit without it, 0.599 with it, medians of 7), and brings all into L1: these
+                // rows are read next, and waiting for a fill buffer beats being dropped (the
+                // issue's bf16 decode sweep, medians of 5: 0.59-0.67 of the memory's limit with an
+                // L2 prefetch four ahead, 0.63-0.75 with this one; two, three and four ahead equal
+                // within noise, six and eight worse).
+                for &at in offs.get(j + 2..(j + 4).min(n)).unwrap_or_default() {
+                    prefetch_row_to::<_MM_HINT_T0, _>(src.add(at + h * d), d);
                 }
                 let keys = (src.add(ja + h * d), src.add(jb + h * d));
                 let (mut r, end) = (h * per_head, (h + 1) * per_head);
