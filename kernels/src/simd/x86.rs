@@ -265,7 +265,7 @@ impl<W: Width, T: Lanes> Chunks for Widened<W, T> {
 /// Scores of every query row against keys `offs` in token order: for each pair of tokens, every
 /// KV head in turn, so the cache is read front to back; the value rows at the same offsets of
 /// `pf` are prefetched into L2 meanwhile, two per key row read, head by head (the order the
-/// value sums read them), and the keys four tokens ahead once more.
+/// value sums read them), and the keys two tokens ahead once more, into L1.
 /// Rows are head-major, `per_head` per KV head, `LANES·NV` values each at `q`; key `j` of head
 /// `h` at `src + offs[j] + LANES·NV·h`; `scale` times the score goes to `out + r·stride + j`.
 ///
@@ -308,13 +308,11 @@ pub unsafe fn token_dots<C: Chunks, const NV: usize>(
                     prefetch(pf.add(offs[v % n] + (v / n) * d));
                 }
                 // Keys of a tile should be in L2 already (prefetched during the previous value
-                // sums); a second prefetch two tokens ahead catches the ones that are not (the
-                // first tile of a short item: 64 × 128 bf16 decode read 0.587 of the memory's
-                // limit without it, 0.599 with it, medians of 7), and brings all into L1: these
-                // rows are read next, and waiting for a fill buffer beats being dropped (the
-                // issue's bf16 decode sweep, medians of 5: 0.59-0.67 of the memory's limit with an
-                // L2 prefetch four ahead, 0.63-0.75 with this one; two, three and four ahead equal
-                // within noise, six and eight worse).
+                // sums). A second prefetch, two tokens ahead and into L1, catches the ones that are
+                // not (a T0 prefetch waits for a fill buffer where a T1 one is dropped) and spares
+                // the rest the L2 latency: the bf16 decode sweep read 0.59-0.67 of the
+                // memory's limit with a T1 prefetch four ahead, 0.63-0.75 with this one (medians
+                // of 5); two to four ahead are equal within noise, six and eight worse.
                 for &at in offs.get(j + 2..(j + 4).min(n)).unwrap_or_default() {
                     prefetch_row_to::<_MM_HINT_T0, _>(src.add(at + h * d), d);
                 }
