@@ -675,6 +675,8 @@ impl<W: x86::Entry> Simd for X86<W> {
 pub(crate) mod width;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::prefetch_row_to;
 
 #[cfg(test)]
 mod tests {

@@ -722,10 +722,7 @@ fn prefetch<T>(s: &[T]) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_hint<const HINT: i32, T>(s: &[T]) {
-    for off in (0..std::mem::size_of_val(s)).step_by(64) {
-        // SAFETY: prefetching is only a hint and cannot fault; the address lies inside `s`.
-        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(s.as_ptr().cast::<i8>().add(off)) };
-    }
+    crate::simd::prefetch_row_to::<HINT, T>(s.as_ptr(), s.len());
 }
 
 /// Sets the scores `Sᵀ` (`st`: keys from `j0` × rows) of keys outside their row's visible range

@@ -24,9 +24,10 @@ fn prefetch_row<T>(row: *const T, len: usize) {
     prefetch_row_to::<_MM_HINT_T1, T>(row, len);
 }
 
-/// Prefetches the `len` values at `row` with `HINT`.
+/// Prefetches the `len` values at `row` with `HINT`, a cache line at a time (any address: a
+/// prefetch never faults).
 #[inline(always)]
-fn prefetch_row_to<const HINT: i32, T>(row: *const T, len: usize) {
+pub(crate) fn prefetch_row_to<const HINT: i32, T>(row: *const T, len: usize) {
     let row = row as *const i8;
     for off in (0..len * std::mem::size_of::<T>()).step_by(64) {
         // SAFETY: a prefetch is only a hint: it never faults, whatever the address.
