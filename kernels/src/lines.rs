@@ -7,7 +7,7 @@ use std::ops::{Deref, DerefMut};
 /// `Vec<f32>` is only 16-byte aligned: reading query rows split across lines, the decode's
 /// token-by-token scores took 8 % longer (the kernel alone, cache-hot). Not a rule for every
 /// buffer: aligned so, the attention accumulators made bf16 prefill 3-4 % slower.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct Lines {
     lines: Vec<Line>,
     len: usize,
@@ -19,9 +19,14 @@ pub(crate) struct Lines {
 struct Line([f32; 16]);
 
 impl Lines {
-    /// `len` zeros.
-    pub fn zeroed(len: usize) -> Lines {
-        Lines { lines: vec![Line([0.0; 16]); len.div_ceil(16)], len }
+    /// Makes it `len` values long: the first values as they were, any new ones zero.
+    pub fn resize(&mut self, len: usize) {
+        self.lines.resize(len.div_ceil(16), Line([0.0; 16]));
+        // Shorter: the rest of the last line is zeroed, to read as new values if it grows again.
+        if let (Some(last), tail @ 1..) = (self.lines.last_mut(), len % 16) {
+            last.0[tail..].fill(0.0);
+        }
+        self.len = len;
     }
 }
 
@@ -46,9 +51,10 @@ mod tests {
     use super::Lines;
 
     #[test]
-    fn lines_start_on_a_cache_line_and_hold_what_was_written() {
+    fn lines_start_on_a_cache_line_and_hold_what_was_written_through_resizes() {
         for len in [0, 1, 15, 16, 17, 130] {
-            let mut l = Lines::zeroed(len);
+            let mut l = Lines::default();
+            l.resize(len);
             assert_eq!(l.len(), len);
             assert!(l.iter().all(|&x| x == 0.0));
             assert_eq!(l.as_ptr() as usize % 64, 0, "len {len}");
@@ -56,6 +62,15 @@ mod tests {
             let copy = l.clone();
             assert!(copy.iter().enumerate().all(|(i, &x)| x == i as f32));
             assert_eq!(copy.as_ptr() as usize % 64, 0);
+            // Longer: what was there stays, the rest is zero; shorter: the first values stay.
+            l.resize(len + 40);
+            assert_eq!(l.len(), len + 40);
+            assert!(l.iter().enumerate().all(|(i, &x)| x == if i < len { i as f32 } else { 0.0 }));
+            assert_eq!(l.as_ptr() as usize % 64, 0);
+            l.resize(len / 2);
+            assert!(l.len() == len / 2 && l.iter().enumerate().all(|(i, &x)| x == i as f32));
+            l.resize(len);
+            assert!(l.iter().enumerate().all(|(i, &x)| x == if i < len / 2 { i as f32 } else { 0.0 }), "len {len}");
         }
     }
 }

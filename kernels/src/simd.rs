@@ -4,6 +4,7 @@
 
 use crate::attention::softmax::RowState;
 use crate::gemm::ToF32;
+use crate::lines::Lines;
 
 /// Row operations on f32 vectors against rows of a source type (f32, f16 or bf16) at arbitrary
 /// offsets of a slice (rows of a paged cache are not evenly spaced).
@@ -63,14 +64,16 @@ pub(crate) trait Simd {
         Self::rows_dot(a, lda, w[1], o1);
     }
 
-    /// The query rows (`d` values each) in the order in which [`Simd::token_dots`] reads them
-    /// against rows of `T`, where that differs from the order given (bf16 at AVX-512 reads each 32
-    /// values as the even-indexed then the odd ones, the halves its keys split into with one
-    /// operation each); None where they are read as they are.
+    /// The query rows at `starts` of `q` (`d` values each) times `scale`, as f32, into `out`
+    /// (resized), in the order in which [`Simd::token_dots`] reads them against rows of `T`.
+    /// Returns whether that order differs from the given one, which only that kernel then reads
+    /// (bf16 at AVX-512 takes each 32 values as the even-indexed, then the odd ones: the halves its
+    /// keys split into with one operation each). Panics if a row lies outside `q`.
     #[inline(always)]
-    fn token_ordered<T: Lanes>(q: &[f32], d: usize) -> Option<crate::lines::Lines> {
-        let _ = (q, d);
-        None
+    fn token_queries<T: Lanes>(q: &[T], starts: &[usize], d: usize, scale: f32, out: &mut Lines) -> bool {
+        out.resize(starts.len() * d);
+        scaled_queries(q, starts, d, scale, out);
+        false
     }
 
     /// Scores of every query row of an item against the keys at `offs`, token by token: see
@@ -544,6 +547,15 @@ impl Simd for Generic {
     }
 }
 
+/// The query rows at `starts` of `q` (`d` values each) times `scale`, as f32, in order, into `out`
+/// (`d` values per row). Panics if a row lies outside `q`.
+pub(crate) fn scaled_queries<T: ToF32>(q: &[T], starts: &[usize], d: usize, scale: f32, out: &mut [f32]) {
+    for (dst, &at) in out.chunks_exact_mut(d).zip(starts) {
+        T::slice_to_f32(&q[at..at + d], dst);
+        dst.iter_mut().for_each(|x| *x *= scale);
+    }
+}
+
 /// [`Simd::softmax_rows`] one row at a time in plain code (`fma`: see [`RowState::update`]).
 fn plain_softmax_rows(
     states: &mut [RowState],
@@ -585,8 +597,9 @@ impl<W: x86::Entry> Simd for X86<W> {
     }
 
     #[inline(always)]
-    fn token_ordered<T: Lanes>(q: &[f32], d: usize) -> Option<crate::lines::Lines> {
-        x86::token_ordered::<W, T>(q, d)
+    fn token_queries<T: Lanes>(q: &[T], starts: &[usize], d: usize, scale: f32, out: &mut Lines) -> bool {
+        // SAFETY: the width's features (type contract).
+        unsafe { x86::token_queries::<W, T>(q, starts, d, scale, out) }
     }
 
     #[inline(always)]
@@ -736,17 +749,11 @@ mod tests {
                 let q: Vec<f32> = (0..rows * d).map(|i| (i % 5) as f32 - 2.0).collect();
                 let tsrc: Vec<T> = (0..keys * width).map(|i| T::from_f32((i % 11) as f32 - 5.0)).collect();
                 let mut got = vec![f32::NAN; rows * stride];
-                let ordered = S::token_ordered::<T>(&q, d);
-                if S::token_dots(
-                    ordered.as_deref().unwrap_or(&q),
-                    heads,
-                    per_head,
-                    &tsrc,
-                    &tsrc,
-                    &toks,
-                    &mut got,
-                    stride,
-                ) {
+                let (q_src, starts): (Vec<T>, Vec<usize>) =
+                    (q.iter().map(|&x| T::from_f32(x)).collect(), (0..rows).map(|r| r * d).collect());
+                let mut ordered = Lines::default();
+                S::token_queries::<T>(&q_src, &starts, d, 1.0, &mut ordered);
+                if S::token_dots(&ordered, heads, per_head, &tsrc, &tsrc, &toks, &mut got, stride) {
                     for r in 0..rows {
                         for (j, &o) in toks.iter().enumerate() {
                             let k = |i: usize| tsrc[o + (r / per_head) * d + i].to_f32();

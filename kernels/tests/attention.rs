@@ -321,9 +321,16 @@ fn paged_decode_block_sizes_gqa_and_levels() {
 #[test]
 fn paged_decode_head_dims_and_odd_groups() {
     // Every head size the decode kernels specialise (and 256, the largest), with one, two, three
-    // and four query heads per KV head: rows taken in pairs, alone, and both.
+    // and four query heads per KV head: rows taken in pairs, alone, and both. And 32, which they
+    // do not take although its rows split into pairs (queries put in their order must not reach
+    // the generic code).
     for level in cpu::available() {
-        for (d, heads) in [(80, Heads::new(6, 2, 80)), (96, Heads::new(4, 4, 96)), (256, Heads::new(6, 2, 256))] {
+        for (d, heads) in [
+            (32, Heads::new(4, 2, 32)),
+            (80, Heads::new(6, 2, 80)),
+            (96, Heads::new(4, 4, 96)),
+            (256, Heads::new(6, 2, 256)),
+        ] {
             for heads in [heads, Heads::new(8, 2, d), Heads::new(4, 2, d), Heads::new(2, 2, d)] {
                 let c = PagedCase {
                     q_lens: vec![1; 3],

@@ -138,6 +138,25 @@ struct Partial {
     acc: Vec<f32>,
 }
 
+impl Partial {
+    /// `rows` empty rows of `d` zeros (with `d` 0, no accumulators), in buffers from `reuse`.
+    fn empty(rows: usize, d: usize, reuse: &mut Reuse) -> Partial {
+        let (mut states, mut acc) = std::mem::take(&mut reuse.partial);
+        states.clear();
+        states.resize(rows, RowState::EMPTY);
+        acc.clear();
+        acc.resize(rows * d, 0.0);
+        Partial { rows: states, acc }
+    }
+
+    /// Returns its buffers to this thread's [`Reuse`].
+    fn give_back(self) {
+        let mut reuse = REUSE.take();
+        reuse.partial = (self.rows, self.acc);
+        REUSE.set(reuse);
+    }
+}
+
 /// Computes attention for every sequence into `out` (`[tokens, Hq, D]`, like `q`), on the pool.
 pub(crate) fn attention<T: Element>(
     level: Level,
@@ -167,8 +186,11 @@ pub(crate) fn attention<T: Element>(
         let p = unsafe { run_item(level, g, seqs, kv, q, it, (warm, then.map(|j| items[j])), own) };
         match (it.partial, p) {
             (Some(slot), p) => *slots[slot].lock().unwrap() = p,
-            // SAFETY: as above.
-            (None, Some(p)) => unsafe { write_rows(g, seqs, it, (&p.rows, &p.acc, g.head_dim), out_addr as *mut T) },
+            (None, Some(p)) => {
+                // SAFETY: as above.
+                unsafe { write_rows(g, seqs, it, (&p.rows, &p.acc, g.head_dim), out_addr as *mut T) };
+                p.give_back();
+            }
             (None, None) => {} // written by the item itself
         }
     });
@@ -375,50 +397,58 @@ unsafe fn item_body<T: Element, S: Simd>(
     let (d, group) = (g.head_dim, g.group());
     let s = seqs[it.seq];
     let rows = it.rows(group);
-    // The keys that row r (query position kv_len − q_len + i) sees, once per item.
-    let pos: Vec<_> = (0..rows).map(|r| visible_keys(g, s.kv_len, s.kv_len - s.q_len + it.row(r, group).0)).collect();
-    // The query row of item row r.
-    let src = |r: usize| {
+    let mut reuse = REUSE.take();
+    // Per row: the keys it sees (query position kv_len − q_len + i), and where its query starts.
+    let (mut pos, mut starts) = std::mem::take(&mut reuse.rows);
+    pos.clear();
+    starts.clear();
+    for r in 0..rows {
         let (i, head) = it.row(r, group);
-        ((s.q_start + i) * g.heads + head) * d
-    };
+        pos.push(visible_keys(g, s.kv_len, s.kv_len - s.q_len + i));
+        starts.push(((s.q_start + i) * g.heads + head) * d);
+    }
     // bf16 queries and keys with AVX-512 BF16: products straight from the raw bf16 values.
     let bits = (level >= Level::Avx512Bf16).then(|| bf16_bits(q)).flatten();
     let (kall, vall) = kv.kv();
+    let part;
     if let (false, Level::Amx, true, Some(q), Some(k), Some(v)) =
         (it.streams(group), level, amx::usable(g), bits, bf16_bits(kall), bf16_bits(vall))
     {
-        let mut part = Partial { rows: vec![RowState::EMPTY; rows], acc: Vec::new() };
-        let starts: Vec<usize> = (0..rows).map(src).collect();
+        let mut amx_part = Partial { rows: vec![RowState::EMPTY; rows], acc: Vec::new() };
         // SAFETY: `attention` asserted the CPU has the level; `usable` holds; `own` as our
         // contract says.
-        let written = unsafe { amx::tiled(g, seqs, kv, (k, v), it, (q, &starts), &pos, &mut part, own) };
-        return (!written).then_some(part);
-    }
-    let mut part = Partial { rows: vec![RowState::EMPTY; rows], acc: vec![0f32; rows * d] };
-    let raw = bits.map(|bits| {
-        let mut raw = vec![0u16; rows * d];
-        for (r, dst) in raw.chunks_exact_mut(d).enumerate() {
-            dst.copy_from_slice(&bits[src(r)..src(r) + d]);
-        }
-        raw
-    });
-    let mut qs = vec![0f32; rows * d];
-    for (r, dst) in qs.chunks_exact_mut(d).enumerate() {
-        T::slice_to_f32(&q[src(r)..src(r) + d], dst);
-        dst.iter_mut().for_each(|x| *x *= g.scale);
-    }
-    if !it.streams(group) {
-        tiled(level, S::FMA, g, kv, it, &qs, raw.as_deref(), &pos, &mut part);
+        let written = unsafe { amx::tiled(g, seqs, kv, (k, v), it, (q, &starts), &pos, &mut amx_part, own) };
+        part = (!written).then_some(amx_part);
     } else {
-        // At the AMX level (chosen for its tiles) the streaming products use `vdpbf16ps` only where
-        // it outruns f32 FMAs on converted values (`bf16_products_pay`). Where it runs at half
-        // their rate (Sapphire Rapids-class VMs that hide AMX), bf16 decode read 0.69 of the
-        // memory's limit with it and 0.74 without (d 64; d 128: 0.78 and 0.82).
-        let native = level == Level::Avx512Bf16 || crate::gemm::bf16_products_pay();
-        streaming::<T, S>(g, kv, it, (warm, then), &qs, raw.as_deref().filter(|_| native), &pos, &mut part);
+        let mut p = Partial::empty(rows, d, &mut reuse);
+        let raw = bits.map(|bits| {
+            let mut raw = std::mem::take(&mut reuse.raw);
+            raw.clear();
+            starts.iter().for_each(|&at| raw.extend_from_slice(&bits[at..at + d]));
+            raw
+        });
+        if !it.streams(group) {
+            let mut qs = sized(std::mem::take(&mut reuse.qs), rows * d);
+            crate::simd::scaled_queries(q, &starts, d, g.scale, &mut qs[..rows * d]);
+            tiled(level, S::FMA, g, kv, it, &qs[..rows * d], raw.as_deref(), &pos, &mut p, &mut reuse);
+            reuse.qs = qs;
+        } else {
+            // At the AMX level (chosen for its tiles) the streaming products use `vdpbf16ps` only
+            // where it outruns f32 FMAs on converted values (`bf16_products_pay`). Where it runs at
+            // half their rate (Sapphire Rapids-class VMs that hide AMX), bf16 decode read 0.69 of
+            // the memory's limit with it and 0.74 without (d 64; d 128: 0.78 and 0.82).
+            let native = level == Level::Avx512Bf16 || crate::gemm::bf16_products_pay();
+            let raw_q = raw.as_deref().filter(|_| native);
+            streaming::<T, S>(g, kv, it, (warm, then), (q, &starts), raw_q, &pos, &mut p, &mut reuse.stream);
+        }
+        if let Some(raw) = raw {
+            reuse.raw = raw;
+        }
+        part = Some(p);
     }
-    Some(part)
+    reuse.rows = (pos, starts);
+    REUSE.set(reuse);
+    part
 }
 
 /// Scores by GEMM per key tile, then `acc += P·V` by GEMM. The scores come out transposed
@@ -438,11 +468,11 @@ fn tiled<T: Element>(
     raw_q: Option<&[u16]>,
     pos: &[(usize, usize)],
     part: &mut Partial,
+    reuse: &mut Reuse,
 ) {
     let d = g.head_dim;
     let rows = part.rows.len();
-    let mut reuse = REUSE.take();
-    let mut ops = Operands::new(g, kv, rows, qs, raw_q, &mut reuse);
+    let mut ops = Operands::new(g, kv, rows, qs, raw_q, reuse);
     let mut st = sized(std::mem::take(&mut reuse.st), TILED_KEYS * rows);
     let (mut max, mut shift, mut alpha, mut sums) =
         (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows], vec![0f32; rows]);
@@ -484,13 +514,15 @@ fn tiled<T: Element>(
         }
         ops.values(level, kt, st, &mut part.acc);
     }
-    ops.give_back(&mut reuse);
+    ops.give_back(reuse);
     reuse.st = st;
-    REUSE.set(reuse);
 }
 
-/// Buffers of the tiled path kept per thread between items: fresh ones (about 2 MB, zeroed) cost
-/// about 5 % of a prefill. Every use writes what it reads, so their old contents never matter.
+/// Buffers kept per thread between items. Every use writes what it reads, so their old contents
+/// never matter. Fresh ones cost about 5 % of a prefill (the tiled path's, about 2 MB, zeroed); a
+/// decode step of many short sequences allocated a dozen per sequence (64 × 16, bf16, hot cache,
+/// one core: 479 µs with them, 457 without, 395 with the queries also converted straight into the
+/// order its kernel reads).
 #[derive(Default)]
 struct Reuse {
     st: Vec<f32>,
@@ -498,6 +530,26 @@ struct Reuse {
     bf16_rows: (Vec<u16>, Vec<u16>, Vec<u16>),
     f32_scratch: Scratch,
     bf16_scratch: Scratch<u16>,
+    /// Every item's: scaled f32 queries, raw bf16 ones, per row the keys it sees and where its
+    /// query starts, its [`Partial`].
+    qs: Vec<f32>,
+    raw: Vec<u16>,
+    rows: (Vec<(usize, usize)>, Vec<usize>),
+    partial: (Vec<RowState>, Vec<f32>),
+    stream: StreamBuffers,
+}
+
+/// The buffers of [`streaming`].
+#[derive(Default)]
+struct StreamBuffers {
+    scores: Vec<f32>,
+    /// The queries, as the token-by-token kernel reads them, and in order where that differs.
+    queries: crate::lines::Lines,
+    natural: Vec<f32>,
+    probs: Vec<u16>,
+    alphas: Vec<f32>,
+    /// This tile's and the next tile's key offsets, for all heads and for one.
+    offs: [Vec<usize>; 4],
 }
 
 thread_local! {
@@ -776,10 +828,11 @@ fn streaming<T: Element, S: Simd>(
     kv: &KvSource<'_, T>,
     it: Item,
     (warm, then): (bool, Option<Item>),
-    qs: &[f32],
+    (q, starts): (&[T], &[usize]),
     raw_q: Option<&[u16]>,
     pos: &[(usize, usize)],
     part: &mut Partial,
+    bufs: &mut StreamBuffers,
 ) {
     let (kall, vall) = kv.kv();
     let raw = raw_q.zip(bf16_bits(kall)).zip(bf16_bits(vall)).map(|((q, k), v)| (q, k, v));
@@ -787,16 +840,17 @@ fn streaming<T: Element, S: Simd>(
     let rows = part.rows.len();
     let heads = it.h1 - it.h0;
     let per_head = rows / heads;
-    let mut scores = vec![0f32; rows * STREAM_KEYS];
-    // The queries in the order the token-by-token kernel on f32 values reads them, made when
-    // first needed (not on the raw bf16 path).
-    let ordered = std::cell::OnceCell::new();
+    let mut scores = sized(std::mem::take(&mut bufs.scores), rows * STREAM_KEYS);
+    // Made below when first needed (rarely: see `qs`).
+    bufs.natural.clear();
+    // The scaled f32 queries (not needed on the raw bf16 path): `bufs.queries` as the
+    // token-by-token kernel reads them, made when first needed, with whether that is out of order.
+    let mut ordered = None;
     // One head's probabilities in bf16 (the value kernel's input on the bf16 path).
-    let mut probs = vec![0u16; per_head * STREAM_KEYS];
+    let mut probs = sized(std::mem::take(&mut bufs.probs), per_head * STREAM_KEYS);
     // One head's softmax factors.
-    let mut alphas = vec![0f32; per_head];
-    let (mut offs, mut next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
-    let (mut head_offs, mut head_next) = (Vec::with_capacity(STREAM_KEYS), Vec::with_capacity(STREAM_KEYS));
+    let mut alphas = sized(std::mem::take(&mut bufs.alphas), per_head);
+    let [mut offs, mut next, mut head_offs, mut head_next] = std::mem::take(&mut bufs.offs);
     kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
     // Nothing fetched the first tile's keys ahead unless the item before it on this thread did
     // (`warm`): start them now (the item's heads of a token are adjacent).
@@ -818,8 +872,20 @@ fn streaming<T: Element, S: Simd>(
         let token_major = raw.is_some_and(|(q, k, v)| {
             crate::simd::token_dots_bf16(q, heads, per_head, k, v, &offs, g.scale, &mut scores, STREAM_KEYS)
         }) || {
-            let qs = ordered.get_or_init(|| S::token_ordered::<T>(qs, d)).as_deref().unwrap_or(qs);
-            S::token_dots(qs, heads, per_head, kall, vall, &offs, &mut scores, STREAM_KEYS)
+            ordered.get_or_insert_with(|| S::token_queries::<T>(q, starts, d, g.scale, &mut bufs.queries));
+            S::token_dots(&bufs.queries, heads, per_head, kall, vall, &offs, &mut scores, STREAM_KEYS)
+        };
+        // In order, for the scores head by head (where the kernel above did not run).
+        let qs = match (token_major, ordered) {
+            (true, _) => &[][..],
+            (false, Some(false)) => &bufs.queries[..],
+            (false, _) => {
+                if bufs.natural.len() != rows * d {
+                    bufs.natural.resize(rows * d, 0.0);
+                    crate::simd::scaled_queries(q, starts, d, g.scale, &mut bufs.natural);
+                }
+                &bufs.natural[..]
+            }
         };
         for hh in 0..heads {
             let r0 = hh * per_head;
@@ -893,6 +959,8 @@ fn streaming<T: Element, S: Simd>(
             }
         }
     }
+    (bufs.scores, bufs.probs, bufs.alphas) = (scores, probs, alphas);
+    bufs.offs = [offs, next, head_offs, head_next];
 }
 
 /// Scores of rows `rows` (f32 queries in `qs`) against one head's keys at `offs`, two rows at a time

@@ -211,30 +211,38 @@ fn pairs<W: Width, T: Lanes>(d: usize) -> bool {
     W::split::<T>() && d.is_multiple_of(2 * W::LANES)
 }
 
-/// Query rows (`d` values each) in the order in which [`Entry::token_dots`] reads them against
-/// rows of `T`, where that is not the order given: for [`Pairs`] that split, each `2·LANES`
-/// values as the even-indexed ones, then the odd. None where the queries are read as they are.
-pub fn token_ordered<W: Width, T: Lanes>(q: &[f32], d: usize) -> Option<Lines> {
+/// [`super::Simd::token_queries`]: for [`Pairs`] that split, each `2·LANES` values of a row as
+/// the even-indexed ones, then the odd (converted as the keys are, by [`Width::row2`]).
+///
+/// # Safety
+/// Called from a function compiled for the width's features, on a CPU that has them.
+#[inline(always)]
+pub unsafe fn token_queries<W: Width, T: Lanes>(
+    q: &[T],
+    starts: &[usize],
+    d: usize,
+    scale: f32,
+    out: &mut Lines,
+) -> bool {
+    out.resize(starts.len() * d);
     if !pairs::<W, T>(d) {
-        return None;
+        super::scaled_queries(q, starts, d, scale, out);
+        return false;
     }
-    // The permutation of `Width::load2`, in baseline SSE: a `#[target_feature]` entry point for
-    // it made every decode path 25 % slower (layout, as far as I could tell), and LLVM leaves the
-    // plain loop scalar (a load and a store per value: 3 % of a 64 × 128 decode's kernel time).
-    let mut out = Lines::zeroed(q.len());
-    let half = W::LANES;
-    for (dst, src) in out.chunks_exact_mut(2 * half).zip(q.chunks_exact(2 * half)) {
-        let (even, odd) = dst.split_at_mut(half);
-        for ((e, o), s) in even.chunks_exact_mut(4).zip(odd.chunks_exact_mut(4)).zip(src.chunks_exact(8)) {
-            // SAFETY: SSE is part of x86-64; `s` holds 8 values, `e` and `o` 4 each.
+    for (dst, &at) in out.chunks_exact_mut(d).zip(starts) {
+        let src = &q[at..at + d];
+        for c in (0..d).step_by(2 * W::LANES) {
+            // SAFETY: `d` is a whole number of pairs, so 2·LANES values at c in `src` and `dst`;
+            // the width's features (contract).
             unsafe {
-                let (a, b) = (_mm_loadu_ps(s.as_ptr()), _mm_loadu_ps(s.as_ptr().add(4)));
-                _mm_storeu_ps(e.as_mut_ptr(), _mm_shuffle_ps::<0b10_00_10_00>(a, b));
-                _mm_storeu_ps(o.as_mut_ptr(), _mm_shuffle_ps::<0b11_01_11_01>(a, b));
+                let scale = W::splat(scale);
+                let [even, odd] = W::row2(src.as_ptr().add(c));
+                W::store(dst.as_mut_ptr().add(c), W::mul(even, scale));
+                W::store(dst.as_mut_ptr().add(c + W::LANES), W::mul(odd, scale));
             }
         }
     }
-    Some(out)
+    true
 }
 
 /// f32 queries and keys of any source type converted in registers of width `W`, by FMA.
