@@ -813,9 +813,11 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 ///
 /// At the x86 levels (head sizes 64, 80, 96, 128 and 256) the cache is read in order: the
 /// scores of every head token by token (a token's heads are adjacent), prefetching the tile's
-/// values meanwhile; then per head the softmax step and the value sums, which prefetch the next
-/// tile's keys (after the last tile, those of `then`, the item this thread runs next) one row per
-/// value row summed, so memory is busy while the products run (issued in a burst after the sums
+/// values meanwhile; then the softmax step of every head at once (one head at a time, its chains
+/// of latencies showed: bf16, hot cache, one core, 1 × 2048 took 524 µs, now 501); then per head
+/// the value sums, which prefetch the next tile's keys (after the last tile, those of `then`, the
+/// item this thread runs next) one row per value row summed, so memory is busy while the products
+/// run (issued in a burst after the sums
 /// instead, they stalled f32 decode: 0.82 → 0.93 of the read limit at 16 × 512; and multi-head
 /// decode, one row per head, which had neither, ran at 0.46: now 1.05, medians of 5). Given raw
 /// bf16 queries (`raw_q`: where `vdpbf16ps` pays, see `item_body`) it works on the raw bf16
@@ -846,10 +848,9 @@ fn streaming<T: Element, S: Simd>(
     // The scaled f32 queries (not needed on the raw bf16 path): `bufs.queries` as the
     // token-by-token kernel reads them, made when first needed, with whether that is out of order.
     let mut ordered = None;
-    // One head's probabilities in bf16 (the value kernel's input on the bf16 path).
-    let mut probs = sized(std::mem::take(&mut bufs.probs), per_head * STREAM_KEYS);
-    // One head's softmax factors.
-    let mut alphas = sized(std::mem::take(&mut bufs.alphas), per_head);
+    // The probabilities in bf16 (the value kernel's input on the bf16 path), the softmax factors.
+    let mut probs = sized(std::mem::take(&mut bufs.probs), rows * STREAM_KEYS);
+    let mut alphas = sized(std::mem::take(&mut bufs.alphas), rows);
     let [mut offs, mut next, mut head_offs, mut head_next] = std::mem::take(&mut bufs.offs);
     kv.offsets(it.seq, it.h0, (it.k0, it.k1.min(it.k0 + STREAM_KEYS)), g, &mut next);
     // Nothing fetched the first tile's keys ahead unless the item before it on this thread did
@@ -887,6 +888,12 @@ fn streaming<T: Element, S: Simd>(
                 &bufs.natural[..]
             }
         };
+        // bf16 values: probabilities also rounded to bf16 for the value kernel, in one pass.
+        let bf16_values = raw.is_some() && crate::simd::bf16_pairs_fit(d, kt);
+        if token_major {
+            // Every head's step at once: their chains of latencies overlap.
+            softmax_step::<S>(0..rows, (j0, kt), pos, (&mut scores, &mut probs, &mut alphas), bf16_values, part);
+        }
         for hh in 0..heads {
             let r0 = hh * per_head;
             head_offs.clear();
@@ -895,26 +902,14 @@ fn streaming<T: Element, S: Simd>(
             head_next.extend(next.iter().map(|o| o + hh * d));
             if !token_major {
                 head_scores::<T, S>(qs, kall, &head_offs, d, r0..r0 + per_head, &mut scores);
-            }
-            // bf16 values: probabilities also rounded to bf16 for the value kernel, in one pass.
-            let bf16_values = raw.is_some() && crate::simd::bf16_pairs_fit(d, kt);
-            for r in r0..r0 + per_head {
-                mask(pos[r], j0, &mut scores[r * STREAM_KEYS..r * STREAM_KEYS + kt]);
-            }
-            let states = &mut part.rows[r0..r0 + per_head];
-            let alphas = &mut alphas[..per_head];
-            let sc = &mut scores[r0 * STREAM_KEYS..];
-            match bf16_values {
-                true => assert!(
-                    RowState::update_bf16(states, sc, (STREAM_KEYS, kt), &mut probs, alphas),
-                    "AVX-512 BF16, at most 64 keys"
-                ),
-                false => S::softmax_rows(states, sc, (STREAM_KEYS, kt), alphas),
-            }
-            for (i, &alpha) in alphas.iter().enumerate() {
-                if alpha != 1.0 {
-                    part.acc[(r0 + i) * d..(r0 + i + 1) * d].iter_mut().for_each(|x| *x *= alpha);
-                }
+                softmax_step::<S>(
+                    r0..r0 + per_head,
+                    (j0, kt),
+                    pos,
+                    (&mut scores, &mut probs, &mut alphas),
+                    bf16_values,
+                    part,
+                );
             }
             // Value rows, four query rows at a time (each value row is loaded once per four).
             let mut prefetched = false;
@@ -934,7 +929,7 @@ fn streaming<T: Element, S: Simd>(
                 match (n, raw) {
                     (4, Some((_, k, v))) if bf16_values => {
                         let acc = [row(), row(), row(), row()];
-                        let pb = |k: usize| &probs[(i + k) * STREAM_KEYS..(i + k + 1) * STREAM_KEYS];
+                        let pb = |k: usize| &probs[(r + k) * STREAM_KEYS..(r + k + 1) * STREAM_KEYS];
                         crate::simd::weighted_sum4_bf16([pb(0), pb(1), pb(2), pb(3)], v, &head_offs, acc, (k, ahead));
                         prefetched = true;
                     }
@@ -961,6 +956,39 @@ fn streaming<T: Element, S: Simd>(
     }
     (bufs.scores, bufs.probs, bufs.alphas) = (scores, probs, alphas);
     bufs.offs = [offs, next, head_offs, head_next];
+}
+
+/// The step of rows `rows` of the streaming path over keys `j0 .. j0 + kt`: masks their scores
+/// (`STREAM_KEYS` per row), turns them into probabilities (also rounded into `probs` when
+/// `bf16_values`), and updates their states and rescales their accumulators in `part`.
+#[inline(always)]
+fn softmax_step<S: Simd>(
+    rows: std::ops::Range<usize>,
+    (j0, kt): (usize, usize),
+    pos: &[(usize, usize)],
+    (scores, probs, alphas): (&mut [f32], &mut [u16], &mut [f32]),
+    bf16_values: bool,
+    part: &mut Partial,
+) {
+    let d = part.acc.len() / part.rows.len();
+    for r in rows.clone() {
+        mask(pos[r], j0, &mut scores[r * STREAM_KEYS..r * STREAM_KEYS + kt]);
+    }
+    let alphas = &mut alphas[rows.clone()];
+    let states = &mut part.rows[rows.clone()];
+    let sc = &mut scores[rows.start * STREAM_KEYS..];
+    match bf16_values {
+        true => assert!(
+            RowState::update_bf16(states, sc, (STREAM_KEYS, kt), &mut probs[rows.start * STREAM_KEYS..], alphas),
+            "AVX-512 BF16, at most 64 keys"
+        ),
+        false => S::softmax_rows(states, sc, (STREAM_KEYS, kt), alphas),
+    }
+    for (r, &alpha) in rows.zip(alphas.iter()) {
+        if alpha != 1.0 {
+            part.acc[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+        }
+    }
 }
 
 /// Scores of rows `rows` (f32 queries in `qs`) against one head's keys at `offs`, two rows at a time
