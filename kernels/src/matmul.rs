@@ -76,14 +76,36 @@ impl Element for bf16 {
     }
 }
 
-/// [`round_bf16`] compiled for AVX-512F.
+/// [`round_bf16`] in AVX-512F, 16 values at a time: the same steps on 32-bit lanes, NaNs chosen by
+/// mask, narrowed by `vpmovdw`. Compiled from the plain loop, it took 25 operations per 16 values
+/// (the NaN choice made on 16-bit lanes, through masks widened to vectors): a bf16 decode step of
+/// 64 sequences of 16 tokens, which rounds every row of its output, took 425 µs with that and 393
+/// with this (hot cache, one core).
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn round_bf16_avx512(src: &[f32], scale: f32, dst: &mut [bf16]) {
-    round_bf16(src, scale, dst)
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let whole = n / 16 * 16;
+    // SAFETY: 16 values at i < whole in both slices (bf16 is 16 bits, as the stored lanes).
+    unsafe {
+        let (scale, one, half) = (_mm512_set1_ps(scale), _mm512_set1_epi32(1), _mm512_set1_epi32(0x7fff));
+        let quiet = _mm512_set1_epi32(0x40);
+        for i in (0..whole).step_by(16) {
+            let x = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), scale);
+            let b = _mm512_castps_si512(x);
+            let high = _mm512_srli_epi32::<16>(b);
+            let odd = _mm512_and_si512(high, one);
+            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(b, half), odd));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+            let bits = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(high, quiet));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, _mm512_cvtepi32_epi16(bits));
+        }
+    }
+    round_bf16(&src[whole..n], scale, &mut dst[whole..n]);
 }
 
 /// `bf16::from_f32(scale · x)` for each value, written without branches so that the loop
