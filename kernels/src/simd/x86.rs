@@ -225,24 +225,34 @@ pub unsafe fn token_queries<W: Width, T: Lanes>(
     out: &mut Lines,
 ) -> bool {
     out.resize(starts.len() * d);
-    if !pairs::<W, T>(d) {
+    let paired = pairs::<W, T>(d);
+    if !paired && !d.is_multiple_of(W::LANES) {
         super::scaled_queries(q, starts, d, scale, out);
         return false;
     }
+    // Converted in registers, as the keys are: the library's slice conversions (f16) check the
+    // CPU on every call, and a plain loop stays scalar where it is not compiled for the width.
     for (dst, &at) in out.chunks_exact_mut(d).zip(starts) {
         let src = &q[at..at + d];
-        for c in (0..d).step_by(2 * W::LANES) {
-            // SAFETY: `d` is a whole number of pairs, so 2·LANES values at c in `src` and `dst`;
-            // the width's features (contract).
-            unsafe {
-                let scale = W::splat(scale);
-                let [even, odd] = W::row2(src.as_ptr().add(c));
-                W::store(dst.as_mut_ptr().add(c), W::mul(even, scale));
-                W::store(dst.as_mut_ptr().add(c + W::LANES), W::mul(odd, scale));
+        // SAFETY: `d` is a whole number of registers (of pairs, where `paired`), so whole ones
+        // at c in `src` and `dst`; the width's features (contract).
+        unsafe {
+            let scale = W::splat(scale);
+            let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
+            if paired {
+                for c in (0..d).step_by(2 * W::LANES) {
+                    let [even, odd] = W::row2(s.add(c));
+                    W::store(o.add(c), W::mul(even, scale));
+                    W::store(o.add(c + W::LANES), W::mul(odd, scale));
+                }
+            } else {
+                for c in (0..d).step_by(W::LANES) {
+                    W::store(o.add(c), W::mul(W::row(s.add(c)), scale));
+                }
             }
         }
     }
-    true
+    paired
 }
 
 /// f32 queries and keys of any source type converted in registers of width `W`, by FMA.
