@@ -52,7 +52,7 @@ impl Element for f16 {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { round_f16_avx512(src, scale, dst) };
+            return unsafe { round_avx512(src, scale, dst) };
         }
         use half::slice::HalfFloatSliceExt;
         let mut chunk = [0f32; 256];
@@ -75,70 +75,78 @@ impl Element for bf16 {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { round_bf16_avx512(src, scale, dst) };
+            return unsafe { round_avx512(src, scale, dst) };
         }
         round_bf16(src, scale, dst)
     }
 }
 
-/// [`round_bf16`] in AVX-512F, 16 values at a time: the same steps on 32-bit lanes, NaNs chosen by
-/// mask, narrowed by `vpmovdw`. Compiled from the plain loop, it took 25 operations per 16 values
-/// (the NaN choice made on 16-bit lanes, through masks widened to vectors): a bf16 decode step of
-/// 64 sequences of 16 tokens, which rounds every row of its output, took 425 µs with that and 393
-/// with this (hot cache, one core).
-///
-/// # Safety
-/// The CPU has AVX-512F.
+/// 16-bit element types whose rounding from f32 has an AVX-512F form.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn round_bf16_avx512(src: &[f32], scale: f32, dst: &mut [bf16]) {
-    use std::arch::x86_64::*;
-    let n = src.len().min(dst.len());
-    let whole = n / 16 * 16;
-    // SAFETY: 16 values at i < whole in both slices (bf16 is 16 bits, as the stored lanes).
-    unsafe {
-        let (scale, one, half) = (_mm512_set1_ps(scale), _mm512_set1_epi32(1), _mm512_set1_epi32(0x7fff));
-        let quiet = _mm512_set1_epi32(0x40);
-        for i in (0..whole).step_by(16) {
-            let x = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), scale);
-            let b = _mm512_castps_si512(x);
-            let high = _mm512_srli_epi32::<16>(b);
-            let odd = _mm512_and_si512(high, one);
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(b, half), odd));
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-            let bits = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(high, quiet));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, _mm512_cvtepi32_epi16(bits));
-        }
-    }
-    round_bf16(&src[whole..n], scale, &mut dst[whole..n]);
+trait Narrow16: Element {
+    /// `from_f32` of each of 16 lanes, bit for bit, as the 16 raw values.
+    ///
+    /// # Safety
+    /// Called from code compiled for AVX-512F.
+    unsafe fn narrow16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i;
 }
 
-/// [`Element::scaled_from_f32`] for f16 in AVX-512F, 16 values at a time by `vcvtps2ph` (nearest,
-/// ties to even: `f16::from_f32`'s rounding, which `half` does with the same instruction where the
-/// CPU has F16C). The slice conversion zeroed a 1 KiB buffer on every call and converted through
-/// it: a decode step (f16, 64 sequences of 16 tokens, hot cache, one core), which rounds every row
-/// of its output, took 573 µs so (its queries also converted by `half`), 388 with both converted
-/// in registers.
+#[cfg(target_arch = "x86_64")]
+impl Narrow16 for f16 {
+    /// `vcvtps2ph`, nearest with ties to even: `f16::from_f32`'s rounding, which `half` does with
+    /// the same instruction where the CPU has F16C.
+    #[inline(always)]
+    unsafe fn narrow16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX-512F (contract).
+        unsafe { _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Narrow16 for bf16 {
+    /// [`round_bf16`]'s steps on 32-bit lanes, NaNs chosen by mask, narrowed by `vpmovdw`.
+    #[inline(always)]
+    unsafe fn narrow16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX-512F (contract).
+        unsafe {
+            let b = _mm512_castps_si512(x);
+            let high = _mm512_srli_epi32::<16>(b);
+            let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+            let rounded =
+                _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), odd));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+            _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(high, _mm512_set1_epi32(0x40))))
+        }
+    }
+}
+
+/// [`Element::scaled_from_f32`] in AVX-512F, 16 values at a time. What it replaced, per row of a
+/// decode step's output (64 sequences of 16 tokens, hot cache, one core): for bf16, the compiled
+/// plain loop (25 operations per 16 values: the NaN choice made on 16-bit lanes, through masks
+/// widened to vectors), 425 µs a step, now 393; for f16, `half`'s slice conversion, which zeroed
+/// a 1 KiB buffer on every call and converted through it, 573 µs (its queries also converted by
+/// `half`), now 388 (both converted in registers).
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn round_f16_avx512(src: &[f32], scale: f32, dst: &mut [f16]) {
+unsafe fn round_avx512<E: Narrow16>(src: &[f32], scale: f32, dst: &mut [E]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
     let whole = n / 16 * 16;
-    // SAFETY: 16 values at i < whole in both slices (f16 is 16 bits, as the stored lanes).
+    // SAFETY: 16 values at i < whole in both slices (E is 16 bits, as the stored lanes).
     unsafe {
         let scale = _mm512_set1_ps(scale);
         for i in (0..whole).step_by(16) {
             let x = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), scale);
-            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h);
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, E::narrow16(x));
         }
     }
     for (d, &s) in dst[whole..n].iter_mut().zip(&src[whole..n]) {
-        *d = f16::from_f32(s * scale);
+        *d = E::from_f32(s * scale);
     }
 }
 
