@@ -50,9 +50,8 @@ impl Element for f16 {
     /// fifth of its matmul.
     fn scaled_from_f32(src: &[f32], scale: f32, dst: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { round_avx512(src, scale, dst) };
+        if round_vectors(src, scale, dst) {
+            return;
         }
         use half::slice::HalfFloatSliceExt;
         let mut chunk = [0f32; 256];
@@ -69,43 +68,55 @@ impl Element for bf16 {
         bf16::from_f32(v)
     }
 
-    /// The same bits as `bf16::from_f32` (round to nearest even, NaN made quiet), in AVX-512
-    /// where the CPU has it.
+    /// The same bits as `bf16::from_f32` (round to nearest even, NaN made quiet), in vector
+    /// registers where the CPU has AVX2 (see `round_lanes`).
     fn scaled_from_f32(src: &[f32], scale: f32, dst: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { round_avx512(src, scale, dst) };
+        if round_vectors(src, scale, dst) {
+            return;
         }
         round_bf16(src, scale, dst)
     }
 }
 
-/// 16-bit element types whose rounding from f32 has an AVX-512F form.
+/// 16-bit element types whose rounding from f32 has vector forms: 16 lanes with AVX-512F, 8 with
+/// AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
-trait Narrow16: Element {
-    /// `from_f32` of each of 16 lanes, bit for bit, as the 16 raw values.
+trait Narrow: Element {
+    /// `from_f32` of each lane, bit for bit, as the raw values.
     ///
     /// # Safety
     /// Called from code compiled for AVX-512F.
     unsafe fn narrow16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i;
+
+    /// As [`Narrow::narrow16`], for 8 lanes.
+    ///
+    /// # Safety
+    /// Called from code compiled for AVX2 and F16C.
+    unsafe fn narrow8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m128i;
 }
 
+/// `vcvtps2ph`, nearest with ties to even: `f16::from_f32`'s rounding, which `half` does with the
+/// same instruction where the CPU has F16C.
 #[cfg(target_arch = "x86_64")]
-impl Narrow16 for f16 {
-    /// `vcvtps2ph`, nearest with ties to even: `f16::from_f32`'s rounding, which `half` does with
-    /// the same instruction where the CPU has F16C.
+impl Narrow for f16 {
     #[inline(always)]
     unsafe fn narrow16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
         // SAFETY: AVX-512F (contract).
         unsafe { _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
     }
+    #[inline(always)]
+    unsafe fn narrow8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m128i {
+        use std::arch::x86_64::*;
+        // SAFETY: F16C (contract).
+        unsafe { _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x) }
+    }
 }
 
+/// [`round_bf16`]'s steps on 32-bit lanes, NaNs chosen by mask, then narrowed.
 #[cfg(target_arch = "x86_64")]
-impl Narrow16 for bf16 {
-    /// [`round_bf16`]'s steps on 32-bit lanes, NaNs chosen by mask, narrowed by `vpmovdw`.
+impl Narrow for bf16 {
     #[inline(always)]
     unsafe fn narrow16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
@@ -120,34 +131,96 @@ impl Narrow16 for bf16 {
             _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(high, _mm512_set1_epi32(0x40))))
         }
     }
+    #[inline(always)]
+    unsafe fn narrow8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m128i {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 (contract).
+        unsafe {
+            let b = _mm256_castps_si256(x);
+            let high = _mm256_srli_epi32::<16>(b);
+            let odd = _mm256_and_si256(high, _mm256_set1_epi32(1));
+            let rounded =
+                _mm256_srli_epi32::<16>(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)), odd));
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+            let bits = _mm256_blendv_epi8(rounded, _mm256_or_si256(high, _mm256_set1_epi32(0x40)), nan);
+            // Every lane is below 2¹⁶: packing saturates nothing. It packs within 128-bit halves
+            // (each half's four values twice); quads 0 and 2 hold the eight in order.
+            let packed = _mm256_packus_epi32(bits, bits);
+            _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b00_00_10_00>(packed))
+        }
+    }
 }
 
-/// [`Element::scaled_from_f32`] in AVX-512F, 16 values at a time. What it replaced, per row of a
-/// decode step's output (64 sequences of 16 tokens, hot cache, one core): for bf16, the compiled
-/// plain loop (25 operations per 16 values: the NaN choice made on 16-bit lanes, through masks
-/// widened to vectors), 425 µs a step, now 393; for f16, `half`'s slice conversion, which zeroed
-/// a 1 KiB buffer on every call and converted through it, 573 µs (its queries also converted by
-/// `half`), now 388 (both converted in registers).
+/// [`Element::scaled_from_f32`] in `LANES`-wide registers (16: AVX-512F, 8: AVX2 and F16C). What
+/// it replaced, per row of a decode step's output (64 sequences of 16 tokens, hot cache, one core,
+/// AVX-512): for bf16, the compiled plain loop (25 operations per 16 values: the NaN choice made on
+/// 16-bit lanes, through masks widened to vectors), 425 µs a step, now 393; for f16, `half`'s slice
+/// conversion, which zeroed a 1 KiB buffer on every call and converted through it, 573 µs (its
+/// queries also converted by `half`), now 388 (both converted in registers).
 ///
 /// # Safety
-/// The CPU has AVX-512F.
+/// Called from code compiled for the width's features (see [`Narrow`]), on a CPU that has them.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn round_avx512<E: Narrow16>(src: &[f32], scale: f32, dst: &mut [E]) {
+#[inline(always)]
+unsafe fn round_lanes<E: Narrow, const LANES: usize>(src: &[f32], scale: f32, dst: &mut [E]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
-    let whole = n / 16 * 16;
-    // SAFETY: 16 values at i < whole in both slices (E is 16 bits, as the stored lanes).
-    unsafe {
-        let scale = _mm512_set1_ps(scale);
-        for i in (0..whole).step_by(16) {
-            let x = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), scale);
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, E::narrow16(x));
+    let whole = n / LANES * LANES;
+    for i in (0..whole).step_by(LANES) {
+        // SAFETY: LANES values at i < whole in both slices (E is 16 bits, as the stored lanes);
+        // the width's features (contract).
+        unsafe {
+            let (s, d) = (src.as_ptr().add(i), dst.as_mut_ptr().add(i));
+            if LANES == 16 {
+                let x = _mm512_mul_ps(_mm512_loadu_ps(s), _mm512_set1_ps(scale));
+                _mm256_storeu_si256(d as *mut __m256i, E::narrow16(x));
+            } else {
+                let x = _mm256_mul_ps(_mm256_loadu_ps(s), _mm256_set1_ps(scale));
+                _mm_storeu_si128(d as *mut __m128i, E::narrow8(x));
+            }
         }
     }
     for (d, &s) in dst[whole..n].iter_mut().zip(&src[whole..n]) {
         *d = E::from_f32(s * scale);
     }
+}
+
+/// [`round_lanes`] with AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_avx512<E: Narrow>(src: &[f32], scale: f32, dst: &mut [E]) {
+    // SAFETY: compiled for AVX-512F, which the CPU has (contract).
+    unsafe { round_lanes::<E, 16>(src, scale, dst) }
+}
+
+/// [`round_lanes`] with AVX2 and F16C.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn round_avx2<E: Narrow>(src: &[f32], scale: f32, dst: &mut [E]) {
+    // SAFETY: compiled for AVX2 and F16C, which the CPU has (contract).
+    unsafe { round_lanes::<E, 8>(src, scale, dst) }
+}
+
+/// [`Element::scaled_from_f32`] in the widest registers the CPU has; false (nothing written) on a
+/// CPU without AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+fn round_vectors<E: Narrow>(src: &[f32], scale: f32, dst: &mut [E]) -> bool {
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { round_avx512(src, scale, dst) };
+    } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has AVX2 and F16C.
+        unsafe { round_avx2(src, scale, dst) };
+    } else {
+        return false;
+    }
+    true
 }
 
 /// `bf16::from_f32(scale · x)` for each value, written without branches so that the loop
@@ -353,11 +426,11 @@ mod tests {
     }
 
     /// `E::scaled_from_f32` gives the bits of `E::from_f32` for every case, scaled or not.
-    fn slice_rounding_matches_scalar<E: Element + Default>(bits: fn(E) -> u16) {
+    fn slice_rounding_matches_scalar<E: Element + Default>(bits: fn(E) -> u16, round: fn(&[f32], f32, &mut [E])) {
         let xs = rounding_cases();
         for scale in [1.0, 0.37] {
             let mut got = vec![E::default(); xs.len()];
-            E::scaled_from_f32(&xs, scale, &mut got);
+            round(&xs, scale, &mut got);
             for (x, &g) in xs.iter().zip(&got) {
                 assert_eq!(bits(g), bits(E::from_f32(x * scale)), "{:#010x} · {scale}", x.to_bits());
             }
@@ -366,11 +439,23 @@ mod tests {
 
     #[test]
     fn bf16_slice_rounding_matches_the_scalar_one_bit_for_bit() {
-        slice_rounding_matches_scalar::<bf16>(bf16::to_bits);
+        slice_rounding_matches_scalar::<bf16>(bf16::to_bits, bf16::scaled_from_f32);
     }
 
     #[test]
     fn f16_slice_rounding_matches_the_scalar_one_bit_for_bit() {
-        slice_rounding_matches_scalar::<f16>(f16::to_bits);
+        slice_rounding_matches_scalar::<f16>(f16::to_bits, f16::scaled_from_f32);
+    }
+
+    /// The AVX2 forms, which `scaled_from_f32` does not choose on a CPU with AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_roundings_match_the_scalar_ones_bit_for_bit() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")) {
+            return; // nothing to run it on; the portable rounding is the scalar one
+        }
+        // SAFETY (both): the CPU has AVX2 and F16C, just checked.
+        slice_rounding_matches_scalar::<bf16>(bf16::to_bits, |s, k, d| unsafe { super::round_avx2(s, k, d) });
+        slice_rounding_matches_scalar::<f16>(f16::to_bits, |s, k, d| unsafe { super::round_avx2(s, k, d) });
     }
 }
