@@ -657,7 +657,7 @@ impl Packed for f32 {
 
     /// Rows of A along their depth (a row-major A, not interleaved, at most 32 rows a panel; also the
     /// columns of transposed weights into a B strip): 16 × 16 blocks transposed in AVX-512
-    /// registers where the CPU has it, instead of one strided store per value (which cost 12 % of
+    /// registers from the active AVX-512 level up ([`crate::cpu::active`]), instead of one strided store per value (which cost 12 % of
     /// an f32 prefill, and made transposed-weight matmuls 5-15 % slower). The same values land in
     /// the same slots.
     #[inline(always)]
@@ -671,8 +671,9 @@ impl Packed for f32 {
     ) {
         let (mr, ks) = layout;
         #[cfg(target_arch = "x86_64")]
-        if at.rs == 1 && ks == 1 && mr <= 32 && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F is present; the conditions on the layout hold.
+        if at.rs == 1 && ks == 1 && mr <= 32 && crate::cpu::active() >= Level::Avx512 {
+            // SAFETY: the active level is at most the detected one, which has AVX-512F from `Avx512`
+            // up; the conditions on the layout hold.
             unsafe { x86::pack_rows_f32(at, depths, pi, m, mr, panel) };
             return;
         }
@@ -694,8 +695,8 @@ impl Packed for f32 {
     ) {
         let (nr, ks) = layout;
         #[cfg(target_arch = "x86_64")]
-        if b.cs == 1 && ks == 1 && nr <= 32 && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F is present; `b.cs == 1`, no interleave and at most 32 wide.
+        if b.cs == 1 && ks == 1 && nr <= 32 && crate::cpu::active() >= Level::Avx512 {
+            // SAFETY: AVX-512F, as in `pack_a_panel`; `b.cs == 1`, no interleave and at most 32 wide.
             unsafe { x86::pack_depths_f32(b, depths, s, n, nr, strip) };
             return;
         }

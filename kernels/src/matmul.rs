@@ -45,21 +45,26 @@ impl Element for f16 {
         f16::from_f32(v)
     }
 
-    /// Scaled a chunk at a time, then rounded by `half`'s slice conversion (F16C where the CPU has
-    /// it, the same rounding as `from_f32`): value by value, rounding a 512² f16 product took a
-    /// fifth of its matmul.
+    /// `vcvtps2ph` in vector registers from the AVX2 level up (see `round_lanes`), else by
+    /// [`round_f16`].
     fn scaled_from_f32(src: &[f32], scale: f32, dst: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
         if round_vectors(src, scale, dst) {
             return;
         }
-        use half::slice::HalfFloatSliceExt;
-        let mut chunk = [0f32; 256];
-        for (s, d) in src.chunks(256).zip(dst.chunks_mut(256)) {
-            let c = &mut chunk[..s.len().min(d.len())];
-            c.iter_mut().zip(s).for_each(|(c, &x)| *c = x * scale);
-            d[..c.len()].convert_from_f32_slice(c);
-        }
+        round_f16(src, scale, dst)
+    }
+}
+
+/// `f16::from_f32(scale · x)` for each value: scaled a chunk at a time, then rounded by `half`'s
+/// slice conversion (value by value, rounding a 512² f16 product took a fifth of its matmul).
+fn round_f16(src: &[f32], scale: f32, dst: &mut [f16]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut chunk = [0f32; 256];
+    for (s, d) in src.chunks(256).zip(dst.chunks_mut(256)) {
+        let c = &mut chunk[..s.len().min(d.len())];
+        c.iter_mut().zip(s).for_each(|(c, &x)| *c = x * scale);
+        d[..c.len()].convert_from_f32_slice(c);
     }
 }
 
@@ -69,7 +74,7 @@ impl Element for bf16 {
     }
 
     /// The same bits as `bf16::from_f32` (round to nearest even, NaN made quiet), in vector
-    /// registers where the CPU has AVX2 (see `round_lanes`).
+    /// registers from the AVX2 level up (see `round_lanes`), else by [`round_bf16`].
     fn scaled_from_f32(src: &[f32], scale: f32, dst: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
         if round_vectors(src, scale, dst) {
@@ -207,18 +212,17 @@ unsafe fn round_avx2<E: Narrow>(src: &[f32], scale: f32, dst: &mut [E]) {
     unsafe { round_lanes::<E, 8>(src, scale, dst) }
 }
 
-/// [`Element::scaled_from_f32`] in the widest registers the CPU has; false (nothing written) on a
-/// CPU without AVX2 and F16C.
+/// [`Element::scaled_from_f32`] in the widest registers of the active level ([`cpu::active`]:
+/// `ASCEND_KERNELS_LEVEL` lowers it too); false (nothing written) below AVX2.
 #[cfg(target_arch = "x86_64")]
 fn round_vectors<E: Narrow>(src: &[f32], scale: f32, dst: &mut [E]) -> bool {
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        unsafe { round_avx512(src, scale, dst) };
-    } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: the CPU has AVX2 and F16C.
-        unsafe { round_avx2(src, scale, dst) };
-    } else {
-        return false;
+    match cpu::active() {
+        // SAFETY: the active level is at most the detected one, which has AVX-512F from
+        // `Avx512` up.
+        Level::Avx512 | Level::Avx512Bf16 | Level::Amx => unsafe { round_avx512(src, scale, dst) },
+        // SAFETY: as above; the detected level has AVX2 and F16C from `Avx2` up.
+        Level::Avx2 => unsafe { round_avx2(src, scale, dst) },
+        Level::Portable => return false,
     }
     true
 }
@@ -445,6 +449,14 @@ mod tests {
     #[test]
     fn f16_slice_rounding_matches_the_scalar_one_bit_for_bit() {
         slice_rounding_matches_scalar::<f16>(f16::to_bits, f16::scaled_from_f32);
+    }
+
+    /// The portable forms, which `scaled_from_f32` does not choose on a CPU with AVX2 (nor with
+    /// AVX-512 unless `ASCEND_KERNELS_LEVEL=portable`).
+    #[test]
+    fn portable_roundings_match_the_scalar_ones_bit_for_bit() {
+        slice_rounding_matches_scalar::<bf16>(bf16::to_bits, super::round_bf16);
+        slice_rounding_matches_scalar::<f16>(f16::to_bits, super::round_f16);
     }
 
     /// The AVX2 forms, which `scaled_from_f32` does not choose on a CPU with AVX-512.
