@@ -166,6 +166,7 @@ struct Job<'a, T> {
     q: &'a [T],
 }
 
+// By hand: derived, they would ask for `T: Copy`, and a `Job` only holds references.
 impl<T> Clone for Job<'_, T> {
     fn clone(&self) -> Self {
         *self
