@@ -657,9 +657,9 @@ impl Packed for f32 {
 
     /// Rows of A along their depth (a row-major A, not interleaved, at most 32 rows a panel; also the
     /// columns of transposed weights into a B strip): 16 × 16 blocks transposed in AVX-512
-    /// registers from the active AVX-512 level up ([`crate::cpu::active`]), instead of one strided store per value (which cost 12 % of
-    /// an f32 prefill, and made transposed-weight matmuls 5-15 % slower). The same values land in
-    /// the same slots.
+    /// registers from the active AVX-512 level up ([`crate::cpu::active`]), instead of one strided
+    /// store per value (which cost 12 % of an f32 prefill, and made transposed-weight matmuls 5-15 %
+    /// slower). The same values land in the same slots.
     #[inline(always)]
     fn pack_a_panel(
         at: &View<'_, f32>,

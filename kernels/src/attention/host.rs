@@ -157,33 +157,6 @@ impl Partial {
     }
 }
 
-/// What every item of one [`attention`] call reads: its level, shapes, sequences, caches and queries.
-struct Job<'a, T> {
-    level: Level,
-    g: &'a Geometry,
-    seqs: &'a [Seq],
-    kv: &'a KvSource<'a, T>,
-    q: &'a [T],
-}
-
-// By hand: derived, they would ask for `T: Copy`, and a `Job` only holds references.
-impl<T> Clone for Job<'_, T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for Job<'_, T> {}
-
-/// An item's place in its thread's run (see [`claim_ahead`]): a streaming item prefetches the
-/// first keys of `then`, the item its thread runs next, and `warm` says the item before did so for
-/// this one.
-#[derive(Clone, Copy)]
-struct Neighbours {
-    warm: bool,
-    then: Option<Item>,
-}
-
 /// Computes attention for every sequence into `out` (`[tokens, Hq, D]`, like `q`), on the pool.
 pub(crate) fn attention<T: Element>(
     level: Level,
@@ -201,18 +174,16 @@ pub(crate) fn attention<T: Element>(
     let slots: Vec<std::sync::Mutex<Option<Partial>>> = (0..partials).map(|_| Default::default()).collect();
     // A streaming item prefetches the first keys of the item its thread runs next.
     let streams = |i: usize| items[i].streams(g.group());
-    let job = Job { level, g, seqs, kv, q };
     claim_ahead(items.len(), threads, &streams, &|i, prev, then| {
         let it = items[i];
         // Its first keys were prefetched by the item before it, which read the same heads (see
         // `streaming`).
         let warm = prev.is_some_and(|p| (items[p].h0, items[p].h1) == (it.h0, it.h1));
-        let near = Neighbours { warm, then: then.map(|j| items[j]) };
         // Items without a split own their rows (positions × heads of one KV head) of `out`,
         // which outlives the parallel_for; no other item writes them.
         let own = it.partial.is_none().then_some(out_addr as *mut T);
         // SAFETY: as just said.
-        let p = unsafe { run_item(&job, it, near, own) };
+        let p = unsafe { run_item(level, g, seqs, kv, q, it, (warm, then.map(|j| items[j])), own) };
         match (it.partial, p) {
             (Some(slot), p) => *slots[slot].lock().unwrap() = p,
             (None, Some(p)) => {
@@ -341,43 +312,70 @@ fn visible_keys(g: &Geometry, kv_len: usize, p: usize) -> (usize, usize) {
     (lo, hi)
 }
 
-/// Runs one item (streaming items prefetch for the next, see [`Neighbours`]). Returns its partial
-/// result, or None when it wrote its rows into `own` itself (the AMX path does, when given `own`).
+/// Runs one item; `then`, the item this thread runs next, is prefetched at the end, and `warm`
+/// says the item run before did so for this one (streaming items only, see [`streaming`]). Returns its
+/// partial result, or None when it wrote its rows into `own` itself (the AMX path does, when given
+/// `own`).
 ///
 /// # Safety
 /// `own`, if given, is the output (`[tokens, Hq, D]`), whose rows of this item nobody else writes
 /// meanwhile.
-unsafe fn run_item<T: Element>(job: &Job<'_, T>, it: Item, near: Neighbours, own: Option<*mut T>) -> Option<Partial> {
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_item<T: Element>(
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
+    it: Item,
+    (warm, then): (bool, Option<Item>),
+    own: Option<*mut T>,
+) -> Option<Partial> {
     // SAFETY (each arm): `attention`, the only caller, asserted the CPU has the level; `own` as
     // the contract says.
     unsafe {
-        match job.level {
+        match level {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 | Level::Avx512Bf16 | Level::Amx => item_avx512(job, it, near, own),
+            Level::Avx512 | Level::Avx512Bf16 | Level::Amx => item_avx512(level, g, seqs, kv, q, it, (warm, then), own),
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => item_avx2(job, it, near, own),
-            _ => item_body::<T, Generic>(job, it, near, own),
+            Level::Avx2 => item_avx2(level, g, seqs, kv, q, it, (warm, then), own),
+            _ => item_body::<T, Generic>(level, g, seqs, kv, q, it, (warm, then), own),
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn item_avx512<T: Element>(
-    job: &Job<'_, T>,
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
     it: Item,
-    near: Neighbours,
+    (warm, then): (bool, Option<Item>),
     own: Option<*mut T>,
 ) -> Option<Partial> {
     // SAFETY: as `run_item`.
-    unsafe { item_body::<T, crate::simd::Avx512>(job, it, near, own) }
+    unsafe { item_body::<T, crate::simd::Avx512>(level, g, seqs, kv, q, it, (warm, then), own) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn item_avx2<T: Element>(job: &Job<'_, T>, it: Item, near: Neighbours, own: Option<*mut T>) -> Option<Partial> {
+#[allow(clippy::too_many_arguments)]
+unsafe fn item_avx2<T: Element>(
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
+    it: Item,
+    (warm, then): (bool, Option<Item>),
+    own: Option<*mut T>,
+) -> Option<Partial> {
     // SAFETY: as `run_item`.
-    unsafe { item_body::<T, crate::simd::Avx2>(job, it, near, own) }
+    unsafe { item_body::<T, crate::simd::Avx2>(level, g, seqs, kv, q, it, (warm, then), own) }
 }
 
 /// One item: rows are (query position, head of the group), position-major; queries pre-scaled.
@@ -385,13 +383,17 @@ unsafe fn item_avx2<T: Element>(job: &Job<'_, T>, it: Item, near: Neighbours, ow
 /// # Safety
 /// As [`run_item`].
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn item_body<T: Element, S: Simd>(
-    job: &Job<'_, T>,
+    level: Level,
+    g: &Geometry,
+    seqs: &[Seq],
+    kv: &KvSource<'_, T>,
+    q: &[T],
     it: Item,
-    near: Neighbours,
+    (warm, then): (bool, Option<Item>),
     own: Option<*mut T>,
 ) -> Option<Partial> {
-    let Job { level, g, seqs, kv, q } = *job;
     let (d, group) = (g.head_dim, g.group());
     let s = seqs[it.seq];
     let rows = it.rows(group);
@@ -437,7 +439,7 @@ unsafe fn item_body<T: Element, S: Simd>(
             // the memory's limit with it and 0.74 without (d 64; d 128: 0.78 and 0.82).
             let native = level == Level::Avx512Bf16 || crate::gemm::bf16_products_pay();
             let raw_q = raw.as_deref().filter(|_| native);
-            streaming::<T, S>(job, it, near, (&pos, &starts), raw_q, &mut p, &mut reuse.stream);
+            streaming::<T, S>(g, kv, it, (warm, then), (q, &starts), raw_q, &pos, &mut p, &mut reuse.stream);
         }
         if let Some(raw) = raw {
             reuse.raw = raw;
@@ -822,16 +824,18 @@ fn mask((lo, hi): (usize, usize), j0: usize, row: &mut [f32]) {
 /// values throughout. Otherwise each head takes its scores and value sums in turn and the next
 /// tile is prefetched head by head. Prefetches go to L2: into L1 they would evict the rows in use.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn streaming<T: Element, S: Simd>(
-    job: &Job<'_, T>,
+    g: &Geometry,
+    kv: &KvSource<'_, T>,
     it: Item,
-    Neighbours { warm, then }: Neighbours,
-    (pos, starts): (&[(usize, usize)], &[usize]),
+    (warm, then): (bool, Option<Item>),
+    (q, starts): (&[T], &[usize]),
     raw_q: Option<&[u16]>,
+    pos: &[(usize, usize)],
     part: &mut Partial,
     bufs: &mut StreamBuffers,
 ) {
-    let Job { g, kv, q, .. } = *job;
     let (kall, vall) = kv.kv();
     let raw = raw_q.zip(bf16_bits(kall)).zip(bf16_bits(vall)).map(|((q, k), v)| (q, k, v));
     let d = g.head_dim;
@@ -855,16 +859,6 @@ fn streaming<T: Element, S: Simd>(
         for &o in &next {
             prefetch_l2(&kall[o..o + heads * d]);
         }
-    }
-    if std::env::var_os("ADDR").is_some() {
-        ordered.get_or_insert_with(|| S::token_queries::<T>(q, starts, d, g.scale, &mut bufs.queries));
-        eprintln!(
-            "q {:x} sc {:x} acc {:x} diff {}",
-            bufs.queries.as_ptr() as usize % 4096,
-            scores.as_ptr() as usize % 4096,
-            part.acc.as_ptr() as usize % 4096,
-            (scores.as_ptr() as usize).wrapping_sub(bufs.queries.as_ptr() as usize) as isize
-        );
     }
     for j0 in (it.k0..it.k1).step_by(STREAM_KEYS) {
         let j1 = it.k1.min(j0 + STREAM_KEYS);
